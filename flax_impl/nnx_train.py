@@ -1,0 +1,112 @@
+"""Training loops in Flax NNX: the seed's loop with ``.train()`` / ``.eval()``, and ``nnx.view``.
+
+Mirrors ``torch_impl/train.py``. NNX stores the mode on the modules again, so the seed's
+misplacement reproduces exactly: :func:`fit_seed_bug` calls ``model.train()`` once, and
+:func:`evaluate` leaves ``model.eval()`` behind. :func:`fit_view` takes two views of the same
+weights, one fixed in train mode and one fixed in eval mode (``nnx.view``), and cannot have the
+bug: neither view's mode is ever changed.
+
+Inputs are channels-last (NHWC / NWC); ``batches(epoch)`` gives the shared seeded order.
+Dropout randomness comes from the ``rngs`` the model was built with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from flax_impl.audit import nnx_modes, train_fraction
+
+Batches = Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]]
+OnEpoch = Callable[[dict], None]
+
+
+def make_optimizer(model: nnx.Module, lr: float = 0.05, momentum: float = 0.9) -> nnx.Optimizer:
+    """SGD with heavy-ball momentum over the model's ``nnx.Param`` s (``optax.sgd``)."""
+    return nnx.Optimizer(model, optax.sgd(lr, momentum=momentum), wrt=nnx.Param)
+
+
+def loss_fn(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy of ``(N, C)`` logits against ``(N,)`` integer labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+@nnx.jit
+def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array) -> dict:
+    """One step in whatever mode ``model`` is in (the caller's responsibility, as in torch).
+
+    Returns ``{'loss', 'train_mode'}``; ``train_mode`` is read from the modules' attributes at
+    call time (they are static under ``nnx.jit``, so a mode change re-traces).
+    """
+    modes = nnx_modes(model)
+    loss, grads = nnx.value_and_grad(lambda m: loss_fn(m(x), y))(model)
+    optimizer.update(model, grads)
+    return {"loss": loss, "train_mode": train_fraction(modes)}
+
+
+@nnx.jit
+def eval_step(model: nnx.Module, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean loss and accuracy of a batch in whatever mode ``model`` is in."""
+    logits = model(x)
+    return loss_fn(logits, y), jnp.mean(jnp.argmax(logits, -1) == y)
+
+
+def evaluate(model: nnx.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Test loss and accuracy; sets ``model.eval()`` first and, like the blog's ``test()``,
+    does not restore the previous mode."""
+    model.eval()
+    loss, acc = eval_step(model, jnp.asarray(x), jnp.asarray(y))
+    return float(loss), float(acc)
+
+
+def _run_epoch(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable) -> tuple[list[float], float]:
+    metrics = [train_step(model, optimizer, x, y) for x, y in batches]
+    stacked = jax.device_get(metrics)  # one device sync per epoch
+    return [float(m["loss"]) for m in stacked], float(np.mean([m["train_mode"] for m in stacked]))
+
+
+def _log(epoch: int, losses: list[float], test: tuple[float, float]) -> dict:
+    """One epoch's record: the same keys in every framework's loops."""
+    mean = float(np.mean(losses))
+    return {"epoch": epoch, "train_loss": mean, "step_losses": losses, "test_loss": test[0],
+            "test_acc": test[1], "diverged": not math.isfinite(mean)}
+
+
+def fit_seed_bug(model: nnx.Module, optimizer: nnx.Optimizer, batches: Batches,
+                 test_set: tuple[np.ndarray, np.ndarray], epochs: int,
+                 on_epoch: OnEpoch | None = None) -> list[dict]:
+    """The blog's loop in NNX: ``model.train()`` once; ``evaluate`` leaves ``eval()`` on."""
+    history = []
+    model.train()                                     # once, outside the loop  <- the bug
+    for epoch in range(epochs):
+        losses, frac = _run_epoch(model, optimizer, batches(epoch))
+        history.append(_log(epoch, losses, evaluate(model, *test_set)) | {"train_mode": frac})
+        if on_epoch:
+            on_epoch(history[-1])
+        if history[-1]["diverged"]:
+            break
+    return history
+
+
+def fit_view(model: nnx.Module, optimizer: nnx.Optimizer, batches: Batches,
+             test_set: tuple[np.ndarray, np.ndarray], epochs: int,
+             on_epoch: OnEpoch | None = None) -> list[dict]:
+    """Two views of the same weights, each with a fixed mode; nothing is ever switched."""
+    train_model = nnx.view(model, deterministic=False, use_running_average=False)
+    eval_model = nnx.view(model, deterministic=True, use_running_average=True)
+    history = []
+    for epoch in range(epochs):
+        losses, frac = _run_epoch(train_model, optimizer, batches(epoch))
+        test = eval_step(eval_model, *map(jnp.asarray, test_set))
+        history.append(_log(epoch, losses, (float(test[0]), float(test[1]))) | {"train_mode": frac})
+        if on_epoch:
+            on_epoch(history[-1])
+        if history[-1]["diverged"]:
+            break
+    return history

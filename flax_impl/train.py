@@ -1,0 +1,152 @@
+"""Training loops in Flax Linen: state in, state out; the mode is an argument.
+
+Mirrors ``torch_impl/train.py``. Inputs are channels-last (NHWC / NWC) numpy or jax arrays; a
+``batches(epoch)`` callable gives one epoch's ``(x, y)`` pairs in the shared seeded order.
+
+* :class:`TrainState` carries ``batch_stats`` next to ``params`` and the optimizer state.
+* :func:`train_step` applies with ``train=True, mutable=['batch_stats']`` and stores the new
+  statistics in the returned state. Its static ``train`` argument exists so that
+  ``linen_bug_emulated`` can write the seed's schedule explicitly (``train=False`` after
+  epoch 0): the bug, written as a function.
+* :func:`eval_step` applies with ``train=False``.
+* :func:`train_epoch_scan` runs a whole epoch as one ``lax.scan`` with the data on the device:
+  much faster on a GPU, much slower on a small CPU (see BENCHMARKS.md), so callers choose per
+  backend.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+from flax_impl.audit import record_linen_modes, train_fraction
+
+Batches = Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]]
+OnEpoch = Callable[[dict], None]
+
+
+class TrainState(train_state.TrainState):
+    """``flax.training.train_state.TrainState`` plus the BatchNorm running statistics."""
+
+    batch_stats: Any
+
+
+def make_optimizer(lr: float = 0.05, momentum: float = 0.9) -> optax.GradientTransformation:
+    """SGD with heavy-ball momentum, the same update as ``torch.optim.SGD(lr, momentum)``."""
+    return optax.sgd(lr, momentum=momentum)
+
+
+def create_train_state(model, variables: dict, tx: optax.GradientTransformation) -> TrainState:
+    """A :class:`TrainState` from a Linen module and its ``{'params', 'batch_stats'}``."""
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables["batch_stats"])
+
+
+def loss_fn(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy of ``(N, C)`` logits against ``(N,)`` integer labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def _train_step(state: TrainState, batch: tuple[jax.Array, jax.Array], rng: jax.Array,
+                train: bool = True) -> tuple[TrainState, dict]:
+    x, y = batch
+
+    def compute_loss(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        with record_linen_modes() as modes:
+            if train:
+                logits, updates = state.apply_fn(variables, x, train=True, mutable=["batch_stats"],
+                                                 rngs={"dropout": rng})
+            else:  # eval mode: running statistics are read, not updated
+                logits, updates = state.apply_fn(variables, x, train=False), {"batch_stats": state.batch_stats}
+        return loss_fn(logits, y), (updates["batch_stats"], train_fraction(modes))
+
+    (loss, (batch_stats, frac)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    return state, {"loss": loss, "train_mode": frac}
+
+
+#: ``train_step(state, (x, y), rng, train=True) -> (state, {'loss', 'train_mode'})``, jitted.
+train_step = jax.jit(_train_step, static_argnames="train")
+
+
+@jax.jit
+def eval_step(state: TrainState, batch: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Mean loss and accuracy of a batch with ``train=False`` (running statistics, no dropout)."""
+    x, y = batch
+    logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
+    return loss_fn(logits, y), jnp.mean(jnp.argmax(logits, -1) == y)
+
+
+@partial(jax.jit, static_argnames="train")
+def train_epoch_scan(state: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array, rng: jax.Array,
+                     train: bool = True) -> tuple[TrainState, dict]:
+    """One epoch as a ``lax.scan``: ``idx`` is ``(steps, batch)`` indices into device arrays ``x``, ``y``.
+
+    Step ``i`` uses dropout key ``fold_in(rng, i)``, exactly as :func:`fit` does. Returns the
+    final state and per-step metrics stacked along axis 0.
+    """
+    def body(state, step):
+        i, b = step
+        return _train_step(state, (x[b], y[b]), jax.random.fold_in(rng, i), train)
+
+    return jax.lax.scan(body, state, (jnp.arange(idx.shape[0]), idx))
+
+
+def evaluate(state: TrainState, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Test loss and accuracy on the whole set ``x`` (NHWC / NWC) in one batch."""
+    loss, acc = eval_step(state, (jnp.asarray(x), jnp.asarray(y)))
+    return float(loss), float(acc)
+
+
+def _run_epoch(state: TrainState, batches: Iterable, rng: jax.Array, train: bool) -> tuple[TrainState, list[float], float]:
+    metrics = []
+    for i, (x, y) in enumerate(batches):
+        state, m = train_step(state, (x, y), jax.random.fold_in(rng, i), train=train)
+        metrics.append(m)
+    stacked = jax.device_get(metrics)  # one device sync per epoch
+    return state, [float(m["loss"]) for m in stacked], float(np.mean([m["train_mode"] for m in stacked]))
+
+
+def _log(epoch: int, losses: list[float], test: tuple[float, float]) -> dict:
+    """One epoch's record: the same keys in every framework's loops."""
+    mean = float(np.mean(losses))
+    return {"epoch": epoch, "train_loss": mean, "step_losses": losses, "test_loss": test[0],
+            "test_acc": test[1], "diverged": not math.isfinite(mean)}
+
+
+def _fit(state: TrainState, batches: Batches, test_set: tuple[np.ndarray, np.ndarray], epochs: int,
+         rng: jax.Array, train_mode_in: Callable[[int], bool], on_epoch: OnEpoch | None) -> tuple[TrainState, list[dict]]:
+    history = []
+    for epoch in range(epochs):
+        state, losses, frac = _run_epoch(state, batches(epoch), jax.random.fold_in(rng, epoch),
+                                         train=train_mode_in(epoch))
+        history.append(_log(epoch, losses, evaluate(state, *test_set)) | {"train_mode": frac})
+        if on_epoch:
+            on_epoch(history[-1])
+        if history[-1]["diverged"]:
+            break
+    return state, history
+
+
+def fit(state: TrainState, batches: Batches, test_set: tuple[np.ndarray, np.ndarray], epochs: int,
+        rng: jax.Array, on_epoch: OnEpoch | None = None) -> tuple[TrainState, list[dict]]:
+    """The Linen loop: every training step is called with ``train=True``; evaluation is a
+    different function. There is no mode left behind for the next epoch to inherit."""
+    return _fit(state, batches, test_set, epochs, rng, lambda epoch: True, on_epoch)
+
+
+def fit_bug_emulated(state: TrainState, batches: Batches, test_set: tuple[np.ndarray, np.ndarray],
+                     epochs: int, rng: jax.Array, on_epoch: OnEpoch | None = None) -> tuple[TrainState, list[dict]]:
+    """The seed's schedule written out explicitly: ``train=True`` in epoch 0, ``train=False``
+    in every later epoch's training steps. In Linen the bug has to be *written*; this is what
+    ``torch_impl.train.fit_seed_bug`` does without saying so."""
+    return _fit(state, batches, test_set, epochs, rng, lambda epoch: epoch == 0, on_epoch)

@@ -1,0 +1,49 @@
+"""The ``parity`` command line: a thin layer over library functions.
+
+Each sub-command lives in its own module, which exposes two functions:
+
+* ``add_arguments(parser: argparse.ArgumentParser) -> None``
+* ``run(args: argparse.Namespace) -> int``  (the process exit code)
+
+Modules are imported only when their sub-command runs, so ``parity lint`` starts without
+loading torch or jax.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: sub-command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "study": ("parity.study_cli", "train every mode-handling variant over seeds and report the seed's bug"),
+    "check": ("parity.check", "compare the torch, Linen and NNX models on converted weights"),
+    "convert": ("parity.convert_cli", "convert a checkpoint between torch (.pt) and Flax (.msgpack)"),
+    "lint": ("parity.lint", "find train()/eval() misplacement in PyTorch training code"),
+    "bench": ("parity.bench", "training throughput per framework and execution style"),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """Return the top-level parser; only the chosen sub-command's module is imported."""
+    parser = argparse.ArgumentParser(prog="parity", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = next((a for a in (argv or []) if not a.startswith("-")), None)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == chosen:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``parity``; returns the exit code (0 ok, 1 findings/failures, 2 usage)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    return int(module.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Training loops in PyTorch: the correct one and the seed's misplaced one.
+
+Mirrors ``flax_impl/train.py`` (Linen) and ``flax_impl/nnx_train.py`` (NNX): same function
+names, same order. Batches are channels-first numpy arrays from :mod:`parity.data`; a
+``batches(epoch)`` callable gives one epoch's ``(x, y)`` pairs in the shared seeded order.
+
+``train_step`` does not touch the mode. Mode is the loop's job, and where the loop sets it is
+the whole difference between :func:`fit` and :func:`fit_seed_bug`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Batches = Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]]
+
+OnEpoch = Callable[[dict], None]
+
+
+def make_optimizer(model: nn.Module, lr: float = 0.05, momentum: float = 0.9) -> torch.optim.Optimizer:
+    """SGD with heavy-ball momentum, the same update as ``optax.sgd(lr, momentum)``."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+
+
+def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean softmax cross-entropy of ``(N, C)`` logits against ``(N,)`` integer labels."""
+    return F.cross_entropy(logits, y)
+
+
+def _tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(a)
+    return t.to(device, non_blocking=True) if device.type != "cpu" else t
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               y: torch.Tensor) -> torch.Tensor:
+    """One SGD step on a batch ``x`` (NCHW / NCW) and labels ``y``; returns the loss (no sync).
+
+    Runs in whatever mode the model is in: that is the caller's responsibility.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y.long())
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def _run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
+               batches: Iterable[tuple[np.ndarray, np.ndarray]], device: torch.device) -> list[float]:
+    losses = [train_step(model, optimizer, _tensor(x, device), _tensor(y, device)) for x, y in batches]
+    return torch.stack(losses).cpu().tolist()  # one device sync per epoch
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray,
+             device: torch.device | str = "cpu") -> tuple[float, float]:
+    """Test loss and accuracy on the whole set ``x`` (NCHW / NCW) in one batch.
+
+    Sets ``model.eval()`` as its first line, like pytorch/examples' ``test()``, and, like the
+    blog's ``test()``, does not restore the previous mode.
+    """
+    model.eval()
+    device = torch.device(device)
+    logits = model(_tensor(x, device))
+    yt = _tensor(y, device).long()
+    return loss_fn(logits, yt).item(), (logits.argmax(1) == yt).float().mean().item()
+
+
+def _log(epoch: int, losses: list[float], test: tuple[float, float]) -> dict:
+    """One epoch's record: the same keys in every framework's loops."""
+    mean = float(np.mean(losses))
+    return {"epoch": epoch, "train_loss": mean, "step_losses": losses, "test_loss": test[0],
+            "test_acc": test[1], "diverged": not math.isfinite(mean)}
+
+
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches,
+        test_set: tuple[np.ndarray, np.ndarray], epochs: int, device: torch.device | str = "cpu",
+        on_epoch: OnEpoch | None = None) -> list[dict]:
+    """The correct loop: ``model.train()`` at the start of every epoch, ``evaluate`` sets eval.
+
+    Stops early, marking the epoch ``diverged``, when the train loss is not finite.
+    """
+    device = torch.device(device)
+    history = []
+    for epoch in range(epochs):
+        model.train()                                 # every epoch establishes its own mode
+        losses = _run_epoch(model, optimizer, batches(epoch), device)
+        history.append(_log(epoch, losses, evaluate(model, *test_set, device=device)))
+        if on_epoch:
+            on_epoch(history[-1])
+        if history[-1]["diverged"]:
+            break
+    return history
+
+
+def fit_seed_bug(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches,
+                 test_set: tuple[np.ndarray, np.ndarray], epochs: int, device: torch.device | str = "cpu",
+                 on_epoch: OnEpoch | None = None) -> list[dict]:
+    """The blog's loop, kept as the "before" picture: ``model.train()`` once, outside the loop.
+
+    ``evaluate`` (the blog's ``test()``) calls ``model.eval()`` and returns without restoring,
+    so only epoch 0 trains in training mode; every later epoch trains in evaluation mode.
+    """
+    device = torch.device(device)
+    history = []
+    model.train()                                     # once, outside the loop  <- the bug
+    for epoch in range(epochs):
+        losses = _run_epoch(model, optimizer, batches(epoch), device)
+        history.append(_log(epoch, losses, evaluate(model, *test_set, device=device)))  # leaves eval on
+        if on_epoch:
+            on_epoch(history[-1])
+        if history[-1]["diverged"]:
+            break
+    return history
