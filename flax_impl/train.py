@@ -50,6 +50,13 @@ def create_train_state(model, variables: dict, tx: optax.GradientTransformation)
                              batch_stats=variables["batch_stats"])
 
 
+def create_seed_states(model, variables: list[dict], tx: optax.GradientTransformation) -> TrainState:
+    """One :class:`TrainState` whose every leaf has a leading seed axis, for
+    :func:`train_epoch_scan_seeds`. ``variables`` holds one ``{'params', 'batch_stats'}`` per seed."""
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *variables)
+    return jax.vmap(lambda v: create_train_state(model, v, tx))(stacked)
+
+
 def loss_fn(logits: jax.Array, y: jax.Array) -> jax.Array:
     """Mean softmax cross-entropy of ``(N, C)`` logits against ``(N,)`` integer labels."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
@@ -86,19 +93,29 @@ def eval_step(state: TrainState, batch: tuple[jax.Array, jax.Array]) -> tuple[ja
     return loss_fn(logits, y), jnp.mean(jnp.argmax(logits, -1) == y)
 
 
-@partial(jax.jit, static_argnames="train")
-def train_epoch_scan(state: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array, rng: jax.Array,
-                     train: bool = True) -> tuple[TrainState, dict]:
-    """One epoch as a ``lax.scan``: ``idx`` is ``(steps, batch)`` indices into device arrays ``x``, ``y``.
-
-    Step ``i`` uses dropout key ``fold_in(rng, i)``, exactly as :func:`fit` does. Returns the
-    final state and per-step metrics stacked along axis 0.
-    """
+def _train_epoch_scan(state: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array, rng: jax.Array,
+                      train: bool = True) -> tuple[TrainState, dict]:
     def body(state, step):
         i, b = step
         return _train_step(state, (x[b], y[b]), jax.random.fold_in(rng, i), train)
 
     return jax.lax.scan(body, state, (jnp.arange(idx.shape[0]), idx))
+
+
+#: ``train_epoch_scan(state, x, y, idx, rng, train=True) -> (state, metrics)``: one epoch as a
+#: ``lax.scan``. ``idx`` is ``(steps, batch)`` indices into device arrays ``x`` (NHWC / NWC) and
+#: ``y``; step ``i`` uses dropout key ``fold_in(rng, i)``, exactly as :func:`fit` does. Metrics
+#: are stacked along axis 0.
+train_epoch_scan = jax.jit(_train_epoch_scan, static_argnames="train")
+
+
+@partial(jax.jit, static_argnames="train")
+def train_epoch_scan_seeds(states: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array,
+                           rngs: jax.Array, train: bool = True) -> tuple[TrainState, dict]:
+    """:func:`train_epoch_scan` ``vmap``-ed over seeds: ``states``, ``idx`` ``(seeds, steps, batch)``
+    and ``rngs`` carry a leading seed axis (see :func:`create_seed_states`); the data ``x``, ``y``
+    is shared. Possible because the whole training state is a value."""
+    return jax.vmap(partial(_train_epoch_scan, train=train), in_axes=(0, None, None, 0, 0))(states, x, y, idx, rngs)
 
 
 def evaluate(state: TrainState, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
