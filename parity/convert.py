@@ -159,7 +159,8 @@ def _torch_to_flax_flat(sd: Mapping[str, np.ndarray], spec: list[Layer]) -> dict
 
 
 def _flax_to_torch_flat(fl: Mapping[str, np.ndarray], spec: list[Layer], template_sd: Mapping,
-                        num_batches_tracked: int) -> dict[str, np.ndarray]:
+                        num_batches_tracked: int | None) -> dict[str, np.ndarray]:
+    """Inverse of :func:`_torch_to_flax_flat`; ``num_batches_tracked=None`` maps parameters only."""
     out: dict[str, np.ndarray] = {}
     for layer in spec:
         n = layer.name
@@ -169,9 +170,10 @@ def _flax_to_torch_flat(fl: Mapping[str, np.ndarray], spec: list[Layer], templat
             out[f"{n}.weight"] = layout.dense_kernel_to_torch(fl[f"params/{n}/kernel"], layer.flatten_shape)
         else:
             out[f"{n}.weight"] = fl[f"params/{n}/scale"].copy()
-            out[f"{n}.running_mean"] = fl[f"batch_stats/{n}/mean"].copy()
-            out[f"{n}.running_var"] = fl[f"batch_stats/{n}/var"].copy()
-            out[f"{n}.num_batches_tracked"] = np.asarray(num_batches_tracked, dtype=np.int64)
+            if num_batches_tracked is not None:
+                out[f"{n}.running_mean"] = fl[f"batch_stats/{n}/mean"].copy()
+                out[f"{n}.running_var"] = fl[f"batch_stats/{n}/var"].copy()
+                out[f"{n}.num_batches_tracked"] = np.asarray(num_batches_tracked, dtype=np.int64)
         if f"{n}.bias" in template_sd:
             out[f"{n}.bias"] = fl[f"params/{n}/bias"].copy()
     return out
@@ -220,6 +222,20 @@ def linen_to_torch(variables: Mapping[str, Any], template: nn.Module,
     out = _flax_to_torch_flat(fl, layer_spec(template), tsd, num_batches_tracked)
     # np.array keeps 0-d counters 0-d (np.ascontiguousarray would make them 1-d)
     return OrderedDict((k, torch.from_numpy(np.array(out[k], order="C"))) for k in tsd)
+
+
+def params_to_torch(params: Mapping[str, Any], template: nn.Module) -> dict[str, np.ndarray]:
+    """A parameter-shaped Flax tree (e.g. gradients) -> ``{torch parameter name: array}`` in
+    torch layout, in ``template.named_parameters()`` order. Shapes are checked like weights."""
+    expected = {k: v for k, v in expected_flax_shapes(template).items() if k.startswith("params/")}
+    flat = flatten_tree({"params": params})
+    _check_keys("Flax params", set(flat), set(expected))
+    fl = {}
+    for k, (shape, _) in expected.items():
+        fl[k] = _as_numpy(k, flat[k])
+        _check(k, fl[k], shape, fl[k].dtype)
+    out = _flax_to_torch_flat(fl, layer_spec(template), _template_state(template), None)
+    return {name: out[name] for name, _ in template.named_parameters()}
 
 
 # ------------------------------------------------------------------------------------- NNX

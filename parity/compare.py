@@ -1,0 +1,271 @@
+"""The parity comparisons behind ``parity check`` and the CPU parity suite.
+
+Every comparison starts from one torch model, converts its weights with :mod:`parity.convert`
+and feeds the same real data to torch (NCHW / NCW) and to Flax (NHWC / NWC, via
+:mod:`parity.layout`). Values are relative L2 differences, ``||flax - torch|| / ||torch||``.
+
+Tolerances (float32, CPU; :data:`TOLERANCES`):
+
+* Forward logits and per-parameter gradients: ``1e-5``. Two float32 kernels that sum the same
+  products in a different order differ by a few ulps per output (float32 eps is 1.2e-7); through
+  four conv/dense layers and three BatchNorms we measure 1e-7 to 1e-6. A layout bug (a flatten
+  order not permuted, a kernel not transposed) gives differences of order 1.
+* BN running statistics after training-mode passes: ``1e-5``, same reasoning; ``running_var``
+  only after correcting for PyTorch's unbiased update (see :func:`unbiased_running_var`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from flax_impl import BN_MOMENTUM
+from flax_impl import linen_models, nnx_models
+from parity import convert
+from parity.layout import to_channels_last
+from torch_impl import models as torch_models
+
+TOLERANCES = {"forward": 1e-5, "gradient": 1e-5, "bn_state": 1e-5}
+FRAMEWORKS = ("linen", "nnx")
+MODEL_DATASET = {"digits": "digits", "signal1d": "mnist1d"}
+
+
+def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    """``||a - b|| / ||b||`` in float64 (``0`` when both are zero)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    denom = np.linalg.norm(b)
+    diff = np.linalg.norm(a - b)
+    return float(diff / denom) if denom > 0 else float(diff)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One row of ``parity check``: ``passed`` is ``value <= tolerance``."""
+
+    model: str
+    framework: str
+    check: str
+    value: float
+    tolerance: float
+    passed: bool
+
+    def as_dict(self) -> dict:
+        """The JSON form: ``{"model", "framework", "check", "value", "tolerance", "passed"}``."""
+        return asdict(self)
+
+
+def _check(model: str, framework: str, name: str, value: float, tol: float) -> Check:
+    return Check(model, framework, name, float(value), float(tol), bool(value <= tol))
+
+
+class Pair:
+    """A torch model and its converted Flax twin (Linen variables or an NNX module).
+
+    ``x`` batches are channels-first numpy (NCHW / NCW); Flax receives them channels-last.
+    ``config`` overrides architecture widths (e.g. ``dropout=0.0`` for train-mode parity).
+    """
+
+    def __init__(self, model: str, framework: str, seed: int = 0, **config) -> None:
+        if framework not in FRAMEWORKS:
+            raise ValueError(f"unknown framework {framework!r}; choose one of {', '.join(FRAMEWORKS)}")
+        self.model, self.framework = model, framework
+        self.torch = torch_models.build_model(model, seed=seed, **config)
+        self.variables = convert.torch_to_linen(self.torch.state_dict(), self.torch)
+        self.linen = linen_models.build_model(model, **config)
+        self.nnx = None
+        if framework == "nnx":
+            self.nnx = convert.load_nnx_variables(nnx_models.build_model(model, **config), self.variables)
+
+    # -- forward ---------------------------------------------------------------------------
+    def torch_forward(self, x: np.ndarray, train: bool) -> np.ndarray:
+        """Logits ``(N, classes)`` from torch in train or eval mode (updates BN stats if train)."""
+        self.torch.train(train)
+        with torch.no_grad():
+            return self.torch(torch.from_numpy(x)).numpy()
+
+    def flax_forward(self, x: np.ndarray, train: bool) -> np.ndarray:
+        """Logits from Linen or NNX in the same mode; in train mode the BN stats are stored."""
+        xl = jnp.asarray(to_channels_last(x))
+        if self.framework == "nnx":
+            self.nnx.train() if train else self.nnx.eval()
+            return np.asarray(self.nnx(xl))
+        if not train:
+            return np.asarray(self.linen.apply(self.variables, xl, train=False))
+        out, upd = self.linen.apply(self.variables, xl, train=True, mutable=["batch_stats"])
+        self.variables = {"params": self.variables["params"], "batch_stats": upd["batch_stats"]}
+        return np.asarray(out)
+
+    def flax_batch_stats(self) -> dict:
+        """Current Flax running statistics as a Linen-style ``batch_stats`` tree of numpy arrays."""
+        if self.framework == "nnx":
+            return convert.nnx_variables(self.nnx)["batch_stats"]
+        return jax.tree.map(np.asarray, self.variables["batch_stats"])
+
+    # -- gradients --------------------------------------------------------------------------
+    def gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Per-parameter gradients of the mean cross-entropy in train mode, both in torch layout.
+
+        Returns ``(torch_grads, flax_grads)`` keyed by torch parameter name. Use a model with
+        ``dropout=0.0`` so both sides compute the same function.
+        """
+        self.torch.train()
+        self.torch.zero_grad(set_to_none=True)
+        logits = self.torch(torch.from_numpy(x))
+        torch.nn.functional.cross_entropy(logits, torch.from_numpy(y).long()).backward()
+        tg = {n: p.grad.numpy().copy() for n, p in self.torch.named_parameters()}
+        xl, yj = jnp.asarray(to_channels_last(x)), jnp.asarray(y)
+
+        from flax_impl.train import loss_fn  # the same mean cross-entropy both Flax styles use
+        if self.framework == "nnx":
+            from flax import nnx
+
+            self.nnx.train()
+            grads = nnx.grad(lambda m: loss_fn(m(xl), yj))(self.nnx)
+            fg_tree = nnx.to_pure_dict(grads)
+        else:
+            def f(params):
+                out, _ = self.linen.apply({"params": params, "batch_stats": self.variables["batch_stats"]},
+                                          xl, train=True, mutable=["batch_stats"])
+                return loss_fn(out, yj)
+
+            fg_tree = jax.grad(f)(self.variables["params"])
+        return tg, convert.params_to_torch(jax.tree.map(np.asarray, fg_tree), self.torch)
+
+
+def torch_bn_state(model: torch.nn.Module) -> dict[str, dict[str, np.ndarray]]:
+    """``{bn_name: {'mean', 'var'}}`` of a torch model's running statistics."""
+    return {n: {"mean": m.running_mean.numpy().copy(), "var": m.running_var.numpy().copy()}
+            for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+
+def unbiased_running_var(flax_vars: list[np.ndarray], n: int, momentum: float = BN_MOMENTUM) -> np.ndarray:
+    """PyTorch's ``running_var`` implied by a history of Flax running variances.
+
+    Flax updates ``v_k = m v_{k-1} + (1 - m) s2_k`` with the biased batch variance ``s2_k``;
+    PyTorch uses the unbiased ``s2_k * n / (n - 1)``, ``n`` being the number of values per
+    channel (``N`` for a dense BN, ``N*H*W`` for a conv BN). Both start from ``flax_vars[0]``.
+    The batch variance is recovered from each Flax step, so the correction is exact algebra.
+    """
+    t = np.asarray(flax_vars[0], np.float64)
+    for prev, cur in zip(flax_vars, flax_vars[1:]):
+        batch_var = (np.asarray(cur, np.float64) - momentum * np.asarray(prev, np.float64)) / (1 - momentum)
+        t = momentum * t + (1 - momentum) * batch_var * n / (n - 1)
+    return t
+
+
+def values_per_channel(model: torch.nn.Module, batch: np.ndarray) -> dict[str, int]:
+    """``n`` for each BN layer of ``model`` on a channels-first ``batch``: N times spatial size."""
+    counts: dict[str, int] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, name=name: counts.__setitem__(
+        name, a[0].numel() // a[0].shape[1]))
+        for name, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.from_numpy(batch))
+    model.train(was)
+    for h in hooks:
+        h.remove()
+    return counts
+
+
+def bn_state_after_passes(pair: Pair, batches: Iterable[np.ndarray]) -> dict[str, dict[str, float]]:
+    """Run training-mode forward passes on both sides; compare running statistics per BN layer.
+
+    Returns ``{bn: {'mean', 'var_uncorrected', 'var_corrected', 'gap_vs_theory'}}`` where the
+    first three are relative L2 differences to torch and ``gap_vs_theory`` compares the measured
+    ``torch - flax`` variance gap with the gap :func:`unbiased_running_var` predicts.
+    """
+    batches = list(batches)
+    n = values_per_channel(pair.torch, batches[0])
+    history = [pair.flax_batch_stats()]
+    for x in batches:
+        pair.torch_forward(x, train=True)
+        pair.flax_forward(x, train=True)
+        history.append(pair.flax_batch_stats())
+    tstate = torch_bn_state(pair.torch)
+    out = {}
+    for bn, ts in tstate.items():
+        fvars = [h[bn]["var"] for h in history]
+        corrected = unbiased_running_var(fvars, n[bn])
+        predicted_gap = corrected - fvars[-1]
+        measured_gap = ts["var"].astype(np.float64) - fvars[-1]
+        out[bn] = {
+            "mean": rel_l2(history[-1][bn]["mean"], ts["mean"]),
+            "var_uncorrected": rel_l2(fvars[-1], ts["var"]),
+            "var_corrected": rel_l2(corrected, ts["var"]),
+            "gap_vs_theory": rel_l2(measured_gap, predicted_gap),
+        }
+    return out
+
+
+def gradient_differences(pair: Pair, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Relative L2 difference of each parameter's gradient, keyed by torch parameter name."""
+    tg, fg = pair.gradients(x, y)
+    return {k: rel_l2(fg[k], tg[k]) for k in tg}
+
+
+def roundtrip_max_abs(model: str, framework: str, seed: int = 0) -> float:
+    """Max absolute difference of torch -> Flax -> torch over every tensor (bit-exact gives 0)."""
+    src = torch_models.build_model(model, seed=seed)
+    # give the BN buffers non-trivial values, so the round trip is tested on real statistics
+    with torch.no_grad():
+        for m in src.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.num_batches_tracked.fill_(7)
+    sd = src.state_dict()
+    if framework == "nnx":
+        nm = convert.torch_to_nnx(sd, src, nnx_models.build_model(model))
+        back = convert.nnx_to_torch(nm, src, num_batches_tracked=7)
+    else:
+        back = convert.linen_to_torch(convert.torch_to_linen(sd, src), src, num_batches_tracked=7)
+    worst = 0.0
+    for k, v in sd.items():
+        if back[k].dtype != v.dtype or back[k].shape != v.shape:
+            return float("inf")
+        worst = max(worst, float((back[k].double() - v.double()).abs().max()))
+    return worst
+
+
+def run_checks(models: Iterable[str] = ("digits", "signal1d"), frameworks: Iterable[str] = FRAMEWORKS,
+               seed: int = 0, batch_size: int = 128, bn_passes: int = 5) -> list[Check]:
+    """All foundation parity checks on real data (the test split), float32, current device.
+
+    Per model and framework: eval forward, train forward (batch statistics, dropout off), BN
+    running mean / corrected running variance after ``bn_passes`` training-mode passes, the
+    worst per-parameter gradient, and the bit-exact round trip.
+    """
+    from parity.data import load
+
+    checks: list[Check] = []
+    for model in models:
+        if model not in MODEL_DATASET:
+            raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODEL_DATASET)}")
+        ds = load(MODEL_DATASET[model])
+        x, y = ds.x_test[:batch_size], ds.y_test[:batch_size]
+        passes = [ds.x_train[i * batch_size:(i + 1) * batch_size] for i in range(bn_passes)]
+        for fw in frameworks:
+            pair = Pair(model, fw, seed)
+            checks.append(_check(model, fw, "forward_eval_rel_l2",
+                                 rel_l2(pair.flax_forward(x, False), pair.torch_forward(x, False)),
+                                 TOLERANCES["forward"]))
+            pair = Pair(model, fw, seed, dropout=0.0)
+            checks.append(_check(model, fw, "forward_train_rel_l2",
+                                 rel_l2(pair.flax_forward(x, True), pair.torch_forward(x, True)),
+                                 TOLERANCES["forward"]))
+            bn = bn_state_after_passes(Pair(model, fw, seed, dropout=0.0), passes)
+            checks.append(_check(model, fw, "bn_running_mean_rel_l2",
+                                 max(v["mean"] for v in bn.values()), TOLERANCES["bn_state"]))
+            checks.append(_check(model, fw, "bn_running_var_corrected_rel_l2",
+                                 max(v["var_corrected"] for v in bn.values()), TOLERANCES["bn_state"]))
+            grads = gradient_differences(Pair(model, fw, seed, dropout=0.0), x, y)
+            checks.append(_check(model, fw, "gradient_max_rel_l2", max(grads.values()), TOLERANCES["gradient"]))
+            checks.append(_check(model, fw, "roundtrip_max_abs", roundtrip_max_abs(model, fw, seed), 0.0))
+    return checks
