@@ -1,0 +1,264 @@
+"""The runtime mode guards: ``torch_impl.guard`` (eval_mode, assert_training, guarded_step,
+mark_frozen) and ``flax_impl.guard`` (the Linen batch_stats checks and the NNX mode check).
+
+Rows of the catalogue that exercise these guards on real training loops live in
+``tests/test_mode_bugs.py``; this file checks the guards' own contracts on tiny models.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from flax_impl import guard as fguard
+from flax_impl import linen_models, nnx_models
+from flax_impl import train as ltrain
+from torch_impl import guard
+from torch_impl.models import DigitsCNN
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: one intra-op thread is faster, and immune to a loaded shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _modes(model: nn.Module) -> dict[str, bool]:
+    return {name: m.training for name, m in model.named_modules()}
+
+
+def _tiny() -> DigitsCNN:
+    torch.manual_seed(0)
+    return DigitsCNN(channels=(4, 8), hidden=16)
+
+
+# ------------------------------------------------------------------------ eval_mode (torch)
+
+def test_eval_mode_restores_every_flag_and_keeps_a_frozen_bn_frozen():
+    model = _tiny().train()
+    model.bn1.eval()                       # frozen on purpose
+    before = _modes(model)
+    assert before["bn1"] is False and before[""] is True
+    with guard.eval_mode(model) as m:
+        assert m is model
+        assert not any(_modes(model).values())          # everything in eval inside
+        model(torch.zeros(2, 1, 8, 8))
+    assert _modes(model) == before                      # exactly, bn1 still frozen
+
+
+def test_naive_eval_then_train_unfreezes_the_frozen_bn():
+    """The pattern eval_mode replaces: model.eval(); ...; model.train() loses bn1's freeze."""
+    model = _tiny().train()
+    model.bn1.eval()
+    model.eval()
+    model.train()
+    assert model.bn1.training is True
+
+
+def test_eval_mode_restores_on_exception_and_from_eval():
+    model = _tiny().train()
+    model.dropout.eval()
+    before = _modes(model)
+    with pytest.raises(KeyError):
+        with guard.eval_mode(model):
+            raise KeyError("boom")
+    assert _modes(model) == before
+    model.eval()                                       # a model already in eval stays in eval
+    with guard.eval_mode(model):
+        pass
+    assert not any(_modes(model).values())
+
+
+def test_train_mode_keeps_marked_modules_frozen_and_restores():
+    model = _tiny().eval()
+    guard.mark_frozen(model.bn2)
+    with guard.train_mode(model):
+        modes = _modes(model)
+        assert modes["bn2"] is False and modes["bn1"] is True and modes["dropout"] is True
+    assert not any(_modes(model).values())
+
+
+# ------------------------------------------------------------------- assert_training (torch)
+
+def test_assert_training_names_every_module_in_eval_mode():
+    model = _tiny().train()
+    guard.assert_training(model)                        # all in train mode: passes
+    model.bn2.eval()
+    model.dropout.eval()
+    with pytest.raises(guard.ModeError) as info:
+        guard.assert_training(model)
+    err = info.value
+    assert isinstance(err, RuntimeError)
+    assert err.in_eval == ["bn2", "dropout"] and err.frozen_in_train == []
+    assert "bn2 (BatchNorm2d)" in str(err) and "dropout (Dropout)" in str(err)
+    assert "bn1" not in str(err)
+
+
+def test_assert_training_after_an_evaluation_helper():
+    """The seed's bug in one line: the evaluation helper leaves eval mode on."""
+    from torch_impl.train import evaluate
+
+    model = _tiny().train()
+    evaluate(model, np.zeros((4, 1, 8, 8), np.float32), np.zeros(4, np.int32))
+    with pytest.raises(guard.ModeError) as info:
+        guard.assert_training(model)
+    assert info.value.in_eval == ["bn1", "bn2", "bn3", "dropout"]
+
+
+def test_assert_training_allows_frozen_by_name_object_container_or_mark():
+    model = _tiny().train()
+    model.bn1.eval()
+    guard.assert_training(model, frozen=["bn1"])
+    guard.assert_training(model, frozen=[model.bn1])
+    with pytest.raises(guard.ModeError):
+        guard.assert_training(model)
+
+    seq = nn.Sequential(nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)), nn.Dropout(0.1)).train()
+    seq[0].eval()                                        # a frozen block
+    guard.assert_training(seq, frozen=["0"])            # the container covers its BN
+    with pytest.raises(guard.ModeError) as info:
+        guard.assert_training(seq)
+    assert info.value.in_eval == ["0.1"]
+
+    guard.mark_frozen(model.bn1)
+    guard.assert_training(model)                         # the mark is read off the module
+    guard.unmark_frozen(model.bn1)
+    with pytest.raises(guard.ModeError):
+        guard.assert_training(model)
+
+
+def test_assert_training_reports_a_frozen_module_put_back_in_train_mode():
+    model = _tiny()
+    guard.mark_frozen(model.bn1)
+    model.train()                                        # silently unfreezes bn1 (row 4)
+    with pytest.raises(guard.ModeError) as info:
+        guard.assert_training(model)
+    assert info.value.frozen_in_train == ["bn1"] and info.value.in_eval == []
+    assert "declared frozen" in str(info.value)
+    guard.assert_training(model, check_frozen=False)
+    guard.set_train(model)                               # the fine-tuning-safe model.train()
+    assert model.bn1.training is False and model.bn2.training is True
+    guard.assert_training(model)
+
+
+def test_assert_training_rejects_unknown_frozen_names():
+    model = _tiny().train()
+    with pytest.raises(ValueError, match="bn9"):
+        guard.assert_training(model, frozen=["bn9"])
+    with pytest.raises(ValueError, match="not a submodule"):
+        guard.assert_training(model, frozen=[nn.BatchNorm1d(3)])
+
+
+# ---------------------------------------------------------------------- guarded_step (torch)
+
+def test_guarded_step_checks_the_first_argument_or_the_given_model():
+    from torch_impl.train import make_optimizer, train_step
+
+    model = _tiny().train()
+    opt = make_optimizer(model)
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    step = guard.guarded_step(train_step)
+    assert step.__name__ == "train_step"
+    assert torch.isfinite(step(model, opt, x, y))
+    model.eval()
+    w = model.fc2.weight.detach().clone()
+    with pytest.raises(guard.ModeError):
+        step(model, opt, x, y)
+    assert torch.equal(model.fc2.weight, w)             # raised before the step ran
+
+    calls = []
+
+    @guard.guarded_step(model=model, frozen=["bn3"])
+    def closure_step():
+        calls.append(1)
+
+    model.train()
+    model.bn3.eval()
+    closure_step()
+    assert calls == [1]
+    with pytest.raises(TypeError, match="model="):
+        guard.guarded_step(model)
+
+
+# -------------------------------------------------------------------- Linen batch_stats guard
+
+def _linen_state():
+    model = linen_models.build_model("digits", channels=(4, 8), hidden=16)
+    variables = linen_models.init_variables(model, (8, 8, 1), seed=0)
+    return ltrain.create_train_state(model, variables, ltrain.make_optimizer())
+
+
+def test_batch_stats_guard_passes_the_project_train_step_and_flags_a_dropped_update():
+    state = _linen_state()
+    batch = (jax.random.normal(jax.random.key(1), (8, 8, 8, 1)), jnp.arange(8) % 10)
+    with pytest.raises(fguard.BatchStatsError) as info:
+        fguard.assert_stats_tracked(state)               # a fresh state is at 0 / 1
+    assert info.value.layers == ["bn1", "bn2", "bn3"]
+
+    new, _ = ltrain.train_step(state, batch, jax.random.key(0))
+    fguard.check_batch_stats_updated(state, new)         # the project's step stores them
+    fguard.assert_stats_tracked(new)
+
+    dropped = new.replace(batch_stats=state.batch_stats)  # the forgotten update
+    with pytest.raises(fguard.BatchStatsError) as info:
+        fguard.check_batch_stats_updated(state, dropped)
+    assert info.value.layers == ["bn1", "bn2", "bn3"]
+    assert "did not store" in str(info.value)
+    with pytest.raises(fguard.BatchStatsError):
+        fguard.assert_stats_tracked(dropped)
+
+    partial = new.replace(batch_stats={**new.batch_stats, "bn2": state.batch_stats["bn2"]})
+    with pytest.raises(fguard.BatchStatsError) as info:
+        fguard.check_batch_stats_updated(state, partial)
+    assert info.value.layers == ["bn2"]
+    fguard.check_batch_stats_updated(state, partial, frozen=["bn2"])
+    with pytest.raises(ValueError, match="bn7"):
+        fguard.check_batch_stats_updated(state, partial, frozen=["bn7"])
+
+
+def test_batch_stats_guard_flags_a_train_false_step_and_accepts_variable_dicts():
+    state = _linen_state()
+    batch = (jax.random.normal(jax.random.key(1), (8, 8, 8, 1)), jnp.arange(8) % 10)
+    evalmode, _ = ltrain.train_step(state, batch, jax.random.key(0), train=False)
+    with pytest.raises(fguard.BatchStatsError):
+        fguard.check_batch_stats_updated(state, evalmode)
+    before = {"params": state.params, "batch_stats": state.batch_stats}
+    with pytest.raises(fguard.BatchStatsError):
+        fguard.check_batch_stats_updated(before, dict(evalmode.batch_stats))
+    with pytest.raises(TypeError):
+        fguard.batch_stats_of(42)
+
+
+# ------------------------------------------------------------------------- NNX guard
+
+def test_nnx_guard_reads_modes_and_batch_stats_off_the_module():
+    from flax import nnx
+
+    model = nnx_models.build_model("digits", seed=0, channels=(4, 8), hidden=16)
+    model.train()
+    fguard.assert_training(model)
+    with pytest.raises(fguard.BatchStatsError):
+        fguard.assert_stats_tracked(model)               # NNX BatchStat at its init 0 / 1
+    model.eval()
+    with pytest.raises(fguard.ModeError) as info:
+        fguard.assert_training(model)
+    assert info.value.in_eval == ["bn1", "bn2", "bn3", "dropout"]
+    model.train()
+    model.bn1.eval()
+    fguard.assert_training(model, frozen=["bn1"])
+    model.train()
+    with pytest.raises(fguard.ModeError) as info:
+        fguard.assert_training(model, frozen=["bn1"])
+    assert info.value.frozen_in_train == ["bn1"]
+    with pytest.raises(ValueError):
+        fguard.assert_training(model, frozen=["nope"])
+    model(jnp.ones((4, 8, 8, 1)))                        # a train-mode call updates BatchStat in place
+    fguard.assert_stats_tracked(model)
+    assert isinstance(model.bn1, nnx.BatchNorm)
