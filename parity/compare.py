@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from flax import nnx
 
 from flax_impl import BN_MOMENTUM
 from flax_impl import linen_models, nnx_models
@@ -63,6 +65,38 @@ def _check(model: str, framework: str, name: str, value: float, tol: float) -> C
     return Check(model, framework, name, float(value), float(tol), bool(value <= tol))
 
 
+# Jitted once per architecture (Linen modules are hashable configs; NNX graphdefs are cached),
+# so the many Pairs of a test session share compilations instead of dispatching op by op.
+@partial(jax.jit, static_argnums=(0, 3))
+def _linen_apply(module, variables: dict, x: jax.Array, train: bool):
+    if train:
+        return module.apply(variables, x, train=True, mutable=["batch_stats"])
+    return module.apply(variables, x, train=False), None
+
+
+@partial(jax.jit, static_argnums=0)
+def _linen_grad(module, params: dict, batch_stats: dict, x: jax.Array, y: jax.Array):
+    from flax_impl.train import loss_fn
+
+    def f(p):
+        out, _ = module.apply({"params": p, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"])
+        return loss_fn(out, y)
+
+    return jax.grad(f)(params)
+
+
+@nnx.jit
+def _nnx_forward(model, x: jax.Array) -> jax.Array:
+    return model(x)
+
+
+@nnx.jit
+def _nnx_grad(model, x: jax.Array, y: jax.Array):
+    from flax_impl.train import loss_fn
+
+    return nnx.grad(lambda m: loss_fn(m(x), y))(model)
+
+
 class Pair:
     """A torch model and its converted Flax twin (Linen variables or an NNX module).
 
@@ -93,11 +127,10 @@ class Pair:
         xl = jnp.asarray(to_channels_last(x))
         if self.framework == "nnx":
             self.nnx.train() if train else self.nnx.eval()
-            return np.asarray(self.nnx(xl))
-        if not train:
-            return np.asarray(self.linen.apply(self.variables, xl, train=False))
-        out, upd = self.linen.apply(self.variables, xl, train=True, mutable=["batch_stats"])
-        self.variables = {"params": self.variables["params"], "batch_stats": upd["batch_stats"]}
+            return np.asarray(_nnx_forward(self.nnx, xl))
+        out, upd = _linen_apply(self.linen, self.variables, xl, train)
+        if train:
+            self.variables = {"params": self.variables["params"], "batch_stats": upd["batch_stats"]}
         return np.asarray(out)
 
     def flax_batch_stats(self) -> dict:
@@ -120,20 +153,11 @@ class Pair:
         tg = {n: p.grad.numpy().copy() for n, p in self.torch.named_parameters()}
         xl, yj = jnp.asarray(to_channels_last(x)), jnp.asarray(y)
 
-        from flax_impl.train import loss_fn  # the same mean cross-entropy both Flax styles use
         if self.framework == "nnx":
-            from flax import nnx
-
             self.nnx.train()
-            grads = nnx.grad(lambda m: loss_fn(m(xl), yj))(self.nnx)
-            fg_tree = nnx.to_pure_dict(grads)
+            fg_tree = nnx.to_pure_dict(_nnx_grad(self.nnx, xl, yj))
         else:
-            def f(params):
-                out, _ = self.linen.apply({"params": params, "batch_stats": self.variables["batch_stats"]},
-                                          xl, train=True, mutable=["batch_stats"])
-                return loss_fn(out, yj)
-
-            fg_tree = jax.grad(f)(self.variables["params"])
+            fg_tree = _linen_grad(self.linen, self.variables["params"], self.variables["batch_stats"], xl, yj)
         return tg, convert.params_to_torch(jax.tree.map(np.asarray, fg_tree), self.torch)
 
 
