@@ -5,12 +5,15 @@ import os
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# The test models are tiny: one intra-op thread avoids oversubscribing 2 cores that jax's
+# thread pool also uses, and makes torch's CPU kernels deterministic run to run.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
     """Skip ``@pytest.mark.gpu`` tests when torch sees no CUDA GPU."""
-    import torch
-
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
