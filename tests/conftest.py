@@ -8,7 +8,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 # The test models are tiny: one intra-op thread avoids oversubscribing 2 cores that jax's
-# thread pool also uses, and makes torch's CPU kernels deterministic run to run.
+# thread pool also uses (measured: a 3-epoch tiny run took 12.7 s with 2 threads, 0.37 s with 1,
+# on a loaded 2-core box).
 torch.set_num_threads(1)
 
 
