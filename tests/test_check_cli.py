@@ -1,0 +1,112 @@
+"""``parity check``: the foundation JSON contract, the harness sections, exit codes, and (on a
+GPU) both precision policies side by side."""
+
+import json
+
+import pytest
+import torch
+
+from flax_impl import linen_models
+from parity.cli import main
+
+CONTRACT_KEYS = {"model", "framework", "check", "value", "tolerance", "passed"}
+
+
+def read(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_contract_and_harness_sections(tmp_path, capsys):
+    """NNX end to end: foundation rows, layers, gradients, a float64 and a float32 trajectory
+    with Adam (optax state over nnx.State), JSON and plot."""
+    out, png = tmp_path / "check.json", tmp_path / "check.png"
+    rc = main(["check", "--models", "digits", "--frameworks", "nnx", "--batch-size", "32", "--localize",
+               "--trajectory", "2", "--optimizer", "adam", "--json", str(out), "--plot", str(png)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "model" in printed and "tolerance" in printed and "forward_eval_rel_l2" in printed
+    doc = read(out)
+    assert doc["passed"] is True and doc["device"] == "cpu" and doc["precisions"] == ["strict"]
+    checks = doc["checks"]
+    names = {c["check"] for c in checks}
+    assert {"forward_eval_rel_l2", "forward_train_rel_l2", "bn_running_mean_rel_l2",
+            "bn_running_var_corrected_rel_l2", "gradient_max_rel_l2", "roundtrip_max_abs",
+            "layers_eval_max_rel_l2", "layers_train_max_rel_l2", "gradients_train_max_rel_l2"} <= names
+    for c in checks:
+        assert CONTRACT_KEYS <= set(c)
+        assert c["model"] == "digits" and c["framework"] == "nnx"
+        assert isinstance(c["value"], float) and isinstance(c["tolerance"], float) and c["passed"] is True
+    # per-layer section: every layer of both modes and every parameter gradient
+    layers = doc["layers"]
+    assert {r["report"] for r in layers} == {"layers_eval", "layers_train", "gradients_train"}
+    assert [r["name"] for r in layers if r["report"] == "layers_eval"][:2] == ["conv1", "bn1"]
+    assert {"max_abs", "rel_l2", "cosine", "outside", "passed"} <= set(layers[0])
+    # per-step section
+    assert "trajectory_adam_2_float64_worst_over_bound" in names
+    steps = doc["trajectory"]
+    assert [(s["dtype"], s["step"]) for s in steps] == [("float64", 0), ("float64", 1), ("float32", 0), ("float32", 1)]
+    assert {"loss_torch", "loss_flax", "param_rel", "bn_rel", "opt_rel", "envelope", "f64_param_rel"} <= set(steps[0])
+    assert all(s["param_rel"] < 1e-12 for s in steps if s["dtype"] == "float64")
+    # Adam moments of the NNX side (optax over nnx.State) were compared, in torch names
+    assert all(s["opt_rel"] > 0 and s["opt_worst"].endswith(("exp_avg", "exp_avg_sq")) for s in steps)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failing_check_exits_1(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(linen_models, "BN_EPSILON", 1e-3)  # a port with the wrong BN eps
+    out = tmp_path / "check.json"
+    rc = main(["check", "--models", "signal1d", "--frameworks", "linen", "--batch-size", "32", "--json", str(out)])
+    assert rc == 1
+    doc = read(out)
+    assert doc["passed"] is False
+    failed = {c["check"] for c in doc["checks"] if not c["passed"]}
+    assert "forward_eval_rel_l2" in failed and "roundtrip_max_abs" not in failed
+    assert "FAIL" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--models", "resnet"], "unknown model"),
+    (["--frameworks", "haiku"], "unknown framework"),
+    (["--trajectory", "-1"], "STEPS"),
+])
+def test_usage_errors_exit_2(argv, message, capsys):
+    assert main(["check", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cuda_without_gpu_is_a_clear_error(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "check.json"
+    assert main(["check", "--device", "cuda", "--precision", "default", "--json", str(out)]) == 2
+    assert "cuda" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.gpu
+def test_gpu_both_precision_policies(tmp_path, capsys):
+    """On a GPU: strict meets the CPU tolerances; default (TF32) is reported beside it with the
+    policy's own tolerances. The numbers are printed for the closing note."""
+    from parity.compare import Pair
+    from parity.data import load
+    from parity.device import configure
+    from parity.localize import localize_gradients
+
+    ds = load("digits")
+    x, y = ds.x_test[:128], ds.y_test[:128]
+    first_conv = {}
+    for precision in ("strict", "default"):
+        rt = configure("cuda", precision)
+        pair = Pair("digits", "linen", 0, dropout=0.0)
+        pair.torch.to(rt.torch_device)
+        rep = localize_gradients(pair.torch, pair.linen, x, y, variables=pair.variables, tol=1e-5)
+        first_conv[precision] = rep.row("conv1.weight").rel_l2
+    print(f"first-conv gradient rel L2 on {torch.cuda.get_device_name(0)}: {first_conv}")
+    assert first_conv["strict"] < 1e-5
+    out = tmp_path / "gpu.json"
+    rc = main(["check", "--device", "cuda", "--precision", "both", "--models", "digits", "--localize",
+               "--json", str(out)])
+    printed = capsys.readouterr().out
+    doc = read(out)
+    assert doc["precisions"] == ["strict", "default"] and "strict value" in printed and "default value" in printed
+    assert all(c["passed"] for c in doc["checks"] if c["precision"] == "strict"), printed
+    assert rc == (0 if doc["passed"] else 1)
