@@ -121,7 +121,8 @@ def _run_policy(args, models, frameworks, runtime, tols, progress) -> dict:
 
     precision = runtime.precision
     checks = []
-    for c in run_checks(models, frameworks, seed=args.seed, batch_size=args.batch_size):
+    for c in run_checks(models, frameworks, seed=args.seed, batch_size=args.batch_size,
+                        device=runtime.device):
         kind = _check_kind(c.check)
         if kind is not None:
             c = replace(c, tolerance=tols[kind], passed=bool(c.value <= tols[kind]))
@@ -135,8 +136,7 @@ def _run_policy(args, models, frameworks, runtime, tols, progress) -> dict:
             if args.localize:
                 from parity.localize import localize, localize_gradients
 
-                pair = Pair(model, fw, args.seed, **dropout)
-                pair.torch.to(runtime.torch_device)
+                pair = Pair(model, fw, args.seed, runtime.device, **dropout)
                 fm, var = (pair.nnx, None) if fw == "nnx" else (pair.linen, pair.variables)
                 reports = [localize(pair.torch, fm, x, variables=var, mode=mode, tol=tols["layers"], seed=args.seed)
                            for mode in ("eval", "train")]
@@ -157,8 +157,7 @@ def _run_policy(args, models, frameworks, runtime, tols, progress) -> dict:
 
                 batches = _batches(ds.x_train, ds.y_train, args.batch_size, args.seed, args.trajectory)
                 for dtype in ("float64", "float32"):
-                    pair = Pair(model, fw, args.seed, **dropout)
-                    pair.torch.to(runtime.torch_device)
+                    pair = Pair(model, fw, args.seed, runtime.device, **dropout)
                     fm, var = (pair.nnx, None) if fw == "nnx" else (pair.linen, pair.variables)
                     base = TRAJECTORY_TOL_FLOAT64 if dtype == "float64" else TRAJECTORY_TOL
                     bounds = {k: v * (1.0 if dtype == "float64" else tols["trajectory"]) for k, v in base.items()}

@@ -102,15 +102,19 @@ class Pair:
 
     ``x`` batches are channels-first numpy (NCHW / NCW); Flax receives them channels-last.
     ``config`` overrides architecture widths (e.g. ``dropout=0.0`` for train-mode parity).
+    ``device`` is where torch runs (``'cpu'`` or ``'cuda'``); jax runs on its default device,
+    which :func:`parity.device.configure` sets to the same place.
     """
 
-    def __init__(self, model: str, framework: str, seed: int = 0, **config) -> None:
+    def __init__(self, model: str, framework: str, seed: int = 0, device: str = "cpu", **config) -> None:
         if framework not in FRAMEWORKS:
             raise ValueError(f"unknown framework {framework!r}; choose one of {', '.join(FRAMEWORKS)}")
         self.model, self.framework = model, framework
         self.torch = torch_models.build_model(model, seed=seed, **config)
         self.variables = convert.torch_to_linen(self.torch.state_dict(), self.torch)
         self.linen = linen_models.build_model(model, **config)
+        self.device = torch.device(device)
+        self.torch.to(self.device)
         self.nnx = None
         if framework == "nnx":
             self.nnx = convert.load_nnx_variables(nnx_models.build_model(model, **config), self.variables)
@@ -120,7 +124,7 @@ class Pair:
         """Logits ``(N, classes)`` from torch in train or eval mode (updates BN stats if train)."""
         self.torch.train(train)
         with torch.no_grad():
-            return self.torch(torch.from_numpy(x)).numpy()
+            return self.torch(torch.from_numpy(x).to(self.device)).cpu().numpy()
 
     def flax_forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         """Logits from Linen or NNX in the same mode; in train mode the BN stats are stored."""
@@ -148,9 +152,9 @@ class Pair:
         """
         self.torch.train()
         self.torch.zero_grad(set_to_none=True)
-        logits = self.torch(torch.from_numpy(x))
-        torch.nn.functional.cross_entropy(logits, torch.from_numpy(y).long()).backward()
-        tg = {n: p.grad.numpy().copy() for n, p in self.torch.named_parameters()}
+        logits = self.torch(torch.from_numpy(x).to(self.device))
+        torch.nn.functional.cross_entropy(logits, torch.from_numpy(y).long().to(self.device)).backward()
+        tg = {n: p.grad.cpu().numpy() for n, p in self.torch.named_parameters()}
         xl, yj = jnp.asarray(to_channels_last(x)), jnp.asarray(y)
 
         if self.framework == "nnx":
@@ -163,7 +167,7 @@ class Pair:
 
 def torch_bn_state(model: torch.nn.Module) -> dict[str, dict[str, np.ndarray]]:
     """``{bn_name: {'mean', 'var'}}`` of a torch model's running statistics."""
-    return {n: {"mean": m.running_mean.numpy().copy(), "var": m.running_var.numpy().copy()}
+    return {n: {"mean": m.running_mean.cpu().numpy(), "var": m.running_var.cpu().numpy()}
             for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
 
 
@@ -191,7 +195,7 @@ def values_per_channel(model: torch.nn.Module, batch: np.ndarray) -> dict[str, i
     was = model.training
     model.eval()
     with torch.no_grad():
-        model(torch.from_numpy(batch))
+        model(torch.from_numpy(batch).to(next(model.parameters()).device))
     model.train(was)
     for h in hooks:
         h.remove()
@@ -259,8 +263,9 @@ def roundtrip_max_abs(model: str, framework: str, seed: int = 0) -> float:
 
 
 def run_checks(models: Iterable[str] = ("digits", "signal1d"), frameworks: Iterable[str] = FRAMEWORKS,
-               seed: int = 0, batch_size: int = 128, bn_passes: int = 5) -> list[Check]:
-    """All foundation parity checks on real data (the test split), float32, current device.
+               seed: int = 0, batch_size: int = 128, bn_passes: int = 5, device: str = "cpu") -> list[Check]:
+    """All foundation parity checks on real data (the test split), float32; torch on ``device``
+    (jax on its default device, see :func:`parity.device.configure`).
 
     Per model and framework: eval forward, train forward (batch statistics, dropout off), BN
     running mean / corrected running variance after ``bn_passes`` training-mode passes, the
@@ -276,20 +281,20 @@ def run_checks(models: Iterable[str] = ("digits", "signal1d"), frameworks: Itera
         x, y = ds.x_test[:batch_size], ds.y_test[:batch_size]
         passes = [ds.x_train[i * batch_size:(i + 1) * batch_size] for i in range(bn_passes)]
         for fw in frameworks:
-            pair = Pair(model, fw, seed)
+            pair = Pair(model, fw, seed, device)
             checks.append(_check(model, fw, "forward_eval_rel_l2",
                                  rel_l2(pair.flax_forward(x, False), pair.torch_forward(x, False)),
                                  TOLERANCES["forward"]))
-            pair = Pair(model, fw, seed, dropout=0.0)
+            pair = Pair(model, fw, seed, device, dropout=0.0)
             checks.append(_check(model, fw, "forward_train_rel_l2",
                                  rel_l2(pair.flax_forward(x, True), pair.torch_forward(x, True)),
                                  TOLERANCES["forward"]))
-            bn = bn_state_after_passes(Pair(model, fw, seed, dropout=0.0), passes)
+            bn = bn_state_after_passes(Pair(model, fw, seed, device, dropout=0.0), passes)
             checks.append(_check(model, fw, "bn_running_mean_rel_l2",
                                  max(v["mean"] for v in bn.values()), TOLERANCES["bn_state"]))
             checks.append(_check(model, fw, "bn_running_var_corrected_rel_l2",
                                  max(v["var_corrected"] for v in bn.values()), TOLERANCES["bn_state"]))
-            grads = gradient_differences(Pair(model, fw, seed, dropout=0.0), x, y)
+            grads = gradient_differences(Pair(model, fw, seed, device, dropout=0.0), x, y)
             checks.append(_check(model, fw, "gradient_max_rel_l2", max(grads.values()), TOLERANCES["gradient"]))
             checks.append(_check(model, fw, "roundtrip_max_abs", roundtrip_max_abs(model, fw, seed), 0.0))
     return checks
