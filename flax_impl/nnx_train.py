@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from flax_impl import train as linen_train
 from flax_impl.audit import nnx_modes, train_fraction
 
 Batches = Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]]
@@ -28,8 +29,9 @@ OnEpoch = Callable[[dict], None]
 
 
 def make_optimizer(model: nnx.Module, lr: float = 0.05, momentum: float = 0.9) -> nnx.Optimizer:
-    """SGD with heavy-ball momentum over the model's ``nnx.Param`` s (``optax.sgd``)."""
-    return nnx.Optimizer(model, optax.sgd(lr, momentum=momentum), wrt=nnx.Param)
+    """SGD with heavy-ball momentum over the model's ``nnx.Param`` s, with the cached optax
+    transformation of :func:`flax_impl.train.make_optimizer` (static under ``nnx.jit``)."""
+    return nnx.Optimizer(model, linen_train.make_optimizer(lr, momentum), wrt=nnx.Param)
 
 
 def loss_fn(logits: jax.Array, y: jax.Array) -> jax.Array:

@@ -16,6 +16,7 @@ Mirrors ``torch_impl/train.py``. Inputs are channels-last (NHWC / NWC) numpy or 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -39,8 +40,14 @@ class TrainState(train_state.TrainState):
     batch_stats: Any
 
 
+@functools.cache
 def make_optimizer(lr: float = 0.05, momentum: float = 0.9) -> optax.GradientTransformation:
-    """SGD with heavy-ball momentum, the same update as ``torch.optim.SGD(lr, momentum)``."""
+    """SGD with heavy-ball momentum, the same update as ``torch.optim.SGD(lr, momentum)``.
+
+    Cached: the transformation is a static field of :class:`TrainState` (and of
+    ``nnx.Optimizer``), so a fresh object per seed would make ``jit`` recompile every step
+    function per seed; one object per ``(lr, momentum)`` keeps the compilation cache warm.
+    """
     return optax.sgd(lr, momentum=momentum)
 
 

@@ -425,6 +425,20 @@ def reading(results: dict, summary: dict[str, dict]) -> list[str]:
             text += " In Linen the same schedule had to be written on purpose (`linen_bug_emulated`)."
         out.append(text)
 
+    guarded = {v: r["seeds"] for v, r in results["variants"].items() if v.startswith("torch_")}
+    if guarded:
+        parts = []
+        for v, seeds in guarded.items():
+            hits = [x for x in seeds if x.get("guard_epoch") is not None]
+            if not hits:
+                parts.append(f"`{v}` silent in all {len(seeds)} runs")
+                continue
+            first = min(hits, key=lambda x: x["guard_epoch"])
+            parts.append(f"`{v}` would have raised in {len(hits)}/{len(seeds)} runs, at the first step of "
+                         f"epoch {first['guard_epoch'] + 1}, naming {', '.join(first['guard_modules'])}")
+        out.append("**Runtime guard.** `torch_impl.guard.training_guard`, recording instead of raising, "
+                   "checked every torch training step: " + "; ".join(parts) + ".")
+
     if ref is not None and E >= 2 and buggy:
         parts = [f"`torch_correct` {_pct(ref['epoch2_acc']['mean'])}%"]
         for v in buggy:

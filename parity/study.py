@@ -241,16 +241,6 @@ def _linen_module(name: str, config_items: tuple) -> Any:
     return linen_models.build_model(name, **dict(config_items))
 
 
-@functools.cache
-def _sgd(lr: float, momentum: float) -> Any:
-    """One optax SGD transformation per (lr, momentum), shared by every Linen state and NNX
-    optimizer: the transformation is static under ``jit`` / ``nnx.jit`` (it is a pytree's
-    static field), so a fresh one per seed would recompile every step function per seed."""
-    from flax_impl.train import make_optimizer
-
-    return make_optimizer(lr, momentum)
-
-
 def _config_items(config: StudyConfig) -> tuple:
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.model_config.items()))
 
@@ -276,6 +266,7 @@ def _run_torch(variant: str, ctx: _Context) -> tuple[list[dict], str]:
 
     from torch_impl import train as torch_train
     from torch_impl.audit import ModeAudit
+    from torch_impl.guard import ModeError, training_guard
 
     c = ctx.config
     loop = torch_train.fit if variant == "torch_correct" else torch_train.fit_seed_bug
@@ -286,18 +277,28 @@ def _run_torch(variant: str, ctx: _Context) -> tuple[list[dict], str]:
         model = copy.deepcopy(ctx.torch_init[seed]).to(device)
         optimizer = torch_train.make_optimizer(model, c.lr, c.momentum)
         rng_devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=rng_devices), ModeAudit(model) as audit:
+        guard: dict = {}                              # the first step the runtime guard objects to
+        epochs_done = []
+
+        def on_violation(err: ModeError) -> None:
+            guard.setdefault("epoch", len(epochs_done))
+            guard.setdefault("modules", err.in_eval)
+
+        with torch.random.fork_rng(devices=rng_devices), ModeAudit(model) as audit, \
+                training_guard(model, on_violation=on_violation):
             torch.manual_seed(seed)                   # dropout masks; caller's RNG state restored after
 
             def on_epoch(rec: dict) -> None:
                 rec["train_mode"] = audit.fraction()  # measured on this epoch's training passes
                 audit.reset()
+                epochs_done.append(rec["epoch"])
                 ctx.progress.advance()
 
             history = loop(model, optimizer, ctx.torch_batches(seed), (ctx.x_test, ctx.y_test), c.epochs,
                            device=device, on_epoch=on_epoch)
         ctx.progress.advance(c.epochs - len(history))  # stopped early: diverged
-        out.append(_seed_result(seed, history))
+        out.append(_seed_result(seed, history) | {"guard_epoch": guard.get("epoch"),
+                                                  "guard_modules": guard.get("modules", [])})
     return out, "torch"
 
 
@@ -312,7 +313,8 @@ def _run_linen_loop(variant: str, ctx: _Context) -> tuple[list[dict], str]:
     out = []
     for seed in c.seed_list:
         ctx.progress.describe(f"{variant}  seed {seed + 1}/{c.seeds}")
-        state = linen_train.create_train_state(module, jax.device_put(ctx.linen_init[seed]), _sgd(c.lr, c.momentum))
+        tx = linen_train.make_optimizer(c.lr, c.momentum)
+        state = linen_train.create_train_state(module, jax.device_put(ctx.linen_init[seed]), tx)
         _, history = fit(state, ctx.flax_batches(seed), (ctx.x_test_cl, ctx.y_test), c.epochs,
                          jax.random.key(seed), on_epoch=lambda rec: ctx.progress.advance())
         ctx.progress.advance(c.epochs - len(history))
@@ -346,7 +348,8 @@ def _run_linen_vmap(variant: str, ctx: _Context) -> tuple[list[dict], str]:
     c = ctx.config
     seeds = c.seed_list
     module = _linen_module(c.model_name, _config_items(c))
-    states = linen_train.create_seed_states(module, [ctx.linen_init[s] for s in seeds], _sgd(c.lr, c.momentum))
+    tx = linen_train.make_optimizer(c.lr, c.momentum)
+    states = linen_train.create_seed_states(module, [ctx.linen_init[s] for s in seeds], tx)
     x, y = jax.device_put(ctx.x_train_cl), jax.device_put(ctx.y_train)
     test = (jax.device_put(ctx.x_test_cl), jax.device_put(ctx.y_test))
     keys = [jax.random.key(s) for s in seeds]
@@ -378,8 +381,6 @@ def _run_linen_vmap(variant: str, ctx: _Context) -> tuple[list[dict], str]:
 
 
 def _run_nnx(variant: str, ctx: _Context) -> tuple[list[dict], str]:
-    from flax import nnx
-
     from flax_impl import nnx_models
     from flax_impl import nnx_train
     from parity.convert import torch_to_nnx
@@ -392,10 +393,7 @@ def _run_nnx(variant: str, ctx: _Context) -> tuple[list[dict], str]:
         template = ctx.torch_init[seed]
         model = nnx_models.build_model(c.model_name, seed=seed, **c.model_config)  # dropout rngs: Rngs(seed)
         torch_to_nnx(template.state_dict(), template, model)
-        # nnx_train.make_optimizer(model, lr, momentum) builds a new optax transformation per call;
-        # it is static under nnx.jit, so each seed would recompile (~3 s a step function). The same
-        # optimizer with one shared transformation keeps nnx.jit's cache warm.
-        optimizer = nnx.Optimizer(model, _sgd(c.lr, c.momentum), wrt=nnx.Param)
+        optimizer = nnx_train.make_optimizer(model, c.lr, c.momentum)
         history = fit(model, optimizer, ctx.flax_batches(seed), (ctx.x_test_cl, ctx.y_test), c.epochs,
                       on_epoch=lambda rec: ctx.progress.advance())
         ctx.progress.advance(c.epochs - len(history))

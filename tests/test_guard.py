@@ -207,6 +207,11 @@ def test_training_guard_catches_the_seed_loop_without_editing_it():
     with pytest.raises(ValueError, match="bn9"):
         with guard.training_guard(model, frozen=["bn9"]):
             pass
+    # recording instead of raising: the run goes on, every offending step is reported
+    model, seen = _tiny(), []
+    with guard.training_guard(model, on_violation=seen.append):
+        assert len(fit_seed_bug(model, make_optimizer(model), batches, test_set, 2)) == 2
+    assert len(seen) == 4 and all(e.in_eval == ["bn1", "bn2", "bn3", "dropout"] for e in seen)
 
 
 # -------------------------------------------------------------------- Linen batch_stats guard

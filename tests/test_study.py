@@ -117,6 +117,16 @@ def test_audit_measures_the_mode_of_every_variant(tiny_results):
             assert not s["diverged"]
 
 
+def test_the_runtime_guard_rides_along_the_torch_variants(tiny_results, tmp_path):
+    for s in tiny_results["variants"]["torch_correct"]["seeds"]:
+        assert s["guard_epoch"] is None and s["guard_modules"] == []
+    for s in tiny_results["variants"]["torch_seed_bug"]["seeds"]:
+        assert s["guard_epoch"] == 1 and s["guard_modules"] == ["bn1", "bn2", "bn3", "dropout"]
+    report = write_outputs(tiny_results, tmp_path)["report"].read_text()
+    assert "`torch_seed_bug` would have raised in 2/2 runs, at the first step of epoch 2" in report
+    assert "`torch_correct` silent in all 2 runs" in report
+
+
 def test_seed_bug_variants_of_one_seed_match_in_epoch_one_and_differ_after(tiny_results):
     """Same weights, same batches: epoch 1 is train mode everywhere, so the correct and buggy
     loop of one framework give the same numbers there; from epoch 2 on they must not."""

@@ -260,7 +260,8 @@ def guarded_step(step: F | None = None, /, *, model: nn.Module | None = None,
 
 @contextlib.contextmanager
 def training_guard(model: nn.Module, frozen: Iterable[str | nn.Module] = (), *,
-                   check_frozen: bool = True) -> Iterator[nn.Module]:
+                   check_frozen: bool = True,
+                   on_violation: Callable[[ModeError], None] | None = None) -> Iterator[nn.Module]:
     """Inside the block, every forward pass of ``model`` with autograd enabled runs
     :func:`assert_training` first, so a training loop you cannot edit raises :class:`ModeError`
     at its first step in the wrong mode::
@@ -271,13 +272,21 @@ def training_guard(model: nn.Module, frozen: Iterable[str | nn.Module] = (), *,
     Passes under ``torch.no_grad()`` / ``torch.inference_mode()`` (evaluation) are not checked,
     so an evaluation must run under one of them (``torch_impl.train.evaluate`` does). The hook
     is removed on exit.
+
+    ``on_violation``, if given, receives the :class:`ModeError` instead of it being raised, so a
+    study can record where the guard would have stopped a run and let the run go on.
     """
     frozen = tuple(frozen)
     frozen_modules(model, frozen)                      # validate the names now, not at step 1
 
     def hook(module: nn.Module, args: tuple) -> None:
         if torch.is_grad_enabled():
-            assert_training(module, frozen, check_frozen=check_frozen)
+            try:
+                assert_training(module, frozen, check_frozen=check_frozen)
+            except ModeError as e:
+                if on_violation is None:
+                    raise
+                on_violation(e)
 
     handle = model.register_forward_pre_hook(hook)
     try:
