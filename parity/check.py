@@ -34,6 +34,8 @@ import math
 import sys
 from dataclasses import replace
 
+from parity.table import format_table
+
 MODELS = ("digits", "signal1d")
 FRAMEWORKS = ("linen", "nnx")
 
@@ -184,18 +186,13 @@ def _run_policy(args, models, frameworks, runtime, tols, progress) -> dict:
             "plot_traj": plot_traj}
 
 
-def _table(rows: list[list[str]], head: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *rows])
-
-
 def format_checks(results: dict[str, list]) -> str:
     """One table; with two policies, their values side by side (``results`` by precision)."""
     precisions = list(results)
     if len(precisions) == 1:
         rows = [[c.model, c.framework, c.check, f"{c.value:.3e}", f"{c.tolerance:.1e}", "ok" if c.passed else "FAIL"]
                 for c in results[precisions[0]]]
-        return _table(rows, ["model", "framework", "check", "value", "tolerance", "pass"])
+        return format_table(["model", "framework", "check", "value", "tolerance", "pass"], rows)
     head = ["model", "framework", "check"]
     for p in precisions:
         head += [f"{p} value", f"{p} tol", f"{p} pass"]
@@ -208,7 +205,7 @@ def format_checks(results: dict[str, list]) -> str:
             row += ["-", "-", "-"] if c is None else [f"{c.value:.3e}", f"{c.tolerance:.1e}",
                                                       "ok" if c.passed else "FAIL"]
         rows.append(row)
-    return _table(rows, head)
+    return format_table(head, rows)
 
 
 def run(args: argparse.Namespace) -> int:

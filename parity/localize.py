@@ -58,6 +58,7 @@ from torch import nn as tnn
 from parity import convert
 from parity.compare import rel_l2, unbiased_running_var
 from parity.layout import to_channels_last
+from parity.table import format_table
 
 Mode = Literal["eval", "train"]
 DropoutMasks = Literal["shared", "independent"]
@@ -182,10 +183,7 @@ class Report:
                  f"{r.rel_l2:.2e}", f"{r.cosine:.6f}", f"{r.outside:.1%}",
                  "-" if r.float64_rel_l2 is None else f"{r.float64_rel_l2:.1e}",
                  ("ok" if r.passed else "FAIL") + (f" {r.note}" if r.note else "")) for r in self.rows]
-        widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-        lines = [self.summary(), "  ".join(h.ljust(w) for h, w in zip(head, widths))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
-        return "\n".join(lines)
+        return self.summary() + "\n" + format_table(head, body)
 
     def __str__(self) -> str:
         return self.format()

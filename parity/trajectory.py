@@ -46,6 +46,7 @@ from torch import nn as tnn
 
 from parity import convert
 from parity.compare import rel_l2, unbiased_running_var
+from parity.table import format_table
 from parity.localize import (DropoutMasks, FlaxSide, SharedDropout, _flax_bn_stats, _invert, _np,
                              _torch_device, activation_to_flax, flax_dropout_hook, flax_loss,
                              torch_loss, torch_shared_dropout)
@@ -295,10 +296,7 @@ class TrajectoryReport:
                          f"{r.param_rel:.2e}", f"{r.bn_rel:.2e}", f"{r.opt_rel:.2e}",
                          *((f"{r.f64_param_rel:.1e}", f"{r.f64_opt_rel:.1e}") if ref else ()),
                          f"{r.envelope:.2e}", f"{worst[1]} {worst[0]:.1e}", "ok" if r.passed else "FAIL"))
-        widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-        lines = [self.summary(), "  ".join(h.ljust(w) for h, w in zip(head, widths))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
-        return "\n".join(lines)
+        return self.summary() + "\n" + format_table(head, body)
 
     def __str__(self) -> str:
         return self.format()
