@@ -4,7 +4,8 @@
 #   2. the default study        parity study --device cuda          (target: <= 60 s on one H100)
 #   3. the Linen speed-up       parity study --variants linen,linen_bug_emulated --linen-path loop,
 #                               compared with step 2's Linen wall times (scan + vmap over seeds)
-#   4. the parity check         parity check --precision strict --device cuda
+#   4. the parity check         parity check --precision both --device cuda (strict and default
+#                               float32 policies side by side)
 #   5. the benchmark            parity bench --device cuda --quick --json ... --plot ...
 # and prints a summary table last. Exit 0 only if every step passed; any failure is printed in
 # capitals and makes the exit code non-zero. Each step has a time limit (`timeout`).
@@ -84,12 +85,12 @@ step() {
     [ "$status" = ok ] || echo "!!! STEP $name: $status" | tee -a "$LOG" >&2
 }
 
-step gpu-tests 65 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
+step gpu-tests 60 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
 step study 90 "$PY" -m parity study --device cuda --out "$OUT_DIR/study" --no-progress
-step study-linen-loop 35 "$PY" -m parity study --device cuda --variants linen,linen_bug_emulated \
+step study-linen-loop 30 "$PY" -m parity study --device cuda --variants linen,linen_bug_emulated \
     --linen-path loop --out "$LOOP_DIR" --no-progress
-step check-strict 40 "$PY" -m parity check --precision strict --device cuda
-step bench 60 "$PY" -m parity bench --device cuda --quick --json "$OUT_DIR/bench.json" --plot "$OUT_DIR/bench.png"
+step check-both 45 "$PY" -m parity check --precision both --device cuda --json "$OUT_DIR/check.json"
+step bench 80 "$PY" -m parity bench --device cuda --quick --json "$OUT_DIR/bench.json" --plot "$OUT_DIR/bench.png"
 
 # ------------------------------------------------------------------------------------- summary
 "$PY" - "$STEPS" "$OUT_DIR/study/results.json" "$LOOP_DIR/results.json" <<'EOF' | tee "$OUT_DIR/summary.txt"
