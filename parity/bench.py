@@ -52,7 +52,6 @@ import copy
 import datetime
 import functools
 import io
-import json
 import math
 import os
 import platform
@@ -952,20 +951,6 @@ def check_targets(report: dict) -> list[dict]:
 
 # ---------------------------------------------------------------------------------- output
 
-def json_safe(obj: Any) -> Any:
-    """``obj`` with numpy scalars made Python numbers and non-finite floats made ``None``
-    (strict JSON has no NaN or Infinity)."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def _fmt_rate(x: float | None) -> str:
     if x is None:
         return "-"
@@ -1093,11 +1078,11 @@ def plot_report(report: dict, path: str) -> None:
 # ------------------------------------------------------------------------------------- CLI
 
 def write_outputs(report: dict, json_path: str | None = None, plot_path: str | None = None) -> None:
-    """Write the report as strict JSON (:func:`json_safe`) and/or the chart, each atomically."""
-    from parity.io import atomic_write_text
+    """Write the report as strict JSON (:func:`parity.io.json_safe`) and/or the chart, each atomically."""
+    from parity.io import atomic_write_json
 
     if json_path:
-        atomic_write_text(json_path, json.dumps(json_safe(report), indent=2) + "\n")
+        atomic_write_json(json_path, report, indent=2)
     if plot_path:
         plot_report(report, plot_path)
 

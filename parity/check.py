@@ -29,7 +29,6 @@ Exit codes: 0 all within tolerance, 1 a check failed, 2 usage or device error.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import replace
@@ -262,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
           f"within tolerance on {runtime.device} ({', '.join(precisions)})")
 
     if args.json:
-        from parity.io import atomic_write_text
+        from parity.io import atomic_write_json
 
         doc = {"passed": passed, "device": runtime.device, "precisions": precisions,
                "versions": library_versions(),
@@ -271,29 +270,9 @@ def run(args: argparse.Namespace) -> int:
             doc["layers"] = sections["layers"]
         if args.trajectory:
             doc["trajectory"] = sections["trajectory"]
-        atomic_write_text(args.json, json.dumps(_finite(doc), indent=1, default=_json_default, allow_nan=False)
-                          + "\n")
+        atomic_write_json(args.json, doc)  # strict JSON: a non-finite value (a shape mismatch's inf) is null
     if args.plot:
         from parity.plots import divergence_figure
 
         divergence_figure(sections["plot_layers"], sections["plot_traj"], args.plot)
     return 0 if passed else 1
-
-
-def _finite(o):
-    """Strict JSON: a non-finite float (a shape mismatch's ``inf``) becomes the string ``"inf"``."""
-    if isinstance(o, float) and not math.isfinite(o):
-        return str(o)
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
-
-
-def _json_default(o):
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 @contextlib.contextmanager
@@ -56,3 +58,22 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     except OSError as e:
         raise OSError(f"output directory {str(path)!r} is not writable: {e.strerror or e}") from e
     return path
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` made strict-JSON ready: numpy scalars and arrays become Python numbers and lists,
+    tuples lists, keys strings, and non-finite floats ``None`` (JSON has no NaN or Infinity)."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy / jax scalars and arrays
+        return json_safe(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 1) -> None:
+    """Write ``obj`` as strict JSON (:func:`json_safe`) to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=indent, allow_nan=False) + "\n")

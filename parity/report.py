@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from parity.io import atomic_open, atomic_write_text, ensure_writable_dir
+from parity.io import atomic_open, atomic_write_text, ensure_writable_dir, json_safe
 
 # t(0.975, df) for df = 1..30
 _T975 = (12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851, 2.364624252,
@@ -604,23 +604,9 @@ def render_report(results: dict, summary: dict[str, dict]) -> str:
 
 # --------------------------------------------------------------------------------- output
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
-
-
 def to_json(results: dict) -> str:
     """``results`` as JSON text; non-finite floats become ``null`` (strict JSON, no NaN literals)."""
-    return json.dumps(_jsonable(results), indent=1, allow_nan=False) + "\n"
+    return json.dumps(json_safe(results), indent=1, allow_nan=False) + "\n"
 
 
 def write_outputs(results: dict, out_dir: str | os.PathLike) -> dict[str, Path]:

@@ -21,7 +21,6 @@ import re
 import numpy as np
 import optax
 import pytest
-import torch
 
 from flax_impl import linen_models, nnx_models
 from parity import convert, layout
