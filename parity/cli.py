@@ -40,7 +40,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``parity``; returns the exit code (0 ok, 1 findings/failures, 2 usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv).parse_args(argv)
+    parser = build_parser(argv)
+    if not argv:
+        parser.print_help(sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
     return int(module.run(args))
 
