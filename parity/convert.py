@@ -114,6 +114,18 @@ def _check_keys(where: str, got: set[str], expected: set[str]) -> None:
         raise ConversionError(f"{where}: {'; '.join(parts)}")
 
 
+def _validated(where: str, given: Mapping[str, Any],
+               expected: Mapping[str, tuple[tuple[int, ...], np.dtype | None]]) -> dict[str, np.ndarray]:
+    """``given`` as numpy arrays, after checking its keys against ``expected`` and each value's
+    shape and dtype (``None``: any dtype). Every error names the key."""
+    _check_keys(where, set(given), set(expected))
+    out = {}
+    for k, (shape, dtype) in expected.items():
+        out[k] = _as_numpy(k, given[k])
+        _check(k, out[k], shape, out[k].dtype if dtype is None else dtype)
+    return out
+
+
 def flatten_tree(tree: Mapping, prefix: str = "") -> dict[str, Any]:
     """``{'params': {'conv1': {'kernel': a}}}`` -> ``{'params/conv1/kernel': a}``."""
     out: dict[str, Any] = {}
@@ -195,12 +207,8 @@ def torch_to_linen(state_dict: Mapping[str, Any], template: nn.Module) -> dict[s
     ``template`` is a torch model of the checkpoint's architecture; its own ``state_dict``
     gives the expected keys, shapes and dtypes.
     """
-    expected = _template_state(template)
-    _check_keys("torch state_dict", set(state_dict), set(expected))
-    sd = {}
-    for k, ref in expected.items():
-        sd[k] = _as_numpy(k, state_dict[k])
-        _check(k, sd[k], ref.shape, ref.dtype)
+    expected = {k: (v.shape, v.dtype) for k, v in _template_state(template).items()}
+    sd = _validated("torch state_dict", state_dict, expected)
     return unflatten_tree(_torch_to_flax_flat(sd, layer_spec(template)))
 
 
@@ -211,13 +219,7 @@ def linen_to_torch(variables: Mapping[str, Any], template: nn.Module,
     Flax keeps no batch counter, so each BN's ``num_batches_tracked`` is set to
     ``num_batches_tracked`` (it only matters for torch BN with ``momentum=None``).
     """
-    expected = expected_flax_shapes(template)
-    flat = flatten_tree(variables)
-    _check_keys("Flax variables", set(flat), set(expected))
-    fl = {}
-    for k, (shape, dtype) in expected.items():
-        fl[k] = _as_numpy(k, flat[k])
-        _check(k, fl[k], shape, dtype)
+    fl = _validated("Flax variables", flatten_tree(variables), expected_flax_shapes(template))
     tsd = _template_state(template)
     out = _flax_to_torch_flat(fl, layer_spec(template), tsd, num_batches_tracked)
     # np.array keeps 0-d counters 0-d (np.ascontiguousarray would make them 1-d)
@@ -227,13 +229,9 @@ def linen_to_torch(variables: Mapping[str, Any], template: nn.Module,
 def params_to_torch(params: Mapping[str, Any], template: nn.Module) -> dict[str, np.ndarray]:
     """A parameter-shaped Flax tree (e.g. gradients) -> ``{torch parameter name: array}`` in
     torch layout, in ``template.named_parameters()`` order. Shapes are checked like weights."""
-    expected = {k: v for k, v in expected_flax_shapes(template).items() if k.startswith("params/")}
-    flat = flatten_tree({"params": params})
-    _check_keys("Flax params", set(flat), set(expected))
-    fl = {}
-    for k, (shape, _) in expected.items():
-        fl[k] = _as_numpy(k, flat[k])
-        _check(k, fl[k], shape, fl[k].dtype)
+    expected = {k: (shape, None) for k, (shape, _) in expected_flax_shapes(template).items()
+                if k.startswith("params/")}
+    fl = _validated("Flax params", flatten_tree({"params": params}), expected)
     out = _flax_to_torch_flat(fl, layer_spec(template), _template_state(template), None)
     return {name: out[name] for name, _ in template.named_parameters()}
 
@@ -260,12 +258,8 @@ def load_nnx_variables(model: Any, variables: Mapping[str, Any]) -> Any:
     import jax.numpy as jnp
     from flax import nnx
 
-    current = flatten_tree(nnx_variables(model))
-    flat = flatten_tree(variables)
-    _check_keys("NNX variables", set(flat), set(current))
-    for k, ref in current.items():
-        v = _as_numpy(k, flat[k])
-        _check(k, v, ref.shape, ref.dtype)
+    current = {k: (v.shape, v.dtype) for k, v in flatten_tree(nnx_variables(model)).items()}
+    flat = _validated("NNX variables", flatten_tree(variables), current)
     for col, typ in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
         state = nnx.state(model, typ)
         pure = unflatten_tree({k.split("/", 1)[1]: jnp.asarray(v) for k, v in flat.items()
