@@ -15,6 +15,6 @@ Nothing here imports torch.
 # Flax's own default is 0.99 (torch 0.01), which would silently slow the running statistics
 # tenfold. eps is 1e-5 in both (PyTorch's default; Flax Linen's default is also 1e-5).
 # One real difference remains and is NOT a parameter: PyTorch stores the *unbiased* batch
-# variance (n / (n - 1)) in running_var, Flax the biased one; see parity.compare.
+# variance (n / (n - 1)) in running_var, Flax the biased one; see parity.harness.compare.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5

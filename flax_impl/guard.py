@@ -1,7 +1,7 @@
 """Runtime guards for Flax: Linen's forgotten ``batch_stats``, and NNX's mutable mode.
 
 **Linen.** A training step must apply with ``mutable=['batch_stats']`` *and store* the returned
-statistics in the new state (``flax_impl.train.train_step`` does). A step that applies with
+statistics in the new state (``flax_impl.linen_train.train_step`` does). A step that applies with
 ``mutable`` but drops the update is silent: the running mean / variance stay at their initial
 0 / 1, training looks normal (it normalises with batch statistics), and evaluation, which reads
 the running statistics, collapses (MODE_BUGS.md row 6). Two host-side checks catch it:
@@ -10,7 +10,7 @@ the running statistics, collapses (MODE_BUGS.md row 6). Two host-side checks cat
   every BatchNorm layer's statistics must differ from ``before``. Holding ``before`` costs
   nothing: jax arrays are immutable, so it is a reference, not a copy. The comparison runs on
   the device and fetches one boolean per statistic. It also flags a training step that ran
-  with ``train=False`` (the seed's schedule, ``flax_impl.train.fit_bug_emulated``).
+  with ``train=False`` (the seed's schedule, ``flax_impl.linen_train.fit_bug_emulated``).
 * :func:`assert_stats_tracked` ``(state)`` — after training, no BatchNorm layer may still hold
   exactly its initial statistics (mean all 0 and variance all 1).
 
@@ -34,8 +34,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
-from flax import traverse_util
+from flax import nnx, traverse_util
 
 
 class BatchStatsError(RuntimeError):
@@ -58,6 +57,7 @@ class ModeError(RuntimeError):
 
 # ------------------------------------------------------------------------------ batch_stats
 
+
 def batch_stats_of(state: Any) -> dict[str, Any]:
     """The BatchNorm statistics of ``state`` as a flat ``{'bn1/mean': array, ...}`` dict.
 
@@ -73,12 +73,15 @@ def batch_stats_of(state: Any) -> dict[str, Any]:
     elif isinstance(state, Mapping):
         tree = state
     else:
-        raise TypeError(f"expected a TrainState, a variables dict, a batch_stats tree or an NNX "
-                        f"module, got {type(state).__name__}")
+        raise TypeError(
+            f"expected a TrainState, a variables dict, a batch_stats tree or an NNX "
+            f"module, got {type(state).__name__}"
+        )
     flat = traverse_util.flatten_dict(dict(tree), sep="/")
     if not flat:
-        raise ValueError("no BatchNorm statistics found (the model has no BatchNorm, or the "
-                         "state's batch_stats is empty)")
+        raise ValueError(
+            "no BatchNorm statistics found (the model has no BatchNorm, or the state's batch_stats is empty)"
+        )
     return flat
 
 
@@ -93,7 +96,9 @@ def _frozen_layers(layers: Iterable[str], frozen: Iterable[str]) -> set[str]:
         f = f.strip("/")
         hit = {layer for layer in layers if layer == f or layer.startswith(f + "/")}
         if not hit:
-            raise ValueError(f"frozen name {f!r} matches no BatchNorm layer; known: {', '.join(sorted(set(layers)))}")
+            raise ValueError(
+                f"frozen name {f!r} matches no BatchNorm layer; known: {', '.join(sorted(set(layers)))}"
+            )
         out |= hit
     return out
 
@@ -112,13 +117,15 @@ def check_batch_stats_updated(before: Any, after: Any, *, frozen: Iterable[str] 
     """
     a, b = batch_stats_of(before), batch_stats_of(after)
     if set(a) != set(b):
-        raise ValueError(f"before/after have different BatchNorm statistics: "
-                         f"{sorted(set(a) ^ set(b))}")
+        raise ValueError(f"before/after have different BatchNorm statistics: {sorted(set(a) ^ set(b))}")
     same = jax.device_get({k: jnp.array_equal(a[k], b[k]) for k in a})
     layers = sorted({_layer(k) for k in a})
     skip = _frozen_layers(layers, frozen)
-    stale = [layer for layer in layers if layer not in skip
-             and all(bool(v) for k, v in same.items() if _layer(k) == layer)]
+    stale = [
+        layer
+        for layer in layers
+        if layer not in skip and all(bool(v) for k, v in same.items() if _layer(k) == layer)
+    ]
     if stale:
         raise BatchStatsError(
             f"BatchNorm statistics unchanged by training in {len(stale)} of {len(layers)} layer(s): "
@@ -126,7 +133,8 @@ def check_batch_stats_updated(before: Any, after: Any, *, frozen: Iterable[str] 
             "the returned statistics (keep them: state.replace(batch_stats=updates['batch_stats']) "
             "or apply_gradients(..., batch_stats=...)), or it ran with train=False. Evaluation "
             "reads these running statistics. If a layer is frozen on purpose, pass frozen=[...].",
-            stale)
+            stale,
+        )
 
 
 def assert_stats_tracked(state: Any, *, frozen: Iterable[str] = ()) -> None:
@@ -150,10 +158,13 @@ def assert_stats_tracked(state: Any, *, frozen: Iterable[str] = ()) -> None:
             f"BatchNorm running statistics still at their initial values (mean 0, var 1) in "
             f"{len(at_init)} of {len(layers)} layer(s): {', '.join(at_init)}. The training step "
             "never stored the batch_stats returned by apply(..., mutable=['batch_stats']); "
-            "evaluation with train=False will normalise with mean 0 / var 1.", at_init)
+            "evaluation with train=False will normalise with mean 0 / var 1.",
+            at_init,
+        )
 
 
 # --------------------------------------------------------------------------------------- NNX
+
 
 def _path(path: tuple) -> str:
     return "/".join(str(p) for p in path)
@@ -163,16 +174,14 @@ def nnx_mode_report(model: nnx.Module, frozen: Iterable[str] = ()) -> tuple[list
     """``(in_eval, frozen_in_train)`` for an NNX model: ``/``-joined paths of BatchNorm /
     Dropout modules in eval mode that are not declared frozen, and of frozen ones in train mode.
     ``frozen`` holds paths or path prefixes (``"bn1"``, ``"block"``)."""
-    layers = {_path(p): m for p, m in nnx.iter_modules(model)
-              if isinstance(m, (nnx.BatchNorm, nnx.Dropout))}
+    layers = {_path(p): m for p, m in nnx.iter_modules(model) if isinstance(m, (nnx.BatchNorm, nnx.Dropout))}
     roots = [f.strip("/") for f in frozen]
     known = {_path(p) for p, _ in nnx.iter_modules(model)}
     for r in roots:
         if r not in known:
             raise ValueError(f"frozen name {r!r} is not a submodule of {type(model).__name__}")
-    is_frozen = lambda n: any(r == "" or n == r or n.startswith(r + "/") for r in roots)  # noqa: E731
-    in_eval_flag = lambda m: bool(m.use_running_average if isinstance(m, nnx.BatchNorm)  # noqa: E731
-                                  else m.deterministic)
+    is_frozen = lambda n: any(r == "" or n == r or n.startswith(r + "/") for r in roots)
+    in_eval_flag = lambda m: bool(m.use_running_average if isinstance(m, nnx.BatchNorm) else m.deterministic)
     in_eval = [n for n, m in layers.items() if in_eval_flag(m) and not is_frozen(n)]
     frozen_in_train = [n for n, m in layers.items() if not in_eval_flag(m) and is_frozen(n)]
     return in_eval, frozen_in_train
@@ -187,15 +196,26 @@ def assert_training(model: nnx.Module, frozen: Iterable[str] = (), *, check_froz
         frozen_in_train = []
     parts = []
     if in_eval:
-        parts.append(f"training step with {len(in_eval)} BatchNorm/Dropout module(s) in eval mode: "
-                     f"{', '.join(in_eval)}. An evaluation left model.eval() behind; call "
-                     "model.train() each epoch, or train and evaluate through nnx.view(...) views")
+        parts.append(
+            f"training step with {len(in_eval)} BatchNorm/Dropout module(s) in eval mode: "
+            f"{', '.join(in_eval)}. An evaluation left model.eval() behind; call "
+            "model.train() each epoch, or train and evaluate through nnx.view(...) views"
+        )
     if frozen_in_train:
-        parts.append(f"{len(frozen_in_train)} module(s) declared frozen are in train mode: "
-                     f"{', '.join(frozen_in_train)} (a later model.train() unfroze them)")
+        parts.append(
+            f"{len(frozen_in_train)} module(s) declared frozen are in train mode: "
+            f"{', '.join(frozen_in_train)} (a later model.train() unfroze them)"
+        )
     if parts:
         raise ModeError("; ".join(parts) + ".", in_eval, frozen_in_train)
 
 
-__all__ = ["BatchStatsError", "ModeError", "assert_stats_tracked", "assert_training",
-           "batch_stats_of", "check_batch_stats_updated", "nnx_mode_report"]
+__all__ = [
+    "BatchStatsError",
+    "ModeError",
+    "assert_stats_tracked",
+    "assert_training",
+    "batch_stats_of",
+    "check_batch_stats_updated",
+    "nnx_mode_report",
+]

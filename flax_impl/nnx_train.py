@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from flax_impl import train as linen_train
+from flax_impl import linen_train as linen_train
 from flax_impl.audit import nnx_modes, train_fraction
 
 Batches = Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]]
@@ -30,7 +30,7 @@ OnEpoch = Callable[[dict], None]
 
 def make_optimizer(model: nnx.Module, lr: float = 0.05, momentum: float = 0.9) -> nnx.Optimizer:
     """SGD with heavy-ball momentum over the model's ``nnx.Param`` s, with the cached optax
-    transformation of :func:`flax_impl.train.make_optimizer` (static under ``nnx.jit``)."""
+    transformation of :func:`flax_impl.linen_train.make_optimizer` (static under ``nnx.jit``)."""
     return nnx.Optimizer(model, linen_train.make_optimizer(lr, momentum), wrt=nnx.Param)
 
 
@@ -76,16 +76,27 @@ def _run_epoch(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable) -
 def _log(epoch: int, losses: list[float], test: tuple[float, float]) -> dict:
     """One epoch's record: the same keys in every framework's loops."""
     mean = float(np.mean(losses))
-    return {"epoch": epoch, "train_loss": mean, "step_losses": losses, "test_loss": test[0],
-            "test_acc": test[1], "diverged": not math.isfinite(mean)}
+    return {
+        "epoch": epoch,
+        "train_loss": mean,
+        "step_losses": losses,
+        "test_loss": test[0],
+        "test_acc": test[1],
+        "diverged": not math.isfinite(mean),
+    }
 
 
-def fit_seed_bug(model: nnx.Module, optimizer: nnx.Optimizer, batches: Batches,
-                 test_set: tuple[np.ndarray, np.ndarray], epochs: int,
-                 on_epoch: OnEpoch | None = None) -> list[dict]:
+def fit_seed_bug(
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    batches: Batches,
+    test_set: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    on_epoch: OnEpoch | None = None,
+) -> list[dict]:
     """The blog's loop in NNX: ``model.train()`` once; ``evaluate`` leaves ``eval()`` on."""
     history = []
-    model.train()                                     # once, outside the loop  <- the bug
+    model.train()  # once, outside the loop  <- the bug
     for epoch in range(epochs):
         losses, frac = _run_epoch(model, optimizer, batches(epoch))
         history.append(_log(epoch, losses, evaluate(model, *test_set)) | {"train_mode": frac})
@@ -96,9 +107,14 @@ def fit_seed_bug(model: nnx.Module, optimizer: nnx.Optimizer, batches: Batches,
     return history
 
 
-def fit_view(model: nnx.Module, optimizer: nnx.Optimizer, batches: Batches,
-             test_set: tuple[np.ndarray, np.ndarray], epochs: int,
-             on_epoch: OnEpoch | None = None) -> list[dict]:
+def fit_view(
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    batches: Batches,
+    test_set: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    on_epoch: OnEpoch | None = None,
+) -> list[dict]:
     """Two views of the same weights, each with a fixed mode; nothing is ever switched."""
     train_model = nnx.view(model, deterministic=False, use_running_average=False)
     eval_model = nnx.view(model, deterministic=True, use_running_average=True)

@@ -1,6 +1,7 @@
 """The ``parity`` command line: a thin layer over library functions.
 
-Each sub-command lives in its own module, which exposes two functions:
+Each sub-command lives in its own module under :mod:`parity.commands`, which exposes two
+functions:
 
 * ``add_arguments(parser: argparse.ArgumentParser) -> None``
 * ``run(args: argparse.Namespace) -> int``  (the process exit code)
@@ -17,17 +18,23 @@ import sys
 
 #: sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "study": ("parity.study_cli", "train every mode-handling variant over seeds and report the seed's bug"),
-    "check": ("parity.check", "compare the torch, Linen and NNX models on converted weights"),
-    "convert": ("parity.convert_cli", "convert a checkpoint between torch (.pt) and Flax (.msgpack)"),
-    "lint": ("parity.lint", "find train()/eval() misplacement in PyTorch training code"),
-    "bench": ("parity.bench", "training throughput per framework and execution style"),
+    "study": (
+        "parity.commands.study",
+        "train every mode-handling variant over seeds and report the seed's bug",
+    ),
+    "check": ("parity.commands.check", "compare the torch, Linen and NNX models on converted weights"),
+    "convert": ("parity.commands.convert", "convert a checkpoint between torch (.pt) and Flax (.msgpack)"),
+    "lint": ("parity.commands.lint", "find train()/eval() misplacement in PyTorch training code"),
+    "bench": ("parity.commands.bench", "training throughput per framework and execution style"),
 }
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """Return the top-level parser; only the chosen sub-command's module is imported."""
+    from parity import __version__
+
     parser = argparse.ArgumentParser(prog="parity", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((a for a in (argv or []) if not a.startswith("-")), None)
     for name, (module, help_) in COMMANDS.items():

@@ -74,8 +74,10 @@ def layer_spec(template: nn.Module) -> list[Layer]:
             if seen_conv and not flattened:
                 shape = tuple(getattr(template, "flatten_shape", ()))
                 if not shape:
-                    raise ConversionError(f"{type(template).__name__} has convolutions followed by "
-                                          f"{name!r} but declares no flatten_shape")
+                    raise ConversionError(
+                        f"{type(template).__name__} has convolutions followed by "
+                        f"{name!r} but declares no flatten_shape"
+                    )
                 flattened = True
             spec.append(Layer(name, "dense", shape))
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -87,12 +89,13 @@ def layer_spec(template: nn.Module) -> list[Layer]:
 
 # ---------------------------------------------------------------------------------- validation
 
+
 def _as_numpy(key: str, value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
     try:
         return np.asarray(value)
-    except Exception as e:  # noqa: BLE001 - report any unconvertible value by key
+    except Exception as e:
         raise ConversionError(f"{key}: cannot read value of type {type(value).__name__}: {e}") from e
 
 
@@ -114,8 +117,9 @@ def _check_keys(where: str, got: set[str], expected: set[str]) -> None:
         raise ConversionError(f"{where}: {'; '.join(parts)}")
 
 
-def _validated(where: str, given: Mapping[str, Any],
-               expected: Mapping[str, tuple[tuple[int, ...], np.dtype | None]]) -> dict[str, np.ndarray]:
+def _validated(
+    where: str, given: Mapping[str, Any], expected: Mapping[str, tuple[tuple[int, ...], np.dtype | None]]
+) -> dict[str, np.ndarray]:
     """``given`` as numpy arrays, after checking its keys against ``expected`` and each value's
     shape and dtype (``None``: any dtype). Every error names the key."""
     _check_keys(where, set(given), set(expected))
@@ -152,6 +156,7 @@ def unflatten_tree(flat: Mapping[str, Any]) -> dict:
 
 # ------------------------------------------------------------------------------- the mapping
 
+
 def _torch_to_flax_flat(sd: Mapping[str, np.ndarray], spec: list[Layer]) -> dict[str, np.ndarray]:
     """Apply the rules to a validated, numpy state dict (no checks)."""
     out: dict[str, np.ndarray] = {}
@@ -170,8 +175,9 @@ def _torch_to_flax_flat(sd: Mapping[str, np.ndarray], spec: list[Layer]) -> dict
     return out
 
 
-def _flax_to_torch_flat(fl: Mapping[str, np.ndarray], spec: list[Layer], template_sd: Mapping,
-                        num_batches_tracked: int | None) -> dict[str, np.ndarray]:
+def _flax_to_torch_flat(
+    fl: Mapping[str, np.ndarray], spec: list[Layer], template_sd: Mapping, num_batches_tracked: int | None
+) -> dict[str, np.ndarray]:
     """Inverse of :func:`_torch_to_flax_flat`; ``num_batches_tracked=None`` maps parameters only."""
     out: dict[str, np.ndarray] = {}
     for layer in spec:
@@ -212,8 +218,9 @@ def torch_to_linen(state_dict: Mapping[str, Any], template: nn.Module) -> dict[s
     return unflatten_tree(_torch_to_flax_flat(sd, layer_spec(template)))
 
 
-def linen_to_torch(variables: Mapping[str, Any], template: nn.Module,
-                   num_batches_tracked: int = 0) -> OrderedDict[str, torch.Tensor]:
+def linen_to_torch(
+    variables: Mapping[str, Any], template: nn.Module, num_batches_tracked: int = 0
+) -> OrderedDict[str, torch.Tensor]:
     """Linen ``{'params', 'batch_stats'}`` -> a torch ``state_dict`` loadable into ``template``.
 
     Flax keeps no batch counter, so each BN's ``num_batches_tracked`` is set to
@@ -229,8 +236,11 @@ def linen_to_torch(variables: Mapping[str, Any], template: nn.Module,
 def params_to_torch(params: Mapping[str, Any], template: nn.Module) -> dict[str, np.ndarray]:
     """A parameter-shaped Flax tree (e.g. gradients) -> ``{torch parameter name: array}`` in
     torch layout, in ``template.named_parameters()`` order. Shapes are checked like weights."""
-    expected = {k: (shape, None) for k, (shape, _) in expected_flax_shapes(template).items()
-                if k.startswith("params/")}
+    expected = {
+        k: (shape, None)
+        for k, (shape, _) in expected_flax_shapes(template).items()
+        if k.startswith("params/")
+    }
     fl = _validated("Flax params", flatten_tree({"params": params}), expected)
     out = _flax_to_torch_flat(fl, layer_spec(template), _template_state(template), None)
     return {name: out[name] for name, _ in template.named_parameters()}
@@ -238,12 +248,12 @@ def params_to_torch(params: Mapping[str, Any], template: nn.Module) -> dict[str,
 
 # ------------------------------------------------------------------------------------- NNX
 
+
 def nnx_variables(model: Any) -> dict[str, dict]:
     """An NNX model's weights as Linen-style ``{'params': ..., 'batch_stats': ...}`` (numpy)."""
     from flax import nnx
 
-    to_np = lambda tree: {k: (to_np(v) if isinstance(v, Mapping) else np.asarray(v))  # noqa: E731
-                          for k, v in tree.items()}
+    to_np = lambda tree: {k: (to_np(v) if isinstance(v, Mapping) else np.asarray(v)) for k, v in tree.items()}
     return {
         "params": to_np(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
         "batch_stats": to_np(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))),
@@ -262,8 +272,9 @@ def load_nnx_variables(model: Any, variables: Mapping[str, Any]) -> Any:
     flat = _validated("NNX variables", flatten_tree(variables), current)
     for col, typ in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
         state = nnx.state(model, typ)
-        pure = unflatten_tree({k.split("/", 1)[1]: jnp.asarray(v) for k, v in flat.items()
-                               if k.startswith(col + "/")})
+        pure = unflatten_tree(
+            {k.split("/", 1)[1]: jnp.asarray(v) for k, v in flat.items() if k.startswith(col + "/")}
+        )
         nnx.replace_by_pure_dict(state, pure)
         nnx.update(model, state)
     return model
@@ -274,12 +285,15 @@ def torch_to_nnx(state_dict: Mapping[str, Any], template: nn.Module, model: Any)
     return load_nnx_variables(model, torch_to_linen(state_dict, template))
 
 
-def nnx_to_torch(model: Any, template: nn.Module, num_batches_tracked: int = 0) -> OrderedDict[str, torch.Tensor]:
+def nnx_to_torch(
+    model: Any, template: nn.Module, num_batches_tracked: int = 0
+) -> OrderedDict[str, torch.Tensor]:
     """An NNX model -> a torch ``state_dict`` loadable into ``template``."""
     return linen_to_torch(nnx_variables(model), template, num_batches_tracked)
 
 
 # ------------------------------------------------------------------------------ checkpoints
+
 
 def read_checkpoint(path: str) -> dict:
     """Read a ``.pt`` torch state_dict or a ``.msgpack`` Flax ``{'params', 'batch_stats'}``."""
@@ -309,8 +323,12 @@ def write_checkpoint(path: str, tree: Mapping) -> None:
     elif path.endswith(".msgpack"):
         from flax import serialization
 
-        atomic_write_bytes(path, serialization.msgpack_serialize(
-            {k: dict(v) if isinstance(v, Mapping) else v for k, v in tree.items()}))
+        atomic_write_bytes(
+            path,
+            serialization.msgpack_serialize(
+                {k: dict(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
+            ),
+        )
     else:
         raise ConversionError(f"{path}: unknown checkpoint format; use .pt (torch) or .msgpack (Flax)")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import functools
 import random
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -55,9 +55,7 @@ def load_digits() -> Dataset:
     d = _load()
     x = (d.images / 16.0).astype(np.float32)[:, None, :, :]
     y = d.target.astype(np.int32)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=0.2, random_state=SPLIT_SEED, stratify=y
-    )
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=SPLIT_SEED, stratify=y)
     return Dataset("digits", x_tr, y_tr, x_te, y_te)
 
 
@@ -77,7 +75,7 @@ def load_mnist1d() -> Dataset:
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-    f = lambda a: np.ascontiguousarray(a, dtype=np.float32)[:, None, :]  # noqa: E731
+    f = lambda a: np.ascontiguousarray(a, dtype=np.float32)[:, None, :]
     return Dataset(
         "mnist1d", f(d["x"]), d["y"].astype(np.int32), f(d["x_test"]), d["y_test"].astype(np.int32)
     )
@@ -86,8 +84,8 @@ def load_mnist1d() -> Dataset:
 def synthetic(shape: tuple[int, ...], n_train: int = 4096, n_test: int = 1024, seed: int = 0) -> Dataset:
     """Random inputs of per-example channels-first ``shape`` with random labels (benchmarks only)."""
     rng = np.random.default_rng(seed)
-    mk = lambda n: rng.standard_normal((n, *shape), dtype=np.float32)  # noqa: E731
-    lab = lambda n: rng.integers(0, 10, n, dtype=np.int32)  # noqa: E731
+    mk = lambda n: rng.standard_normal((n, *shape), dtype=np.float32)
+    lab = lambda n: rng.integers(0, 10, n, dtype=np.int32)
     return Dataset("synthetic", mk(n_train), lab(n_train), mk(n_test), lab(n_test))
 
 

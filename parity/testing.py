@@ -19,17 +19,26 @@ from typing import Any
 import numpy as np
 from torch import nn as tnn
 
-from parity.localize import Report, localize, localize_gradients
-from parity.trajectory import TrajectoryReport, trajectory
+from parity.harness.localize import Report, localize, localize_gradients
+from parity.harness.trajectory import TrajectoryReport, trajectory
 
 
-def assert_parity(torch_model: tnn.Module, flax_model: Any, x: np.ndarray, *, variables: Mapping | None = None,
-                  mode: str = "eval", tol: float = 1e-5, y: np.ndarray | None = None, **kwargs) -> list[Report]:
+def assert_parity(
+    torch_model: tnn.Module,
+    flax_model: Any,
+    x: np.ndarray,
+    *,
+    variables: Mapping | None = None,
+    mode: str = "eval",
+    tol: float = 1e-5,
+    y: np.ndarray | None = None,
+    **kwargs,
+) -> list[Report]:
     """Assert that every layer of ``flax_model`` matches ``torch_model`` on ``x`` within ``tol``.
 
-    Runs :func:`parity.localize.localize` (``kwargs`` go to it: ``layer_map``, ``reinject``,
+    Runs :func:`parity.harness.localize.localize` (``kwargs`` go to it: ``layer_map``, ``reinject``,
     ``dropout_masks``, ``seed``, ``flatten_shapes``, ``call_kwargs``); with labels ``y`` also
-    :func:`parity.localize.localize_gradients` (``loss`` and ``param_map`` may be passed).
+    :func:`parity.harness.localize.localize_gradients` (``loss`` and ``param_map`` may be passed).
     Returns the reports when everything is within tolerance; raises ``AssertionError`` whose
     message is the failing report(s) otherwise.
     """
@@ -37,21 +46,28 @@ def assert_parity(torch_model: tnn.Module, flax_model: Any, x: np.ndarray, *, va
     loc_kwargs = {k: v for k, v in kwargs.items() if k not in grad_keys}
     reports = [localize(torch_model, flax_model, x, variables=variables, mode=mode, tol=tol, **loc_kwargs)]
     if y is not None:
-        g_kwargs = {k: v for k, v in kwargs.items()
-                    if k in grad_keys | {"dropout_masks", "seed", "step", "layer_map", "call_kwargs"}}
-        reports.append(localize_gradients(torch_model, flax_model, x, y, variables=variables,
-                                          mode=mode, tol=tol, **g_kwargs))
+        g_kwargs = {
+            k: v
+            for k, v in kwargs.items()
+            if k in grad_keys | {"dropout_masks", "seed", "step", "layer_map", "call_kwargs"}
+        }
+        reports.append(
+            localize_gradients(
+                torch_model, flax_model, x, y, variables=variables, mode=mode, tol=tol, **g_kwargs
+            )
+        )
     failed = [r for r in reports if not r.passed]
     if failed:
         raise AssertionError("\n\n".join(r.format() for r in failed))
     return reports
 
 
-def assert_trajectory_parity(torch_model: tnn.Module, flax_model: Any,
-                             batches: Iterable[tuple[np.ndarray, np.ndarray]], **kwargs) -> TrajectoryReport:
+def assert_trajectory_parity(
+    torch_model: tnn.Module, flax_model: Any, batches: Iterable[tuple[np.ndarray, np.ndarray]], **kwargs
+) -> TrajectoryReport:
     """Assert that training both sides stays within tolerance at every step.
 
-    ``kwargs`` go to :func:`parity.trajectory.trajectory` (``variables``, ``optimizer``,
+    ``kwargs`` go to :func:`parity.harness.trajectory.trajectory` (``variables``, ``optimizer``,
     ``steps``, ``tol``, ``float64_reference``, ...). Returns the report; raises
     ``AssertionError`` with the per-step report (first divergent step, metric, tensor, value,
     tolerance) otherwise.

@@ -62,7 +62,7 @@ if ! "$PY" -c "import mnist1d" 2>/dev/null; then
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" -c "import parity, torch_impl, flax_impl, mnist1d, parity.study_cli; from parity.device import library_versions; print(library_versions())" 2>&1 | tee -a "$LOG" \
+"$PY" -c "import parity, torch_impl, flax_impl, mnist1d, parity.commands.study; from parity.device import library_versions; print(library_versions())" 2>&1 | tee -a "$LOG" \
     || die "the project or mnist1d cannot be imported (PYTHONPATH=$PYTHONPATH)"
 
 # --------------------------------------------------------------------------------------- steps

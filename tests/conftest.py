@@ -4,8 +4,8 @@ import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 # The test models are tiny: one intra-op thread avoids oversubscribing 2 cores that jax's
 # thread pool also uses (measured: a 3-epoch tiny run took 12.7 s with 2 threads, 0.37 s with 1,

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from parity import bench
+from parity.commands import bench as bench_command
 from parity.device import configure
 
 TINY = {"channels": (4, 8), "hidden": 16}
@@ -34,6 +35,7 @@ def reference(workload):
 
 
 # ------------------------------------------------------------------------------------ FLOPs
+
 
 def test_flop_count_matches_a_hand_count_for_a_tiny_conv_and_dense():
     # conv 1->2, 3x3, pad 1 on 4x4: 2*4*4 outputs x 1*9 MACs = 288; dense 32->3: 96 MACs
@@ -56,6 +58,7 @@ def test_flop_count_of_the_project_models_matches_their_architecture():
 
 
 # ------------------------------------------------------------------------------------ gate
+
 
 def test_gate_flags_a_wrong_learning_rate(workload, reference):
     # (a correct Flax style passing the gate is checked in the tiny run below)
@@ -94,21 +97,25 @@ def test_unavailable_styles_are_skipped_with_a_reason(workload, reference):
 
 # --------------------------------------------------------------------------------- CLI input
 
+
 def _args(**kw) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+    bench_command.add_arguments(parser)
     args = parser.parse_args([])
     for k, v in kw.items():
         setattr(args, k, v)
     return args
 
 
-@pytest.mark.parametrize("field, value, choices", [
-    ("styles", ["linen_jit", "jax_magic"], bench.STYLES),
-    ("models", ["resnet"], bench.MODELS),
-])
+@pytest.mark.parametrize(
+    "field, value, choices",
+    [
+        ("styles", ["linen_jit", "jax_magic"], bench.STYLES),
+        ("models", ["resnet"], bench.MODELS),
+    ],
+)
 def test_unknown_style_or_model_exits_2_listing_the_choices(capsys, field, value, choices):
-    assert bench.run(_args(**{field: value})) == 2
+    assert bench_command.run(_args(**{field: value})) == 2
     err = capsys.readouterr().err
     assert repr(value[-1]) in err
     assert all(c in err for c in choices)
@@ -117,7 +124,7 @@ def test_unknown_style_or_model_exits_2_listing_the_choices(capsys, field, value
 def test_cuda_without_a_gpu_is_a_clear_error(capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    assert bench.run(_args(device="cuda")) == 2
+    assert bench_command.run(_args(device="cuda")) == 2
     err = capsys.readouterr().err
     assert "cuda" in err and "no CUDA GPU" in err
     assert "Traceback" not in err
@@ -126,21 +133,31 @@ def test_cuda_without_a_gpu_is_a_clear_error(capsys):
 def test_cli_parses_lists_and_rejects_bad_numbers(capsys):
     from parity.cli import build_parser
 
-    args = build_parser(["bench"]).parse_args(["bench", "--models", "digits", "--batch-sizes", "16,32",
-                                                "--styles", "torch_eager,linen_scan"])
+    args = build_parser(["bench"]).parse_args(
+        ["bench", "--models", "digits", "--batch-sizes", "16,32", "--styles", "torch_eager,linen_scan"]
+    )
     assert args.batch_sizes == [16, 32] and args.styles == ["torch_eager", "linen_scan"]
-    assert bench.run(_args(batch_sizes=[1])) == 2
+    assert bench_command.run(_args(batch_sizes=[1])) == 2
     assert "batch sizes" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------- tiny run
 
+
 def test_a_tiny_run_writes_well_formed_json_and_a_plot(tmp_path):
     from torch_impl.models import build_model
 
-    cfg = bench.BenchConfig(models=["digits"], batch_sizes=[16], device="cpu", repeats=2, steps=3,
-                            seeds=2, styles=["torch_eager", "linen_jit", "torch_cudagraph"],
-                            config=TINY, peak_n=128)
+    cfg = bench.BenchConfig(
+        models=["digits"],
+        batch_sizes=[16],
+        device="cpu",
+        repeats=2,
+        steps=3,
+        seeds=2,
+        styles=["torch_eager", "linen_jit", "torch_cudagraph"],
+        config=TINY,
+        peak_n=128,
+    )
     report = bench.benchmark(cfg)
     json_path, png_path = tmp_path / "bench.json", tmp_path / "bench.png"
     bench.write_outputs(report, str(json_path), str(png_path))
@@ -167,7 +184,8 @@ def test_a_tiny_run_writes_well_formed_json_and_a_plot(tmp_path):
     assert gate["passed"] and gate["max_rel_err"] < 1e-5 and len(gate["losses"]) == bench.GATE_STEPS
     (summary,) = data["summary"]
     assert summary["torch_over_linen"] == pytest.approx(
-        rows["torch_eager"]["rate"]["median"] / rows["linen_jit"]["rate"]["median"])
+        rows["torch_eager"]["rate"]["median"] / rows["linen_jit"]["rate"]["median"]
+    )
     assert summary["vmap_over_scan"] is None  # neither was run
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = bench.format_report(report)
@@ -177,9 +195,20 @@ def test_a_tiny_run_writes_well_formed_json_and_a_plot(tmp_path):
 def test_quick_gates_each_style_once_per_model(monkeypatch):
     calls = []
     real = bench.check_gate
-    monkeypatch.setattr(bench, "check_gate", lambda style, wl, ref: calls.append(wl.batch_size) or real(style, wl, ref))
-    cfg = bench.BenchConfig(models=["digits"], batch_sizes=[16, 32], device="cpu", repeats=1, steps=3,
-                            styles=["torch_eager"], config=TINY, peak_n=64, quick=True)
+    monkeypatch.setattr(
+        bench, "check_gate", lambda style, wl, ref: calls.append(wl.batch_size) or real(style, wl, ref)
+    )
+    cfg = bench.BenchConfig(
+        models=["digits"],
+        batch_sizes=[16, 32],
+        device="cpu",
+        repeats=1,
+        steps=3,
+        styles=["torch_eager"],
+        config=TINY,
+        peak_n=64,
+        quick=True,
+    )
     rows = bench.benchmark(cfg)["results"]
     assert calls == [16]
     assert [r["gate"]["batch_size"] for r in rows] == [16, 16]
@@ -209,11 +238,12 @@ def test_time_runner_reports_median_min_max_and_compile_time():
 @pytest.mark.gpu
 def test_a_short_cuda_run_gates_and_times_every_style():
     # --quick leaves torch.compile out (its cold Inductor compile took ~45 s per model on CPU)
-    cfg = bench.BenchConfig(models=["digits"], batch_sizes=[128], device="cuda", repeats=2, steps=10,
-                            quick=True, peak_n=2048)
+    cfg = bench.BenchConfig(
+        models=["digits"], batch_sizes=[128], device="cuda", repeats=2, steps=10, quick=True, peak_n=2048
+    )
     report = bench.benchmark(cfg)
     statuses = {r["style"]: r["status"] for r in report["results"]}
-    expected = {s: "ok" for s in bench.STYLES} | {"torch_compile": "skipped"}
+    expected = dict.fromkeys(bench.STYLES, "ok") | {"torch_compile": "skipped"}
     assert statuses == expected, [(r["style"], r["reason"]) for r in report["results"]]
     assert all(r["gate"]["max_rel_err"] <= bench.GATE_RTOL for r in report["results"] if r["gate"])
     assert {t["target"] for t in report["targets"]} == set(bench.GPU_TARGETS)

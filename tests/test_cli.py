@@ -15,9 +15,11 @@ def test_no_command_prints_every_command_and_exits_2(capsys):
 def test_python_dash_m_parity_runs_lint_without_loading_torch_or_jax(tmp_path):
     script = tmp_path / "ok.py"
     script.write_text("print('no model here')\n")
-    code = ("import runpy, sys; sys.argv = ['parity', 'lint', %r]\n"
-            "try:\n    runpy.run_module('parity', run_name='__main__')\n"
-            "except SystemExit as e:\n"
-            "    print(e.code, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'jax')))\n") % str(script)
+    code = (
+        f"import runpy, sys; sys.argv = ['parity', 'lint', {str(script)!r}]\n"
+        "try:\n    runpy.run_module('parity', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    print(e.code, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'jax')))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "0 []"

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from flax_impl import linen_models, nnx_models
 from parity import convert, layout
 from parity.cli import main
-from parity.compare import rel_l2, roundtrip_max_abs
+from parity.harness.compare import rel_l2, roundtrip_max_abs
 from torch_impl.models import build_model
 
 
@@ -22,13 +22,13 @@ def test_round_trip_is_bit_exact(model, framework):
 def test_flatten_rule_matches_the_two_flatten_orders():
     """W @ flatten_torch(x) == K.T @ flatten_flax(x): the permutation, not just a transpose."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)      # NCHW
-    w = rng.standard_normal((7, 3 * 4 * 5)).astype(np.float32)    # (out, C*H*W)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)  # NCHW
+    w = rng.standard_normal((7, 3 * 4 * 5)).astype(np.float32)  # (out, C*H*W)
     ref = x.reshape(2, -1) @ w.T
     k = layout.dense_kernel_to_flax(w, (3, 4, 5))
     out = layout.to_channels_last(x).reshape(2, -1) @ k
     assert rel_l2(out, ref) < 1e-6  # same sums in another order: float32 rounding only
-    wrong = layout.to_channels_last(x).reshape(2, -1) @ w.T       # transpose only
+    wrong = layout.to_channels_last(x).reshape(2, -1) @ w.T  # transpose only
     assert rel_l2(wrong, ref) > 0.1
     np.testing.assert_array_equal(layout.dense_kernel_to_torch(k, (3, 4, 5)), w)
 
@@ -41,8 +41,9 @@ def test_conv_rule_matches_a_real_convolution():
 
     k = layout.conv_kernel_to_flax(conv.weight.detach().numpy())
     assert k.shape == (3, 3, 5)
-    out = nn.Conv(5, (3,), padding=1, use_bias=False).apply({"params": {"kernel": jnp.asarray(k)}},
-                                                             jnp.asarray(layout.to_channels_last(x.numpy())))
+    out = nn.Conv(5, (3,), padding=1, use_bias=False).apply(
+        {"params": {"kernel": jnp.asarray(k)}}, jnp.asarray(layout.to_channels_last(x.numpy()))
+    )
     assert rel_l2(np.asarray(out), layout.to_channels_last(conv(x).detach().numpy())) < 1e-6
 
 
@@ -70,7 +71,9 @@ def test_wrong_shape_names_key_and_both_shapes():
     template = build_model("digits")
     sd = _sd()
     sd["fc1.weight"] = torch.zeros(64, 256)
-    with pytest.raises(convert.ConversionError, match=r"fc1\.weight: expected shape \(64, 512\), got \(64, 256\)"):
+    with pytest.raises(
+        convert.ConversionError, match=r"fc1\.weight: expected shape \(64, 512\), got \(64, 256\)"
+    ):
         convert.torch_to_linen(sd, template)
 
 
@@ -96,14 +99,18 @@ def test_flax_side_errors_are_named_too():
 
 def test_nnx_load_checks_shapes():
     template = build_model("digits", channels=(4, 8))
-    with pytest.raises(convert.ConversionError, match=r"params/\w+/\w+: expected shape \(\d+, ?[\d, ]*\), got"):
+    with pytest.raises(
+        convert.ConversionError, match=r"params/\w+/\w+: expected shape \(\d+, ?[\d, ]*\), got"
+    ):
         convert.torch_to_nnx(template.state_dict(), template, nnx_models.build_model("digits"))
 
 
 def test_num_batches_tracked_is_restored_from_argument():
     template = build_model("digits")
     back = convert.linen_to_torch(convert.torch_to_linen(_sd(), template), template, num_batches_tracked=42)
-    assert back["bn1.num_batches_tracked"].item() == 42 and back["bn1.num_batches_tracked"].dtype == torch.int64
+    assert (
+        back["bn1.num_batches_tracked"].item() == 42 and back["bn1.num_batches_tracked"].dtype == torch.int64
+    )
     template.load_state_dict(back)  # strict load: every key, right shapes
 
 
@@ -111,8 +118,12 @@ widths = st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 9))
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(model=st.sampled_from(["digits", "signal1d"]), w=widths, batch=st.integers(2, 9),
-       seed=st.integers(0, 2**16))
+@given(
+    model=st.sampled_from(["digits", "signal1d"]),
+    w=widths,
+    batch=st.integers(2, 9),
+    seed=st.integers(0, 2**16),
+)
 def test_random_widths_round_trip_and_forward_parity(model, w, batch, seed):
     import jax.numpy as jnp
 
@@ -122,10 +133,13 @@ def test_random_widths_round_trip_and_forward_parity(model, w, batch, seed):
     v = convert.torch_to_linen(sd, tm)
     back = convert.linen_to_torch(v, tm)
     assert all(torch.equal(back[k], sd[k]) for k in sd if not k.endswith("num_batches_tracked"))
-    x = np.random.default_rng(seed).standard_normal((batch, *((1, 8, 8) if model == "digits" else (1, 40))),
-                                                    dtype=np.float32)
+    x = np.random.default_rng(seed).standard_normal(
+        (batch, *((1, 8, 8) if model == "digits" else (1, 40))), dtype=np.float32
+    )
     ref = tm(torch.from_numpy(x)).detach().numpy()
-    out = linen_models.build_model(model, **config).apply(v, jnp.asarray(layout.to_channels_last(x)), train=False)
+    out = linen_models.build_model(model, **config).apply(
+        v, jnp.asarray(layout.to_channels_last(x)), train=False
+    )
     assert rel_l2(np.asarray(out), ref) <= 1e-5
 
 
@@ -134,7 +148,9 @@ def test_convert_cli_round_trip_and_atomicity(tmp_path, capsys):
     sd = _sd("signal1d")
     torch.save(sd, src)
     assert main(["convert", "--model", "signal1d", str(src), str(tmp_path / "m.msgpack")]) == 0
-    assert main(["convert", "--model", "signal1d", str(tmp_path / "m.msgpack"), str(tmp_path / "back.pt")]) == 0
+    assert (
+        main(["convert", "--model", "signal1d", str(tmp_path / "m.msgpack"), str(tmp_path / "back.pt")]) == 0
+    )
     back = torch.load(tmp_path / "back.pt", weights_only=True)
     assert all(torch.equal(back[k], sd[k]) for k in sd)
     # the wrong architecture: a clear error and no file, not even a temporary one

@@ -24,11 +24,11 @@ import pytest
 
 from flax_impl import linen_models, nnx_models
 from parity import convert, layout
-from parity.compare import Pair
 from parity.data import iterate_batches, load
-from parity.localize import localize, localize_gradients
+from parity.harness.compare import Pair
+from parity.harness.localize import localize, localize_gradients
+from parity.harness.trajectory import OptimizerPair, make_optimizer_pair, optimizer_differences, trajectory
 from parity.testing import assert_trajectory_parity
-from parity.trajectory import OptimizerPair, make_optimizer_pair, optimizer_differences, trajectory
 
 SMALL = {"channels": (4, 8), "hidden": 16}
 
@@ -120,9 +120,13 @@ def test_adam_eps_inside_the_sqrt(digits):
     ds = load("digits")
     batches = list(iterate_batches(ds.x_train, ds.y_train, 48, 0, 0))[:2]
     with pytest.raises(AssertionError) as err:  # the pytest helper other projects would call
-        assert_trajectory_parity(pair.torch, pair.linen, batches, variables=pair.variables, optimizer=bad, tol=1e-5)
+        assert_trajectory_parity(
+            pair.torch, pair.linen, batches, variables=pair.variables, optimizer=bad, tol=1e-5
+        )
     summary = str(err.value).splitlines()[0]
-    found = re.search(r"first divergent step (\d+): (\w+) ([0-9.e+-]+) > tol 1.0e-05 \(worst tensor ([\w.]+):", summary)
+    found = re.search(
+        r"first divergent step (\d+): (\w+) ([0-9.e+-]+) > tol 1.0e-05 \(worst tensor ([\w.]+):", summary
+    )
     assert found, summary
     step, metric, value, tensor = found.groups()
     assert (step, metric) == ("0", "param") and float(value) > 1e-5, str(err.value)
@@ -130,7 +134,9 @@ def test_adam_eps_inside_the_sqrt(digits):
     # the optimizers alone show the same, with the correct pair within rounding
     rng = np.random.default_rng(0)
     params = {n: p.detach().numpy() for n, p in pair.torch.named_parameters()}
-    grads = [{n: (1e-3 * rng.normal(size=v.shape)).astype(np.float32) for n, v in params.items()} for _ in range(2)]
+    grads = [
+        {n: (1e-3 * rng.normal(size=v.shape)).astype(np.float32) for n, v in params.items()} for _ in range(2)
+    ]
     assert optimizer_differences(good, params, grads).passed
     assert optimizer_differences(bad, params, grads).first_divergent[:2] == (0, "param")
 
@@ -144,7 +150,7 @@ def test_dropout_mask_not_shared(digits, framework):
     assert (rep.first_divergent.name, rep.first_divergent.kind) == ("dropout", "output"), rep.format()
     # ~42% of elements kept on one side only, of which the ReLU zeros (about half) do not show
     assert rep.first_divergent.outside > 0.05
-    assert all(r.passed for r in rep.rows[:rep.rows.index(rep.first_divergent)])
+    assert all(r.passed for r in rep.rows[: rep.rows.index(rep.first_divergent)])
 
 
 def test_parameter_frozen_on_one_side(digits):
@@ -154,5 +160,7 @@ def test_parameter_frozen_on_one_side(digits):
     pair = Pair("digits", "linen", 0, **SMALL, dropout=0.0)
     pair.torch.bn2.weight.requires_grad_(False)
     rep = localize_gradients(pair.torch, pair.linen, x, y, variables=pair.variables)
-    assert rep.first_divergent.name == "bn2.weight" and rep.first_divergent.note == "no torch grad", rep.format()
+    assert rep.first_divergent.name == "bn2.weight" and rep.first_divergent.note == "no torch grad", (
+        rep.format()
+    )
     assert [r.name for r in rep.rows if not r.passed] == ["bn2.weight"]

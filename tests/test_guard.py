@@ -16,7 +16,7 @@ from torch import nn
 
 from flax_impl import guard as fguard
 from flax_impl import linen_models, nnx_models
-from flax_impl import train as ltrain
+from flax_impl import linen_train as ltrain
 from parity.convert import torch_to_linen
 from torch_impl import guard
 from torch_impl.models import DigitsCNN
@@ -33,16 +33,17 @@ def _tiny() -> DigitsCNN:
 
 # ------------------------------------------------------------------------ eval_mode (torch)
 
+
 def test_eval_mode_restores_every_flag_and_keeps_a_frozen_bn_frozen():
     model = _tiny().train()
-    model.bn1.eval()                       # frozen on purpose
+    model.bn1.eval()  # frozen on purpose
     before = _modes(model)
     assert before["bn1"] is False and before[""] is True
     with guard.eval_mode(model) as m:
         assert m is model
-        assert not any(_modes(model).values())          # everything in eval inside
+        assert not any(_modes(model).values())  # everything in eval inside
         model(torch.zeros(2, 1, 8, 8))
-    assert _modes(model) == before                      # exactly, bn1 still frozen
+    assert _modes(model) == before  # exactly, bn1 still frozen
 
 
 def test_naive_eval_then_train_unfreezes_the_frozen_bn():
@@ -58,11 +59,10 @@ def test_eval_mode_restores_on_exception_and_from_eval():
     model = _tiny().train()
     model.dropout.eval()
     before = _modes(model)
-    with pytest.raises(KeyError):
-        with guard.eval_mode(model):
-            raise KeyError("boom")
+    with pytest.raises(KeyError), guard.eval_mode(model):
+        raise KeyError("boom")
     assert _modes(model) == before
-    model.eval()                                       # a model already in eval stays in eval
+    model.eval()  # a model already in eval stays in eval
     with guard.eval_mode(model):
         pass
     assert not any(_modes(model).values())
@@ -79,9 +79,10 @@ def test_train_mode_keeps_marked_modules_frozen_and_restores():
 
 # ------------------------------------------------------------------- assert_training (torch)
 
+
 def test_assert_training_names_every_module_in_eval_mode():
     model = _tiny().train()
-    guard.assert_training(model)                        # all in train mode: passes
+    guard.assert_training(model)  # all in train mode: passes
     model.bn2.eval()
     model.dropout.eval()
     with pytest.raises(guard.ModeError) as info:
@@ -113,14 +114,14 @@ def test_assert_training_allows_frozen_by_name_object_container_or_mark():
         guard.assert_training(model)
 
     seq = nn.Sequential(nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)), nn.Dropout(0.1)).train()
-    seq[0].eval()                                        # a frozen block
-    guard.assert_training(seq, frozen=["0"])            # the container covers its BN
+    seq[0].eval()  # a frozen block
+    guard.assert_training(seq, frozen=["0"])  # the container covers its BN
     with pytest.raises(guard.ModeError) as info:
         guard.assert_training(seq)
     assert info.value.in_eval == ["0.1"]
 
     guard.mark_frozen(model.bn1)
-    guard.assert_training(model)                         # the mark is read off the module
+    guard.assert_training(model)  # the mark is read off the module
     guard.unmark_frozen(model.bn1)
     with pytest.raises(guard.ModeError):
         guard.assert_training(model)
@@ -129,13 +130,13 @@ def test_assert_training_allows_frozen_by_name_object_container_or_mark():
 def test_assert_training_reports_a_frozen_module_put_back_in_train_mode():
     model = _tiny()
     guard.mark_frozen(model.bn1)
-    model.train()                                        # silently unfreezes bn1 (row 4)
+    model.train()  # silently unfreezes bn1 (row 4)
     with pytest.raises(guard.ModeError) as info:
         guard.assert_training(model)
     assert info.value.frozen_in_train == ["bn1"] and info.value.in_eval == []
     assert "declared frozen" in str(info.value)
     guard.assert_training(model, check_frozen=False)
-    guard.set_train(model)                               # the fine-tuning-safe model.train()
+    guard.set_train(model)  # the fine-tuning-safe model.train()
     assert model.bn1.training is False and model.bn2.training is True
     guard.assert_training(model)
 
@@ -150,6 +151,7 @@ def test_assert_training_rejects_unknown_frozen_names():
 
 # ---------------------------------------------------------------------- guarded_step (torch)
 
+
 def test_guarded_step_checks_the_first_argument_or_the_given_model():
     from torch_impl.train import make_optimizer, train_step
 
@@ -163,7 +165,7 @@ def test_guarded_step_checks_the_first_argument_or_the_given_model():
     w = model.fc2.weight.detach().clone()
     with pytest.raises(guard.ModeError):
         step(model, opt, x, y)
-    assert torch.equal(model.fc2.weight, w)             # raised before the step ran
+    assert torch.equal(model.fc2.weight, w)  # raised before the step ran
 
     calls = []
 
@@ -184,20 +186,18 @@ def test_training_guard_catches_the_seed_loop_without_editing_it():
     from torch_impl.train import fit, fit_seed_bug, make_optimizer
 
     ds = data.load("digits")
-    batches = lambda epoch: data.iterate_batches(ds.x_train[:128], ds.y_train[:128], 32, 0, epoch)  # noqa: E731
+    batches = lambda epoch: data.iterate_batches(ds.x_train[:128], ds.y_train[:128], 32, 0, epoch)
     test_set = (ds.x_test[:64], ds.y_test[:64])
     model, done = _tiny(), []
-    with pytest.raises(guard.ModeError) as info:
-        with guard.training_guard(model):
-            fit_seed_bug(model, make_optimizer(model), batches, test_set, 2, on_epoch=done.append)
+    with pytest.raises(guard.ModeError) as info, guard.training_guard(model):
+        fit_seed_bug(model, make_optimizer(model), batches, test_set, 2, on_epoch=done.append)
     assert len(done) == 1 and info.value.in_eval == ["bn1", "bn2", "bn3", "dropout"]
-    assert not model._forward_pre_hooks                 # removed on exit, even on error
+    assert not model._forward_pre_hooks  # removed on exit, even on error
     model = _tiny()
-    with guard.training_guard(model):                   # evaluate() runs under no_grad: not checked
+    with guard.training_guard(model):  # evaluate() runs under no_grad: not checked
         assert len(fit(model, make_optimizer(model), batches, test_set, 2)) == 2
-    with pytest.raises(ValueError, match="bn9"):
-        with guard.training_guard(model, frozen=["bn9"]):
-            pass
+    with pytest.raises(ValueError, match="bn9"), guard.training_guard(model, frozen=["bn9"]):
+        pass
     # recording instead of raising: the run goes on, every offending step is reported
     model, seen = _tiny(), []
     with guard.training_guard(model, on_violation=seen.append):
@@ -209,6 +209,7 @@ def test_training_guard_catches_the_seed_loop_without_editing_it():
 # The guard's contract on hand-made states; the real training loops (the project's train_step
 # passes, a dropped update and fit_bug_emulated are flagged) are rows 1 and 6 of test_mode_bugs.
 
+
 def _linen_state() -> ltrain.TrainState:
     """A Linen TrainState with the tiny torch model's weights; BN statistics at 0 / 1."""
     tm = _tiny()
@@ -219,14 +220,15 @@ def _linen_state() -> ltrain.TrainState:
 
 def _moved(batch_stats: dict, layers=("bn1", "bn2", "bn3")) -> dict:
     """``batch_stats`` with the running mean of ``layers`` moved, as a stored update would."""
-    return {k: ({"mean": v["mean"] + 0.1, "var": v["var"]} if k in layers else v)
-            for k, v in batch_stats.items()}
+    return {
+        k: ({"mean": v["mean"] + 0.1, "var": v["var"]} if k in layers else v) for k, v in batch_stats.items()
+    }
 
 
 def test_batch_stats_guard_flags_unchanged_layers_by_name():
     state = _linen_state()
     with pytest.raises(fguard.BatchStatsError) as info:
-        fguard.assert_stats_tracked(state)               # a fresh state is at 0 / 1
+        fguard.assert_stats_tracked(state)  # a fresh state is at 0 / 1
     assert info.value.layers == ["bn1", "bn2", "bn3"]
 
     stored = state.replace(batch_stats=_moved(state.batch_stats))
@@ -234,7 +236,7 @@ def test_batch_stats_guard_flags_unchanged_layers_by_name():
     fguard.assert_stats_tracked(stored)
 
     with pytest.raises(fguard.BatchStatsError) as info:
-        fguard.check_batch_stats_updated(state, state.replace(step=1))   # update never stored
+        fguard.check_batch_stats_updated(state, state.replace(step=1))  # update never stored
     assert info.value.layers == ["bn1", "bn2", "bn3"]
     assert "did not store" in str(info.value)
 
@@ -270,6 +272,7 @@ def test_batch_stats_guard_accepts_states_variable_dicts_and_trees():
 
 # ------------------------------------------------------------------------- NNX guard
 
+
 def test_nnx_guard_names_modules_in_the_wrong_mode():
     """Modes are static attributes, so an abstract model (``nnx.eval_shape``: nothing compiled)
     is enough; BatchStat checks on a real NNX model are in rows 2 and 6 of test_mode_bugs."""
@@ -286,7 +289,7 @@ def test_nnx_guard_names_modules_in_the_wrong_mode():
     model.train()
     model.bn1.eval()
     fguard.assert_training(model, frozen=["bn1"])
-    model.train()                                        # unfreezes bn1, as in torch
+    model.train()  # unfreezes bn1, as in torch
     with pytest.raises(fguard.ModeError) as info:
         fguard.assert_training(model, frozen=["bn1"])
     assert info.value.frozen_in_train == ["bn1"] and info.value.in_eval == []

@@ -14,10 +14,9 @@ from parity.io import atomic_open, atomic_write_json, ensure_writable_dir, json_
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     path = tmp_path / "out.txt"
     path.write_text("old")
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_open(path) as f:
-            f.write("half")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_open(path) as f:
+        f.write("half")
+        raise KeyboardInterrupt
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["out.txt"]
 
 

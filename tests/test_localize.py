@@ -13,10 +13,18 @@ from flax import nnx
 from torch import nn
 
 from parity import layout
-from parity.compare import Pair
 from parity.data import load
-from parity.localize import (FlaxSide, SharedDropout, activation_to_flax, flax_dropout_hook, localize,
-                             localize_gradients, mask_scale, torch_shared_dropout)
+from parity.harness.compare import Pair
+from parity.harness.localize import (
+    FlaxSide,
+    SharedDropout,
+    activation_to_flax,
+    flax_dropout_hook,
+    localize,
+    localize_gradients,
+    mask_scale,
+    torch_shared_dropout,
+)
 from parity.testing import assert_parity
 
 SMALL = {"channels": (4, 8), "hidden": 16}
@@ -114,8 +122,14 @@ def test_shared_masks_are_identical_in_both_layouts():
     assert np.array_equal(out_t, x * mask_scale(u, 0.4))
     for side in (FlaxSide(LinenDrop(), {"params": {}}), FlaxSide(NnxDrop())):
         hook = flax_dropout_hook({"drop": [jnp.asarray(activation_to_flax(u))]})  # one hook per forward pass
-        out_f, _, _ = side.apply(side.params, side.batch_stats, side.rest, jnp.asarray(layout.to_channels_last(x)),
-                                 train=True, hook=hook)
+        out_f, _, _ = side.apply(
+            side.params,
+            side.batch_stats,
+            side.rest,
+            jnp.asarray(layout.to_channels_last(x)),
+            train=True,
+            hook=hook,
+        )
         assert np.array_equal(np.asarray(out_f), layout.to_channels_last(out_t)), side.kind
 
 
@@ -132,8 +146,12 @@ def test_user_model_with_different_names_and_stateless_layers():
             return fnn.Dense(3)(x)  # Dense_1
 
     sd = {k: v.numpy() for k, v in tm.state_dict().items()}
-    variables = {"params": {"Dense_0": {"kernel": sd["0.weight"].T, "bias": sd["0.bias"]},
-                            "Dense_1": {"kernel": sd["2.weight"].T, "bias": sd["2.bias"]}}}
+    variables = {
+        "params": {
+            "Dense_0": {"kernel": sd["0.weight"].T, "bias": sd["0.bias"]},
+            "Dense_1": {"kernel": sd["2.weight"].T, "bias": sd["2.bias"]},
+        }
+    }
     x = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
     rep = localize(tm, Mlp(), x, variables=variables, layer_map={"0": "Dense_0", "2": "Dense_1"})
     assert rep.passed, rep.format()
@@ -144,9 +162,20 @@ def test_user_model_with_different_names_and_stateless_layers():
     assert bad.first_divergent.name == "0" and "missing on the Flax side" in bad.first_divergent.note
     # gradients of a model outside the converter's rules: param_map
     y = np.array([0, 1, 2, 0, 1], np.int32)
-    g = localize_gradients(tm, Mlp(), x, y, variables=variables, mode="eval",
-                           param_map=lambda t: {"0.weight": t["Dense_0"]["kernel"].T, "0.bias": t["Dense_0"]["bias"],
-                                                "2.weight": t["Dense_1"]["kernel"].T, "2.bias": t["Dense_1"]["bias"]})
+    g = localize_gradients(
+        tm,
+        Mlp(),
+        x,
+        y,
+        variables=variables,
+        mode="eval",
+        param_map=lambda t: {
+            "0.weight": t["Dense_0"]["kernel"].T,
+            "0.bias": t["Dense_0"]["bias"],
+            "2.weight": t["Dense_1"]["kernel"].T,
+            "2.bias": t["Dense_1"]["bias"],
+        },
+    )
     assert g.passed and [r.name for r in g.rows] == ["2.bias", "2.weight", "0.bias", "0.weight"]
 
 
@@ -182,12 +211,12 @@ def test_bad_inputs(digits):
 def test_migration_guide_code_runs(capsys):
     """Execute every ```python block of MIGRATION.md's "How to parity-test your own model"."""
     text = (ROOT / "MIGRATION.md").read_text(encoding="utf-8")
-    section = text[text.index("## How to parity-test your own model"):]
+    section = text[text.index("## How to parity-test your own model") :]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(blocks) >= 5
     namespace = {"__name__": "migration_guide"}
     for block in blocks:
-        exec(compile(block, "MIGRATION.md", "exec"), namespace)  # noqa: S102 - our own doc
+        exec(compile(block, "MIGRATION.md", "exec"), namespace)
     out = capsys.readouterr().out
     assert "first divergent: bn1 (running_mean" in out
     assert "within tolerance at every step" in out

@@ -40,9 +40,11 @@ def test_seeded_torch_init_is_reproducible_and_leaves_global_rng_alone():
 
 @pytest.mark.parametrize("pkg,forbidden", [("torch_impl", ("jax", "flax")), ("flax_impl", ("torch",))])
 def test_framework_packages_do_not_import_each_other(pkg, forbidden):
-    modules = {"torch_impl": "torch_impl.models, torch_impl.train, torch_impl.audit, torch_impl.guard",
-               "flax_impl": "flax_impl.linen_models, flax_impl.nnx_models, flax_impl.train, "
-                            "flax_impl.nnx_train, flax_impl.audit, flax_impl.guard"}[pkg]
+    modules = {
+        "torch_impl": "torch_impl.models, torch_impl.train, torch_impl.audit, torch_impl.guard",
+        "flax_impl": "flax_impl.linen_models, flax_impl.nnx_models, flax_impl.linen_train, "
+        "flax_impl.nnx_train, flax_impl.audit, flax_impl.guard",
+    }[pkg]
     code = f"import sys, {modules}; print(sorted(m for m in sys.modules if m.split('.')[0] in {forbidden!r}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

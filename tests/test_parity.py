@@ -1,6 +1,6 @@
 """The CPU parity suite: torch vs Linen vs NNX on the same converted weights, float32.
 
-Tolerances are those of :data:`parity.compare.TOLERANCES` (1e-5 relative L2), justified in
+Tolerances are those of :data:`parity.harness.compare.TOLERANCES` (1e-5 relative L2), justified in
 ``parity/compare.py``: float32 kernels that sum in another order differ by ~1e-7..3e-6 here,
 while the layout bugs this suite exists to catch give differences of order 1.
 """
@@ -12,8 +12,15 @@ import numpy as np
 import pytest
 
 from flax_impl import linen_models
-from parity.compare import MODEL_DATASET, TOLERANCES, Pair, bn_state_after_passes, gradient_differences, rel_l2
 from parity.data import load
+from parity.harness.compare import (
+    MODEL_DATASET,
+    TOLERANCES,
+    Pair,
+    bn_state_after_passes,
+    gradient_differences,
+    rel_l2,
+)
 from parity.layout import to_channels_last
 
 CASES = [(m, f) for m in ("digits", "signal1d") for f in ("linen", "nnx")]
@@ -28,7 +35,9 @@ def _data(model, n=128):
 def test_eval_forward(model, framework):
     _, x, _ = _data(model)
     pair = Pair(model, framework, seed=1)
-    assert rel_l2(pair.flax_forward(x, train=False), pair.torch_forward(x, train=False)) <= TOLERANCES["forward"]
+    assert (
+        rel_l2(pair.flax_forward(x, train=False), pair.torch_forward(x, train=False)) <= TOLERANCES["forward"]
+    )
 
 
 @pytest.mark.parametrize("model,framework", CASES)
@@ -44,7 +53,7 @@ def test_train_forward_batch_stats_dropout_off(model, framework):
 @pytest.mark.parametrize("model,framework", CASES)
 def test_bn_state_after_training_mode_passes(model, framework):
     ds, _, _ = _data(model)
-    batches = [ds.x_train[i * 64:(i + 1) * 64] for i in range(5)]
+    batches = [ds.x_train[i * 64 : (i + 1) * 64] for i in range(5)]
     bn = bn_state_after_passes(Pair(model, framework, seed=3, dropout=0.0), batches)
     tol = TOLERANCES["bn_state"]
     for name, d in bn.items():
@@ -61,8 +70,19 @@ def test_bn_state_after_training_mode_passes(model, framework):
 def test_gradients_per_parameter(model, framework):
     _, x, y = _data(model)
     diffs = gradient_differences(Pair(model, framework, seed=4, dropout=0.0), x, y)
-    assert set(diffs) == {"conv1.weight", "bn1.weight", "bn1.bias", "conv2.weight", "bn2.weight", "bn2.bias",
-                          "fc1.weight", "bn3.weight", "bn3.bias", "fc2.weight", "fc2.bias"}
+    assert set(diffs) == {
+        "conv1.weight",
+        "bn1.weight",
+        "bn1.bias",
+        "conv2.weight",
+        "bn2.weight",
+        "bn2.bias",
+        "fc1.weight",
+        "bn3.weight",
+        "bn3.bias",
+        "fc2.weight",
+        "fc2.bias",
+    }
     worst = max(diffs, key=diffs.get)
     assert diffs[worst] <= TOLERANCES["gradient"], f"{worst}: {diffs[worst]:.2e}"
 

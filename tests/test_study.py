@@ -15,12 +15,26 @@ import pytest
 
 from parity import cli
 from parity import study as study_mod
-from parity.report import (epoch_arrays, markdown_table, mean_ci, summarize, t_quantile_975, to_json,
-                           write_outputs)
-from parity.study import VARIANT_NAMES, VARIANTS, StudyConfig, run_study
+from parity.study.report import (
+    epoch_arrays,
+    markdown_table,
+    mean_ci,
+    summarize,
+    t_quantile_975,
+    to_json,
+    write_outputs,
+)
+from parity.study.runners import VARIANT_NAMES, VARIANTS, StudyConfig, run_study
 
-TINY = dict(dataset="digits", seeds=2, epochs=3, batch_size=32, train_subset=256, device="cpu",
-            model_config={"channels": (4, 8), "hidden": 16})
+TINY = dict(
+    dataset="digits",
+    seeds=2,
+    epochs=3,
+    batch_size=32,
+    train_subset=256,
+    device="cpu",
+    model_config={"channels": (4, 8), "hidden": 16},
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +44,17 @@ def tiny_results():
 
 def _numbers(results: dict) -> dict:
     """Every per-epoch, per-seed number of a result (no wall times, no timestamps)."""
-    return {v: [[(e["train_loss"], e["test_loss"], e["test_acc"], e["train_mode"]) for e in s["epochs"]]
-                for s in r["seeds"]] for v, r in results["variants"].items()}
+    return {
+        v: [
+            [(e["train_loss"], e["test_loss"], e["test_acc"], e["train_mode"]) for e in s["epochs"]]
+            for s in r["seeds"]
+        ]
+        for v, r in results["variants"].items()
+    }
 
 
 # -------------------------------------------------------------------------------- statistics
+
 
 def test_t_quantiles_match_scipy():
     stats = pytest.importorskip("scipy.stats")
@@ -59,20 +79,41 @@ def _fake_results(accs: dict[str, list[list[float]]], diverged_after: dict | Non
         for i, curve in enumerate(curves):
             stop = (diverged_after or {}).get((v, i))
             run = curve if stop is None else curve[: stop + 1]
-            epochs = [{"epoch": e, "train_loss": float("nan") if e == stop else 1.0 / (e + 1),
-                       "test_loss": 1.0, "test_acc": a,
-                       "train_mode": 1.0 if VARIANTS[v][1] or e == 0 else 0.0,
-                       "diverged": e == stop} for e, a in enumerate(run)]
+            epochs = [
+                {
+                    "epoch": e,
+                    "train_loss": float("nan") if e == stop else 1.0 / (e + 1),
+                    "test_loss": 1.0,
+                    "test_acc": a,
+                    "train_mode": 1.0 if VARIANTS[v][1] or e == 0 else 0.0,
+                    "diverged": e == stop,
+                }
+                for e, a in enumerate(run)
+            ]
             seeds.append({"seed": i, "diverged": stop is not None, "diverged_epoch": stop, "epochs": epochs})
-        variants[v] = {"framework": VARIANTS[v][0], "correct": VARIANTS[v][1], "description": "",
-                       "path": "torch", "path_description": "", "wall_time_s": 1.0, "seeds": seeds}
-    return {"config": {"epochs": len(next(iter(accs.values()))[0]), "dataset": "digits"}, "variants": variants}
+        variants[v] = {
+            "framework": VARIANTS[v][0],
+            "correct": VARIANTS[v][1],
+            "description": "",
+            "path": "torch",
+            "path_description": "",
+            "wall_time_s": 1.0,
+            "seeds": seeds,
+        }
+    return {
+        "config": {"epochs": len(next(iter(accs.values()))[0]), "dataset": "digits"},
+        "variants": variants,
+    }
 
 
 def test_summary_pairs_seeds_finds_best_epoch_and_carries_diverged_runs_forward():
-    res = _fake_results({"torch_correct": [[0.5, 0.8, 0.9], [0.6, 0.8, 0.8]],
-                         "torch_seed_bug": [[0.5, 0.6, 0.8], [0.6, 0.1, 0.1]]},
-                        diverged_after={("torch_seed_bug", 1): 1})
+    res = _fake_results(
+        {
+            "torch_correct": [[0.5, 0.8, 0.9], [0.6, 0.8, 0.8]],
+            "torch_seed_bug": [[0.5, 0.6, 0.8], [0.6, 0.1, 0.1]],
+        },
+        diverged_after={("torch_seed_bug", 1): 1},
+    )
     s = summarize(res)
     bug = s["torch_seed_bug"]
     assert epoch_arrays(res["variants"]["torch_seed_bug"], 3)["test_acc"][1].tolist() == [0.6, 0.1, 0.1]
@@ -90,8 +131,9 @@ def test_summary_pairs_seeds_finds_best_epoch_and_carries_diverged_runs_forward(
 
 
 def test_a_run_that_learned_and_fell_to_chance_is_collapsed_one_that_never_learned_is_not():
-    res = _fake_results({"nnx_seed_bug": [[0.5, 0.6, 0.7], [0.6, 0.3, 0.09]],
-                         "linen": [[0.10, 0.12, 0.15], [0.5, 0.7, 0.8]]})
+    res = _fake_results(
+        {"nnx_seed_bug": [[0.5, 0.6, 0.7], [0.6, 0.3, 0.09]], "linen": [[0.10, 0.12, 0.15], [0.5, 0.7, 0.8]]}
+    )
     s = summarize(res)
     assert s["nnx_seed_bug"]["collapsed_seeds"] == [1] and s["nnx_seed_bug"]["diverged_seeds"] == []
     assert s["linen"]["collapsed_seeds"] == []
@@ -107,6 +149,7 @@ def test_audit_flags_a_variant_that_does_not_do_what_it_claims():
 
 
 # ------------------------------------------------------------------------------------ study
+
 
 def test_audit_measures_the_mode_of_every_variant(tiny_results):
     assert list(tiny_results["variants"]) == list(VARIANT_NAMES)
@@ -131,8 +174,11 @@ def test_seed_bug_variants_of_one_seed_match_in_epoch_one_and_differ_after(tiny_
     """Same weights, same batches: epoch 1 is train mode everywhere, so the correct and buggy
     loop of one framework give the same numbers there; from epoch 2 on they must not."""
     v = tiny_results["variants"]
-    for good, bad in (("torch_correct", "torch_seed_bug"), ("linen", "linen_bug_emulated"),
-                      ("nnx_view", "nnx_seed_bug")):
+    for good, bad in (
+        ("torch_correct", "torch_seed_bug"),
+        ("linen", "linen_bug_emulated"),
+        ("nnx_view", "nnx_seed_bug"),
+    ):
         for sg, sb in zip(v[good]["seeds"], v[bad]["seeds"]):
             assert sg["epochs"][0]["train_loss"] == pytest.approx(sb["epochs"][0]["train_loss"], rel=1e-5)
             assert sg["epochs"][1]["train_loss"] != pytest.approx(sb["epochs"][1]["train_loss"], rel=1e-3)
@@ -144,13 +190,15 @@ def test_same_seeds_give_the_same_numbers_on_cpu(tiny_results):
 
 
 def test_linen_vmap_over_seeds_matches_the_loop_path(tiny_results):
-    vm = run_study(StudyConfig(**(TINY | {"epochs": 2}), variants=("linen_bug_emulated",), linen_path="vmap"),
-                   progress=False)
+    vm = run_study(
+        StudyConfig(**(TINY | {"epochs": 2}), variants=("linen_bug_emulated",), linen_path="vmap"),
+        progress=False,
+    )
     r = vm["variants"]["linen_bug_emulated"]
     assert r["path"] == "vmap" and vm["environment"]["linen_path"] == "vmap"
     for s_vm, s_loop in zip(r["seeds"], tiny_results["variants"]["linen_bug_emulated"]["seeds"]):
         for a, b in zip(s_vm["epochs"], s_loop["epochs"][:2]):
-            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)   # same keys, same masks
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)  # same keys, same masks
             assert a["test_acc"] == pytest.approx(b["test_acc"], abs=1 / 360 + 1e-6)
             assert a["train_mode"] == b["train_mode"]
 
@@ -164,8 +212,10 @@ def test_a_nan_loss_is_recorded_as_divergence_in_every_variant_and_path(tiny_res
     poisoned = study_mod.data.Dataset("digits", x, digits.y_train, digits.x_test, digits.y_test)
     monkeypatch.setattr(study_mod.data, "load", lambda name: poisoned)
     results = run_study(StudyConfig(**TINY), progress=False)
-    vm = run_study(StudyConfig(**(TINY | {"epochs": 2}), variants=("linen_bug_emulated",), linen_path="vmap"),
-                   progress=False)
+    vm = run_study(
+        StudyConfig(**(TINY | {"epochs": 2}), variants=("linen_bug_emulated",), linen_path="vmap"),
+        progress=False,
+    )
     results["variants"]["linen_bug_emulated (vmap)"] = vm["variants"]["linen_bug_emulated"]
     for v, r in results["variants"].items():
         for s in r["seeds"]:
@@ -180,9 +230,26 @@ def test_a_nan_loss_is_recorded_as_divergence_in_every_variant_and_path(tiny_res
 
 
 def test_cli_huge_learning_rate_is_reported_as_diverged(tmp_path, capsys):
-    code = cli.main(["study", "--dataset", "digits", "--seeds", "1", "--epochs", "2", "--lr", "1000",
-                     "--variants", "torch_correct,torch_seed_bug", "--device", "cpu", "--out", str(tmp_path),
-                     "--no-progress"])
+    code = cli.main(
+        [
+            "study",
+            "--dataset",
+            "digits",
+            "--seeds",
+            "1",
+            "--epochs",
+            "2",
+            "--lr",
+            "1000",
+            "--variants",
+            "torch_correct,torch_seed_bug",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     assert "1/1 (1 diverged)" in capsys.readouterr().out
     data = json.loads((tmp_path / "results.json").read_text())
@@ -198,14 +265,22 @@ def test_outputs_hold_every_number_the_configuration_and_the_environment(tiny_re
     assert env["device"] == "cpu" and env["precision"] == "strict"
     assert {"torch", "jax", "flax", "optax", "numpy"} <= set(env["versions"])
     assert "jax_default_matmul_precision" in env["precision_settings"]
-    for v, r in data["variants"].items():
+    for _v, r in data["variants"].items():
         assert r["wall_time_s"] > 0 and r["path"] in ("torch", "loop", "nnx")
         for s in r["seeds"]:
             assert [set(e) >= {"train_loss", "test_acc", "train_mode"} for e in s["epochs"]] == [True] * 3
     assert paths["curves"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = paths["report"].read_text()
-    for needle in ("![", "curves.png", "95% CI", "`torch_seed_bug`", "Mode audit", "External check",
-                   "strict", "| `nnx_view` |"):
+    for needle in (
+        "![",
+        "curves.png",
+        "95% CI",
+        "`torch_seed_bug`",
+        "Mode audit",
+        "External check",
+        "strict",
+        "| `nnx_view` |",
+    ):
         assert needle in report
 
 
@@ -221,11 +296,29 @@ def test_study_config_rejects_bad_values_with_the_choices():
 
 # -------------------------------------------------------------------------------------- CLI
 
+
 def test_cli_quick_writes_results_curves_and_report(tmp_path, capsys):
     out = tmp_path / "study"
-    code = cli.main(["study", "--quick", "--dataset", "digits", "--seeds", "2", "--epochs", "2",
-                     "--variants", "torch_correct,", "torch_seed_bug", "--device", "cpu",
-                     "--out", str(out), "--no-progress"])
+    code = cli.main(
+        [
+            "study",
+            "--quick",
+            "--dataset",
+            "digits",
+            "--seeds",
+            "2",
+            "--epochs",
+            "2",
+            "--variants",
+            "torch_correct,",
+            "torch_seed_bug",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     assert {p.name for p in out.iterdir()} == {"results.json", "curves.png", "report.md"}
     printed = capsys.readouterr().out
@@ -235,19 +328,25 @@ def test_cli_quick_writes_results_curves_and_report(tmp_path, capsys):
 
 
 def test_quick_fills_unset_seeds_and_epochs_only():
-    from parity.study_cli import config_from_args
+    from parity.commands.study import config_from_args
 
-    parse = lambda *a: config_from_args(cli.build_parser(["study"]).parse_args(["study", *a]))  # noqa: E731
-    assert (parse("--quick").seeds, parse("--quick").epochs) == (study_mod.QUICK["seeds"], study_mod.QUICK["epochs"])
+    parse = lambda *a: config_from_args(cli.build_parser(["study"]).parse_args(["study", *a]))
+    assert (parse("--quick").seeds, parse("--quick").epochs) == (
+        study_mod.QUICK["seeds"],
+        study_mod.QUICK["epochs"],
+    )
     assert parse("--quick", "--epochs", "4").epochs == 4
     assert (parse().seeds, parse().epochs) == (StudyConfig().seeds, StudyConfig().epochs)
     assert parse("--variants", "linen", "nnx_view,linen").variants == ("linen", "nnx_view")
 
 
-@pytest.mark.parametrize("argv, choices", [
-    (["--dataset", "cifar10"], ["mnist1d", "digits"]),
-    (["--variants", "torch_correct,jax_magic"], list(VARIANT_NAMES)),
-])
+@pytest.mark.parametrize(
+    "argv, choices",
+    [
+        (["--dataset", "cifar10"], ["mnist1d", "digits"]),
+        (["--variants", "torch_correct,jax_magic"], list(VARIANT_NAMES)),
+    ],
+)
 def test_cli_unknown_dataset_or_variant_exits_2_listing_the_choices(argv, choices, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         cli.main(["study", *argv, "--out", str(tmp_path)])
@@ -291,14 +390,29 @@ def test_an_interrupted_run_writes_nothing(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(torch_train, "train_step", interrupted)
     out = tmp_path / "out"
-    code = cli.main(["study", "--dataset", "digits", "--seeds", "1", "--epochs", "1", "--device", "cpu",
-                     "--out", str(out), "--no-progress"])
+    code = cli.main(
+        [
+            "study",
+            "--dataset",
+            "digits",
+            "--seeds",
+            "1",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 130 and len(calls) == 3
-    assert list(out.iterdir()) == []          # no results.json, no temporary file
+    assert list(out.iterdir()) == []  # no results.json, no temporary file
     assert "nothing was written" in capsys.readouterr().err
 
 
 # -------------------------------------------------------------------------------------- GPU
+
 
 @pytest.mark.gpu
 def test_a_one_epoch_study_trains_both_frameworks_on_the_gpu(tmp_path):

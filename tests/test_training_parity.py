@@ -2,8 +2,8 @@
 
 From the same converted initial weights, the same batch order and dropout off (``dropout=0.0``):
 
-* ``torch_impl.train.fit`` (``torch_correct``) and ``flax_impl.train.fit`` (``linen``), and
-* ``torch_impl.train.fit_seed_bug`` (``torch_seed_bug``) and ``flax_impl.train.fit_bug_emulated``
+* ``torch_impl.train.fit`` (``torch_correct``) and ``flax_impl.linen_train.fit`` (``linen``), and
+* ``torch_impl.train.fit_seed_bug`` (``torch_seed_bug``) and ``flax_impl.linen_train.fit_bug_emulated``
   (``linen_bug_emulated``)
 
 produce the same per-step training losses within ``RTOL`` relative.
@@ -39,26 +39,31 @@ import pytest
 import torch
 
 from flax_impl import BN_MOMENTUM, linen_models
-from flax_impl import train as linen_train
+from flax_impl import linen_train as linen_train
 from parity import data
-from parity.compare import values_per_channel
 from parity.convert import torch_to_linen
+from parity.harness.compare import values_per_channel
 from parity.layout import to_channels_last
 from torch_impl import train as torch_train
 from torch_impl.models import build_model
 
 RTOL = 1e-4
 CONFIG = {"channels": (4, 8), "hidden": 16, "dropout": 0.0}
-N_TRAIN, BATCH, LR, EPOCHS = 960, 32, 0.01, 3   # 30 steps per epoch, 90 steps
-SEEDS = (1, 5)                                   # the largest gap of seeds 0-7: correct pair, bug pair
+N_TRAIN, BATCH, LR, EPOCHS = 960, 32, 0.01, 3  # 30 steps per epoch, 90 steps
+SEEDS = (1, 5)  # the largest gap of seeds 0-7: correct pair, bug pair
 
 
 @pytest.fixture(scope="module")
 def digits():
     ds = data.load("digits")
     x, y = ds.x_train[:N_TRAIN], ds.y_train[:N_TRAIN]
-    return {"x": x, "y": y, "x_cl": to_channels_last(x), "test": (ds.x_test, ds.y_test),
-            "test_cl": (to_channels_last(ds.x_test), ds.y_test)}
+    return {
+        "x": x,
+        "y": y,
+        "x_cl": to_channels_last(x),
+        "test": (ds.x_test, ds.y_test),
+        "test_cl": (to_channels_last(ds.x_test), ds.y_test),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +73,7 @@ def linen_module():
 
 @pytest.fixture(scope="module")
 def sgd():
-    return linen_train.make_optimizer(LR)   # one transformation: jit compiles once per module
+    return linen_train.make_optimizer(LR)  # one transformation: jit compiles once per module
 
 
 def _running_var_as_flax(model: torch.nn.Module, sizes: dict[str, int]) -> None:
@@ -82,15 +87,20 @@ def _running_var_as_flax(model: torch.nn.Module, sizes: dict[str, int]) -> None:
 
 def _torch_losses(loop, seed: int, digits, match_flax_running_var: bool = False) -> np.ndarray:
     model = build_model("digits", seed=seed, **CONFIG)
-    sizes = values_per_channel(model, digits["x"][:BATCH])      # n per BN layer for a training batch
+    sizes = values_per_channel(model, digits["x"][:BATCH])  # n per BN layer for a training batch
 
     def on_epoch(rec):
         if rec["epoch"] == 0 and match_flax_running_var:
             _running_var_as_flax(model, sizes)
 
-    history = loop(model, torch_train.make_optimizer(model, LR),
-                   lambda e: data.iterate_batches(digits["x"], digits["y"], BATCH, seed, e),
-                   digits["test"], EPOCHS, on_epoch=on_epoch)
+    history = loop(
+        model,
+        torch_train.make_optimizer(model, LR),
+        lambda e: data.iterate_batches(digits["x"], digits["y"], BATCH, seed, e),
+        digits["test"],
+        EPOCHS,
+        on_epoch=on_epoch,
+    )
     losses = np.concatenate([r["step_losses"] for r in history])
     assert losses.shape == (EPOCHS * (N_TRAIN // BATCH),)
     return losses
@@ -99,8 +109,13 @@ def _torch_losses(loop, seed: int, digits, match_flax_running_var: bool = False)
 def _linen_losses(fit, seed: int, digits, module, sgd) -> np.ndarray:
     template = build_model("digits", seed=seed, **CONFIG)
     state = linen_train.create_train_state(module, torch_to_linen(template.state_dict(), template), sgd)
-    _, history = fit(state, lambda e: data.iterate_batches(digits["x_cl"], digits["y"], BATCH, seed, e),
-                     digits["test_cl"], EPOCHS, jax.random.key(seed))
+    _, history = fit(
+        state,
+        lambda e: data.iterate_batches(digits["x_cl"], digits["y"], BATCH, seed, e),
+        digits["test_cl"],
+        EPOCHS,
+        jax.random.key(seed),
+    )
     losses = np.concatenate([r["step_losses"] for r in history])
     assert losses.shape == (EPOCHS * (N_TRAIN // BATCH),)
     return losses
@@ -122,7 +137,9 @@ def test_torch_correct_and_linen_follow_the_same_loss_trajectory(seed, digits, l
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_torch_seed_bug_and_linen_bug_emulated_follow_the_same_loss_trajectory(seed, digits, linen_module, sgd):
+def test_torch_seed_bug_and_linen_bug_emulated_follow_the_same_loss_trajectory(
+    seed, digits, linen_module, sgd
+):
     torch_bug = _torch_losses(torch_train.fit_seed_bug, seed, digits, match_flax_running_var=True)
     linen_bug = _linen_losses(linen_train.fit_bug_emulated, seed, digits, linen_module, sgd)
     assert _max_rel(torch_bug, linen_bug) < RTOL
@@ -145,18 +162,32 @@ def test_trajectory_parity_on_gpu_with_strict_precision(digits, linen_module, sg
     configure("cuda", "strict")
     try:
         seed = SEEDS[0]
-        for tloop, lfit, fix in ((torch_train.fit, linen_train.fit, False),
-                                 (torch_train.fit_seed_bug, linen_train.fit_bug_emulated, True)):
+        for tloop, lfit, fix in (
+            (torch_train.fit, linen_train.fit, False),
+            (torch_train.fit_seed_bug, linen_train.fit_bug_emulated, True),
+        ):
             model = build_model("digits", seed=seed, **CONFIG)
-            state = linen_train.create_train_state(linen_module, torch_to_linen(model.state_dict(), model), sgd)
+            state = linen_train.create_train_state(
+                linen_module, torch_to_linen(model.state_dict(), model), sgd
+            )
             sizes = values_per_channel(model, digits["x"][:BATCH])
             model = copy.deepcopy(model).cuda()
-            hist = tloop(model, torch_train.make_optimizer(model, LR),
-                         lambda e: data.iterate_batches(digits["x"], digits["y"], BATCH, seed, e),
-                         digits["test"], EPOCHS, device="cuda",
-                         on_epoch=lambda r: fix and r["epoch"] == 0 and _running_var_as_flax(model, sizes))
-            _, lhist = lfit(state, lambda e: data.iterate_batches(digits["x_cl"], digits["y"], BATCH, seed, e),
-                            digits["test_cl"], EPOCHS, jax.random.key(seed))
+            hist = tloop(
+                model,
+                torch_train.make_optimizer(model, LR),
+                lambda e: data.iterate_batches(digits["x"], digits["y"], BATCH, seed, e),
+                digits["test"],
+                EPOCHS,
+                device="cuda",
+                on_epoch=lambda r: fix and r["epoch"] == 0 and _running_var_as_flax(model, sizes),
+            )
+            _, lhist = lfit(
+                state,
+                lambda e: data.iterate_batches(digits["x_cl"], digits["y"], BATCH, seed, e),
+                digits["test_cl"],
+                EPOCHS,
+                jax.random.key(seed),
+            )
             assert jax.devices()[0].platform == "gpu"
             t = np.concatenate([r["step_losses"] for r in hist])
             f = np.concatenate([r["step_losses"] for r in lhist])

@@ -12,10 +12,16 @@ import pytest
 import torch
 
 from parity import convert
-from parity.compare import Pair
 from parity.data import iterate_batches, load
-from parity.trajectory import (TRAJECTORY_TOL, TRAJECTORY_TOL_FLOAT64, OptimizerPair, make_optimizer_pair,
-                               optimizer_differences, trajectory)
+from parity.harness.compare import Pair
+from parity.harness.trajectory import (
+    TRAJECTORY_TOL,
+    TRAJECTORY_TOL_FLOAT64,
+    OptimizerPair,
+    make_optimizer_pair,
+    optimizer_differences,
+    trajectory,
+)
 
 SMALL = {"channels": (4, 8), "hidden": 16}
 
@@ -31,11 +37,20 @@ def batches(dataset: str, n: int, batch_size: int = 64, seed: int = 0):
 
 # ----------------------------------------------------------------- 50 steps, dropout on
 
-@pytest.mark.parametrize("model,dataset,optimizer", [("signal1d", "mnist1d", "sgd"), ("digits", "digits", "adam")])
+
+@pytest.mark.parametrize(
+    "model,dataset,optimizer", [("signal1d", "mnist1d", "sgd"), ("digits", "digits", "adam")]
+)
 def test_fifty_steps_with_dropout_within_tolerance(model, dataset, optimizer):
     pair = Pair(model, "linen", 0, **SMALL)  # dropout 0.2 / 0.3: on
-    rep = trajectory(pair.torch, pair.linen, batches(dataset, 50), variables=pair.variables,
-                     optimizer=optimizer, float64_reference=True)
+    rep = trajectory(
+        pair.torch,
+        pair.linen,
+        batches(dataset, 50),
+        variables=pair.variables,
+        optimizer=optimizer,
+        float64_reference=True,
+    )
     assert rep.passed, rep.format()
     assert len(rep.rows) == 50
     # the fixed bound, not the float64-relative one, is what held
@@ -47,14 +62,15 @@ def test_fifty_steps_with_dropout_within_tolerance(model, dataset, optimizer):
     assert all(b >= a for a, b in zip(env, env[1:]))
     assert 0 < env[0] < env[-1] < TRAJECTORY_TOL["param"]
     # the optimizer state really was compared (momentum buffer / Adam moments)
-    assert all(0 < r.opt_rel for r in rep.rows)
+    assert all(r.opt_rel > 0 for r in rep.rows)
     # float32 torch's own distance from float64 is of the same order as the cross-framework gap
     last = rep.rows[-1]
     assert last.f64_param_rel < 1e-5 and last.param_rel < 1e-5
     # the trained Flax weights, statistics brought to torch's convention, convert back onto the
     # trained torch ones; the user's torch model itself was not trained
-    sd = convert.linen_to_torch({"params": rep.flax_variables["params"],
-                                 "batch_stats": rep.corrected_batch_stats}, pair.torch)
+    sd = convert.linen_to_torch(
+        {"params": rep.flax_variables["params"], "batch_stats": rep.corrected_batch_stats}, pair.torch
+    )
     for name, t in rep.torch_model.state_dict().items():
         if t.dtype.is_floating_point:
             assert torch.allclose(sd[name], t, rtol=1e-4, atol=1e-6), name
@@ -67,8 +83,14 @@ def test_float64_parity_at_full_width_with_adam():
     Flax side only; docs/HARNESS.md). In float64 on both sides no decision sits that close, and
     the two frameworks agree to ~1e-15, far inside 1e-9: that is what says the port is right."""
     pair = Pair("signal1d", "linen", 0)
-    rep = trajectory(pair.torch, pair.linen, batches("mnist1d", 20), variables=pair.variables, optimizer="adam",
-                     dtype="float64")
+    rep = trajectory(
+        pair.torch,
+        pair.linen,
+        batches("mnist1d", 20),
+        variables=pair.variables,
+        optimizer="adam",
+        dtype="float64",
+    )
     assert rep.passed, rep.format()
     assert rep.tol == TRAJECTORY_TOL_FLOAT64 and rep.meta["dtype"] == "float64"
     assert max(max(r.param_rel, r.opt_rel, r.bn_rel, r.loss_rel) for r in rep.rows) < 1e-12
@@ -80,13 +102,22 @@ def test_float64_parity_at_full_width_with_adam():
 # Each convention is tested on the optimizers alone (optimizer_differences: same parameters,
 # same gradients, both sides), so the only differences left are the convention and rounding.
 
+
 @pytest.fixture(scope="module")
 def problem():
     """Parameters and 4 gradients whose magnitudes span 1e-5..1e-1, like a real network's."""
     rng = np.random.default_rng(0)
-    params = {"w": rng.normal(size=(8, 5)).astype(np.float32), "b": (0.1 * rng.normal(size=5)).astype(np.float32)}
-    grads = [{n: (rng.normal(size=v.shape) * 10.0 ** rng.uniform(-5, -1, size=v.shape)).astype(np.float32)
-              for n, v in params.items()} for _ in range(4)]
+    params = {
+        "w": rng.normal(size=(8, 5)).astype(np.float32),
+        "b": (0.1 * rng.normal(size=5)).astype(np.float32),
+    }
+    grads = [
+        {
+            n: (rng.normal(size=v.shape) * 10.0 ** rng.uniform(-5, -1, size=v.shape)).astype(np.float32)
+            for n, v in params.items()
+        }
+        for _ in range(4)
+    ]
     return params, grads
 
 
@@ -96,6 +127,7 @@ def mismatched(pair: OptimizerPair, tx: optax.GradientTransformation, torch_fact
 
 def check_convention(problem, good: OptimizerPair, bad: OptimizerPair) -> None:
     params, grads = problem
+
     def worst(rep):
         return max(max(r.param_rel, r.opt_rel) for r in rep.rows)
 
@@ -118,7 +150,9 @@ def test_adamw_default_weight_decay(problem):
     """torch AdamW defaults to weight_decay=1e-2, optax.adamw to 1e-4: pass it explicitly."""
     good = make_optimizer_pair("adamw", 1e-3)
     assert good.settings["weight_decay"] == 1e-2
-    check_convention(problem, good, mismatched(good, optax.adamw(1e-3), lambda p: torch.optim.AdamW(p, lr=1e-3)))
+    check_convention(
+        problem, good, mismatched(good, optax.adamw(1e-3), lambda p: torch.optim.AdamW(p, lr=1e-3))
+    )
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam"])
@@ -127,8 +161,11 @@ def test_coupled_l2_weight_decay(problem, name):
     optax.chain(add_decayed_weights(wd), sgd | adam). Decoupled decay (after sgd; optax.adamw
     for Adam) is a different optimizer."""
     good = make_optimizer_pair(name, 0.05 if name == "sgd" else 1e-3, weight_decay=1e-2)
-    wrong = (optax.chain(optax.sgd(0.05, momentum=0.9), optax.add_decayed_weights(1e-2)) if name == "sgd"
-             else optax.adamw(1e-3, weight_decay=1e-2))
+    wrong = (
+        optax.chain(optax.sgd(0.05, momentum=0.9), optax.add_decayed_weights(1e-2))
+        if name == "sgd"
+        else optax.adamw(1e-3, weight_decay=1e-2)
+    )
     check_convention(problem, good, mismatched(good, wrong))
 
 
@@ -139,8 +176,11 @@ def test_momentum_and_nesterov(problem):
     check_convention(problem, good, mismatched(good, optax.sgd(0.05, momentum=0.9)))
     # torch's dampening form (b = mu * b + (1 - d) g) has no optax.sgd equivalent; torch starts
     # the buffer at g, so the two agree at step 0 and part at step 1
-    damp = mismatched(make_optimizer_pair("sgd", 0.05), optax.sgd(0.05, momentum=0.9),
-                      lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, dampening=0.9))
+    damp = mismatched(
+        make_optimizer_pair("sgd", 0.05),
+        optax.sgd(0.05, momentum=0.9),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, dampening=0.9),
+    )
     wrong = optimizer_differences(damp, *problem)
     assert wrong.rows[0].passed and wrong.first_divergent[0] == 1, wrong.format()
 
@@ -152,6 +192,8 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="only 2 batches"):
         trajectory(pair.torch, pair.linen, batches("digits", 2), variables=pair.variables, steps=5)
     with pytest.raises(ValueError, match="dropout_masks"):
-        trajectory(pair.torch, pair.linen, batches("digits", 2), variables=pair.variables, dropout_masks="off")
+        trajectory(
+            pair.torch, pair.linen, batches("digits", 2), variables=pair.variables, dropout_masks="off"
+        )
     with pytest.raises(ValueError, match="variables"):
         trajectory(pair.torch, pair.linen, batches("digits", 2))

@@ -56,7 +56,7 @@ import torch
 from torch import nn as tnn
 
 from parity import convert
-from parity.compare import rel_l2, unbiased_running_var
+from parity.harness.compare import rel_l2, unbiased_running_var
 from parity.layout import to_channels_last
 from parity.table import format_table
 
@@ -67,6 +67,7 @@ FlaxHook = Callable[[str, Any, Callable, tuple, dict], Any]
 
 
 # ---------------------------------------------------------------------------- small metrics
+
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine similarity of two arrays, flattened, in float64 (``1`` when both are zero)."""
@@ -121,21 +122,53 @@ class Row:
         return d
 
 
-def compare_tensor(name: str, kind: str, flax_name: str, candidate: np.ndarray | None,
-                   reference: np.ndarray | None, tol: float, note: str = "") -> Row:
+def compare_tensor(
+    name: str,
+    kind: str,
+    flax_name: str,
+    candidate: np.ndarray | None,
+    reference: np.ndarray | None,
+    tol: float,
+    note: str = "",
+) -> Row:
     """A :class:`Row` for ``candidate`` (Flax) vs ``reference`` (torch); ``passed`` is
     ``rel_l2 <= tol``. A missing side or a shape mismatch is a failing row with ``inf``."""
     if candidate is None or reference is None or np.shape(candidate) != np.shape(reference):
-        why = ("missing on the Flax side" if candidate is None else "missing on the torch side"
-               if reference is None else f"shape {np.shape(candidate)} vs torch {np.shape(reference)}")
+        why = (
+            "missing on the Flax side"
+            if candidate is None
+            else "missing on the torch side"
+            if reference is None
+            else f"shape {np.shape(candidate)} vs torch {np.shape(reference)}"
+        )
         shape = tuple(np.shape(reference if reference is not None else candidate))
-        return Row(name, kind, flax_name, shape, math.inf, math.inf, 0.0, 1.0, False,
-                   note=(note + "; " if note else "") + why)
+        return Row(
+            name,
+            kind,
+            flax_name,
+            shape,
+            math.inf,
+            math.inf,
+            0.0,
+            1.0,
+            False,
+            note=(note + "; " if note else "") + why,
+        )
     c, r = np.asarray(candidate, np.float64), np.asarray(reference, np.float64)
     max_abs = float(np.max(np.abs(c - r))) if c.size else 0.0
     rel = rel_l2(c, r)
-    return Row(name, kind, flax_name, tuple(r.shape), max_abs, rel, cosine(c, r),
-               share_outside(c, r, tol), bool(rel <= tol), note=note)
+    return Row(
+        name,
+        kind,
+        flax_name,
+        tuple(r.shape),
+        max_abs,
+        rel,
+        cosine(c, r),
+        share_outside(c, r, tol),
+        bool(rel <= tol),
+        note=note,
+    )
 
 
 @dataclass
@@ -162,8 +195,10 @@ class Report:
         for r in self.rows:
             if r.name == name and (kind is None or r.kind == kind):
                 return r
-        raise KeyError(f"{name!r}{'' if kind is None else f' ({kind})'} not in the report; "
-                       f"rows: {', '.join(sorted({r.name for r in self.rows}))}")
+        raise KeyError(
+            f"{name!r}{'' if kind is None else f' ({kind})'} not in the report; "
+            f"rows: {', '.join(sorted({r.name for r in self.rows}))}"
+        )
 
     def summary(self) -> str:
         """One line: passed, or the first divergent row with its value and the tolerance."""
@@ -171,18 +206,31 @@ class Report:
         if first is None:
             worst = max((r.rel_l2 for r in self.rows), default=0.0)
             return f"{self.title}: all {len(self.rows)} tensors within tol {self.tol:.1e} (worst rel_l2 {worst:.2e})"
-        return (f"{self.title}: first divergent: {first.name} ({first.kind}, flax {first.flax_name}): "
-                f"rel_l2 {first.rel_l2:.3e} > tol {self.tol:.1e}, max_abs {first.max_abs:.3e}, "
-                f"cosine {first.cosine:.6f}, {first.outside:.1%} of elements outside"
-                + (f" [{first.note}]" if first.note else ""))
+        return (
+            f"{self.title}: first divergent: {first.name} ({first.kind}, flax {first.flax_name}): "
+            f"rel_l2 {first.rel_l2:.3e} > tol {self.tol:.1e}, max_abs {first.max_abs:.3e}, "
+            f"cosine {first.cosine:.6f}, {first.outside:.1%} of elements outside"
+            + (f" [{first.note}]" if first.note else "")
+        )
 
     def format(self) -> str:
         """The summary line and a table, one row per compared tensor."""
         head = ("name", "kind", "flax", "shape", "max_abs", "rel_l2", "cosine", "outside", "f64_ref", "pass")
-        body = [(r.name, r.kind, r.flax_name, "x".join(map(str, r.shape)), f"{r.max_abs:.2e}",
-                 f"{r.rel_l2:.2e}", f"{r.cosine:.6f}", f"{r.outside:.1%}",
-                 "-" if r.float64_rel_l2 is None else f"{r.float64_rel_l2:.1e}",
-                 ("ok" if r.passed else "FAIL") + (f" {r.note}" if r.note else "")) for r in self.rows]
+        body = [
+            (
+                r.name,
+                r.kind,
+                r.flax_name,
+                "x".join(map(str, r.shape)),
+                f"{r.max_abs:.2e}",
+                f"{r.rel_l2:.2e}",
+                f"{r.cosine:.6f}",
+                f"{r.outside:.1%}",
+                "-" if r.float64_rel_l2 is None else f"{r.float64_rel_l2:.1e}",
+                ("ok" if r.passed else "FAIL") + (f" {r.note}" if r.note else ""),
+            )
+            for r in self.rows
+        ]
         return self.summary() + "\n" + format_table(head, body)
 
     def __str__(self) -> str:
@@ -191,12 +239,18 @@ class Report:
     def as_dict(self) -> dict:
         """``{'title', 'tol', 'passed', 'first_divergent', 'rows', **meta}`` for JSON."""
         first = self.first_divergent
-        return {"title": self.title, "tol": self.tol, "passed": self.passed,
-                "first_divergent": None if first is None else {"name": first.name, "kind": first.kind},
-                "rows": [r.as_dict() for r in self.rows], **self.meta}
+        return {
+            "title": self.title,
+            "tol": self.tol,
+            "passed": self.passed,
+            "first_divergent": None if first is None else {"name": first.name, "kind": first.kind},
+            "rows": [r.as_dict() for r in self.rows],
+            **self.meta,
+        }
 
 
 # ---------------------------------------------------------------------------- layout helpers
+
 
 def activation_to_flax(x: np.ndarray, flatten_shape: Sequence[int] | None = None) -> np.ndarray:
     """A torch activation in Flax layout.
@@ -223,7 +277,11 @@ def flatten_shapes_of(torch_model: tnn.Module) -> dict[str, tuple[int, ...]]:
     :func:`parity.convert.layer_spec`; ``{}`` when the model has layers the converter does not
     know (pass ``flatten_shapes`` yourself then)."""
     try:
-        return {l.name: tuple(l.flatten_shape) for l in convert.layer_spec(torch_model) if l.flatten_shape}
+        return {
+            layer.name: tuple(layer.flatten_shape)
+            for layer in convert.layer_spec(torch_model)
+            if layer.flatten_shape
+        }
     except convert.ConversionError:
         return {}
 
@@ -234,6 +292,7 @@ def leaf_modules(model: tnn.Module) -> dict[str, tnn.Module]:
 
 
 # --------------------------------------------------------------------------- shared dropout
+
 
 class SharedDropout:
     """Identical dropout masks for torch and Flax, drawn from one numpy seed.
@@ -261,9 +320,13 @@ def mask_scale(u, rate: float, xp=np):
 
 
 @contextlib.contextmanager
-def torch_shared_dropout(model: tnn.Module, masks: SharedDropout, step: int,
-                         record: dict[str, list[np.ndarray]] | None = None,
-                         given: Mapping[str, Sequence[np.ndarray]] | None = None) -> Iterator[dict]:
+def torch_shared_dropout(
+    model: tnn.Module,
+    masks: SharedDropout,
+    step: int,
+    record: dict[str, list[np.ndarray]] | None = None,
+    given: Mapping[str, Sequence[np.ndarray]] | None = None,
+) -> Iterator[dict]:
     """Forward hooks that make every ``nn.Dropout`` of ``model`` use the shared masks.
 
     In train mode each call's output becomes ``input * mask_scale(u, p)``; ``u`` is taken from
@@ -288,6 +351,7 @@ def torch_shared_dropout(model: tnn.Module, masks: SharedDropout, step: int,
             calls.append(u)
             m = torch.from_numpy(mask_scale(u, float(module.p))).to(device=x.device, dtype=x.dtype)
             return x * m
+
         return fn
 
     for name, m in model.named_modules():
@@ -296,8 +360,9 @@ def torch_shared_dropout(model: tnn.Module, masks: SharedDropout, step: int,
         elif isinstance(m, (tnn.Dropout1d, tnn.Dropout2d, tnn.Dropout3d, tnn.AlphaDropout)):
             for h in handles:
                 h.remove()
-            raise NotImplementedError(f"shared dropout masks support nn.Dropout only; {name!r} is "
-                                      f"{type(m).__name__}")
+            raise NotImplementedError(
+                f"shared dropout masks support nn.Dropout only; {name!r} is {type(m).__name__}"
+            )
     try:
         yield record
     finally:
@@ -306,6 +371,7 @@ def torch_shared_dropout(model: tnn.Module, masks: SharedDropout, step: int,
 
 
 # ------------------------------------------------------------------------------ Flax side
+
 
 def _is_linen(model: Any) -> bool:
     import flax.linen as nn
@@ -337,7 +403,7 @@ def nnx_intercept(model: Any, hook: FlaxHook) -> Iterator[None]:
     saved = {}
 
     def wrap(inherited):
-        def __call__(self, *args, **kwargs):  # noqa: N807 - replaces __call__
+        def __call__(self, *args, **kwargs):
             name = paths.get(id(self))
             if name is None or id(self) in active:
                 return inherited(self, *args, **kwargs)
@@ -346,6 +412,7 @@ def nnx_intercept(model: Any, hook: FlaxHook) -> Iterator[None]:
                 return hook(name, self, lambda *a, **k: inherited(self, *a, **k), args, kwargs)
             finally:
                 active.discard(id(self))
+
         __call__._parity_wrapped = True
         return __call__
 
@@ -376,14 +443,17 @@ class FlaxSide:
     instead; nothing if it has neither). ``call_kwargs(train) -> dict`` overrides this.
     """
 
-    def __init__(self, model: Any, variables: Mapping | None = None,
-                 call_kwargs: Callable[[bool], dict] | None = None) -> None:
+    def __init__(
+        self, model: Any, variables: Mapping | None = None, call_kwargs: Callable[[bool], dict] | None = None
+    ) -> None:
         self.model = model
         self._call_kwargs = call_kwargs
         if _is_linen(model):
             if variables is None:
-                raise ValueError("a Linen model needs its variables: pass variables={'params': ..., "
-                                 "'batch_stats': ...} (e.g. from parity.convert.torch_to_linen)")
+                raise ValueError(
+                    "a Linen model needs its variables: pass variables={'params': ..., "
+                    "'batch_stats': ...} (e.g. from parity.convert.torch_to_linen)"
+                )
             self.kind = "linen"
             self.params = jax.tree.map(jnp.asarray, dict(variables["params"]))
             self.batch_stats = jax.tree.map(jnp.asarray, dict(variables.get("batch_stats", {})))
@@ -392,11 +462,14 @@ class FlaxSide:
             from flax import nnx
 
             if variables is not None:
-                raise ValueError("an NNX model holds its own weights; load them with "
-                                 "parity.convert.load_nnx_variables and pass variables=None")
+                raise ValueError(
+                    "an NNX model holds its own weights; load them with "
+                    "parity.convert.load_nnx_variables and pass variables=None"
+                )
             self.kind = "nnx"
             self.graphdef, self.params, self.batch_stats, self.rest = nnx.split(
-                model, nnx.Param, nnx.BatchStat, ...)
+                model, nnx.Param, nnx.BatchStat, ...
+            )
         else:
             raise TypeError(f"expected a flax.linen.Module or a flax.nnx.Module, got {type(model).__name__}")
 
@@ -424,8 +497,10 @@ class FlaxSide:
 
     def variables(self, params: Any = None, batch_stats: Any = None) -> dict:
         """Linen-style ``{'params', 'batch_stats'}`` of numpy arrays."""
-        return {"params": self.pure(self.params if params is None else params),
-                "batch_stats": self.pure(self.batch_stats if batch_stats is None else batch_stats)}
+        return {
+            "params": self.pure(self.params if params is None else params),
+            "batch_stats": self.pure(self.batch_stats if batch_stats is None else batch_stats),
+        }
 
     @staticmethod
     def is_dropout(module: Any) -> bool:
@@ -443,8 +518,17 @@ class FlaxSide:
         return not bool(det) and float(module.rate) > 0.0
 
     # -- the function --------------------------------------------------------------------
-    def apply(self, params: Any, batch_stats: Any, rest: Any, x: jax.Array, *, train: bool,
-              hook: FlaxHook | None = None, rng: jax.Array | None = None) -> tuple[jax.Array, Any, Any]:
+    def apply(
+        self,
+        params: Any,
+        batch_stats: Any,
+        rest: Any,
+        x: jax.Array,
+        *,
+        train: bool,
+        hook: FlaxHook | None = None,
+        rng: jax.Array | None = None,
+    ) -> tuple[jax.Array, Any, Any]:
         """Run on channels-last ``x``; ``(output, new_batch_stats, new_rest)``.
 
         ``rng`` feeds the ``'dropout'`` stream of a Linen model (NNX models use their own
@@ -496,10 +580,12 @@ def flax_dropout_hook(uniforms: Mapping[str, Sequence[jax.Array]], inner: FlaxHo
             k = counters.get(name, 0)
             counters[name] = k + 1
             if k >= len(uniforms[name]):
-                raise ValueError(f"Flax dropout {name!r} was called {k + 1} times but torch drew masks for "
-                                 f"{len(uniforms[name])} call(s); a hook serves one forward pass")
+                raise ValueError(
+                    f"Flax dropout {name!r} was called {k + 1} times but torch drew masks for "
+                    f"{len(uniforms[name])} call(s); a hook serves one forward pass"
+                )
             m = mask_scale(jnp.asarray(uniforms[name][k]), float(module.rate), jnp)
-            masked = lambda x, *a, **kw: x * m.astype(x.dtype)  # noqa: E731 - replaces Dropout.__call__
+            masked = lambda x, *a, **kw: x * m.astype(x.dtype)
             return inner(name, module, masked, args, kwargs) if inner else masked(*args, **kwargs)
         return inner(name, module, call_next, args, kwargs) if inner else call_next(*args, **kwargs)
 
@@ -507,6 +593,7 @@ def flax_dropout_hook(uniforms: Mapping[str, Sequence[jax.Array]], inner: FlaxHo
 
 
 # ------------------------------------------------------------------------------- localize
+
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy().copy()
@@ -526,8 +613,14 @@ class _TorchRun:
     uniforms: dict[str, list[np.ndarray]]
 
 
-def _run_torch(model: tnn.Module, x: np.ndarray, train: bool, masks: SharedDropout | None,
-               given_uniforms: Mapping | None = None, step: int = 0) -> _TorchRun:
+def _run_torch(
+    model: tnn.Module,
+    x: np.ndarray,
+    train: bool,
+    masks: SharedDropout | None,
+    given_uniforms: Mapping | None = None,
+    step: int = 0,
+) -> _TorchRun:
     """Run ``model`` (modified: stats update in train mode) and record every leaf call."""
     run = _TorchRun([], {}, {}, {}, {})
     counts: dict[str, int] = {}
@@ -544,6 +637,7 @@ def _run_torch(model: tnn.Module, x: np.ndarray, train: bool, masks: SharedDropo
                     run.bn_counts[name] = args[0].numel() // args[0].shape[1]
             if isinstance(output, torch.Tensor):
                 run.outputs[(name, k)] = _np(output)
+
         return fn
 
     model.train(train)
@@ -575,11 +669,23 @@ def _flax_bn_stats(pure_bs: Mapping, flax_name: str) -> dict | None:
     return node if isinstance(node, Mapping) and "mean" in node and "var" in node else None
 
 
-def localize(torch_model: tnn.Module, flax_model: Any, x: np.ndarray, *, variables: Mapping | None = None,
-             mode: Mode = "eval", layer_map: Mapping[str, str] | None = None, tol: float = 1e-5,
-             reinject: bool = False, dropout_masks: DropoutMasks = "shared", seed: int = 0, step: int = 0,
-             flatten_shapes: Mapping[str, Sequence[int]] | None = None,
-             call_kwargs: Callable[[bool], dict] | None = None, float64_reference: bool = False) -> Report:
+def localize(
+    torch_model: tnn.Module,
+    flax_model: Any,
+    x: np.ndarray,
+    *,
+    variables: Mapping | None = None,
+    mode: Mode = "eval",
+    layer_map: Mapping[str, str] | None = None,
+    tol: float = 1e-5,
+    reinject: bool = False,
+    dropout_masks: DropoutMasks = "shared",
+    seed: int = 0,
+    step: int = 0,
+    flatten_shapes: Mapping[str, Sequence[int]] | None = None,
+    call_kwargs: Callable[[bool], dict] | None = None,
+    float64_reference: bool = False,
+) -> Report:
     """Compare every layer of ``torch_model`` and ``flax_model`` on the same input.
 
     Args:
@@ -597,7 +703,7 @@ def localize(torch_model: tnn.Module, flax_model: Any, x: np.ndarray, *, variabl
             each row measures that layer alone and errors do not accumulate.
         dropout_masks: ``'shared'`` (identical masks, see module docs) or ``'independent'``.
         seed, step: the shared masks' key; ``step=k`` reproduces the masks of step ``k`` of a
-            :func:`parity.trajectory.trajectory` run with the same ``seed``.
+            :func:`parity.harness.trajectory.trajectory` run with the same ``seed``.
         flatten_shapes: ``{linear name: (C, *spatial)}`` for a dense layer fed by a flatten;
             derived from :func:`parity.convert.layer_spec` when the model allows it.
         call_kwargs: ``train -> kwargs`` for the Flax call when the default (``train=``) does
@@ -609,7 +715,7 @@ def localize(torch_model: tnn.Module, flax_model: Any, x: np.ndarray, *, variabl
         A :class:`Report` with one ``output`` row per torch leaf call in execution order,
         followed in train mode by ``running_mean`` / ``running_var`` rows for each BatchNorm
         (torch's unbiased ``running_var`` against the Flax variance corrected by
-        :func:`parity.compare.unbiased_running_var`), and ``first_divergent``. Parameter-free
+        :func:`parity.harness.compare.unbiased_running_var`), and ``first_divergent``. Parameter-free
         torch modules with no Flax counterpart (``nn.ReLU``: a plain function in Flax) are
         listed in ``meta['unmatched_stateless_torch_layers']``; any other unmatched layer is a
         failing row.
@@ -625,8 +731,13 @@ def localize(torch_model: tnn.Module, flax_model: Any, x: np.ndarray, *, variabl
     trun = _run_torch(tm, x, train, masks, step=step)
     ref = None
     if float64_reference:
-        ref = _run_torch(copy.deepcopy(torch_model).double(), x.astype(np.float64) if x.dtype.kind == "f" else x,
-                         train, masks, given_uniforms=trun.uniforms)
+        ref = _run_torch(
+            copy.deepcopy(torch_model).double(),
+            x.astype(np.float64) if x.dtype.kind == "f" else x,
+            train,
+            masks,
+            given_uniforms=trun.uniforms,
+        )
 
     side = FlaxSide(flax_model, variables, call_kwargs)
     to_flax = _invert(layer_map)
@@ -649,7 +760,9 @@ def localize(torch_model: tnn.Module, flax_model: Any, x: np.ndarray, *, variabl
 
     uniforms = {to_flax(n): [activation_to_flax(u) for u in us] for n, us in trun.uniforms.items()}
     hook = flax_dropout_hook(uniforms, capture) if masks is not None else capture
-    rng = jax.random.fold_in(jax.random.key(seed), step) if (train and dropout_masks == "independent") else None
+    rng = (
+        jax.random.fold_in(jax.random.key(seed), step) if (train and dropout_masks == "independent") else None
+    )
     xf = jnp.asarray(activation_to_flax(x))
     _, new_bs, _ = side.apply(side.params, side.batch_stats, side.rest, xf, train=train, hook=hook, rng=rng)
 
@@ -664,22 +777,27 @@ def localize(torch_model: tnn.Module, flax_model: Any, x: np.ndarray, *, variabl
         if t_out is None:
             continue
         f_out = fouts.get((name, k))
-        stateless = not any(True for _ in leaves[name].parameters(recurse=False)) and \
-            not any(True for _ in leaves[name].buffers(recurse=False))
+        stateless = not any(True for _ in leaves[name].parameters(recurse=False)) and not any(
+            True for _ in leaves[name].buffers(recurse=False)
+        )
         if f_out is None and stateless:
             # e.g. nn.ReLU / nn.Flatten modules, plain functions in Flax: nothing to compare
             skipped.append(label)
             continue
-        row = compare_tensor(label, "output", to_flax(name), f_out,
-                             activation_to_flax(t_out), tol)
+        row = compare_tensor(label, "output", to_flax(name), f_out, activation_to_flax(t_out), tol)
         if ref is not None and (name, k) in ref.outputs:
             row = _with_ref(row, t_out, ref.outputs[(name, k)])
         rows.append(row)
         if train and name in tbn and k == 0:
-            rows.extend(_bn_rows(name, to_flax(name), tbn[name], bs_before, bs_after,
-                                 trun.bn_counts.get(name), tol))
-    meta = {"mode": mode, "reinject": reinject, "dropout_masks": dropout_masks if train else "n/a",
-            "flax": side.kind}
+            rows.extend(
+                _bn_rows(name, to_flax(name), tbn[name], bs_before, bs_after, trun.bn_counts.get(name), tol)
+            )
+    meta = {
+        "mode": mode,
+        "reinject": reinject,
+        "dropout_masks": dropout_masks if train else "n/a",
+        "flax": side.kind,
+    }
     if skipped:
         meta["unmatched_stateless_torch_layers"] = skipped
     title = f"localize (mode={mode}, reinject={'on' if reinject else 'off'}, {side.kind})"
@@ -692,28 +810,38 @@ def _with_ref(row: Row, t32: np.ndarray, t64: np.ndarray) -> Row:
     return replace(row, float64_rel_l2=rel_l2(t32, t64))
 
 
-def _bn_rows(tname: str, fname: str, module: tnn.Module, before: Mapping, after: Mapping,
-             n: int | None, tol: float) -> list[Row]:
+def _bn_rows(
+    tname: str, fname: str, module: tnn.Module, before: Mapping, after: Mapping, n: int | None, tol: float
+) -> list[Row]:
     """running_mean / running_var rows of one BatchNorm after a single train-mode pass."""
     if not module.track_running_stats or module.running_mean is None:
         return []
     fb, fa = _flax_bn_stats(before, fname), _flax_bn_stats(after, fname)
     t_mean, t_var = _np(module.running_mean), _np(module.running_var)
     if fb is None or fa is None:
-        return [compare_tensor(tname, "running_mean", fname, None, t_mean, tol),
-                compare_tensor(tname, "running_var", fname, None, t_var, tol)]
+        return [
+            compare_tensor(tname, "running_mean", fname, None, t_mean, tol),
+            compare_tensor(tname, "running_var", fname, None, t_var, tol),
+        ]
     rows = [compare_tensor(tname, "running_mean", fname, fa["mean"], t_mean, tol)]
     if module.momentum is None or n is None or n < 2:
-        rows.append(compare_tensor(tname, "running_var", fname, fa["var"], t_var, tol,
-                                   note="uncorrected (torch momentum=None)"))
+        rows.append(
+            compare_tensor(
+                tname, "running_var", fname, fa["var"], t_var, tol, note="uncorrected (torch momentum=None)"
+            )
+        )
     else:
         corrected = unbiased_running_var([fb["var"], fa["var"]], n, momentum=1.0 - float(module.momentum))
-        rows.append(compare_tensor(tname, "running_var", fname, corrected, t_var, tol,
-                                   note="flax var corrected n/(n-1)"))
+        rows.append(
+            compare_tensor(
+                tname, "running_var", fname, corrected, t_var, tol, note="flax var corrected n/(n-1)"
+            )
+        )
     return rows
 
 
 # ------------------------------------------------------------------------------ gradients
+
 
 def torch_loss(name: str) -> Callable:
     """``'cross_entropy'`` (integer labels) or ``'mse'`` as a torch loss ``(out, y) -> scalar``."""
@@ -754,12 +882,23 @@ def backward_order(torch_model: tnn.Module, call_order: Sequence[str]) -> list[s
     return order
 
 
-def localize_gradients(torch_model: tnn.Module, flax_model: Any, x: np.ndarray, y: np.ndarray, *,
-                       variables: Mapping | None = None, mode: Mode = "train", loss: str = "cross_entropy",
-                       tol: float = 1e-5, dropout_masks: DropoutMasks = "shared", seed: int = 0,
-                       step: int = 0, layer_map: Mapping[str, str] | None = None,
-                       param_map: Callable[[dict], dict[str, np.ndarray]] | None = None,
-                       call_kwargs: Callable[[bool], dict] | None = None) -> Report:
+def localize_gradients(
+    torch_model: tnn.Module,
+    flax_model: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    variables: Mapping | None = None,
+    mode: Mode = "train",
+    loss: str = "cross_entropy",
+    tol: float = 1e-5,
+    dropout_masks: DropoutMasks = "shared",
+    seed: int = 0,
+    step: int = 0,
+    layer_map: Mapping[str, str] | None = None,
+    param_map: Callable[[dict], dict[str, np.ndarray]] | None = None,
+    call_kwargs: Callable[[bool], dict] | None = None,
+) -> Report:
     """Per-parameter gradient differences of the mean loss, first divergent in backward order.
 
     Both sides differentiate ``loss(model(x), y)`` with respect to their parameters in ``mode``
@@ -776,8 +915,9 @@ def localize_gradients(torch_model: tnn.Module, flax_model: Any, x: np.ndarray, 
     masks = SharedDropout(seed) if (train and dropout_masks == "shared") else None
     dev = _torch_device(tm)
     order: list[str] = []
-    handles = [m.register_forward_hook(lambda mod, a, o, n=n: order.append(n))
-               for n, m in leaf_modules(tm).items()]
+    handles = [
+        m.register_forward_hook(lambda mod, a, o, n=n: order.append(n)) for n, m in leaf_modules(tm).items()
+    ]
     with contextlib.ExitStack() as stack:
         record = stack.enter_context(torch_shared_dropout(tm, masks, step)) if masks else {}
         tm.zero_grad(set_to_none=True)
@@ -785,15 +925,19 @@ def localize_gradients(torch_model: tnn.Module, flax_model: Any, x: np.ndarray, 
         torch_loss(loss)(out, torch.from_numpy(y).to(dev)).backward()
     for h in handles:
         h.remove()
-    tgrads = {n: (_np(p.grad) if p.grad is not None else np.zeros(tuple(p.shape), np.float32))
-              for n, p in tm.named_parameters()}
+    tgrads = {
+        n: (_np(p.grad) if p.grad is not None else np.zeros(tuple(p.shape), np.float32))
+        for n, p in tm.named_parameters()
+    }
     no_grad = {n for n, p in tm.named_parameters() if p.grad is None}
 
     side = FlaxSide(flax_model, variables, call_kwargs)
     to_flax = _invert(layer_map)
     uniforms = {to_flax(n): [activation_to_flax(u) for u in us] for n, us in record.items()}
     hook = flax_dropout_hook(uniforms) if masks is not None else None
-    rng = jax.random.fold_in(jax.random.key(seed), step) if (train and dropout_masks == "independent") else None
+    rng = (
+        jax.random.fold_in(jax.random.key(seed), step) if (train and dropout_masks == "independent") else None
+    )
     xf, yj = jnp.asarray(activation_to_flax(x)), jnp.asarray(y)
     lf = flax_loss(loss)
 
@@ -803,8 +947,15 @@ def localize_gradients(torch_model: tnn.Module, flax_model: Any, x: np.ndarray, 
 
     fgrads_tree = side.pure(jax.jit(jax.grad(f))(side.params))
     fgrads = param_map(fgrads_tree) if param_map else convert.params_to_torch(fgrads_tree, torch_model)
-    rows = [compare_tensor(n, "grad", n, fgrads.get(n), tgrads[n], tol,
-                           note="no torch grad" if n in no_grad else "")
-            for n in backward_order(tm, order)]
-    return Report(f"gradients (mode={mode}, loss={loss}, {side.kind}, backward order)", rows, tol,
-                  {"mode": mode, "loss": loss, "flax": side.kind})
+    rows = [
+        compare_tensor(
+            n, "grad", n, fgrads.get(n), tgrads[n], tol, note="no torch grad" if n in no_grad else ""
+        )
+        for n in backward_order(tm, order)
+    ]
+    return Report(
+        f"gradients (mode={mode}, loss={loss}, {side.kind}, backward order)",
+        rows,
+        tol,
+        {"mode": mode, "loss": loss, "flax": side.kind},
+    )

@@ -2,7 +2,7 @@
 
 :func:`trajectory` trains a torch model and its Flax port (Linen or NNX) for K steps from the
 same weights on the same batches with matched optimizers (:func:`make_optimizer_pair`), dropout
-active with identical masks (:class:`parity.localize.SharedDropout`), and reports per step the
+active with identical masks (:class:`parity.harness.localize.SharedDropout`), and reports per step the
 loss of each side, the parameter, BatchNorm-state and optimizer-state differences (SGD momentum
 buffer, Adam first and second moments), and the error *envelope*: the running maximum of the
 parameter difference, which grows over the steps because training amplifies rounding
@@ -45,13 +45,24 @@ import torch
 from torch import nn as tnn
 
 from parity import convert
-from parity.compare import rel_l2, unbiased_running_var
+from parity.harness.compare import rel_l2, unbiased_running_var
+from parity.harness.localize import (
+    DropoutMasks,
+    FlaxSide,
+    SharedDropout,
+    _flax_bn_stats,
+    _invert,
+    _np,
+    _torch_device,
+    activation_to_flax,
+    flax_dropout_hook,
+    flax_loss,
+    torch_loss,
+    torch_shared_dropout,
+)
+from parity.registry import OPTIMIZERS
 from parity.table import format_table
-from parity.localize import (DropoutMasks, FlaxSide, SharedDropout, _flax_bn_stats, _invert, _np,
-                             _torch_device, activation_to_flax, flax_dropout_hook, flax_loss,
-                             torch_loss, torch_shared_dropout)
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 
 #: Per-step tolerance of every trajectory difference (loss, parameters, BN state, optimizer
@@ -68,6 +79,7 @@ REF_FACTOR = 10.0
 
 # ------------------------------------------------------------------------------ optimizers
 
+
 @dataclass(frozen=True)
 class OptimizerPair:
     """A torch optimizer factory and the optax transformation built to match it.
@@ -82,9 +94,16 @@ class OptimizerPair:
     settings: dict
 
 
-def make_optimizer_pair(name: str, lr: float | None = None, *, momentum: float = 0.9, nesterov: bool = False,
-                        weight_decay: float | None = None, betas: tuple[float, float] = (0.9, 0.999),
-                        eps: float = 1e-8) -> OptimizerPair:
+def make_optimizer_pair(
+    name: str,
+    lr: float | None = None,
+    *,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    weight_decay: float | None = None,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> OptimizerPair:
     """Matched torch.optim / optax optimizers (see the convention table in the module docs).
 
     * ``sgd``: ``torch.optim.SGD(lr, momentum, nesterov, weight_decay)`` and
@@ -107,18 +126,24 @@ def make_optimizer_pair(name: str, lr: float | None = None, *, momentum: float =
         tx = optax.sgd(lr, momentum=momentum or None, nesterov=nesterov)
         if wd:
             tx = optax.chain(optax.add_decayed_weights(wd), tx)
-        return OptimizerPair(name, lambda p: torch.optim.SGD(p, lr=lr, momentum=momentum, nesterov=nesterov,
-                                                             weight_decay=wd), tx, settings)
+        return OptimizerPair(
+            name,
+            lambda p: torch.optim.SGD(p, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=wd),
+            tx,
+            settings,
+        )
     settings = {"lr": lr, "betas": (b1, b2), "eps": eps, "weight_decay": wd}
     if name == "adam":
         tx = optax.adam(lr, b1=b1, b2=b2, eps=eps, eps_root=0.0)
         if wd:
             tx = optax.chain(optax.add_decayed_weights(wd), tx)
-        return OptimizerPair(name, lambda p: torch.optim.Adam(p, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd),
-                             tx, settings)
+        return OptimizerPair(
+            name, lambda p: torch.optim.Adam(p, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd), tx, settings
+        )
     tx = optax.adamw(lr, b1=b1, b2=b2, eps=eps, eps_root=0.0, weight_decay=wd)
-    return OptimizerPair(name, lambda p: torch.optim.AdamW(p, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd),
-                         tx, settings)
+    return OptimizerPair(
+        name, lambda p: torch.optim.AdamW(p, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd), tx, settings
+    )
 
 
 #: optax state field -> torch ``optimizer.state[p]`` key
@@ -145,8 +170,12 @@ def torch_moments(optimizer: torch.optim.Optimizer, model: tnn.Module) -> dict[s
     return out
 
 
-def optimizer_differences(pair: OptimizerPair, params: Mapping[str, np.ndarray],
-                          grads: Iterable[Mapping[str, np.ndarray]], tol: float = 1e-6) -> "TrajectoryReport":
+def optimizer_differences(
+    pair: OptimizerPair,
+    params: Mapping[str, np.ndarray],
+    grads: Iterable[Mapping[str, np.ndarray]],
+    tol: float = 1e-6,
+) -> TrajectoryReport:
     """The optimizers alone: apply both sides of ``pair`` to the same parameters and gradients.
 
     ``params`` is ``{name: array}`` and each element of ``grads`` a gradient for every name
@@ -168,20 +197,38 @@ def optimizer_differences(pair: OptimizerPair, params: Mapping[str, np.ndarray],
         for n, p in tparams.items():
             p.grad = torch.tensor(np.asarray(g[n], np.float32))
         topt.step()
-        updates, state = pair.optax.update({n: jnp.asarray(g[n], jnp.float32) for n in fparams}, state, fparams)
+        updates, state = pair.optax.update(
+            {n: jnp.asarray(g[n], jnp.float32) for n in fparams}, state, fparams
+        )
         fparams = optax.apply_updates(fparams, updates)
         tmom: dict[str, dict[str, np.ndarray]] = {}
         for p, st in topt.state.items():
             for key, value in st.items():
                 if key in MOMENT_NAMES.values():
                     tmom.setdefault(key, {})[index[id(p)]] = _np(value)
-        fmom = {MOMENT_NAMES[f]: jax.tree.map(np.asarray, dict(tree)) for f, tree in optax_moments(state).items()}
-        diffs = _compare(_State(0.0, {n: np.asarray(v) for n, v in fparams.items()}, {}, fmom),
-                         _State(0.0, {n: _np(p) for n, p in tparams.items()}, {}, tmom))
+        fmom = {
+            MOMENT_NAMES[f]: jax.tree.map(np.asarray, dict(tree)) for f, tree in optax_moments(state).items()
+        }
+        diffs = _compare(
+            _State(0.0, {n: np.asarray(v) for n, v in fparams.items()}, {}, fmom),
+            _State(0.0, {n: _np(p) for n, p in tparams.items()}, {}, tmom),
+        )
         envelope = max(envelope, diffs["param"][0])
         ok = all(diffs[m][0] <= tols[m] for m in METRICS)
-        rows.append(StepRow(k, 0.0, 0.0, 0.0, *diffs["param"], *diffs["bn_state"], *diffs["optimizer_state"],
-                            envelope, tols, ok))
+        rows.append(
+            StepRow(
+                k,
+                0.0,
+                0.0,
+                0.0,
+                *diffs["param"],
+                *diffs["bn_state"],
+                *diffs["optimizer_state"],
+                envelope,
+                tols,
+                ok,
+            )
+        )
     return TrajectoryReport(rows, tols, {"name": pair.name, **pair.settings}, {"flax": "optax only"})
 
 
@@ -227,13 +274,20 @@ class StepRow:
 
     def metrics(self) -> dict[str, tuple[float, str]]:
         """``{metric: (global value, worst tensor)}`` in the order they are checked."""
-        return {"loss": (self.loss_rel, "loss"), "param": (self.param_rel, self.param_worst),
-                "bn_state": (self.bn_rel, self.bn_worst), "optimizer_state": (self.opt_rel, self.opt_worst)}
+        return {
+            "loss": (self.loss_rel, "loss"),
+            "param": (self.param_rel, self.param_worst),
+            "bn_state": (self.bn_rel, self.bn_worst),
+            "optimizer_state": (self.opt_rel, self.opt_worst),
+        }
 
     def failures(self) -> list[tuple[str, str, float, float]]:
         """``(metric, worst tensor, value, tolerance)`` for every metric above its tolerance."""
-        return [(m, name, v, self.tolerances[m]) for m, (v, name) in self.metrics().items()
-                if not v <= self.tolerances[m]]
+        return [
+            (m, name, v, self.tolerances[m])
+            for m, (v, name) in self.metrics().items()
+            if not v <= self.tolerances[m]
+        ]
 
 
 @dataclass
@@ -280,22 +334,46 @@ class TrajectoryReport:
             f = r.failures()
             if f:
                 metric, name, value, tol = f[0]
-                return (f"{head}: first divergent step {r.step}: {metric} {value:.3e} > tol {tol:.1e} "
-                        f"(worst tensor {name}: {getattr(r, _MAX[metric]):.3e})")
+                return (
+                    f"{head}: first divergent step {r.step}: {metric} {value:.3e} > tol {tol:.1e} "
+                    f"(worst tensor {name}: {getattr(r, _MAX[metric]):.3e})"
+                )
         return f"{head}: within tolerance at every step (envelope {self.envelope[-1]:.2e})"
 
     def format(self) -> str:
         """Summary and a per-step table."""
         ref = any(r.f64_param_rel is not None for r in self.rows)
-        head = ("step", "loss_torch", "loss_flax", "loss_rel", "param_rel", "bn_rel", "opt_rel",
-                *(("f64_param", "f64_opt") if ref else ()), "envelope", "worst tensor", "pass")
+        head = (
+            "step",
+            "loss_torch",
+            "loss_flax",
+            "loss_rel",
+            "param_rel",
+            "bn_rel",
+            "opt_rel",
+            *(("f64_param", "f64_opt") if ref else ()),
+            "envelope",
+            "worst tensor",
+            "pass",
+        )
         body = []
         for r in self.rows:
             worst = max(((r.param_max, r.param_worst), (r.bn_max, r.bn_worst), (r.opt_max, r.opt_worst)))
-            body.append((str(r.step), f"{r.loss_torch:.6f}", f"{r.loss_flax:.6f}", f"{r.loss_rel:.2e}",
-                         f"{r.param_rel:.2e}", f"{r.bn_rel:.2e}", f"{r.opt_rel:.2e}",
-                         *((f"{r.f64_param_rel:.1e}", f"{r.f64_opt_rel:.1e}") if ref else ()),
-                         f"{r.envelope:.2e}", f"{worst[1]} {worst[0]:.1e}", "ok" if r.passed else "FAIL"))
+            body.append(
+                (
+                    str(r.step),
+                    f"{r.loss_torch:.6f}",
+                    f"{r.loss_flax:.6f}",
+                    f"{r.loss_rel:.2e}",
+                    f"{r.param_rel:.2e}",
+                    f"{r.bn_rel:.2e}",
+                    f"{r.opt_rel:.2e}",
+                    *((f"{r.f64_param_rel:.1e}", f"{r.f64_opt_rel:.1e}") if ref else ()),
+                    f"{r.envelope:.2e}",
+                    f"{worst[1]} {worst[0]:.1e}",
+                    "ok" if r.passed else "FAIL",
+                )
+            )
         return self.summary() + "\n" + format_table(head, body)
 
     def __str__(self) -> str:
@@ -304,15 +382,23 @@ class TrajectoryReport:
     def as_dict(self) -> dict:
         """JSON form: ``{'tol', 'passed', 'first_divergent', 'optimizer', 'steps': [...], **meta}``."""
         first = self.first_divergent
-        return {"tol": self.tol, "passed": self.passed, "optimizer": self.optimizer,
-                "first_divergent": None if first is None else dict(zip(("step", "metric", "tensor", "value"), first)),
-                "steps": [asdict(r) for r in self.rows], **self.meta}
+        return {
+            "tol": self.tol,
+            "passed": self.passed,
+            "optimizer": self.optimizer,
+            "first_divergent": None
+            if first is None
+            else dict(zip(("step", "metric", "tensor", "value"), first)),
+            "steps": [asdict(r) for r in self.rows],
+            **self.meta,
+        }
 
 
 _MAX = {"loss": "loss_rel", "param": "param_max", "bn_state": "bn_max", "optimizer_state": "opt_max"}
 
 
 # ------------------------------------------------------------------------------ the runner
+
 
 @contextlib.contextmanager
 def _progress(total: int, label: str, enabled: bool) -> Iterator[Callable[[], None]]:
@@ -367,8 +453,11 @@ def _torch_state(model: tnn.Module, optimizer: torch.optim.Optimizer, loss: floa
 
 def _compare(c: _State, r: _State) -> dict[str, tuple[float, float, str]]:
     """``{metric: (global, max, worst)}`` of candidate ``c`` against reference ``r``."""
-    out = {"loss": ((abs(c.loss - r.loss) / abs(r.loss) if r.loss else abs(c.loss)),) * 2 + ("loss",),
-           "param": _global_rel(c.params, r.params), "bn_state": _global_rel(c.bn, r.bn)}
+    out = {
+        "loss": ((abs(c.loss - r.loss) / abs(r.loss) if r.loss else abs(c.loss)),) * 2 + ("loss",),
+        "param": _global_rel(c.params, r.params),
+        "bn_state": _global_rel(c.bn, r.bn),
+    }
     opt = (0.0, 0.0, "-")
     for kind in sorted(set(c.opt) | set(r.opt)):
         if kind not in c.opt or kind not in r.opt:
@@ -385,6 +474,7 @@ def _compare(c: _State, r: _State) -> dict[str, tuple[float, float, str]]:
 def _cast(dtype):
     def cast(a):
         return a.astype(dtype) if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating) else a
+
     return cast
 
 
@@ -397,15 +487,27 @@ def _tolerances(tol: float | Mapping[str, float]) -> dict[str, float]:
     return {m: float(tol) for m in METRICS}
 
 
-def trajectory(torch_model: tnn.Module, flax_model: Any, batches: Iterable[tuple[np.ndarray, np.ndarray]], *,
-               variables: Mapping | None = None, optimizer: str | OptimizerPair = "sgd", steps: int | None = None,
-               loss: str = "cross_entropy", dropout_masks: DropoutMasks = "shared", seed: int = 0,
-               tol: float | Mapping[str, float] | None = None, bn_var: Literal["corrected", "raw"] = "corrected",
-               float64_reference: bool = False, ref_factor: float = REF_FACTOR,
-               layer_map: Mapping[str, str] | None = None,
-               param_map: Callable[[dict], dict[str, np.ndarray]] | None = None,
-               call_kwargs: Callable[[bool], dict] | None = None, dtype: Literal["float32", "float64"] = "float32",
-               progress: bool = False) -> TrajectoryReport:
+def trajectory(
+    torch_model: tnn.Module,
+    flax_model: Any,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
+    variables: Mapping | None = None,
+    optimizer: str | OptimizerPair = "sgd",
+    steps: int | None = None,
+    loss: str = "cross_entropy",
+    dropout_masks: DropoutMasks = "shared",
+    seed: int = 0,
+    tol: float | Mapping[str, float] | None = None,
+    bn_var: Literal["corrected", "raw"] = "corrected",
+    float64_reference: bool = False,
+    ref_factor: float = REF_FACTOR,
+    layer_map: Mapping[str, str] | None = None,
+    param_map: Callable[[dict], dict[str, np.ndarray]] | None = None,
+    call_kwargs: Callable[[bool], dict] | None = None,
+    dtype: Literal["float32", "float64"] = "float32",
+    progress: bool = False,
+) -> TrajectoryReport:
     """Train both sides ``steps`` steps in train mode from the same weights on the same batches.
 
     Args:
@@ -447,8 +549,10 @@ def trajectory(torch_model: tnn.Module, flax_model: Any, batches: Iterable[tuple
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     double = dtype == "float64"
     if double and float64_reference:
-        raise ValueError("float64_reference compares float32 with float64; with dtype='float64' there is "
-                         "nothing to compare: drop one of them")
+        raise ValueError(
+            "float64_reference compares float32 with float64; with dtype='float64' there is "
+            "nothing to compare: drop one of them"
+        )
     tols = _tolerances((TRAJECTORY_TOL_FLOAT64 if double else TRAJECTORY_TOL) if tol is None else tol)
     pair = make_optimizer_pair(optimizer) if isinstance(optimizer, str) else optimizer
     batches = list(batches) if steps is None else [b for _, b in zip(range(steps), batches)]
@@ -468,11 +572,16 @@ def trajectory(torch_model: tnn.Module, flax_model: Any, batches: Iterable[tuple
         ref = copy.deepcopy(torch_model).double().train()
         ref_opt = pair.torch(ref.parameters())
     masks = SharedDropout(seed) if dropout_masks == "shared" else None
-    bns = {n: m for n, m in tm.named_modules()
-           if isinstance(m, tnn.modules.batchnorm._BatchNorm) and m.running_mean is not None}
+    bns = {
+        n: m
+        for n, m in tm.named_modules()
+        if isinstance(m, tnn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+    }
     counts: dict[str, int] = {}
-    bn_hooks = [m.register_forward_pre_hook(
-        lambda m, a, n=n: counts.__setitem__(n, a[0].numel() // a[0].shape[1])) for n, m in bns.items()]
+    bn_hooks = [
+        m.register_forward_pre_hook(lambda m, a, n=n: counts.__setitem__(n, a[0].numel() // a[0].shape[1]))
+        for n, m in bns.items()
+    ]
 
     side = FlaxSide(flax_model, variables, call_kwargs)
     to_flax = _invert(layer_map)
@@ -495,7 +604,9 @@ def trajectory(torch_model: tnn.Module, flax_model: Any, batches: Iterable[tuple
     x64 = jax.enable_x64(True) if double else contextlib.nullcontext()
     fdtype = jnp.float64 if double else jnp.float32
     with x64:
-        params, bstats, rest = (jax.tree.map(_cast(fdtype), t) for t in (side.params, side.batch_stats, side.rest))
+        params, bstats, rest = (
+            jax.tree.map(_cast(fdtype), t) for t in (side.params, side.batch_stats, side.rest)
+        )
         opt_state = tx.init(params)
     prev_var = {n: (_flax_bn_stats(side.pure(bstats), to_flax(n)) or {}).get("var") for n in bns}
     corrected = {n: None if v is None else np.asarray(v, np.float64) for n, v in prev_var.items()}
@@ -520,12 +631,21 @@ def trajectory(torch_model: tnn.Module, flax_model: Any, batches: Iterable[tuple
                 x, y = np.asarray(x), np.asarray(y)
                 lt, rec = torch_train_step(tm, topt, x, y)
                 tstate = _torch_state(tm, topt, lt)
-                uniforms = {to_flax(n): [jnp.asarray(activation_to_flax(u)) for u in us] for n, us in rec.items()}
+                uniforms = {
+                    to_flax(n): [jnp.asarray(activation_to_flax(u)) for u in us] for n, us in rec.items()
+                }
                 rng = jax.random.fold_in(jax.random.key(seed), k) if dropout_masks == "independent" else None
                 xf = jnp.asarray(activation_to_flax(x))
                 params, bstats, rest, opt_state, lf = step_fn(
-                    params, bstats, rest, opt_state, xf.astype(fdtype) if jnp.issubdtype(xf.dtype, jnp.floating)
-                    else xf, jnp.asarray(y), uniforms, rng)
+                    params,
+                    bstats,
+                    rest,
+                    opt_state,
+                    xf.astype(fdtype) if jnp.issubdtype(xf.dtype, jnp.floating) else xf,
+                    jnp.asarray(y),
+                    uniforms,
+                    rng,
+                )
 
                 # Flax state in torch names and layout; BN variance in torch's convention
                 pure_bs = side.pure(bstats)
@@ -536,14 +656,17 @@ def trajectory(torch_model: tnn.Module, flax_model: Any, batches: Iterable[tuple
                         continue
                     if prev_var[n] is not None and m.momentum is not None and counts.get(n, 0) > 1:
                         mom = 1.0 - float(m.momentum)
-                        corrected[n] = (unbiased_running_var([prev_var[n], fs["var"]], counts[n], momentum=mom)
-                                        + mom * (corrected[n] - np.asarray(prev_var[n], np.float64)))
+                        corrected[n] = unbiased_running_var(
+                            [prev_var[n], fs["var"]], counts[n], momentum=mom
+                        ) + mom * (corrected[n] - np.asarray(prev_var[n], np.float64))
                     else:
                         corrected[n] = np.asarray(fs["var"], np.float64)
                     prev_var[n] = fs["var"]
                     fbn[f"{n}.running_mean"] = fs["mean"]
                     fbn[f"{n}.running_var"] = corrected[n] if bn_var == "corrected" else fs["var"]
-                fopt = {MOMENT_NAMES[f]: to_torch(side.pure(tree)) for f, tree in optax_moments(opt_state).items()}
+                fopt = {
+                    MOMENT_NAMES[f]: to_torch(side.pure(tree)) for f, tree in optax_moments(opt_state).items()
+                }
                 fstate = _State(float(lf), to_torch(side.pure(params)), fbn, fopt)
                 diffs = _compare(fstate, tstate)
 
@@ -555,20 +678,55 @@ def trajectory(torch_model: tnn.Module, flax_model: Any, batches: Iterable[tuple
                     bounds = {m: max(tols[m], ref_factor * f64[m]) for m in METRICS}
                 envelope = max(envelope, diffs["param"][0])
                 ok = all(diffs[m][0] <= bounds[m] for m in METRICS)
-                rows.append(StepRow(
-                    k, lt, float(lf), diffs["loss"][0], *diffs["param"], *diffs["bn_state"],
-                    *diffs["optimizer_state"], envelope, bounds, ok,
-                    *((f64["loss"], f64["param"], f64["bn_state"], f64["optimizer_state"]) if f64 else ())))
+                rows.append(
+                    StepRow(
+                        k,
+                        lt,
+                        float(lf),
+                        diffs["loss"][0],
+                        *diffs["param"],
+                        *diffs["bn_state"],
+                        *diffs["optimizer_state"],
+                        envelope,
+                        bounds,
+                        ok,
+                        *(
+                            (f64["loss"], f64["param"], f64["bn_state"], f64["optimizer_state"])
+                            if f64
+                            else ()
+                        ),
+                    )
+                )
                 advance()
     finally:
         for h in bn_hooks:
             h.remove()
-    corrected_bs = convert.unflatten_tree({
-        **convert.flatten_tree(side.pure(bstats)),
-        **{f"{to_flax(n).replace('.', '/')}/var": np.asarray(v, fdtype) for n, v in corrected.items()
-           if v is not None}})
-    meta = {"flax": side.kind, "dtype": dtype, "loss": loss, "dropout_masks": dropout_masks, "bn_var": bn_var,
-            "seed": seed,
-            "float64_reference": float64_reference, "ref_factor": ref_factor if float64_reference else None}
-    return TrajectoryReport(rows, tols, {"name": pair.name, **pair.settings}, meta, tm,
-                            side.variables(params, bstats), corrected_bs)
+    corrected_bs = convert.unflatten_tree(
+        {
+            **convert.flatten_tree(side.pure(bstats)),
+            **{
+                f"{to_flax(n).replace('.', '/')}/var": np.asarray(v, fdtype)
+                for n, v in corrected.items()
+                if v is not None
+            },
+        }
+    )
+    meta = {
+        "flax": side.kind,
+        "dtype": dtype,
+        "loss": loss,
+        "dropout_masks": dropout_masks,
+        "bn_var": bn_var,
+        "seed": seed,
+        "float64_reference": float64_reference,
+        "ref_factor": ref_factor if float64_reference else None,
+    }
+    return TrajectoryReport(
+        rows,
+        tols,
+        {"name": pair.name, **pair.settings},
+        meta,
+        tm,
+        side.variables(params, bstats),
+        corrected_bs,
+    )

@@ -1,66 +1,23 @@
-"""``parity lint``: find train()/eval() misplacement in PyTorch training code.
-
-A static checker built on the standard library's :mod:`ast` only (no torch, jax or numpy).
-It looks for the bug studied in this project: a model is put in eval mode by code that
-runs inside the training loop (directly, or in a helper such as ``test()`` called from the
-loop) and nothing puts it back in train mode before the next training step, so every
-later epoch trains with frozen BatchNorm statistics and without Dropout.
-
-Rules
------
-``MODE000``
-    The file could not be parsed (syntax error or undecodable); nothing else is checked
-    in it.  Always reported, whatever ``--select`` says.
-``MODE001``
-    A model may be in eval mode at a training step inside a loop, because an ``eval()`` /
-    ``train(False)`` reached earlier in the same iteration, or in the previous iteration's
-    tail, is not undone by ``train()``.  Reported at the eval call site.
-``MODE002``
-    In a file with no training step at all, a model restored with ``load_state_dict()`` or
-    ``torch.load()`` is called for inference without any ``eval()`` / ``train(...)`` call
-    on it on any path.  Reported at the (first) inference call.
-
-How it works
-------------
-A small abstract interpreter walks each module top to bottom, then every function and
-method that the module body did not reach.  The abstract state maps each object (an
-allocation site, a parameter, or an attribute path such as ``self.model``) to the set of
-modes it may be in: *default*, *train*, *unknown*, or *eval(site)*.  Branches are joined
-by union; a loop body runs at least twice (the state at the end of one iteration flows
-into the next) and at most three times.  Calls to functions, nested functions,
-constructors and methods defined in the same file are followed (arguments mapped to
-parameters, ``self`` bound, recursion cut off).  A *training step* is a ``.backward()``
-call (any receiver, also ``accelerator.backward`` / ``manual_backward``) or ``.step()`` on
-a receiver whose name contains ``opt`` or ``scaler`` (optimizers, not schedulers).  At a
-training step, every object that was called forward (``model(x)`` or ``model.forward``)
-with gradients enabled since the previous step is checked: if its state may be
-*eval(site)* and that site was executed inside a loop that is still running, that is
-``MODE001``.  See ``docs/LINT.md`` for the heuristics and known limits.
-"""
+"""The checker behind :mod:`parity.lint` (see the package docstring for the rules and the method)."""
 
 from __future__ import annotations
 
-import argparse
 import ast
 import io
 import os
 import re
-import sys
 import tokenize
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 __all__ = [
     "RULES",
     "Finding",
-    "add_arguments",
     "iter_python_files",
     "lint_file",
     "lint_paths",
     "lint_source",
-    "run",
 ]
 
 #: rule code -> one-line description
@@ -93,9 +50,9 @@ class Finding:
 #: one fact about an object's mode: ("default",), ("train",), ("unknown",) or
 #: ("eval", line, col) where (line, col) is the eval call site.
 Fact = tuple
-Value = Union[str, tuple, None]  # an object id, a tuple of values, or nothing known
-_FuncNode = Union[ast.FunctionDef, ast.AsyncFunctionDef]
-_Args = list[tuple[Value, Union[ast.expr, None]]]  # positional arguments: (value, expression)
+Value = str | tuple | None  # an object id, a tuple of values, or nothing known
+_FuncNode = ast.FunctionDef | ast.AsyncFunctionDef
+_Args = list[tuple[Value, ast.expr | None]]  # positional arguments: (value, expression)
 _Kws = dict[str, tuple[Value, ast.expr]]  # keyword arguments
 
 _DEFAULT: frozenset[Fact] = frozenset({("default",)})
@@ -109,8 +66,22 @@ _FILE_BUDGET = 200_000  # interpreted statements per file before skipping the re
 
 #: methods that return their receiver (``model = model.to(device)`` keeps the object)
 _SELF_RETURNING = frozenset(
-    {"to", "cuda", "cpu", "float", "half", "double", "bfloat16", "type", "apply",
-     "share_memory", "to_empty", "requires_grad_", "train", "eval"}
+    {
+        "to",
+        "cuda",
+        "cpu",
+        "float",
+        "half",
+        "double",
+        "bfloat16",
+        "type",
+        "apply",
+        "share_memory",
+        "to_empty",
+        "requires_grad_",
+        "train",
+        "eval",
+    }
 )
 #: attributes that lead back to the wrapped model (DataParallel / torch.compile)
 _WRAPPER_ATTRS = frozenset({"module", "_orig_mod"})
@@ -120,15 +91,66 @@ _WRAPPER_CALLS = frozenset(
 )
 #: method names never resolved by the "only one class in this file defines it" heuristic
 _COMMON_METHODS = frozenset(
-    {"forward", "train", "eval", "parameters", "named_parameters", "state_dict",
-     "load_state_dict", "to", "cuda", "cpu", "zero_grad", "modules", "children", "apply",
-     "step", "backward", "update", "reset", "item", "append", "add", "log", "get", "save"}
+    {
+        "forward",
+        "train",
+        "eval",
+        "parameters",
+        "named_parameters",
+        "state_dict",
+        "load_state_dict",
+        "to",
+        "cuda",
+        "cpu",
+        "zero_grad",
+        "modules",
+        "children",
+        "apply",
+        "step",
+        "backward",
+        "update",
+        "reset",
+        "item",
+        "append",
+        "add",
+        "log",
+        "get",
+        "save",
+    }
 )
 #: builtins whose arguments are not "used" by an unknown callee (for MODE002)
 _PURE_BUILTINS = frozenset(
-    {"print", "len", "isinstance", "issubclass", "type", "id", "str", "repr", "hasattr",
-     "getattr", "range", "enumerate", "zip", "sum", "min", "max", "abs", "round", "sorted",
-     "list", "tuple", "dict", "set", "int", "float", "bool", "iter", "next", "format"}
+    {
+        "print",
+        "len",
+        "isinstance",
+        "issubclass",
+        "type",
+        "id",
+        "str",
+        "repr",
+        "hasattr",
+        "getattr",
+        "range",
+        "enumerate",
+        "zip",
+        "sum",
+        "min",
+        "max",
+        "abs",
+        "round",
+        "sorted",
+        "list",
+        "tuple",
+        "dict",
+        "set",
+        "int",
+        "float",
+        "bool",
+        "iter",
+        "next",
+        "format",
+    }
 )
 
 #: functions that read a state dict from disk or the network (MODE002)
@@ -296,7 +318,7 @@ def _direct_defs(body: list[ast.stmt]) -> Iterator[ast.FunctionDef | ast.AsyncFu
 class _State:
     """Mode facts per object, forward calls since the last step, and loaded models."""
 
-    __slots__ = ("modes", "pending", "loaded")
+    __slots__ = ("loaded", "modes", "pending")
 
     def __init__(
         self,
@@ -409,7 +431,7 @@ class _Loop:
 
 
 class _CallRecord:
-    __slots__ = ("node", "line", "label")
+    __slots__ = ("label", "line", "node")
 
     def __init__(self, node: ast.AST, line: int, label: str) -> None:
         self.node, self.line, self.label = node, line, label
@@ -465,7 +487,7 @@ class _Analyzer:
                 self.module.funcs.setdefault(d.name, (d, self.module, None))
         self._entry(lambda: self._block(self.tree.body, self.module, _State()))
         # Functions and methods the module body never reached are analysed on their own.
-        for name, (fnode, _, _) in sorted(self.module.funcs.items(), key=lambda kv: kv[1][0].lineno):
+        for _name, (fnode, _, _) in sorted(self.module.funcs.items(), key=lambda kv: kv[1][0].lineno):
             if fnode not in self.entered:
                 self._entry(lambda f=fnode: self._call_entry(f, None, None))
         for cname, info in self.classes.items():
@@ -702,8 +724,10 @@ class _Analyzer:
             self.alias[path] = value if isinstance(value, str) else self._new_object(target, st)
         elif isinstance(target, (ast.Tuple, ast.List)):
             elts = target.elts
-            if isinstance(value, tuple) and len(value) == len(elts) and not any(
-                isinstance(e, ast.Starred) for e in elts
+            if (
+                isinstance(value, tuple)
+                and len(value) == len(elts)
+                and not any(isinstance(e, ast.Starred) for e in elts)
             ):
                 for elt, val in zip(elts, value):
                     self._assign(elt, val, fr, st)
@@ -1053,8 +1077,10 @@ class _Analyzer:
                 st.loaded[rid] = (node.lineno, "load_state_dict()")
             return None
         if meth == "requires_grad_":
-            arg = node.args[0] if node.args else next(
-                (k.value for k in node.keywords if k.arg == "requires_grad"), None
+            arg = (
+                node.args[0]
+                if node.args
+                else next((k.value for k in node.keywords if k.arg == "requires_grad"), None)
             )
             if arg is not None and self._const_bool(arg, fr) is False:
                 self.frozen.add(rid)
@@ -1102,7 +1128,7 @@ class _Analyzer:
             site = (node.lineno, node.col_offset)
             self.sites.setdefault(site, (_src(node), fr.name))
             for loop in self.loops:
-                loop.seen.setdefault(site, tuple((c.line, c.label) for c in self.stack[loop.depth:]))
+                loop.seen.setdefault(site, tuple((c.line, c.label) for c in self.stack[loop.depth :]))
             # An eval does not undo an earlier eval: both still need a train() afterwards.
             earlier = frozenset(f for f in st.mode(oid) if f[0] == "eval")
             st.set_mode(oid, earlier | {fact})
@@ -1213,8 +1239,9 @@ class _Analyzer:
             if not isinstance(d, ast.ClassDef):
                 frame.funcs[d.name] = (d, frame, None)
         decorators = _decorator_names(fnode)
-        self._bind_params(frame, fnode, caller, def_frame, st, pos, kws,
-                          None if "staticmethod" in decorators else self_val)
+        self._bind_params(
+            frame, fnode, caller, def_frame, st, pos, kws, None if "staticmethod" in decorators else self_val
+        )
         no_grad = int(any(d in ("no_grad", "inference_mode") for d in decorators))
         self.stack.append(_CallRecord(fnode, call.lineno, label))
         self.no_grad += no_grad
@@ -1254,7 +1281,7 @@ class _Analyzer:
             if key in names:
                 bound[key] = val
         defaults: dict[str, ast.expr] = {}
-        for param, default in zip(params[len(params) - len(a.defaults):], a.defaults):
+        for param, default in zip(params[len(params) - len(a.defaults) :], a.defaults):
             defaults[param.arg] = default
         for param, default in zip(a.kwonlyargs, a.kw_defaults):
             if default is not None:
@@ -1374,48 +1401,3 @@ def lint_paths(paths: Iterable[str | os.PathLike[str]], select: Sequence[str] | 
     for file in iter_python_files(paths):
         out.extend(lint_file(file, select))
     return out
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``parity lint``."""
-    parser.add_argument(
-        "paths", nargs="*", metavar="PATH", help="files or directories (searched recursively for *.py)"
-    )
-    parser.add_argument(
-        "--select",
-        action="append",
-        metavar="CODES",
-        help="comma-separated rule codes or prefixes to report (default: all), e.g. MODE001",
-    )
-    parser.add_argument("--list-rules", action="store_true", help="print the rule codes and exit")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``parity lint``: 0 clean, 1 findings (or unparsable files), 2 usage error."""
-    if getattr(args, "list_rules", False):
-        for code, text in RULES.items():
-            print(f"{code}  {text}")
-        return 0
-    paths = list(args.paths or [])
-    if not paths:
-        print("parity lint: error: no paths given", file=sys.stderr)
-        return 2
-    missing = [p for p in paths if not os.path.exists(p)]
-    if missing:
-        for p in missing:
-            print(f"parity lint: error: no such file or directory: {p}", file=sys.stderr)
-        return 2
-    select: list[str] = []
-    for chunk in args.select or []:
-        select.extend(c.strip().upper() for c in chunk.split(",") if c.strip())
-    unknown = [s for s in select if not any(code.startswith(s) for code in RULES)]
-    if unknown:
-        print(f"parity lint: error: unknown rule code(s): {', '.join(unknown)}", file=sys.stderr)
-        return 2
-    findings = lint_paths(paths, select or None)
-    for finding in findings:
-        print(finding.format())
-    return 1 if findings else 0

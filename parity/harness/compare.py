@@ -26,15 +26,13 @@ import numpy as np
 import torch
 from flax import nnx
 
-from flax_impl import BN_MOMENTUM
-from flax_impl import linen_models, nnx_models
+from flax_impl import BN_MOMENTUM, linen_models, nnx_models
 from parity import convert
 from parity.layout import to_channels_last
+from parity.registry import FLAX_FRAMEWORKS, MODEL_DATASET
 from torch_impl import models as torch_models
 
 TOLERANCES = {"forward": 1e-5, "gradient": 1e-5, "bn_state": 1e-5}
-FRAMEWORKS = ("linen", "nnx")
-MODEL_DATASET = {"digits": "digits", "signal1d": "mnist1d"}
 
 
 def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
@@ -76,10 +74,12 @@ def _linen_apply(module, variables: dict, x: jax.Array, train: bool):
 
 @partial(jax.jit, static_argnums=0)
 def _linen_grad(module, params: dict, batch_stats: dict, x: jax.Array, y: jax.Array):
-    from flax_impl.train import loss_fn
+    from flax_impl.linen_train import loss_fn
 
     def f(p):
-        out, _ = module.apply({"params": p, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"])
+        out, _ = module.apply(
+            {"params": p, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+        )
         return loss_fn(out, y)
 
     return jax.grad(f)(params)
@@ -92,7 +92,7 @@ def _nnx_forward(model, x: jax.Array) -> jax.Array:
 
 @nnx.jit
 def _nnx_grad(model, x: jax.Array, y: jax.Array):
-    from flax_impl.train import loss_fn
+    from flax_impl.linen_train import loss_fn
 
     return nnx.grad(lambda m: loss_fn(m(x), y))(model)
 
@@ -107,8 +107,8 @@ class Pair:
     """
 
     def __init__(self, model: str, framework: str, seed: int = 0, device: str = "cpu", **config) -> None:
-        if framework not in FRAMEWORKS:
-            raise ValueError(f"unknown framework {framework!r}; choose one of {', '.join(FRAMEWORKS)}")
+        if framework not in FLAX_FRAMEWORKS:
+            raise ValueError(f"unknown framework {framework!r}; choose one of {', '.join(FLAX_FRAMEWORKS)}")
         self.model, self.framework = model, framework
         self.torch = torch_models.build_model(model, seed=seed, **config)
         self.variables = convert.torch_to_linen(self.torch.state_dict(), self.torch)
@@ -167,8 +167,11 @@ class Pair:
 
 def torch_bn_state(model: torch.nn.Module) -> dict[str, dict[str, np.ndarray]]:
     """``{bn_name: {'mean', 'var'}}`` of a torch model's running statistics."""
-    return {n: {"mean": m.running_mean.cpu().numpy(), "var": m.running_var.cpu().numpy()}
-            for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    return {
+        n: {"mean": m.running_mean.cpu().numpy(), "var": m.running_var.cpu().numpy()}
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    }
 
 
 def unbiased_running_var(flax_vars: list[np.ndarray], n: int, momentum: float = BN_MOMENTUM) -> np.ndarray:
@@ -189,9 +192,13 @@ def unbiased_running_var(flax_vars: list[np.ndarray], n: int, momentum: float = 
 def values_per_channel(model: torch.nn.Module, batch: np.ndarray) -> dict[str, int]:
     """``n`` for each BN layer of ``model`` on a channels-first ``batch``: N times spatial size."""
     counts: dict[str, int] = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a, name=name: counts.__setitem__(
-        name, a[0].numel() // a[0].shape[1]))
-        for name, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    hooks = [
+        m.register_forward_pre_hook(
+            lambda m, a, name=name: counts.__setitem__(name, a[0].numel() // a[0].shape[1])
+        )
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    ]
     was = model.training
     model.eval()
     with torch.no_grad():
@@ -262,8 +269,14 @@ def roundtrip_max_abs(model: str, framework: str, seed: int = 0) -> float:
     return worst
 
 
-def run_checks(models: Iterable[str] = ("digits", "signal1d"), frameworks: Iterable[str] = FRAMEWORKS,
-               seed: int = 0, batch_size: int = 128, bn_passes: int = 5, device: str = "cpu") -> list[Check]:
+def run_checks(
+    models: Iterable[str] = ("digits", "signal1d"),
+    frameworks: Iterable[str] = FLAX_FRAMEWORKS,
+    seed: int = 0,
+    batch_size: int = 128,
+    bn_passes: int = 5,
+    device: str = "cpu",
+) -> list[Check]:
     """All foundation parity checks on real data (the test split), float32; torch on ``device``
     (jax on its default device, see :func:`parity.device.configure`).
 
@@ -279,22 +292,50 @@ def run_checks(models: Iterable[str] = ("digits", "signal1d"), frameworks: Itera
             raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODEL_DATASET)}")
         ds = load(MODEL_DATASET[model])
         x, y = ds.x_test[:batch_size], ds.y_test[:batch_size]
-        passes = [ds.x_train[i * batch_size:(i + 1) * batch_size] for i in range(bn_passes)]
+        passes = [ds.x_train[i * batch_size : (i + 1) * batch_size] for i in range(bn_passes)]
         for fw in frameworks:
             pair = Pair(model, fw, seed, device)
-            checks.append(_check(model, fw, "forward_eval_rel_l2",
-                                 rel_l2(pair.flax_forward(x, False), pair.torch_forward(x, False)),
-                                 TOLERANCES["forward"]))
+            checks.append(
+                _check(
+                    model,
+                    fw,
+                    "forward_eval_rel_l2",
+                    rel_l2(pair.flax_forward(x, False), pair.torch_forward(x, False)),
+                    TOLERANCES["forward"],
+                )
+            )
             pair = Pair(model, fw, seed, device, dropout=0.0)
-            checks.append(_check(model, fw, "forward_train_rel_l2",
-                                 rel_l2(pair.flax_forward(x, True), pair.torch_forward(x, True)),
-                                 TOLERANCES["forward"]))
+            checks.append(
+                _check(
+                    model,
+                    fw,
+                    "forward_train_rel_l2",
+                    rel_l2(pair.flax_forward(x, True), pair.torch_forward(x, True)),
+                    TOLERANCES["forward"],
+                )
+            )
             bn = bn_state_after_passes(Pair(model, fw, seed, device, dropout=0.0), passes)
-            checks.append(_check(model, fw, "bn_running_mean_rel_l2",
-                                 max(v["mean"] for v in bn.values()), TOLERANCES["bn_state"]))
-            checks.append(_check(model, fw, "bn_running_var_corrected_rel_l2",
-                                 max(v["var_corrected"] for v in bn.values()), TOLERANCES["bn_state"]))
+            checks.append(
+                _check(
+                    model,
+                    fw,
+                    "bn_running_mean_rel_l2",
+                    max(v["mean"] for v in bn.values()),
+                    TOLERANCES["bn_state"],
+                )
+            )
+            checks.append(
+                _check(
+                    model,
+                    fw,
+                    "bn_running_var_corrected_rel_l2",
+                    max(v["var_corrected"] for v in bn.values()),
+                    TOLERANCES["bn_state"],
+                )
+            )
             grads = gradient_differences(Pair(model, fw, seed, device, dropout=0.0), x, y)
-            checks.append(_check(model, fw, "gradient_max_rel_l2", max(grads.values()), TOLERANCES["gradient"]))
+            checks.append(
+                _check(model, fw, "gradient_max_rel_l2", max(grads.values()), TOLERANCES["gradient"])
+            )
             checks.append(_check(model, fw, "roundtrip_max_abs", roundtrip_max_abs(model, fw, seed), 0.0))
     return checks

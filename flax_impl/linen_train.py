@@ -53,8 +53,9 @@ def make_optimizer(lr: float = 0.05, momentum: float = 0.9) -> optax.GradientTra
 
 def create_train_state(model, variables: dict, tx: optax.GradientTransformation) -> TrainState:
     """A :class:`TrainState` from a Linen module and its ``{'params', 'batch_stats'}``."""
-    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                             batch_stats=variables["batch_stats"])
+    return TrainState.create(
+        apply_fn=model.apply, params=variables["params"], tx=tx, batch_stats=variables["batch_stats"]
+    )
 
 
 def create_seed_states(model, variables: list[dict], tx: optax.GradientTransformation) -> TrainState:
@@ -69,18 +70,23 @@ def loss_fn(logits: jax.Array, y: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-def _train_step(state: TrainState, batch: tuple[jax.Array, jax.Array], rng: jax.Array,
-                train: bool = True) -> tuple[TrainState, dict]:
+def _train_step(
+    state: TrainState, batch: tuple[jax.Array, jax.Array], rng: jax.Array, train: bool = True
+) -> tuple[TrainState, dict]:
     x, y = batch
 
     def compute_loss(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
         with record_linen_modes() as modes:
             if train:
-                logits, updates = state.apply_fn(variables, x, train=True, mutable=["batch_stats"],
-                                                 rngs={"dropout": rng})
+                logits, updates = state.apply_fn(
+                    variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": rng}
+                )
             else:  # eval mode: running statistics are read, not updated
-                logits, updates = state.apply_fn(variables, x, train=False), {"batch_stats": state.batch_stats}
+                logits, updates = (
+                    state.apply_fn(variables, x, train=False),
+                    {"batch_stats": state.batch_stats},
+                )
         return loss_fn(logits, y), (updates["batch_stats"], train_fraction(modes))
 
     (loss, (batch_stats, frac)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
@@ -100,8 +106,9 @@ def eval_step(state: TrainState, batch: tuple[jax.Array, jax.Array]) -> tuple[ja
     return loss_fn(logits, y), jnp.mean(jnp.argmax(logits, -1) == y)
 
 
-def _train_epoch_scan(state: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array, rng: jax.Array,
-                      train: bool = True) -> tuple[TrainState, dict]:
+def _train_epoch_scan(
+    state: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array, rng: jax.Array, train: bool = True
+) -> tuple[TrainState, dict]:
     def body(state, step):
         i, b = step
         return _train_step(state, (x[b], y[b]), jax.random.fold_in(rng, i), train)
@@ -117,12 +124,15 @@ train_epoch_scan = jax.jit(_train_epoch_scan, static_argnames="train")
 
 
 @partial(jax.jit, static_argnames="train")
-def train_epoch_scan_seeds(states: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array,
-                           rngs: jax.Array, train: bool = True) -> tuple[TrainState, dict]:
+def train_epoch_scan_seeds(
+    states: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array, rngs: jax.Array, train: bool = True
+) -> tuple[TrainState, dict]:
     """:func:`train_epoch_scan` ``vmap``-ed over seeds: ``states``, ``idx`` ``(seeds, steps, batch)``
     and ``rngs`` carry a leading seed axis (see :func:`create_seed_states`); the data ``x``, ``y``
     is shared. Possible because the whole training state is a value."""
-    return jax.vmap(partial(_train_epoch_scan, train=train), in_axes=(0, None, None, 0, 0))(states, x, y, idx, rngs)
+    return jax.vmap(partial(_train_epoch_scan, train=train), in_axes=(0, None, None, 0, 0))(
+        states, x, y, idx, rngs
+    )
 
 
 def evaluate(state: TrainState, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -131,7 +141,9 @@ def evaluate(state: TrainState, x: np.ndarray, y: np.ndarray) -> tuple[float, fl
     return float(loss), float(acc)
 
 
-def _run_epoch(state: TrainState, batches: Iterable, rng: jax.Array, train: bool) -> tuple[TrainState, list[float], float]:
+def _run_epoch(
+    state: TrainState, batches: Iterable, rng: jax.Array, train: bool
+) -> tuple[TrainState, list[float], float]:
     metrics = []
     for i, (x, y) in enumerate(batches):
         state, m = train_step(state, (x, y), jax.random.fold_in(rng, i), train=train)
@@ -143,16 +155,30 @@ def _run_epoch(state: TrainState, batches: Iterable, rng: jax.Array, train: bool
 def _log(epoch: int, losses: list[float], test: tuple[float, float]) -> dict:
     """One epoch's record: the same keys in every framework's loops."""
     mean = float(np.mean(losses))
-    return {"epoch": epoch, "train_loss": mean, "step_losses": losses, "test_loss": test[0],
-            "test_acc": test[1], "diverged": not math.isfinite(mean)}
+    return {
+        "epoch": epoch,
+        "train_loss": mean,
+        "step_losses": losses,
+        "test_loss": test[0],
+        "test_acc": test[1],
+        "diverged": not math.isfinite(mean),
+    }
 
 
-def _fit(state: TrainState, batches: Batches, test_set: tuple[np.ndarray, np.ndarray], epochs: int,
-         rng: jax.Array, train_mode_in: Callable[[int], bool], on_epoch: OnEpoch | None) -> tuple[TrainState, list[dict]]:
+def _fit(
+    state: TrainState,
+    batches: Batches,
+    test_set: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    rng: jax.Array,
+    train_mode_in: Callable[[int], bool],
+    on_epoch: OnEpoch | None,
+) -> tuple[TrainState, list[dict]]:
     history = []
     for epoch in range(epochs):
-        state, losses, frac = _run_epoch(state, batches(epoch), jax.random.fold_in(rng, epoch),
-                                         train=train_mode_in(epoch))
+        state, losses, frac = _run_epoch(
+            state, batches(epoch), jax.random.fold_in(rng, epoch), train=train_mode_in(epoch)
+        )
         history.append(_log(epoch, losses, evaluate(state, *test_set)) | {"train_mode": frac})
         if on_epoch:
             on_epoch(history[-1])
@@ -161,15 +187,27 @@ def _fit(state: TrainState, batches: Batches, test_set: tuple[np.ndarray, np.nda
     return state, history
 
 
-def fit(state: TrainState, batches: Batches, test_set: tuple[np.ndarray, np.ndarray], epochs: int,
-        rng: jax.Array, on_epoch: OnEpoch | None = None) -> tuple[TrainState, list[dict]]:
+def fit(
+    state: TrainState,
+    batches: Batches,
+    test_set: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    rng: jax.Array,
+    on_epoch: OnEpoch | None = None,
+) -> tuple[TrainState, list[dict]]:
     """The Linen loop: every training step is called with ``train=True``; evaluation is a
     different function. There is no mode left behind for the next epoch to inherit."""
     return _fit(state, batches, test_set, epochs, rng, lambda epoch: True, on_epoch)
 
 
-def fit_bug_emulated(state: TrainState, batches: Batches, test_set: tuple[np.ndarray, np.ndarray],
-                     epochs: int, rng: jax.Array, on_epoch: OnEpoch | None = None) -> tuple[TrainState, list[dict]]:
+def fit_bug_emulated(
+    state: TrainState,
+    batches: Batches,
+    test_set: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    rng: jax.Array,
+    on_epoch: OnEpoch | None = None,
+) -> tuple[TrainState, list[dict]]:
     """The seed's schedule written out explicitly: ``train=True`` in epoch 0, ``train=False``
     in every later epoch's training steps. In Linen the bug has to be *written*; this is what
     ``torch_impl.train.fit_seed_bug`` does without saying so."""

@@ -19,9 +19,11 @@ import numpy as np
 from parity.io import atomic_write_bytes
 
 _FLOOR = 1e-10  # exact zeros are drawn at this height on the log scale
-_TITLES = {"layers_eval": "layer outputs, eval mode",
-           "layers_train": "layer outputs, train mode (shared dropout masks)",
-           "gradients_train": "parameter gradients (backward order), train mode"}
+_TITLES = {
+    "layers_eval": "layer outputs, eval mode",
+    "layers_train": "layer outputs, train mode (shared dropout masks)",
+    "gradients_train": "parameter gradients (backward order), train mode",
+}
 
 
 def _bars(ax, reports: list[tuple[str, Any]], title: str) -> None:
@@ -60,12 +62,21 @@ def _bars(ax, reports: list[tuple[str, Any]], title: str) -> None:
 def _envelope(ax, trajectories, field: str, f64_field: str, metric: str, title: str) -> None:
     for i, (label, rep) in enumerate(trajectories):
         steps = [r.step for r in rep.rows]
-        ax.plot(steps, np.maximum.accumulate(np.maximum([getattr(r, field) for r in rep.rows], _FLOOR)),
-                color=f"C{i % 10}", label=f"{label}: flax vs torch")
+        ax.plot(
+            steps,
+            np.maximum.accumulate(np.maximum([getattr(r, field) for r in rep.rows], _FLOOR)),
+            color=f"C{i % 10}",
+            label=f"{label}: flax vs torch",
+        )
         ref = [getattr(r, f64_field) for r in rep.rows]
         if all(v is not None for v in ref):
-            ax.plot(steps, np.maximum.accumulate(np.maximum(ref, _FLOOR)), color=f"C{i % 10}", ls=":",
-                    label=f"{label}: torch32 vs torch64")
+            ax.plot(
+                steps,
+                np.maximum.accumulate(np.maximum(ref, _FLOOR)),
+                color=f"C{i % 10}",
+                ls=":",
+                label=f"{label}: torch32 vs torch64",
+            )
     tol = trajectories[0][1].tol[metric]
     ax.axhline(tol, color="k", ls="--", lw=1, label=f"tolerance {tol:.0e}")
     ax.set_yscale("log")
@@ -76,8 +87,11 @@ def _envelope(ax, trajectories, field: str, f64_field: str, metric: str, title: 
     ax.grid(alpha=0.3)
 
 
-def divergence_figure(layer_reports: Sequence[tuple[str, str, str, str, Any]],
-                      trajectories: Sequence[tuple[str, str, str, Any]], path: str) -> None:
+def divergence_figure(
+    layer_reports: Sequence[tuple[str, str, str, str, Any]],
+    trajectories: Sequence[tuple[str, str, str, Any]],
+    path: str,
+) -> None:
     """Draw the figure and write it to ``path`` (PNG) atomically.
 
     ``layer_reports``: ``(model, framework, precision, kind, Report)`` with ``kind`` one of
@@ -101,9 +115,14 @@ def divergence_figure(layer_reports: Sequence[tuple[str, str, str, str, Any]],
     if trajectories:
         trajs = [(label(m, fw, p), rep) for m, fw, p, rep in trajectories]
         opt = trajectories[0][3].optimizer.get("name", "")
-        panels += [("env", ("param_rel", "f64_param_rel", "param", f"trajectory ({opt}): parameters"), trajs),
-                   ("env", ("opt_rel", "f64_opt_rel", "optimizer_state",
-                            f"trajectory ({opt}): optimizer state"), trajs)]
+        panels += [
+            ("env", ("param_rel", "f64_param_rel", "param", f"trajectory ({opt}): parameters"), trajs),
+            (
+                "env",
+                ("opt_rel", "f64_opt_rel", "optimizer_state", f"trajectory ({opt}): optimizer state"),
+                trajs,
+            ),
+        ]
     if not panels:
         raise ValueError("nothing to plot: run with --localize and/or --trajectory STEPS")
     cols = 2 if len(panels) > 1 else 1
@@ -115,7 +134,7 @@ def divergence_figure(layer_reports: Sequence[tuple[str, str, str, str, Any]],
             _bars(ax, data, _TITLES.get(what, what))
         else:
             _envelope(ax, data, *what)
-    for ax in flat[len(panels):]:
+    for ax in flat[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     buf = io.BytesIO()

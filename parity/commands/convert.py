@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from parity.registry import MODELS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``parity convert``."""
-    parser.add_argument("--model", required=True, choices=["digits", "signal1d"],
-                        help="architecture of the checkpoint (default widths)")
+    parser.add_argument(
+        "--model", required=True, choices=MODELS, help="architecture of the checkpoint (default widths)"
+    )
     parser.add_argument("src", help="input checkpoint: .pt (torch state_dict) or .msgpack (Flax variables)")
     parser.add_argument("dst", help="output checkpoint, the other format; written atomically")
 

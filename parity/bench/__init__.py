@@ -10,10 +10,10 @@ Styles (:data:`STYLES`):
 * ``torch_compile``: the same loop around ``torch.compile(model)`` (the optimizer stays eager).
 * ``torch_cudagraph``: the whole step (forward, backward, ``optimizer.step()``) captured once
   with ``torch.cuda.graph`` and replayed; GPU only.
-* ``linen_jit``: :func:`flax_impl.train.train_step` (``jax.jit``) in a Python loop.
-* ``linen_scan``: :func:`flax_impl.train.train_epoch_scan`, all steps in one ``lax.scan`` with
+* ``linen_jit``: :func:`flax_impl.linen_train.train_step` (``jax.jit``) in a Python loop.
+* ``linen_scan``: :func:`flax_impl.linen_train.train_epoch_scan`, all steps in one ``lax.scan`` with
   the data on the device.
-* ``linen_vmap_scan``: :func:`flax_impl.train.train_epoch_scan_seeds`, the scan ``vmap``-ed over
+* ``linen_vmap_scan``: :func:`flax_impl.linen_train.train_epoch_scan_seeds`, the scan ``vmap``-ed over
   ``--seeds`` (8) models; its rate is in model-steps per second (seeds x steps / time).
 * ``nnx_jit``: :func:`flax_impl.nnx_train.train_step` (``nnx.jit``) in a Python loop.
 * ``nnx_split``: NNX's functional API: ``nnx.split((model, optimizer))`` once, a ``jax.jit``
@@ -47,7 +47,6 @@ Tensors: torch gets channels-first batches (NCHW / NCW), Flax channels-last (NHW
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime
 import functools
@@ -57,7 +56,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -65,7 +63,8 @@ from typing import Any
 
 import numpy as np
 
-MODELS = ("digits", "signal1d")
+from parity.registry import FRAMEWORKS, MODELS
+
 INPUT_SHAPES = {"digits": (1, 8, 8), "signal1d": (1, 40)}  # per example, channels-first
 
 #: Losses of the first GATE_STEPS steps are compared with torch eager's.
@@ -91,23 +90,33 @@ class Style:
     description: str
 
 
-STYLES: dict[str, Style] = {s.name: s for s in (
-    Style("torch_eager", "torch", "steps/s", "torch_impl.train.train_step in a Python loop (reference)"),
-    Style("torch_compile", "torch", "steps/s", "torch.compile(model), eager optimizer, Python loop"),
-    Style("torch_cudagraph", "torch", "steps/s", "whole step captured with torch.cuda.graph, replayed"),
-    Style("linen_jit", "linen", "steps/s", "flax_impl.train.train_step (jax.jit) in a Python loop"),
-    Style("linen_scan", "linen", "steps/s", "flax_impl.train.train_epoch_scan: steps in one lax.scan"),
-    Style("linen_vmap_scan", "linen", "model-steps/s", "train_epoch_scan_seeds: the scan vmap-ed over seeds"),
-    Style("nnx_jit", "nnx", "steps/s", "flax_impl.nnx_train.train_step (nnx.jit) in a Python loop"),
-    Style("nnx_split", "nnx", "steps/s", "nnx.split once, jax.jit step on (graphdef, state)"),
-)}
-FRAMEWORKS = ("torch", "linen", "nnx")
+STYLES: dict[str, Style] = {
+    s.name: s
+    for s in (
+        Style("torch_eager", "torch", "steps/s", "torch_impl.train.train_step in a Python loop (reference)"),
+        Style("torch_compile", "torch", "steps/s", "torch.compile(model), eager optimizer, Python loop"),
+        Style("torch_cudagraph", "torch", "steps/s", "whole step captured with torch.cuda.graph, replayed"),
+        Style("linen_jit", "linen", "steps/s", "flax_impl.linen_train.train_step (jax.jit) in a Python loop"),
+        Style(
+            "linen_scan", "linen", "steps/s", "flax_impl.linen_train.train_epoch_scan: steps in one lax.scan"
+        ),
+        Style(
+            "linen_vmap_scan", "linen", "model-steps/s", "train_epoch_scan_seeds: the scan vmap-ed over seeds"
+        ),
+        Style("nnx_jit", "nnx", "steps/s", "flax_impl.nnx_train.train_step (nnx.jit) in a Python loop"),
+        Style("nnx_split", "nnx", "steps/s", "nnx.split once, jax.jit step on (graphdef, state)"),
+    )
+}
 #: Styles that run all steps of a repeat in one ``lax.scan`` (slow on XLA:CPU, see BENCHMARKS.md).
 SCAN_STYLES = ("linen_scan", "linen_vmap_scan")
 
 #: Targets from the issue (one H100/H200, digits, batch 128, float32); checked on cuda runs.
-GPU_TARGETS = {"torch_best": 3000.0, "linen_best": 6000.0, "linen_vmap_scan": 12000.0,
-               "large_batch_pct_peak": 40.0}
+GPU_TARGETS = {
+    "torch_best": 3000.0,
+    "linen_best": 6000.0,
+    "linen_vmap_scan": 12000.0,
+    "large_batch_pct_peak": 40.0,
+}
 
 
 class BenchError(ValueError):
@@ -115,6 +124,7 @@ class BenchError(ValueError):
 
 
 # ------------------------------------------------------------------------------------- FLOPs
+
 
 def forward_macs(model, input_shape: tuple[int, ...]) -> list[tuple[str, int]]:
     """Multiply-accumulates per example of every conv and dense layer of a torch ``model``.
@@ -133,13 +143,17 @@ def forward_macs(model, input_shape: tuple[int, ...]) -> list[tuple[str, int]]:
     hooks = []
     for name, mod in m.named_modules():
         if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+
             def conv_hook(mod, inp, out, name=name):
                 per_out = (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
                 counts.append((name, int(out[0].numel()) * per_out))
+
             hooks.append(mod.register_forward_hook(conv_hook))
         elif isinstance(mod, nn.Linear):
+
             def dense_hook(mod, inp, out, name=name):
                 counts.append((name, mod.in_features * mod.out_features))
+
             hooks.append(mod.register_forward_hook(dense_hook))
     try:
         with torch.no_grad():
@@ -166,6 +180,7 @@ def train_flops_per_example(model, input_shape: tuple[int, ...]) -> int:
 
 # -------------------------------------------------------------------------------- peak rate
 
+
 def measure_peak(device: str, precision: str, n: int | None = None, repeats: int = 5) -> dict:
     """Measured float32 matmul rate (TFLOP/s) of torch and jax on ``device``.
 
@@ -180,7 +195,7 @@ def measure_peak(device: str, precision: str, n: int | None = None, repeats: int
     import torch
 
     n = n or (8192 if device == "cuda" else 1024)
-    flops = 2.0 * n ** 3
+    flops = 2.0 * n**3
     tdev = torch.device(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     old_tf32 = torch.backends.cuda.matmul.allow_tf32
@@ -211,11 +226,16 @@ def measure_peak(device: str, precision: str, n: int | None = None, repeats: int
         mm(ja, jb).block_until_ready()
         best = min(best, time.perf_counter() - t0)
     jax_tflops = flops / best / 1e12
-    return {"n": n, "torch_tflops": torch_tflops, "jax_tflops": jax_tflops,
-            "tflops": max(torch_tflops, jax_tflops)}
+    return {
+        "n": n,
+        "torch_tflops": torch_tflops,
+        "jax_tflops": jax_tflops,
+        "tflops": max(torch_tflops, jax_tflops),
+    }
 
 
 # ---------------------------------------------------------------------------------- workload
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -259,8 +279,16 @@ def _batch_indices(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray
     return np.stack(out[:steps])
 
 
-def make_workload(model: str, batch_size: int, steps: int, device: str = "cpu", seeds: int = SEEDS,
-                  config: dict | None = None, lr: float = 0.05, momentum: float = 0.9) -> Workload:
+def make_workload(
+    model: str,
+    batch_size: int,
+    steps: int,
+    device: str = "cpu",
+    seeds: int = SEEDS,
+    config: dict | None = None,
+    lr: float = 0.05,
+    momentum: float = 0.9,
+) -> Workload:
     """Build the :class:`Workload` for ``model`` at ``batch_size``.
 
     Data is :func:`parity.data.synthetic` with ``max(4 x batch_size, 1024)`` rows. ``config``
@@ -281,8 +309,20 @@ def make_workload(model: str, batch_size: int, steps: int, device: str = "cpu", 
     rows = max(4 * batch_size, 1024)
     ds = synthetic(INPUT_SHAPES[model], n_train=rows, n_test=1, seed=0)
     idx = np.stack([_batch_indices(rows, batch_size, steps, s) for s in range(seeds)])
-    return Workload(model, batch_size, steps, device, sd, ds.x_train, to_channels_last(ds.x_train),
-                    ds.y_train, idx, config, lr, momentum)
+    return Workload(
+        model,
+        batch_size,
+        steps,
+        device,
+        sd,
+        ds.x_train,
+        to_channels_last(ds.x_train),
+        ds.y_train,
+        idx,
+        config,
+        lr,
+        momentum,
+    )
 
 
 # ----------------------------------------------------------------------------------- runners
@@ -292,12 +332,14 @@ def make_workload(model: str, batch_size: int, steps: int, device: str = "cpu", 
 # the device and returns the per-step losses (device values). ``prepare_s`` is time spent on
 # compilation-like work in the constructor (graph capture), 0 elsewhere.
 
+
 def _model_config(wl: Workload, dropout: float | None) -> dict:
     return wl.config | ({} if dropout is None else {"dropout": dropout})
 
 
 def _torch_model(wl: Workload, dropout: float | None):
     import torch
+
     from torch_impl.models import build_model
     from torch_impl.train import make_optimizer
 
@@ -339,6 +381,7 @@ class _TorchLoop:
 
     def run(self):
         import torch
+
         from torch_impl.train import train_step
 
         losses = torch.stack([train_step(self.fn, self.opt, x, y) for x, y in self.batches])
@@ -360,6 +403,7 @@ class _TorchCudaGraph:
 
     def __init__(self, wl: Workload, idx: np.ndarray, dropout: float | None) -> None:
         import torch
+
         from torch_impl.train import train_step
 
         t0 = time.perf_counter()
@@ -403,7 +447,7 @@ def _linen_state(wl: Workload, dropout: float | None, seeds: int | None = None):
     import jax
 
     from flax_impl import linen_models
-    from flax_impl import train as ftrain
+    from flax_impl import linen_train as ftrain
     from parity.convert import torch_to_linen
     from torch_impl.models import build_model
 
@@ -430,8 +474,8 @@ def _jax_batches(wl: Workload, idx: np.ndarray) -> list:
 
 
 class _LinenJit:
-    """``linen_jit``: :func:`flax_impl.train.train_step` over pre-gathered device batches; step
-    ``i`` uses dropout key ``fold_in(key(0), i)`` as :func:`flax_impl.train.fit` does."""
+    """``linen_jit``: :func:`flax_impl.linen_train.train_step` over pre-gathered device batches; step
+    ``i`` uses dropout key ``fold_in(key(0), i)`` as :func:`flax_impl.linen_train.fit` does."""
 
     prepare_s = 0.0
 
@@ -446,7 +490,7 @@ class _LinenJit:
     def run(self):
         import jax
 
-        from flax_impl.train import train_step
+        from flax_impl.linen_train import train_step
 
         losses = []
         for batch, key in zip(self.batches, self.keys):
@@ -456,7 +500,7 @@ class _LinenJit:
 
 
 class _LinenScan:
-    """``linen_scan``: :func:`flax_impl.train.train_epoch_scan`; data and indices on the device."""
+    """``linen_scan``: :func:`flax_impl.linen_train.train_epoch_scan`; data and indices on the device."""
 
     prepare_s = 0.0
 
@@ -472,14 +516,14 @@ class _LinenScan:
     def run(self):
         import jax
 
-        from flax_impl.train import train_epoch_scan
+        from flax_impl.linen_train import train_epoch_scan
 
         self.state, metrics = train_epoch_scan(self.state, self.x, self.y, self.idx, self.rng)
         return jax.block_until_ready((self.state, metrics["loss"]))[1]
 
 
 class _LinenVmapScan:
-    """``linen_vmap_scan``: :func:`flax_impl.train.train_epoch_scan_seeds` over ``seeds`` copies
+    """``linen_vmap_scan``: :func:`flax_impl.linen_train.train_epoch_scan_seeds` over ``seeds`` copies
     of the same converted weights; seed ``s`` has its own batch order and dropout key."""
 
     prepare_s = 0.0
@@ -496,7 +540,7 @@ class _LinenVmapScan:
     def run(self):
         import jax
 
-        from flax_impl.train import train_epoch_scan_seeds
+        from flax_impl.linen_train import train_epoch_scan_seeds
 
         self.states, metrics = train_epoch_scan_seeds(self.states, self.x, self.y, self.idx, self.rngs)
         return jax.block_until_ready((self.states, metrics["loss"]))[1]
@@ -611,6 +655,7 @@ def _to_numpy(losses) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------- the gate
 
+
 @dataclass(frozen=True)
 class Gate:
     """The correctness gate of one style: its first losses against the reference's."""
@@ -643,6 +688,7 @@ def check_gate(style: str, wl: Workload, reference: np.ndarray, rtol: float = GA
 
 # --------------------------------------------------------------------------------- timing
 
+
 def time_runner(runner, repeats: int, units: int) -> dict:
     """Warm up with one ``run()``, then time ``repeats`` runs; ``units`` steps (or model-steps)
     per run. Returns ``{"median", "min", "max", "runs", "compile_s", "seconds"}`` (rates in units
@@ -657,12 +703,19 @@ def time_runner(runner, repeats: int, units: int) -> dict:
         runner.run()
         seconds.append(time.perf_counter() - t0)
     rates = [units / s for s in seconds]
-    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "runs": rates,
-            "seconds": seconds, "compile_s": runner.prepare_s + max(first - min(seconds), 0.0)}
+    return {
+        "median": statistics.median(rates),
+        "min": min(rates),
+        "max": max(rates),
+        "runs": rates,
+        "seconds": seconds,
+        "compile_s": runner.prepare_s + max(first - min(seconds), 0.0),
+    }
 
 
-def skip_reason(style: str, device: str, quick: bool, batch_size: int = 128,
-                explicit: bool = False) -> str | None:
+def skip_reason(
+    style: str, device: str, quick: bool, batch_size: int = 128, explicit: bool = False
+) -> str | None:
     """Why ``style`` cannot or should not run here, or ``None`` when it runs.
 
     Styles that cannot run (CUDA graphs on CPU, torch.compile without a C++ compiler) are always
@@ -679,22 +732,29 @@ def skip_reason(style: str, device: str, quick: bool, batch_size: int = 128,
     if explicit:
         return None
     if style == "torch_compile" and quick:
-        return ("not in --quick: Inductor compiles every model and batch size twice (gate and "
-                "timing); one compile took ~45 s with a cold cache on the 2-core dev box; run "
-                "without --quick")
+        return (
+            "not in --quick: Inductor compiles every model and batch size twice (gate and "
+            "timing); one compile took ~45 s with a cold cache on the 2-core dev box; run "
+            "without --quick"
+        )
     if device != "cpu":
         return None
     if style == "linen_vmap_scan" and batch_size >= 1024:
-        return ("not by default on CPU at batch >= 1024: vmap x8 of the scanned step ran at "
-                "0.2 model-steps/s on the 2-core dev box (minutes per repeat); name it in --styles "
-                "to run it anyway")
+        return (
+            "not by default on CPU at batch >= 1024: vmap x8 of the scanned step ran at "
+            "0.2 model-steps/s on the 2-core dev box (minutes per repeat); name it in --styles "
+            "to run it anyway"
+        )
     if style in SCAN_STYLES and quick:
-        return ("not in --quick on CPU: XLA:CPU runs a scanned conv step 5-50x slower than a "
-                "jitted one (see BENCHMARKS.md); run without --quick to measure it")
+        return (
+            "not in --quick on CPU: XLA:CPU runs a scanned conv step 5-50x slower than a "
+            "jitted one (see BENCHMARKS.md); run without --quick to measure it"
+        )
     return None
 
 
 # ------------------------------------------------------------------------------- benchmark
+
 
 @dataclass
 class BenchConfig:
@@ -737,12 +797,14 @@ def validate(models: Sequence[str], styles: Sequence[str], batch_sizes: Sequence
     """Raise :class:`BenchError` naming the choices for an unknown model or style."""
     bad = [m for m in models if m not in MODELS]
     if bad or not models:
-        raise BenchError(f"unknown model(s) {', '.join(map(repr, bad)) or '(none given)'}; "
-                         f"choose from {', '.join(MODELS)}")
+        raise BenchError(
+            f"unknown model(s) {', '.join(map(repr, bad)) or '(none given)'}; choose from {', '.join(MODELS)}"
+        )
     bad = [s for s in styles if s not in STYLES]
     if bad or not styles:
-        raise BenchError(f"unknown style(s) {', '.join(map(repr, bad)) or '(none given)'}; "
-                         f"choose from {', '.join(STYLES)}")
+        raise BenchError(
+            f"unknown style(s) {', '.join(map(repr, bad)) or '(none given)'}; choose from {', '.join(STYLES)}"
+        )
     bad_b = [b for b in batch_sizes if b < 2]
     if bad_b or not batch_sizes:
         raise BenchError(f"batch sizes must be integers >= 2, got {list(batch_sizes)}")
@@ -760,9 +822,13 @@ def _cpu_model() -> str:
 
 
 def _machine(runtime) -> dict:
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(),
-            "gpu": runtime.settings.get("torch_device_name") if runtime.device == "cuda" else None}
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "gpu": runtime.settings.get("torch_device_name") if runtime.device == "cuda" else None,
+    }
 
 
 def benchmark(cfg: BenchConfig, progress: Callable[[str, int], None] | None = None) -> dict:
@@ -795,16 +861,23 @@ def benchmark(cfg: BenchConfig, progress: Callable[[str, int], None] | None = No
         flops_ex = train_flops_per_example(build_model(model, **cfg.config), INPUT_SHAPES[model])
         for batch in cfg.batch_sizes:
             steps = {s: cfg.steps or default_steps(device, batch, cfg.quick, s) for s in cfg.styles}
-            wl = make_workload(model, batch, max(*steps.values(), GATE_STEPS), device, cfg.seeds,
-                               cfg.config)
+            wl = make_workload(model, batch, max(*steps.values(), GATE_STEPS), device, cfg.seeds, cfg.config)
             configure(device, "strict")
             note(f"{model} b{batch}: reference", 0)
             ref = reference_losses(wl)
             for style in cfg.styles:
                 note(f"{model} b{batch}: {style}", 0)
-                row = measure_style(style, wl, ref, cfg.repeats, cfg.precision, cfg.quick,
-                                    steps[style], cfg.explicit_styles,
-                                    gates.get((model, style)) if cfg.quick else None)
+                row = measure_style(
+                    style,
+                    wl,
+                    ref,
+                    cfg.repeats,
+                    cfg.precision,
+                    cfg.quick,
+                    steps[style],
+                    cfg.explicit_styles,
+                    gates.get((model, style)) if cfg.quick else None,
+                )
                 if row["gate"] is not None:
                     gates.setdefault((model, style), row["gate"])
                 row["flops_per_step"] = flops_ex * batch
@@ -824,11 +897,19 @@ def benchmark(cfg: BenchConfig, progress: Callable[[str, int], None] | None = No
         "machine": _machine(runtime),
         "versions": library_versions(),
         "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
-        "config": {"models": list(cfg.models), "batch_sizes": list(cfg.batch_sizes),
-                   "styles": list(cfg.styles), "repeats": cfg.repeats, "steps": cfg.steps,
-                   "seeds": cfg.seeds, "quick": cfg.quick, "gate_steps": GATE_STEPS,
-                   "torch_threads": torch.get_num_threads(),
-                   "gate_rtol": GATE_RTOL, "model_config": cfg.config},
+        "config": {
+            "models": list(cfg.models),
+            "batch_sizes": list(cfg.batch_sizes),
+            "styles": list(cfg.styles),
+            "repeats": cfg.repeats,
+            "steps": cfg.steps,
+            "seeds": cfg.seeds,
+            "quick": cfg.quick,
+            "gate_steps": GATE_STEPS,
+            "torch_threads": torch.get_num_threads(),
+            "gate_rtol": GATE_RTOL,
+            "model_config": cfg.config,
+        },
         "peak": peak,
         "styles": {name: STYLES[name].description for name in cfg.styles},
         "results": results,
@@ -840,9 +921,17 @@ def benchmark(cfg: BenchConfig, progress: Callable[[str, int], None] | None = No
     return report
 
 
-def measure_style(style: str, wl: Workload, reference: np.ndarray, repeats: int,
-                  precision: str = "strict", quick: bool = False, steps: int | None = None,
-                  explicit: bool = False, gate: dict | None = None) -> dict:
+def measure_style(
+    style: str,
+    wl: Workload,
+    reference: np.ndarray,
+    repeats: int,
+    precision: str = "strict",
+    quick: bool = False,
+    steps: int | None = None,
+    explicit: bool = False,
+    gate: dict | None = None,
+) -> dict:
     """Gate, then time, one style on ``wl`` (``steps`` per repeat, default ``wl.steps``); a
     JSON-ready row.
 
@@ -857,31 +946,48 @@ def measure_style(style: str, wl: Workload, reference: np.ndarray, repeats: int,
     steps = steps or wl.steps
     if steps > wl.steps:
         raise BenchError(f"{steps} steps requested but the workload has batches for {wl.steps}")
-    row: dict[str, Any] = {"model": wl.model, "batch_size": wl.batch_size, "style": style,
-                           "framework": s.framework, "unit": s.unit, "steps": steps,
-                           "repeats": repeats, "status": "ok", "reason": None, "gate": None,
-                           "rate": None, "compile_s": None, "fastest": False}
+    row: dict[str, Any] = {
+        "model": wl.model,
+        "batch_size": wl.batch_size,
+        "style": style,
+        "framework": s.framework,
+        "unit": s.unit,
+        "steps": steps,
+        "repeats": repeats,
+        "status": "ok",
+        "reason": None,
+        "gate": None,
+        "rate": None,
+        "compile_s": None,
+        "fastest": False,
+    }
     reason = skip_reason(style, wl.device, quick, wl.batch_size, explicit)
     if reason:
         return row | {"status": "skipped", "reason": reason}
     try:
         if gate is None:
             configure(wl.device, "strict")
-            gate = asdict(check_gate(style, wl, reference)) | {"reference_style": "torch_eager",
-                                                              "batch_size": wl.batch_size}
+            gate = asdict(check_gate(style, wl, reference)) | {
+                "reference_style": "torch_eager",
+                "batch_size": wl.batch_size,
+            }
         row["gate"] = gate
         if not gate["passed"]:
-            return row | {"status": "failed", "reason": (
-                f"gate: losses differ from torch_eager's by {gate['max_rel_err']:.3g} relative "
-                f"(tolerance {gate['rtol']:g}) over the first {gate['steps']} steps at batch "
-                f"{gate['batch_size']}")}
+            return row | {
+                "status": "failed",
+                "reason": (
+                    f"gate: losses differ from torch_eager's by {gate['max_rel_err']:.3g} relative "
+                    f"(tolerance {gate['rtol']:g}) over the first {gate['steps']} steps at batch "
+                    f"{gate['batch_size']}"
+                ),
+            }
         if precision != "strict":
             configure(wl.device, precision)
         runner = make_runner(style, wl, steps, dropout=None)
         units = steps * (wl.seeds if style == "linen_vmap_scan" else 1)
         timing = time_runner(runner, repeats, units)
         del runner
-    except Exception as e:  # noqa: BLE001 - one style's crash is reported, the others still run
+    except Exception as e:
         return row | {"status": "error", "reason": f"{type(e).__name__}: {e}"}
     row["compile_s"] = timing.pop("compile_s")
     row["rate"] = timing
@@ -919,7 +1025,7 @@ def summarize(results: list[dict]) -> list[dict]:
             b = _best(rows, fw)
             entry[f"{fw}_best"] = {"style": b["style"], "rate": b["rate"]["median"]} if b else None
         by_style = {r["style"]: r for r in rows if r["status"] == "ok"}
-        rate = lambda s: by_style[s]["rate"]["median"] if s in by_style else None  # noqa: E731
+        rate = lambda s: by_style[s]["rate"]["median"] if s in by_style else None
         tb, lb = entry["torch_best"], entry["linen_best"]
         entry["torch_over_linen"] = tb["rate"] / lb["rate"] if tb and lb else None
         vm, sc = rate("linen_vmap_scan"), rate("linen_scan")
@@ -934,22 +1040,36 @@ def check_targets(report: dict) -> list[dict]:
     this run: ``[{"target", "value", "threshold", "met"}]`` (``value`` None when not measured)."""
     summ = {(s["model"], s["batch_size"]): s for s in report["summary"]}
     d128 = summ.get(("digits", 128), {})
-    vmap = [r for r in report["results"] if (r["model"], r["batch_size"], r["style"], r["status"])
-            == ("digits", 128, "linen_vmap_scan", "ok")]
+    vmap = [
+        r
+        for r in report["results"]
+        if (r["model"], r["batch_size"], r["style"], r["status"]) == ("digits", 128, "linen_vmap_scan", "ok")
+    ]
     big = max((r["batch_size"] for r in report["results"]), default=None)
-    pct = [r["pct_peak"] for r in report["results"]
-           if r["batch_size"] == big and r["status"] == "ok" and r.get("fastest")]
+    pct = [
+        r["pct_peak"]
+        for r in report["results"]
+        if r["batch_size"] == big and r["status"] == "ok" and r.get("fastest")
+    ]
     values = {
         "torch_best": (d128.get("torch_best") or {}).get("rate"),
         "linen_best": (d128.get("linen_best") or {}).get("rate"),
         "linen_vmap_scan": vmap[0]["rate"]["median"] if vmap else None,
         "large_batch_pct_peak": max(pct) if pct else None,
     }
-    return [{"target": k, "value": values[k], "threshold": t,
-             "met": None if values[k] is None else bool(values[k] >= t)} for k, t in GPU_TARGETS.items()]
+    return [
+        {
+            "target": k,
+            "value": values[k],
+            "threshold": t,
+            "met": None if values[k] is None else bool(values[k] >= t),
+        }
+        for k, t in GPU_TARGETS.items()
+    ]
 
 
 # ---------------------------------------------------------------------------------- output
+
 
 def _fmt_rate(x: float | None) -> str:
     if x is None:
@@ -985,21 +1105,32 @@ def format_report(report: dict) -> str:
         at = "" if g.get("batch_size", r["batch_size"]) == r["batch_size"] else f" at batch {g['batch_size']}"
         gate = "reference" if r["style"] == "torch_eager" else f"ok ({g['max_rel_err']:.1e}{at})"
         rt = r["rate"]
-        lines.append(f"{head} {_fmt_rate(rt['median'])} | {_fmt_rate(rt['min'])} | {_fmt_rate(rt['max'])} "
-                     f"| {r['unit']} | {r['compile_s']:.2f} | {r['tflops']:.3g} | {r['pct_peak']:.1f} | {gate} |")
-    lines += ["", "`*` fastest single-model style per framework; vmap rates are model-steps/s "
-              f"({report['config']['seeds']} models per step).", "",
-              "| model | batch | torch best | Linen best | NNX best | torch/Linen | vmap/scan | vmap/Linen best |",
-              "|---|---:|---|---|---|---:|---:|---:|"]
-    ratio = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
-    best = lambda b: "-" if b is None else f"{b['style']} {_fmt_rate(b['rate'])}"  # noqa: E731
+        lines.append(
+            f"{head} {_fmt_rate(rt['median'])} | {_fmt_rate(rt['min'])} | {_fmt_rate(rt['max'])} "
+            f"| {r['unit']} | {r['compile_s']:.2f} | {r['tflops']:.3g} | {r['pct_peak']:.1f} | {gate} |"
+        )
+    lines += [
+        "",
+        "`*` fastest single-model style per framework; vmap rates are model-steps/s "
+        f"({report['config']['seeds']} models per step).",
+        "",
+        "| model | batch | torch best | Linen best | NNX best | torch/Linen | vmap/scan | vmap/Linen best |",
+        "|---|---:|---|---|---|---:|---:|---:|",
+    ]
+    ratio = lambda x: "-" if x is None else f"{x:.2f}"
+    best = lambda b: "-" if b is None else f"{b['style']} {_fmt_rate(b['rate'])}"
     for s in report["summary"]:
-        lines.append(f"| {s['model']} | {s['batch_size']} | {best(s['torch_best'])} | {best(s['linen_best'])} "
-                     f"| {best(s['nnx_best'])} | {ratio(s['torch_over_linen'])} | {ratio(s['vmap_over_scan'])} "
-                     f"| {ratio(s['vmap_over_linen_best'])} |")
+        lines.append(
+            f"| {s['model']} | {s['batch_size']} | {best(s['torch_best'])} | {best(s['linen_best'])} "
+            f"| {best(s['nnx_best'])} | {ratio(s['torch_over_linen'])} | {ratio(s['vmap_over_scan'])} "
+            f"| {ratio(s['vmap_over_linen_best'])} |"
+        )
     if "targets" in report:
-        lines += ["", "| target (digits, batch 128; % peak at the largest batch) | value | threshold | met |",
-                  "|---|---:|---:|---|"]
+        lines += [
+            "",
+            "| target (digits, batch 128; % peak at the largest batch) | value | threshold | met |",
+            "|---|---:|---:|---|",
+        ]
         for t in report["targets"]:
             val = "-" if t["value"] is None else f"{t['value']:,.1f}"
             lines.append(f"| {t['target']} | {val} | {t['threshold']:,.0f} | {t['met']} |")
@@ -1007,9 +1138,16 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-_COLORS = {"torch_eager": "#f4a261", "torch_compile": "#e76f51", "torch_cudagraph": "#9c2f1a",
-           "linen_jit": "#8ecae6", "linen_scan": "#219ebc", "linen_vmap_scan": "#023047",
-           "nnx_jit": "#95d5b2", "nnx_split": "#2d6a4f"}
+_COLORS = {
+    "torch_eager": "#f4a261",
+    "torch_compile": "#e76f51",
+    "torch_cudagraph": "#9c2f1a",
+    "linen_jit": "#8ecae6",
+    "linen_scan": "#219ebc",
+    "linen_vmap_scan": "#023047",
+    "nnx_jit": "#95d5b2",
+    "nnx_split": "#2d6a4f",
+}
 
 
 def plot_report(report: dict, path: str) -> None:
@@ -1028,8 +1166,12 @@ def plot_report(report: dict, path: str) -> None:
     models = list(dict.fromkeys(r["model"] for r in results))
     styles = list(dict.fromkeys(r["style"] for r in results))
     n_batches = max(len({r["batch_size"] for r in results if r["model"] == m}) for m in models)
-    fig, axes = plt.subplots(len(models), 1, squeeze=False,
-                             figsize=(max(7.0, 1.5 + 0.55 * len(styles) * n_batches), 1.2 + 3.6 * len(models)))
+    fig, axes = plt.subplots(
+        len(models),
+        1,
+        squeeze=False,
+        figsize=(max(7.0, 1.5 + 0.55 * len(styles) * n_batches), 1.2 + 3.6 * len(models)),
+    )
     width = 0.8 / max(1, len(styles))
     ok = [r for r in results if r["status"] == "ok"]
     lo = min((r["rate"]["min"] for r in ok), default=1.0) / 3
@@ -1044,15 +1186,38 @@ def plot_report(report: dict, path: str) -> None:
                 if r is None:
                     continue
                 if r["status"] != "ok":
-                    ax.text(xpos, 0.03, r["status"], rotation=90, ha="center", va="bottom", fontsize=7,
-                            color="dimgray", transform=ax.get_xaxis_transform())
+                    ax.text(
+                        xpos,
+                        0.03,
+                        r["status"],
+                        rotation=90,
+                        ha="center",
+                        va="bottom",
+                        fontsize=7,
+                        color="dimgray",
+                        transform=ax.get_xaxis_transform(),
+                    )
                     continue
                 rt = r["rate"]
-                ax.bar(xpos, rt["median"], width * 0.92, color=_COLORS.get(style, "gray"),
-                       yerr=[[rt["median"] - rt["min"]], [rt["max"] - rt["median"]]], capsize=2,
-                       edgecolor="black", linewidth=1.2 if r["fastest"] else 0.0)
-                ax.text(xpos, rt["max"] * 1.12, _fmt_rate(rt["median"]) + (" *" if r["fastest"] else ""),
-                        ha="center", va="bottom", fontsize=7, rotation=90)
+                ax.bar(
+                    xpos,
+                    rt["median"],
+                    width * 0.92,
+                    color=_COLORS.get(style, "gray"),
+                    yerr=[[rt["median"] - rt["min"]], [rt["max"] - rt["median"]]],
+                    capsize=2,
+                    edgecolor="black",
+                    linewidth=1.2 if r["fastest"] else 0.0,
+                )
+                ax.text(
+                    xpos,
+                    rt["max"] * 1.12,
+                    _fmt_rate(rt["median"]) + (" *" if r["fastest"] else ""),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    rotation=90,
+                )
         ax.set_yscale("log")
         ax.set_ylim(lo, hi)
         ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
@@ -1063,9 +1228,12 @@ def plot_report(report: dict, path: str) -> None:
     labels = [s + (" (model-steps/s)" if STYLES[s].unit != "steps/s" else "") for s in styles]
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(styles)), fontsize=8, frameon=False)
     m = report["machine"]
-    fig.suptitle(f"parity bench, {report['device']} ({m['gpu'] or m['cpu']}), {report['precision']} float32, "
-                 f"{report['date']}\nmedian of {report['config']['repeats']} repeats, whiskers min-max, "
-                 "* fastest per framework", fontsize=9)
+    fig.suptitle(
+        f"parity bench, {report['device']} ({m['gpu'] or m['cpu']}), {report['precision']} float32, "
+        f"{report['date']}\nmedian of {report['config']['repeats']} repeats, whiskers min-max, "
+        "* fastest per framework",
+        fontsize=9,
+    )
     legend_in = 0.15 + 0.2 * math.ceil(len(styles) / 4)  # inches kept free for the legend
     fig.tight_layout(rect=(0, legend_in / fig.get_figheight(), 1, 1))
     buf = io.BytesIO()
@@ -1077,6 +1245,7 @@ def plot_report(report: dict, path: str) -> None:
 
 # ------------------------------------------------------------------------------------- CLI
 
+
 def write_outputs(report: dict, json_path: str | None = None, plot_path: str | None = None) -> None:
     """Write the report as strict JSON (:func:`parity.io.json_safe`) and/or the chart, each atomically."""
     from parity.io import atomic_write_json
@@ -1085,102 +1254,3 @@ def write_outputs(report: dict, json_path: str | None = None, plot_path: str | N
         atomic_write_json(json_path, report, indent=2)
     if plot_path:
         plot_report(report, plot_path)
-
-
-def _csv(kind: Callable[[str], Any]) -> Callable[[str], list]:
-    def parse(text: str) -> list:
-        try:
-            return [kind(p.strip()) for p in text.split(",") if p.strip()]
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list: {e}") from e
-    return parse
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``parity bench``."""
-    parser.add_argument("--models", type=_csv(str), default=None,
-                        help=f"comma-separated, from {', '.join(MODELS)} (default: both; "
-                             "--quick on cuda: digits)")
-    parser.add_argument("--batch-sizes", type=_csv(int), default=None,
-                        help="comma-separated (default: 128,1024,8192 on cuda; 128,1024 on cpu; "
-                             "--quick: 128,8192 on cuda, 128 on cpu)")
-    parser.add_argument("--styles", type=_csv(str), default=None,
-                        help=f"comma-separated, from {', '.join(STYLES)} (default: all)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="auto: cuda when torch and jax see a GPU, else cpu")
-    parser.add_argument("--precision", choices=["strict", "default"], default="strict",
-                        help="float32 policy for timing (parity.device); the gate is always strict")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5; --quick 3)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="steps per repeat (default: by device and batch size, see default_steps)")
-    parser.add_argument("--seeds", type=int, default=SEEDS, help="models in the vmap style (default 8)")
-    parser.add_argument("--torch-threads", type=int, default=None,
-                        help="torch intra-op threads on CPU (default: torch's own, one per core)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a short run (under a minute on the 2-core CPU dev box)")
-    parser.add_argument("--json", metavar="FILE", help="write the full report as JSON (atomically)")
-    parser.add_argument("--plot", metavar="FILE", help="write a bar chart (log scale), e.g. bench.png")
-
-
-def _progress_bar():
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True), transient=False)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the benchmark; exit 0, 1 if a style failed its gate or raised, 2 for bad input."""
-    from parity.device import DeviceError, configure
-    from parity.io import ensure_writable_dir
-
-    err = lambda msg: print(f"parity bench: error: {msg}", file=sys.stderr)  # noqa: E731
-    styles = args.styles if args.styles is not None else list(STYLES)
-    try:
-        validate(args.models if args.models is not None else MODELS, styles, args.batch_sizes or [128])
-        if (args.repeats is not None and args.repeats < 1) or (args.steps is not None and args.steps < 1) \
-                or args.seeds < 1 or (args.torch_threads is not None and args.torch_threads < 1):
-            raise BenchError("--repeats, --steps, --seeds and --torch-threads must be >= 1")
-        for out in (args.json, args.plot):
-            if out:
-                ensure_writable_dir(os.path.dirname(os.path.abspath(out)))
-        device = configure(args.device, "strict").device
-    except (BenchError, DeviceError, OSError) as e:
-        err(e)
-        return 2
-    if args.models is not None:
-        models = args.models
-    else:
-        models = ["digits"] if args.quick and device == "cuda" else list(MODELS)
-    if args.batch_sizes is not None:
-        batches = args.batch_sizes
-    elif device == "cuda":
-        batches = [128, 8192] if args.quick else [128, 1024, 8192]
-    else:
-        batches = [128] if args.quick else [128, 1024]
-    cfg = BenchConfig(models=models, batch_sizes=batches, styles=styles, device=device,
-                      precision=args.precision, repeats=args.repeats or (3 if args.quick else 5),
-                      steps=args.steps, seeds=args.seeds, quick=args.quick,
-                      torch_threads=args.torch_threads, explicit_styles=args.styles is not None)
-    total = len(cfg.models) * len(cfg.batch_sizes) * len(cfg.styles)
-    bar = _progress_bar()
-    if bar.console.is_terminal:
-        with bar:
-            task = bar.add_task("starting", total=total)
-            report = benchmark(cfg, lambda desc, adv: bar.update(task, description=desc, advance=adv))
-    else:  # a log file or pipe: one line per unit of work instead of a redrawn bar
-        done = [0]
-
-        def log(desc: str, advance: int) -> None:
-            done[0] += advance
-            if not advance:
-                print(f"[{done[0]}/{total}] {desc}", file=sys.stderr, flush=True)
-
-        report = benchmark(cfg, log)
-    print(format_report(report))
-    write_outputs(report, args.json, args.plot)
-    bad = [r for r in report["results"] if r["status"] in ("failed", "error")]
-    for r in bad:
-        err(f"{r['model']} batch {r['batch_size']} {r['style']}: {r['status']}: {r['reason']}")
-    return 1 if bad else 0

@@ -26,8 +26,8 @@ BatchNorm / Dropout calls that ran in training mode during training steps (the m
 
 Library use::
 
-    from parity.study import StudyConfig, run_study
-    from parity.report import write_outputs
+    from parity.study.runners import StudyConfig, run_study
+    from parity.study.report import write_outputs
     results = run_study(StudyConfig(dataset="digits", seeds=3, epochs=10))
     write_outputs(results, "study-out")
 
@@ -45,29 +45,35 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from parity import data
+from parity.registry import DATASET_MODEL
 
 #: variant -> (framework, correct?, one-line description)
 VARIANTS: dict[str, tuple[str, bool, str]] = {
     "torch_correct": ("torch", True, "model.train() at the start of every epoch; evaluate() sets eval"),
-    "torch_seed_bug": ("torch", False, "the blog's loop: model.train() once before the epoch loop; "
-                                       "test() sets eval and never restores"),
+    "torch_seed_bug": (
+        "torch",
+        False,
+        "the blog's loop: model.train() once before the epoch loop; test() sets eval and never restores",
+    ),
     "linen": ("linen", True, "train=True passed to every training step; eval is another function"),
-    "linen_bug_emulated": ("linen", False, "the seed's schedule written explicitly: train=False in "
-                                           "training steps after epoch 1"),
+    "linen_bug_emulated": (
+        "linen",
+        False,
+        "the seed's schedule written explicitly: train=False in training steps after epoch 1",
+    ),
     "nnx_seed_bug": ("nnx", False, "the blog's loop in NNX: model.train() once; evaluate() leaves eval()"),
     "nnx_view": ("nnx", True, "nnx.view train and eval views of the same weights; nothing switched"),
 }
 VARIANT_NAMES: tuple[str, ...] = tuple(VARIANTS)
 
 #: dataset -> architecture name in torch_impl.models / flax_impl.*_models
-DATASET_MODELS: dict[str, str] = {"mnist1d": "signal1d", "digits": "digits"}
-STUDY_DATASETS: tuple[str, ...] = tuple(DATASET_MODELS)
+STUDY_DATASETS: tuple[str, ...] = tuple(DATASET_MODEL)
 
 #: ``--quick``: a first look in well under a minute on a 2-core CPU (see docs/STUDY.md)
 QUICK = {"seeds": 3, "epochs": 10}
@@ -118,7 +124,7 @@ class StudyConfig:
     @property
     def model_name(self) -> str:
         """``signal1d`` for mnist1d, ``digits`` for digits."""
-        return DATASET_MODELS[self.dataset]
+        return DATASET_MODEL[self.dataset]
 
     @property
     def seed_list(self) -> list[int]:
@@ -152,7 +158,9 @@ class StudyConfig:
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
         if self.train_subset is not None and self.train_subset < self.batch_size:
-            raise ValueError(f"train_subset {self.train_subset} is smaller than one batch ({self.batch_size})")
+            raise ValueError(
+                f"train_subset {self.train_subset} is smaller than one batch ({self.batch_size})"
+            )
 
     def to_dict(self) -> dict:
         """JSON-ready configuration (tuples become lists)."""
@@ -166,6 +174,7 @@ class StudyConfig:
 
 # ------------------------------------------------------------------------------- progress
 
+
 class _Progress:
     """One rich progress bar over variant x seed x epoch, on stderr; silent when disabled."""
 
@@ -174,16 +183,28 @@ class _Progress:
         if not enabled:
             return
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.console = Console(stderr=True)
-        self.bar = Progress(TextColumn("[bold]{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("epochs"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=self.console)
+        self.bar = Progress(
+            TextColumn("[bold]{task.description:<34}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("epochs"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
         self.task = self.bar.add_task("starting", total=total)
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> _Progress:
         if self.enabled:
             self.bar.__enter__()
         return self
@@ -207,20 +228,21 @@ class _Progress:
 
 # ---------------------------------------------------------------------------- study setup
 
+
 @dataclass
 class _Context:
     """Everything the variant runners share: data in both layouts and each seed's initial weights."""
 
     config: StudyConfig
-    runtime: Any                      # parity.device.Runtime
-    x_train: np.ndarray               # (N, 1, ...) channels-first, torch
+    runtime: Any  # parity.device.Runtime
+    x_train: np.ndarray  # (N, 1, ...) channels-first, torch
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    x_train_cl: np.ndarray            # (N, ..., 1) channels-last, Flax
+    x_train_cl: np.ndarray  # (N, ..., 1) channels-last, Flax
     x_test_cl: np.ndarray
-    torch_init: dict[int, Any]        # seed -> torch model with its initial weights (CPU)
-    linen_init: dict[int, dict]       # seed -> {'params', 'batch_stats'} numpy, converted
+    torch_init: dict[int, Any]  # seed -> torch model with its initial weights (CPU)
+    linen_init: dict[int, dict]  # seed -> {'params', 'batch_stats'} numpy, converted
     progress: _Progress
 
     def torch_batches(self, seed: int) -> Callable[[int], Any]:
@@ -247,19 +269,29 @@ def _config_items(config: StudyConfig) -> tuple:
 
 def _record(rec: dict) -> dict:
     """A loop's per-epoch record in the study's schema (floats; ``step_losses`` dropped)."""
-    return {"epoch": int(rec["epoch"]), "train_loss": float(rec["train_loss"]),
-            "test_loss": float(rec["test_loss"]), "test_acc": float(rec["test_acc"]),
-            "train_mode": float(rec["train_mode"]), "diverged": bool(rec["diverged"])}
+    return {
+        "epoch": int(rec["epoch"]),
+        "train_loss": float(rec["train_loss"]),
+        "test_loss": float(rec["test_loss"]),
+        "test_acc": float(rec["test_acc"]),
+        "train_mode": float(rec["train_mode"]),
+        "diverged": bool(rec["diverged"]),
+    }
 
 
 def _seed_result(seed: int, history: list[dict]) -> dict:
     epochs = [_record(r) for r in history]
     diverged_at = next((r["epoch"] for r in epochs if r["diverged"]), None)
-    return {"seed": seed, "diverged": diverged_at is not None, "diverged_epoch": diverged_at,
-            "epochs": epochs}
+    return {
+        "seed": seed,
+        "diverged": diverged_at is not None,
+        "diverged_epoch": diverged_at,
+        "epochs": epochs,
+    }
 
 
 # -------------------------------------------------------------------------- variant runners
+
 
 def _run_torch(variant: str, ctx: _Context) -> tuple[list[dict], str]:
     import torch
@@ -277,16 +309,19 @@ def _run_torch(variant: str, ctx: _Context) -> tuple[list[dict], str]:
         model = copy.deepcopy(ctx.torch_init[seed]).to(device)
         optimizer = torch_train.make_optimizer(model, c.lr, c.momentum)
         rng_devices = [device.index or 0] if device.type == "cuda" else []
-        guard: dict = {}                              # the first step the runtime guard objects to
+        guard: dict = {}  # the first step the runtime guard objects to
         epochs_done = []
 
         def on_violation(err: ModeError) -> None:
             guard.setdefault("epoch", len(epochs_done))
             guard.setdefault("modules", err.in_eval)
 
-        with torch.random.fork_rng(devices=rng_devices), ModeAudit(model) as audit, \
-                training_guard(model, on_violation=on_violation):
-            torch.manual_seed(seed)                   # dropout masks; caller's RNG state restored after
+        with (
+            torch.random.fork_rng(devices=rng_devices),
+            ModeAudit(model) as audit,
+            training_guard(model, on_violation=on_violation),
+        ):
+            torch.manual_seed(seed)  # dropout masks; caller's RNG state restored after
 
             def on_epoch(rec: dict) -> None:
                 rec["train_mode"] = audit.fraction()  # measured on this epoch's training passes
@@ -294,18 +329,27 @@ def _run_torch(variant: str, ctx: _Context) -> tuple[list[dict], str]:
                 epochs_done.append(rec["epoch"])
                 ctx.progress.advance()
 
-            history = loop(model, optimizer, ctx.torch_batches(seed), (ctx.x_test, ctx.y_test), c.epochs,
-                           device=device, on_epoch=on_epoch)
+            history = loop(
+                model,
+                optimizer,
+                ctx.torch_batches(seed),
+                (ctx.x_test, ctx.y_test),
+                c.epochs,
+                device=device,
+                on_epoch=on_epoch,
+            )
         ctx.progress.advance(c.epochs - len(history))  # stopped early: diverged
-        out.append(_seed_result(seed, history) | {"guard_epoch": guard.get("epoch"),
-                                                  "guard_modules": guard.get("modules", [])})
+        out.append(
+            _seed_result(seed, history)
+            | {"guard_epoch": guard.get("epoch"), "guard_modules": guard.get("modules", [])}
+        )
     return out, "torch"
 
 
 def _run_linen_loop(variant: str, ctx: _Context) -> tuple[list[dict], str]:
     import jax
 
-    from flax_impl import train as linen_train
+    from flax_impl import linen_train as linen_train
 
     c = ctx.config
     fit = linen_train.fit if variant == "linen" else linen_train.fit_bug_emulated
@@ -315,8 +359,14 @@ def _run_linen_loop(variant: str, ctx: _Context) -> tuple[list[dict], str]:
         ctx.progress.describe(f"{variant}  seed {seed + 1}/{c.seeds}")
         tx = linen_train.make_optimizer(c.lr, c.momentum)
         state = linen_train.create_train_state(module, jax.device_put(ctx.linen_init[seed]), tx)
-        _, history = fit(state, ctx.flax_batches(seed), (ctx.x_test_cl, ctx.y_test), c.epochs,
-                         jax.random.key(seed), on_epoch=lambda rec: ctx.progress.advance())
+        _, history = fit(
+            state,
+            ctx.flax_batches(seed),
+            (ctx.x_test_cl, ctx.y_test),
+            c.epochs,
+            jax.random.key(seed),
+            on_epoch=lambda rec: ctx.progress.advance(),
+        )
         ctx.progress.advance(c.epochs - len(history))
         out.append(_seed_result(seed, history))
     return out, "loop"
@@ -324,10 +374,10 @@ def _run_linen_loop(variant: str, ctx: _Context) -> tuple[list[dict], str]:
 
 @functools.cache
 def _eval_seeds() -> Callable:
-    """``flax_impl.train.eval_step`` vmap-ed over the seed axis of the states (data shared)."""
+    """``flax_impl.linen_train.eval_step`` vmap-ed over the seed axis of the states (data shared)."""
     import jax
 
-    from flax_impl import train as linen_train
+    from flax_impl import linen_train as linen_train
 
     return jax.jit(jax.vmap(linen_train.eval_step, in_axes=(0, None)))
 
@@ -343,7 +393,7 @@ def _run_linen_vmap(variant: str, ctx: _Context) -> tuple[list[dict], str]:
     import jax
     import jax.numpy as jnp
 
-    from flax_impl import train as linen_train
+    from flax_impl import linen_train as linen_train
 
     c = ctx.config
     seeds = c.seed_list
@@ -357,20 +407,30 @@ def _run_linen_vmap(variant: str, ctx: _Context) -> tuple[list[dict], str]:
     active = set(seeds)
     ctx.progress.describe(f"{variant}  {c.seeds} seeds (vmap)")
     for epoch in range(c.epochs):
-        idx = np.stack([np.stack(data.batch_order(len(ctx.x_train_cl), c.batch_size, s, epoch)) for s in seeds])
+        idx = np.stack(
+            [np.stack(data.batch_order(len(ctx.x_train_cl), c.batch_size, s, epoch)) for s in seeds]
+        )
         rngs = jnp.stack([jax.random.fold_in(k, epoch) for k in keys])
-        train = variant == "linen" or epoch == 0      # linen_bug_emulated: train=False after epoch 1
-        states, metrics = linen_train.train_epoch_scan_seeds(states, x, y, jnp.asarray(idx), rngs, train=train)
+        train = variant == "linen" or epoch == 0  # linen_bug_emulated: train=False after epoch 1
+        states, metrics = linen_train.train_epoch_scan_seeds(
+            states, x, y, jnp.asarray(idx), rngs, train=train
+        )
         test_loss, test_acc = _eval_seeds()(states, test)
         metrics, test_loss, test_acc = jax.device_get((metrics, test_loss, test_acc))
         for i, s in enumerate(seeds):
             if s not in active:
                 continue
             mean = float(np.mean(metrics["loss"][i]))
-            histories[s].append({"epoch": epoch, "train_loss": mean, "test_loss": float(test_loss[i]),
-                                 "test_acc": float(test_acc[i]),
-                                 "train_mode": float(np.mean(metrics["train_mode"][i])),
-                                 "diverged": not math.isfinite(mean)})
+            histories[s].append(
+                {
+                    "epoch": epoch,
+                    "train_loss": mean,
+                    "test_loss": float(test_loss[i]),
+                    "test_acc": float(test_acc[i]),
+                    "train_mode": float(np.mean(metrics["train_mode"][i])),
+                    "diverged": not math.isfinite(mean),
+                }
+            )
             ctx.progress.advance()
             if histories[s][-1]["diverged"]:
                 active.discard(s)
@@ -381,8 +441,7 @@ def _run_linen_vmap(variant: str, ctx: _Context) -> tuple[list[dict], str]:
 
 
 def _run_nnx(variant: str, ctx: _Context) -> tuple[list[dict], str]:
-    from flax_impl import nnx_models
-    from flax_impl import nnx_train
+    from flax_impl import nnx_models, nnx_train
     from parity.convert import torch_to_nnx
 
     c = ctx.config
@@ -394,8 +453,14 @@ def _run_nnx(variant: str, ctx: _Context) -> tuple[list[dict], str]:
         model = nnx_models.build_model(c.model_name, seed=seed, **c.model_config)  # dropout rngs: Rngs(seed)
         torch_to_nnx(template.state_dict(), template, model)
         optimizer = nnx_train.make_optimizer(model, c.lr, c.momentum)
-        history = fit(model, optimizer, ctx.flax_batches(seed), (ctx.x_test_cl, ctx.y_test), c.epochs,
-                      on_epoch=lambda rec: ctx.progress.advance())
+        history = fit(
+            model,
+            optimizer,
+            ctx.flax_batches(seed),
+            (ctx.x_test_cl, ctx.y_test),
+            c.epochs,
+            on_epoch=lambda rec: ctx.progress.advance(),
+        )
         ctx.progress.advance(c.epochs - len(history))
         out.append(_seed_result(seed, history))
     return out, "nnx"
@@ -420,6 +485,7 @@ def _runner(variant: str, linen_path: str) -> Callable[[str, _Context], tuple[li
 
 # ------------------------------------------------------------------------------- the study
 
+
 def _environment(runtime: Any, linen_path: str) -> dict:
     from importlib import metadata
 
@@ -430,10 +496,16 @@ def _environment(runtime: Any, linen_path: str) -> dict:
         versions["mnist1d"] = metadata.version("mnist1d")
     except metadata.PackageNotFoundError:
         versions["mnist1d"] = None
-    return {"device": runtime.device, "precision": runtime.precision,
-            "precision_settings": dict(runtime.settings), "versions": versions,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "linen_path": linen_path}
+    return {
+        "device": runtime.device,
+        "precision": runtime.precision,
+        "precision_settings": dict(runtime.settings),
+        "versions": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "linen_path": linen_path,
+    }
 
 
 def _train_variants(ctx: _Context, linen_path: str, progress: bool) -> dict[str, dict]:
@@ -447,13 +519,21 @@ def _train_variants(ctx: _Context, linen_path: str, progress: bool) -> dict[str,
             seeds, path = _runner(variant, linen_path)(variant, ctx)
             wall = time.perf_counter() - t0
             framework, correct, description = VARIANTS[variant]
-            variants[variant] = {"framework": framework, "correct": correct, "description": description,
-                                 "path": path, "path_description": PATH_DESCRIPTIONS[path],
-                                 "wall_time_s": wall, "seeds": seeds}
+            variants[variant] = {
+                "framework": framework,
+                "correct": correct,
+                "description": description,
+                "path": path,
+                "path_description": PATH_DESCRIPTIONS[path],
+                "wall_time_s": wall,
+                "seeds": seeds,
+            }
             final = [s["epochs"][-1]["test_acc"] for s in seeds]
             diverged = sum(s["diverged"] for s in seeds)
-            bar.log(f"{variant:<19} {wall:6.1f} s  last-epoch test acc {100 * float(np.mean(final)):.2f}%"
-                    + (f"  ({diverged} diverged)" if diverged else ""))
+            bar.log(
+                f"{variant:<19} {wall:6.1f} s  last-epoch test acc {100 * float(np.mean(final)):.2f}%"
+                + (f"  ({diverged} diverged)" if diverged else "")
+            )
     return variants
 
 
@@ -474,7 +554,7 @@ def run_study(config: StudyConfig, progress: bool = True, runtime: Any = None) -
                                                         "diverged"}]}]}}}
 
     Epochs are 0-based here, as in the loops. A diverged seed's list stops at the epoch whose
-    mean train loss was not finite. Non-finite floats stay ``nan`` here; :mod:`parity.report`
+    mean train loss was not finite. Non-finite floats stay ``nan`` here; :mod:`parity.study.report`
     writes them as ``null``.
     """
     config.validate()
@@ -499,10 +579,23 @@ def run_study(config: StudyConfig, progress: bool = True, runtime: Any = None) -
         linen_init[seed] = torch_to_linen(torch_init[seed].state_dict(), torch_init[seed])
     n_params = sum(p.numel() for p in torch_init[0].parameters())
     linen_path = resolve_linen_path(config.linen_path, runtime.device)
-    ctx = _Context(config, runtime, ds.x_train[:n], ds.y_train[:n], ds.x_test, ds.y_test,
-                   x_train_cl[:n], x_test_cl, torch_init, linen_init, _Progress(False, 0))
+    ctx = _Context(
+        config,
+        runtime,
+        ds.x_train[:n],
+        ds.y_train[:n],
+        ds.x_test,
+        ds.y_test,
+        x_train_cl[:n],
+        x_test_cl,
+        torch_init,
+        linen_init,
+        _Progress(False, 0),
+    )
 
-    threads = config.torch_threads or (CPU_TORCH_THREADS if runtime.device == "cpu" else torch.get_num_threads())
+    threads = config.torch_threads or (
+        CPU_TORCH_THREADS if runtime.device == "cpu" else torch.get_num_threads()
+    )
     previous_threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
@@ -512,14 +605,18 @@ def run_study(config: StudyConfig, progress: bool = True, runtime: Any = None) -
 
     return {
         "schema": 1,
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
         "config": config.to_dict(),
         "environment": _environment(runtime, linen_path) | {"torch_threads": threads},
-        "model": {"name": config.model_name, "params": int(n_params),
-                  "num_classes": int(ds.num_classes),
-                  "train_examples": int(n), "test_examples": int(len(ds.x_test)),
-                  "steps_per_epoch": n // config.batch_size},
+        "model": {
+            "name": config.model_name,
+            "params": int(n_params),
+            "num_classes": int(ds.num_classes),
+            "train_examples": int(n),
+            "test_examples": len(ds.x_test),
+            "steps_per_epoch": n // config.batch_size,
+        },
         "total_wall_time_s": time.perf_counter() - started,
         "variants": variants,
     }
