@@ -20,8 +20,7 @@ from flax_impl import BN_EPSILON, BN_MOMENTUM
 
 
 def _bn(train: bool, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                        name=name)
+    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 
 class DigitsCNN(nn.Module):

@@ -24,8 +24,15 @@ def _bn(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
 class DigitsCNN(nnx.Module):
     """CNN for 8x8 digits. Input ``(N, 8, 8, 1)`` NHWC float32, output ``(N, 10)`` logits."""
 
-    def __init__(self, channels: Sequence[int] = (16, 32), hidden: int = 64, dropout: float = 0.3,
-                 num_classes: int = 10, *, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self,
+        channels: Sequence[int] = (16, 32),
+        hidden: int = 64,
+        dropout: float = 0.3,
+        num_classes: int = 10,
+        *,
+        rngs: nnx.Rngs,
+    ) -> None:
         c1, c2 = channels
         self.conv1 = nnx.Conv(1, c1, (3, 3), padding=1, use_bias=False, rngs=rngs)
         self.bn1 = _bn(c1, rngs)
@@ -47,8 +54,16 @@ class DigitsCNN(nnx.Module):
 class Signal1DCNN(nnx.Module):
     """1-D CNN for MNIST-1D. Input ``(N, 40, 1)`` NWC float32, output ``(N, 10)`` logits."""
 
-    def __init__(self, channels: Sequence[int] = (32, 64), hidden: int = 128, dropout: float = 0.2,
-                 num_classes: int = 10, length: int = 40, *, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self,
+        channels: Sequence[int] = (32, 64),
+        hidden: int = 128,
+        dropout: float = 0.2,
+        num_classes: int = 10,
+        length: int = 40,
+        *,
+        rngs: nnx.Rngs,
+    ) -> None:
         c1, c2 = channels
         self.conv1 = nnx.Conv(1, c1, (5,), padding=2, use_bias=False, rngs=rngs)
         self.bn1 = _bn(c1, rngs)

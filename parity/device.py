@@ -74,15 +74,19 @@ def configure(device: str = "auto", precision: str = "strict") -> Runtime:
 
     has_cuda = torch.cuda.is_available()
     if device == "cuda" and not has_cuda:
-        raise DeviceError("--device cuda was requested but torch sees no CUDA GPU "
-                          "(torch.cuda.is_available() is False); use --device cpu or auto")
+        raise DeviceError(
+            "--device cuda was requested but torch sees no CUDA GPU "
+            "(torch.cuda.is_available() is False); use --device cpu or auto"
+        )
     resolved = "cuda" if device == "cuda" or (device == "auto" and has_cuda) else "cpu"
     if resolved == "cuda":
         try:
             jax_dev = jax.devices("gpu")[0]
         except RuntimeError as e:
-            raise DeviceError(f"torch sees a CUDA GPU but jax does not ({e}); install a CUDA "
-                              "build of jax or use --device cpu") from e
+            raise DeviceError(
+                f"torch sees a CUDA GPU but jax does not ({e}); install a CUDA "
+                "build of jax or use --device cpu"
+            ) from e
     else:
         jax_dev = jax.devices("cpu")[0]
     jax.config.update("jax_default_device", jax_dev)
@@ -111,5 +115,10 @@ def library_versions() -> dict[str, str]:
     import optax
     import torch
 
-    return {"torch": torch.__version__, "jax": jax.__version__, "flax": flax.__version__,
-            "optax": optax.__version__, "numpy": numpy.__version__}
+    return {
+        "torch": torch.__version__,
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": numpy.__version__,
+    }

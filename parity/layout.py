@@ -47,9 +47,9 @@ def dense_kernel_to_flax(w: np.ndarray, flatten_shape: tuple[int, ...] | None = 
     if flatten_shape is None:
         return np.ascontiguousarray(w.T)
     out = w.shape[0]
-    w = w.reshape(out, *flatten_shape)                     # (out, C, *spatial)
-    w = np.moveaxis(w, 1, -1)                              # (out, *spatial, C)
-    return np.ascontiguousarray(w.reshape(out, -1).T)      # (spatial*C, out)
+    w = w.reshape(out, *flatten_shape)  # (out, C, *spatial)
+    w = np.moveaxis(w, 1, -1)  # (out, *spatial, C)
+    return np.ascontiguousarray(w.reshape(out, -1).T)  # (spatial*C, out)
 
 
 def dense_kernel_to_torch(k: np.ndarray, flatten_shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -58,6 +58,6 @@ def dense_kernel_to_torch(k: np.ndarray, flatten_shape: tuple[int, ...] | None =
         return np.ascontiguousarray(k.T)
     out = k.shape[1]
     c, spatial = flatten_shape[0], flatten_shape[1:]
-    w = k.T.reshape(out, *spatial, c)                      # (out, *spatial, C)
-    w = np.moveaxis(w, -1, 1)                              # (out, C, *spatial)
+    w = k.T.reshape(out, *spatial, c)  # (out, *spatial, C)
+    w = np.moveaxis(w, -1, 1)  # (out, C, *spatial)
     return np.ascontiguousarray(w.reshape(out, -1))

@@ -8,8 +8,8 @@ called.
 
 from __future__ import annotations
 
-from torch import nn
 import torch
+from torch import nn
 
 MODE_LAYERS: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
@@ -35,11 +35,13 @@ class ModeAudit:
         self.layers = mode_layers(model)
         if not self.layers:
             raise ValueError(f"{type(model).__name__} has no BatchNorm or Dropout layer to audit")
-        self.passes: list[float] = []          # per counted pass: fraction of layers in train mode
+        self.passes: list[float] = []  # per counted pass: fraction of layers in train mode
         self.eval_layers: dict[str, int] = {}  # layer name -> passes in which it ran in eval mode
         self._current: list[tuple[str, bool]] | None = None
-        self._handles = [model.register_forward_pre_hook(self._start),
-                         model.register_forward_hook(self._finish)]
+        self._handles = [
+            model.register_forward_pre_hook(self._start),
+            model.register_forward_hook(self._finish),
+        ]
         for name, m in self.layers.items():
             self._handles.append(m.register_forward_pre_hook(self._layer_hook(name)))
 
@@ -50,6 +52,7 @@ class ModeAudit:
         def hook(module: nn.Module, args: tuple) -> None:
             if self._current is not None:
                 self._current.append((name, module.training))
+
         return hook
 
     def _finish(self, module: nn.Module, args: tuple, output) -> None:
@@ -75,7 +78,7 @@ class ModeAudit:
             h.remove()
         self._handles.clear()
 
-    def __enter__(self) -> "ModeAudit":
+    def __enter__(self) -> ModeAudit:
         return self
 
     def __exit__(self, *exc) -> None:

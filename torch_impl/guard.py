@@ -39,9 +39,22 @@ from torch import nn
 
 from torch_impl.audit import mode_layers
 
-__all__ = ["FROZEN_ATTR", "ModeError", "assert_training", "capture_modes", "eval_mode", "frozen_modules",
-           "guarded_step", "mark_frozen", "mode_report", "restore_modes", "set_train", "train_mode",
-           "training_guard", "unmark_frozen"]
+__all__ = [
+    "FROZEN_ATTR",
+    "ModeError",
+    "assert_training",
+    "capture_modes",
+    "eval_mode",
+    "frozen_modules",
+    "guarded_step",
+    "mark_frozen",
+    "mode_report",
+    "restore_modes",
+    "set_train",
+    "train_mode",
+    "training_guard",
+    "unmark_frozen",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,6 +81,7 @@ class ModeError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- capture/restore
+
 
 def capture_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
     """Every submodule of ``model`` (the root included) with its current ``training`` flag.
@@ -119,6 +133,7 @@ def train_mode(model: nn.Module, frozen: Iterable[str | nn.Module] = ()) -> Iter
 
 # ------------------------------------------------------------------------------- freezing
 
+
 def mark_frozen(module: nn.Module) -> nn.Module:
     """Declare ``module`` (and everything under it) intentionally frozen, and put it in eval mode.
 
@@ -152,19 +167,21 @@ def frozen_modules(model: nn.Module, frozen: Iterable[str | nn.Module] = ()) -> 
     for f in frozen:
         if isinstance(f, nn.Module):
             if id(f) not in by_id:
-                raise ValueError(f"frozen module {type(f).__name__} is not a submodule of "
-                                 f"{type(model).__name__}")
+                raise ValueError(
+                    f"frozen module {type(f).__name__} is not a submodule of {type(model).__name__}"
+                )
             roots.add(by_id[id(f)])
         elif isinstance(f, str):
             if f not in named:
-                raise ValueError(f"frozen name {f!r} is not a submodule of {type(model).__name__}; "
-                                 f"known: {', '.join(n for n in named if n) or '(none)'}")
+                raise ValueError(
+                    f"frozen name {f!r} is not a submodule of {type(model).__name__}; "
+                    f"known: {', '.join(n for n in named if n) or '(none)'}"
+                )
             roots.add(f)
         else:
             raise TypeError(f"frozen entries are names or modules, got {type(f).__name__}")
     roots |= {name for name, m in named.items() if getattr(m, FROZEN_ATTR, False)}
-    return {name for name in named
-            if any(r == "" or name == r or name.startswith(r + ".") for r in roots)}
+    return {name for name in named if any(r == "" or name == r or name.startswith(r + ".") for r in roots)}
 
 
 def set_train(model: nn.Module, frozen: Iterable[str | nn.Module] = ()) -> nn.Module:
@@ -179,6 +196,7 @@ def set_train(model: nn.Module, frozen: Iterable[str | nn.Module] = ()) -> nn.Mo
 
 
 # -------------------------------------------------------------------------------- the guard
+
 
 def mode_report(model: nn.Module, frozen: Iterable[str | nn.Module] = ()) -> tuple[list[str], list[str]]:
     """``(in_eval, frozen_in_train)``: names of unfrozen BN/Dropout modules in eval mode, and of
@@ -195,8 +213,9 @@ def _describe(model: nn.Module, names: list[str]) -> str:
     return ", ".join(f"{n or '<root>'} ({type(layers[n]).__name__})" for n in names)
 
 
-def assert_training(model: nn.Module, frozen: Iterable[str | nn.Module] = (), *,
-                    check_frozen: bool = True) -> None:
+def assert_training(
+    model: nn.Module, frozen: Iterable[str | nn.Module] = (), *, check_frozen: bool = True
+) -> None:
     """Raise :class:`ModeError` unless every BatchNorm / Dropout of ``model`` is in train mode.
 
     Modules declared frozen (``frozen`` names or objects, containers included, or
@@ -218,17 +237,25 @@ def assert_training(model: nn.Module, frozen: Iterable[str | nn.Module] = (), *,
             "(and not update them) and Dropout would be off. Usual cause: an evaluation helper "
             "called model.eval() and nothing restored train mode; call model.train() at the start "
             "of every epoch, or evaluate inside torch_impl.guard.eval_mode(model). If these "
-            "modules are frozen on purpose, pass frozen=[...] or mark them with mark_frozen()")
+            "modules are frozen on purpose, pass frozen=[...] or mark them with mark_frozen()"
+        )
     if frozen_in_train:
         parts.append(
             f"{len(frozen_in_train)} module(s) declared frozen are in train mode: "
             f"{_describe(model, frozen_in_train)}. A later model.train() unfroze them; use "
-            "torch_impl.guard.set_train(model) (or train_mode) instead of model.train()")
+            "torch_impl.guard.set_train(model) (or train_mode) instead of model.train()"
+        )
     raise ModeError("; ".join(parts) + ".", in_eval, frozen_in_train)
 
 
-def guarded_step(step: F | None = None, /, *, model: nn.Module | None = None,
-                 frozen: Iterable[str | nn.Module] = (), check_frozen: bool = True) -> F | Callable[[F], F]:
+def guarded_step(
+    step: F | None = None,
+    /,
+    *,
+    model: nn.Module | None = None,
+    frozen: Iterable[str | nn.Module] = (),
+    check_frozen: bool = True,
+) -> F | Callable[[F], F]:
     """Decorate a training step so that every call first runs :func:`assert_training`.
 
     The model checked is ``model=`` if given, else the call's first positional argument (the
@@ -248,8 +275,10 @@ def guarded_step(step: F | None = None, /, *, model: nn.Module | None = None,
         def wrapper(*args, **kwargs):
             target = model if model is not None else (args[0] if args else None)
             if not isinstance(target, nn.Module):
-                raise TypeError(f"guarded_step({fn.__name__}): no model to check; pass model= or "
-                                "call the step with the model as its first argument")
+                raise TypeError(
+                    f"guarded_step({fn.__name__}): no model to check; pass model= or "
+                    "call the step with the model as its first argument"
+                )
             assert_training(target, frozen, check_frozen=check_frozen)
             return fn(*args, **kwargs)
 
@@ -259,9 +288,13 @@ def guarded_step(step: F | None = None, /, *, model: nn.Module | None = None,
 
 
 @contextlib.contextmanager
-def training_guard(model: nn.Module, frozen: Iterable[str | nn.Module] = (), *,
-                   check_frozen: bool = True,
-                   on_violation: Callable[[ModeError], None] | None = None) -> Iterator[nn.Module]:
+def training_guard(
+    model: nn.Module,
+    frozen: Iterable[str | nn.Module] = (),
+    *,
+    check_frozen: bool = True,
+    on_violation: Callable[[ModeError], None] | None = None,
+) -> Iterator[nn.Module]:
     """Inside the block, every forward pass of ``model`` with autograd enabled runs
     :func:`assert_training` first, so a training loop you cannot edit raises :class:`ModeError`
     at its first step in the wrong mode::
@@ -277,7 +310,7 @@ def training_guard(model: nn.Module, frozen: Iterable[str | nn.Module] = (), *,
     study can record where the guard would have stopped a run and let the run go on.
     """
     frozen = tuple(frozen)
-    frozen_modules(model, frozen)                      # validate the names now, not at step 1
+    frozen_modules(model, frozen)  # validate the names now, not at step 1
 
     def hook(module: nn.Module, args: tuple) -> None:
         if torch.is_grad_enabled():

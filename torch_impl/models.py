@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class DigitsCNN(nn.Module):
@@ -28,8 +28,13 @@ class DigitsCNN(nn.Module):
     fc1-bn3-relu-dropout, fc2.
     """
 
-    def __init__(self, channels: Sequence[int] = (16, 32), hidden: int = 64, dropout: float = 0.3,
-                 num_classes: int = 10) -> None:
+    def __init__(
+        self,
+        channels: Sequence[int] = (16, 32),
+        hidden: int = 64,
+        dropout: float = 0.3,
+        num_classes: int = 10,
+    ) -> None:
         super().__init__()
         c1, c2 = channels
         self.conv1 = nn.Conv2d(1, c1, 3, padding=1, bias=False)
@@ -57,8 +62,14 @@ class Signal1DCNN(nn.Module):
     (C*10), fc1-bn3-relu, dropout, fc2.
     """
 
-    def __init__(self, channels: Sequence[int] = (32, 64), hidden: int = 128, dropout: float = 0.2,
-                 num_classes: int = 10, length: int = 40) -> None:
+    def __init__(
+        self,
+        channels: Sequence[int] = (32, 64),
+        hidden: int = 128,
+        dropout: float = 0.2,
+        num_classes: int = 10,
+        length: int = 40,
+    ) -> None:
         super().__init__()
         c1, c2 = channels
         if length % 4:

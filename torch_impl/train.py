@@ -38,8 +38,9 @@ def _tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
     return t.to(device, non_blocking=True) if device.type != "cpu" else t
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               y: torch.Tensor) -> torch.Tensor:
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """One SGD step on a batch ``x`` (NCHW / NCW) and labels ``y``; returns the loss (no sync).
 
     Runs in whatever mode the model is in: that is the caller's responsibility.
@@ -51,15 +52,20 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     return loss.detach()
 
 
-def _run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
-               batches: Iterable[tuple[np.ndarray, np.ndarray]], device: torch.device) -> list[float]:
+def _run_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    device: torch.device,
+) -> list[float]:
     losses = [train_step(model, optimizer, _tensor(x, device), _tensor(y, device)) for x, y in batches]
     return torch.stack(losses).cpu().tolist()  # one device sync per epoch
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray,
-             device: torch.device | str = "cpu") -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device | str = "cpu"
+) -> tuple[float, float]:
     """Test loss and accuracy on the whole set ``x`` (NCHW / NCW) in one batch.
 
     Sets ``model.eval()`` as its first line, like pytorch/examples' ``test()``, and, like the
@@ -75,13 +81,25 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray,
 def _log(epoch: int, losses: list[float], test: tuple[float, float]) -> dict:
     """One epoch's record: the same keys in every framework's loops."""
     mean = float(np.mean(losses))
-    return {"epoch": epoch, "train_loss": mean, "step_losses": losses, "test_loss": test[0],
-            "test_acc": test[1], "diverged": not math.isfinite(mean)}
+    return {
+        "epoch": epoch,
+        "train_loss": mean,
+        "step_losses": losses,
+        "test_loss": test[0],
+        "test_acc": test[1],
+        "diverged": not math.isfinite(mean),
+    }
 
 
-def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches,
-        test_set: tuple[np.ndarray, np.ndarray], epochs: int, device: torch.device | str = "cpu",
-        on_epoch: OnEpoch | None = None) -> list[dict]:
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Batches,
+    test_set: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    device: torch.device | str = "cpu",
+    on_epoch: OnEpoch | None = None,
+) -> list[dict]:
     """The correct loop: ``model.train()`` at the start of every epoch, ``evaluate`` sets eval.
 
     Stops early, marking the epoch ``diverged``, when the train loss is not finite.
@@ -89,7 +107,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches,
     device = torch.device(device)
     history = []
     for epoch in range(epochs):
-        model.train()                                 # every epoch establishes its own mode
+        model.train()  # every epoch establishes its own mode
         losses = _run_epoch(model, optimizer, batches(epoch), device)
         history.append(_log(epoch, losses, evaluate(model, *test_set, device=device)))
         if on_epoch:
@@ -99,9 +117,15 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches,
     return history
 
 
-def fit_seed_bug(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches,
-                 test_set: tuple[np.ndarray, np.ndarray], epochs: int, device: torch.device | str = "cpu",
-                 on_epoch: OnEpoch | None = None) -> list[dict]:
+def fit_seed_bug(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Batches,
+    test_set: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    device: torch.device | str = "cpu",
+    on_epoch: OnEpoch | None = None,
+) -> list[dict]:
     """The blog's loop, kept as the "before" picture: ``model.train()`` once, outside the loop.
 
     ``evaluate`` (the blog's ``test()``) calls ``model.eval()`` and returns without restoring,
@@ -109,7 +133,7 @@ def fit_seed_bug(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ba
     """
     device = torch.device(device)
     history = []
-    model.train()                                     # once, outside the loop  <- the bug
+    model.train()  # once, outside the loop  <- the bug
     for epoch in range(epochs):
         losses = _run_epoch(model, optimizer, batches(epoch), device)
         history.append(_log(epoch, losses, evaluate(model, *test_set, device=device)))  # leaves eval on
