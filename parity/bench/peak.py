@@ -128,21 +128,26 @@ def _jax_matmul(n: int) -> Callable[[], object]:
 
 
 def measure_peak(
-    device: str, n: int | None = None, samples: int = 7, min_sample_s: float = 0.25, label: str = ""
+    device: str,
+    n: int | None = None,
+    samples: int = 7,
+    min_sample_s: float = 0.25,
+    label: str = "",
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict:
     """Measured float32 matmul rate (TFLOP/s) of torch and jax on ``device``, under the precision
     policy in force (:func:`parity.device.configure` before calling).
 
     ``n x n`` matrices (default 8192 on cuda, 1024 on cpu), :func:`median_rate` each. Returns
     ``{"label", "n", "torch", "jax", "tflops"}``: ``torch``/``jax`` are median_rate's dicts,
-    ``tflops`` the larger median.
+    ``tflops`` the larger median. ``clock`` times the samples (tests pass a fake).
     """
     import jax
 
     n = n or (8192 if device == "cuda" else 1024)
     flops = 2.0 * n**3
-    torch_rate = median_rate(_torch_matmul(device, n), flops, samples, min_sample_s)
-    jax_rate = median_rate(_jax_matmul(n), flops, samples, min_sample_s)
+    torch_rate = median_rate(_torch_matmul(device, n), flops, samples, min_sample_s, clock)
+    jax_rate = median_rate(_jax_matmul(n), flops, samples, min_sample_s, clock)
     return {
         "label": label,
         "n": n,
