@@ -105,3 +105,13 @@ def test_a_peak_above_the_bound_is_flagged_in_the_json_and_the_table(monkeypatch
     text = bench.format_report(report)
     assert "2 cores x 2445 MHz x 32 FLOP/cycle (avx2+fma)" in text and "0.157" in text
     assert "**YES**" in text and "above the theoretical bound" in text
+
+
+def test_a_rate_above_the_measured_peak_is_flagged(monkeypatch):
+    # a peak disturbed by other load (measured far too low) puts a rate above 100 % of it
+    monkeypatch.setattr(measure, "measure_peak", _fake_peak([], tflops=1e-9))
+    cfg = bench.BenchConfig(models=["digits"], batch_sizes=[16], device="cpu", repeats=1, steps=3,
+                            seeds=2, styles=["torch_eager"], config=TINY)  # fmt: skip
+    report = bench.benchmark(cfg)
+    assert report["results"][0]["pct_peak"] > 100
+    assert "WARNING: above 100 % of the measured peak (digits b16 torch_eager)" in bench.format_report(report)

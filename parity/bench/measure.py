@@ -7,6 +7,7 @@ import datetime
 import os
 import statistics
 import time
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -60,8 +61,6 @@ def time_runner(runner: Runner, repeats: int, units: int, outputs: list | None =
 def _gate(style: str, wl: Workload, reference: np.ndarray) -> dict:
     """The gate verdict of ``style`` (JSON-ready): :func:`check_gate`'s fields, the batch size
     and, when the model has dropout, :func:`probe_dropout`'s result under ``dropout``."""
-    from dataclasses import asdict
-
     gate = asdict(check_gate(style, wl, reference))
     gate |= {"reference_style": "torch_eager", "batch_size": wl.batch_size, "dropout": None}
     if gate["passed"] and model_dropout(wl) > 0:

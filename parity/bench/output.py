@@ -210,12 +210,21 @@ def _results_table(report: dict) -> list[str]:
             f"{head} {fmt_rate(rt['median'])} | {fmt_rate(rt['min'])} | {fmt_rate(rt['max'])} "
             f"| {r['unit']} | {r['compile_s']:.2f} | {r['tflops']:.3g} | {r['pct_peak']:.1f} | {_gate_text(r)} |"
         )
-    return lines + [
+    lines += [
         "",
         "`*` fastest single-model style per framework; vmap rates are model-steps/s "
         f"({report['config']['seeds']} models per step); % peak against the peak measured "
         "before and after that model (mean of the two).",
     ]
+    over = [
+        f"{r['model']} b{r['batch_size']} {r['style']}"
+        for r in report["results"]
+        if r.get("pct_peak", 0) > 100
+    ]
+    if over:
+        lines += ["", f"WARNING: above 100 % of the measured peak ({', '.join(over)}): the peak "
+                  "measurement was disturbed (other load on the machine?); these % are not meaningful."]  # fmt: skip
+    return lines
 
 
 def _summary_table(report: dict) -> list[str]:
