@@ -49,8 +49,9 @@ against ``cores x clock x FLOP/cycle`` and flagged when above it.
 
 Modules: :mod:`~parity.bench.spec` (styles, constants, :class:`BenchConfig`, the
 :class:`Runner` interface), :mod:`~parity.bench.workload` (shared weights and batches, FLOPs),
-:mod:`~parity.bench.torch_runners` and :mod:`~parity.bench.flax_runners` (one runner class per
-style, loaded only when that framework's styles run), :mod:`~parity.bench.gate`,
+:mod:`~parity.bench.torch_runners` and :mod:`~parity.bench.flax_runners` (the runner classes,
+one per style but for torch_eager and torch_compile, which share one; each module is loaded only
+when its framework's styles run), :mod:`~parity.bench.gate`,
 :mod:`~parity.bench.peak`, :mod:`~parity.bench.measure` (timing and :func:`benchmark`),
 :mod:`~parity.bench.output` (tables, JSON, path checks) and :mod:`~parity.bench.plot`.
 

@@ -83,8 +83,9 @@ def plot_report(report: dict, path: str) -> None:
     m = report["machine"]
     fig.suptitle(
         f"parity bench, {report['device']} ({m['gpu'] or m['cpu']}), {report['precision']} float32, "
-        f"{report['date']}\nmedian of {report['config']['repeats']} repeats, whiskers min-max, "
-        "* fastest per framework",
+        f"{report['date']}, load average {report['load_average']['before'][0]:.1f} before, "
+        f"{report['load_average']['after'][0]:.1f} after\nmedian of {report['config']['repeats']} "
+        "repeats, whiskers min-max, * fastest per framework",
         fontsize=9,
     )
     legend_in = 0.15 + 0.2 * math.ceil(len(styles) / 4)  # inches kept free for the legend
