@@ -193,10 +193,12 @@ def test_a_tiny_run_writes_well_formed_json_and_a_plot(tmp_path):
 
 
 def test_quick_gates_each_style_once_per_model(monkeypatch):
+    from parity.bench import measure
+
     calls = []
     real = bench.check_gate
     monkeypatch.setattr(
-        bench, "check_gate", lambda style, wl, ref: calls.append(wl.batch_size) or real(style, wl, ref)
+        measure, "check_gate", lambda style, wl, ref: calls.append(wl.batch_size) or real(style, wl, ref)
     )
     cfg = bench.BenchConfig(
         models=["digits"],

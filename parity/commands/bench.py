@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +13,7 @@ from parity.bench import (
     BenchConfig,
     BenchError,
     benchmark,
+    check_output_paths,
     format_report,
     validate,
     write_outputs,
@@ -79,85 +79,63 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="a short run (under a minute on the 2-core CPU dev box)"
     )
-    parser.add_argument("--json", metavar="FILE", help="write the full report as JSON (atomically)")
-    parser.add_argument("--plot", metavar="FILE", help="write a bar chart (log scale), e.g. bench.png")
-
-
-def _progress_bar():
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=False,
+    parser.add_argument("--json", metavar="FILE.json", help="write the full report as JSON (atomically)")
+    parser.add_argument(
+        "--plot", metavar="FILE", help="write a bar chart (log scale): .png, .svg or .pdf, e.g. bench.png"
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the benchmark; exit 0, 1 if a style failed its gate or raised, 2 for bad input."""
-    from parity.device import DeviceError, configure
-    from parity.io import ensure_writable_dir
+#: batch sizes when --batch-sizes is not given, by (device, --quick)
+DEFAULT_BATCHES: dict[tuple[str, bool], tuple[int, ...]] = {
+    ("cuda", False): (128, 1024, 8192),
+    ("cuda", True): (128, 8192),
+    ("cpu", False): (128, 1024),
+    ("cpu", True): (128,),
+}
 
-    err = lambda msg: print(f"parity bench: error: {msg}", file=sys.stderr)
-    styles = args.styles if args.styles is not None else list(STYLES)
-    try:
-        validate(args.models if args.models is not None else MODELS, styles, args.batch_sizes or [128])
-        if (
-            (args.repeats is not None and args.repeats < 1)
-            or (args.steps is not None and args.steps < 1)
-            or args.seeds < 1
-            or (args.torch_threads is not None and args.torch_threads < 1)
-        ):
-            raise BenchError("--repeats, --steps, --seeds and --torch-threads must be >= 1")
-        for out in (args.json, args.plot):
-            if out:
-                ensure_writable_dir(os.path.dirname(os.path.abspath(out)))
-        device = configure(args.device, "strict").device
-    except (BenchError, DeviceError, OSError) as e:
-        err(e)
-        return 2
-    if args.models is not None:
-        models = args.models
-    else:
-        models = ["digits"] if args.quick and device == "cuda" else list(MODELS)
-    if args.batch_sizes is not None:
-        batches = args.batch_sizes
-    elif device == "cuda":
-        batches = [128, 8192] if args.quick else [128, 1024, 8192]
-    else:
-        batches = [128] if args.quick else [128, 1024]
-    cfg = BenchConfig(
+
+def _config(args: argparse.Namespace) -> BenchConfig:
+    """The frozen, validated :class:`BenchConfig` of the command line (names are checked before
+    torch and jax load; ``--device auto`` is resolved, which loads them)."""
+    from parity.device import configure
+
+    styles = tuple(args.styles) if args.styles is not None else tuple(STYLES)
+    models = tuple(args.models) if args.models is not None else None
+    validate(models or MODELS, styles, args.batch_sizes if args.batch_sizes is not None else (128,))
+    device = configure(args.device, "strict").device
+    if models is None:
+        models = ("digits",) if args.quick and device == "cuda" else MODELS
+    return BenchConfig(
         models=models,
-        batch_sizes=batches,
+        batch_sizes=args.batch_sizes if args.batch_sizes is not None else DEFAULT_BATCHES[device, args.quick],
         styles=styles,
         device=device,
         precision=args.precision,
-        repeats=args.repeats or (3 if args.quick else 5),
+        repeats=args.repeats if args.repeats is not None else (3 if args.quick else 5),
         steps=args.steps,
         seeds=args.seeds,
         quick=args.quick,
         torch_threads=args.torch_threads,
         explicit_styles=args.styles is not None,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark; exit 0, 1 if a style failed its gate or checks or raised, 2 for bad
+    input (one line on stderr; nothing is measured or written)."""
+    from parity.device import DeviceError
+    from parity.progress import Progress
+
+    err = lambda msg: print(f"parity bench: error: {msg}", file=sys.stderr)
+    try:
+        check_output_paths(args.json, args.plot)
+        cfg = _config(args)
+    except (BenchError, DeviceError) as e:
+        err(e)
+        return 2
     total = len(cfg.models) * len(cfg.batch_sizes) * len(cfg.styles)
-    bar = _progress_bar()
-    if bar.console.is_terminal:
-        with bar:
-            task = bar.add_task("starting", total=total)
-            report = benchmark(cfg, lambda desc, adv: bar.update(task, description=desc, advance=adv))
-    else:  # a log file or pipe: one line per unit of work instead of a redrawn bar
-        done = [0]
-
-        def log(desc: str, advance: int) -> None:
-            done[0] += advance
-            if not advance:
-                print(f"[{done[0]}/{total}] {desc}", file=sys.stderr, flush=True)
-
-        report = benchmark(cfg, log)
+    with Progress("units", total) as bar:
+        report = benchmark(cfg, bar)
     print(format_report(report))
     write_outputs(report, args.json, args.plot)
     bad = [r for r in report["results"] if r["status"] in ("failed", "error")]

@@ -1,0 +1,78 @@
+"""``parity bench``'s input checks: bad output paths and empty lists are refused with one line
+on stderr and exit 2 before any work starts (nothing measured, nothing written)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from parity.cli import build_parser
+from parity.commands import bench as bench_command
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if the benchmark starts."""
+
+    def started(*a, **k):
+        raise AssertionError("the benchmark ran despite bad input")
+
+    monkeypatch.setattr(bench_command, "benchmark", started)
+
+
+def _run(argv: list[str]) -> int:
+    args = build_parser(["bench"]).parse_args(["bench", "--device", "cpu", *argv])
+    return bench_command.run(args)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("parity bench: error:"), err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+def test_an_output_path_that_is_a_directory_is_refused_before_work(capsys, tmp_path, no_work, flag):
+    assert _run([flag, str(tmp_path)]) == 2
+    assert "directory" in _one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "flag, name, accepted",
+    [("--json", "bench.txt", ".json"), ("--plot", "bench.xyz", ".png"), ("--plot", "bench", ".svg")],
+)
+def test_an_unknown_extension_is_refused_before_work(capsys, tmp_path, no_work, flag, name, accepted):
+    assert _run([flag, str(tmp_path / name)]) == 2
+    line = _one_error_line(capsys)
+    assert "unknown extension" in line and accepted in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--batch-sizes", "batch sizes must be integers >= 2, got []"),
+        ("--models", "unknown model(s) (none given); choose from digits, signal1d"),
+        ("--styles", "unknown style(s) (none given); choose from torch_eager,"),
+    ],
+)
+def test_an_empty_list_is_refused_with_one_line(capsys, no_work, flag, message):
+    assert _run([flag, ","]) == 2
+    assert message in _one_error_line(capsys)
+
+
+def test_batch_sizes_comma_exits_2_with_one_line_from_the_command_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "parity", "bench", "--batch-sizes", ",", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "parity bench: error: batch sizes must be integers >= 2, got []"
+    ]
