@@ -88,13 +88,14 @@ def test_harness_state_on_the_gpu_and_strict_meets_the_cpu_tolerances(framework)
     runtime = configure("cuda", "strict")
     pair = Pair("digits", framework, 0, "cuda", dropout=0.0)
     assert next(pair.torch.parameters()).is_cuda
-    pair.flax_forward(pair_batch := data.load("digits").x_test[:32], True)
+    batch = data.load("digits").x_test[:32]
+    pair.flax_forward(batch, True)
     # Linen params stay host numpy in the harness (copied in per call); what jax computed is on
     # the GPU: the NNX module's every leaf, Linen's updated batch statistics
     tree = nnx.state(pair.nnx) if framework == "nnx" else pair.variables["batch_stats"]
     leaves = jax.tree.leaves(tree)
     assert leaves and all(leaf.devices() == {runtime.jax_device} for leaf in leaves)
-    assert pair.torch_forward(pair_batch, False).shape == (32, 10)
+    assert pair.torch_forward(batch, False).shape == (32, 10)
 
     checks = run_checks(models=("digits",), frameworks=(framework,), device="cuda")
     worst = {}
