@@ -351,6 +351,8 @@ for name in ("bench.json", "bench-compile.json"):
     bench = load(name)
     if bench:
         rows = ", ".join(f"{r['style']}@{r['batch_size']} {r['status']}" for r in bench["results"] if r["status"] != "ok")
+        if any(r["status"] in ("failed", "error") for r in bench["results"]):
+            failed.append(name)
         print(f"\n{name}: {sum(r['status'] == 'ok' for r in bench['results'])}/{len(bench['results'])} rows ok"
               + (f"; not ok: {rows}" if rows else ""))
         for t in bench.get("targets") or []:
