@@ -250,7 +250,6 @@ step() {
         printf '%-18s%-16s%9.1f%7s%10s%7s\n' "$n" "$s" "$(awk "BEGIN{print $ms/1000}")" "$l" "$c" "$h"
     done | tee -a "$SUMMARY" | sed 's/^/### row: /'
     [ "$status" = ok ] || echo "!!! STEP $name: $status" | tee -a "$LOG" >&2
-    if [ "$name" = env ] && [ "$status" != ok ]; then die "the env step failed: see $LOG"; fi
 }
 
 COUNTED=("$PY" -c "$COUNT_PY")
