@@ -211,12 +211,18 @@ for p, r in probe.items():
 # --------------------------------------------------------------------------------------- steps
 printf '%-18s%-16s%9s%7s%10s%7s\n' step status seconds limit compiles hits >> "$SUMMARY"
 
+# What each step writes under $OUT_DIR: removed before the step runs, so that the summary never
+# reads a previous run's results.
+declare -A OUTPUTS=([env]="probe.json" [gpu-tests]="" [study]="study" [study-linen-loop]="study-linen-loop"
+    [check-both]="check.json" [bench]="bench.json bench.png" [bench-compile]="bench-compile.json")
+
 # step NAME COMMAND...: run with its time limit (capped by what is left of the total), log,
 # record status, seconds and compile counts, and print the step's summary row.
 step() {
     local name="$1"
     shift
     if [ -n "$ONLY" ] && [[ ",$ONLY," != *",$name,"* ]]; then return 0; fi
+    for f in ${OUTPUTS[$name]}; do rm -rf "${OUT_DIR:?}/$f"; done
     local limit="${LIMIT[$name]}" left=$((TOTAL_LIMIT_S - ($(date +%s) - START_S) - 5))
     [ "$left" -lt "$limit" ] && limit="$left"
     local status rc start end counts="$WORK/counts-$name.json" compiles=- hits=-
