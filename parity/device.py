@@ -12,12 +12,20 @@ matmul paths, and are no-ops on CPU):
 * ``default``: each framework's own defaults (torch: TF32 on for cuDNN convolutions, off for
   matmul; jax: the backend's default, which on NVIDIA GPUs uses TF32-class passes for float32
   convolutions and matmuls).
+
+:func:`precision_probe` shows which policy actually took effect (an image with
+``NVIDIA_TF32_OVERRIDE=0`` makes ``default`` compute like ``strict``), and
+:func:`global_state` / :func:`restore_global_state` save and restore the process-wide settings
+that :func:`configure` changes (the test suite's fixture uses them).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("strict", "default")
@@ -122,3 +130,171 @@ def library_versions() -> dict[str, str]:
         "optax": optax.__version__,
         "numpy": numpy.__version__,
     }
+
+
+# ------------------------------------------------------------------------- global state
+
+
+def global_state() -> dict[str, Any]:
+    """The process-wide device and precision settings :func:`configure` changes (a snapshot).
+
+    Not JSON: ``jax_default_device`` is a jax device or ``None``. Pass it to
+    :func:`restore_global_state`.
+    """
+    import jax
+    import torch
+
+    return {
+        "jax_default_device": jax.config.jax_default_device,
+        "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
+        "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "torch_cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "torch_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
+
+
+def restore_global_state(state: dict[str, Any]) -> None:
+    """Put back the settings of a :func:`global_state` snapshot, in both frameworks."""
+    import jax
+    import torch
+
+    jax.config.update("jax_default_device", state["jax_default_device"])
+    jax.config.update("jax_default_matmul_precision", state["jax_default_matmul_precision"])
+    # the precision first: set_float32_matmul_precision also sets matmul.allow_tf32
+    torch.set_float32_matmul_precision(state["torch_float32_matmul_precision"])
+    torch.backends.cudnn.allow_tf32 = state["torch_cudnn_allow_tf32"]
+    torch.backends.cuda.matmul.allow_tf32 = state["torch_matmul_allow_tf32"]
+
+
+# ----------------------------------------------------------------------- precision probe
+
+# Every probe input is PROBE_VALUE = 1 + 2**-12 and every weight is 1 or 2. In float32 (24-bit
+# significand) each product and every partial sum (at most 288 * PROBE_VALUE, 21 significant bits)
+# is exact, so any summation order gives the exact result. TF32 keeps 10 explicit significand bits
+# and rounds PROBE_VALUE to 1.0 (bf16 too), so a TF32 result is low by exactly 2**-12 relative.
+PROBE_VALUE = 1.0 + 2.0**-12
+TF32_REL_GAP = 2.0**-12
+# float32 results are exact for direct algorithms; Winograd / FFT convolutions add a few float32
+# ulps (~1e-7 each), far below this and far below the 2.4e-4 TF32 gap.
+FLOAT32_MATCH_TOL = 1e-5
+# What each framework's ``default`` policy is expected to give on a GPU with TF32 (compute
+# capability >= 8): torch keeps matmul in float32 by default and lets cuDNN use TF32.
+DEFAULT_POLICY_EXPECTED = {
+    "torch": {"matmul": "float32", "conv": "tf32"},
+    "jax": {"matmul": "tf32", "conv": "tf32"},
+}
+
+
+def probe_inputs(seed: int = 0) -> dict[str, np.ndarray]:
+    """The probe's float32 operands and their exact results (computed in float64).
+
+    ``matmul_x (128, 256) @ matmul_w (256, 128)``; ``conv_x`` NCHW ``(8, 16, 16, 16)`` convolved
+    with ``conv_w`` OIHW ``(32, 16, 3, 3)``, stride 1, zero padding 1 (output NCHW).
+    """
+    rng = np.random.default_rng(seed)
+    mx = np.full((128, 256), PROBE_VALUE, np.float32)
+    mw = rng.integers(1, 3, size=(256, 128)).astype(np.float32)
+    cx = np.full((8, 16, 16, 16), PROBE_VALUE, np.float32)
+    cw = rng.integers(1, 3, size=(32, 16, 3, 3)).astype(np.float32)
+    padded = np.pad(cx.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    h, w = cx.shape[2:]
+    conv_ref = sum(
+        np.einsum("nchw,oc->nohw", padded[:, :, i : i + h, j : j + w], cw[:, :, i, j].astype(np.float64))
+        for i in range(3)
+        for j in range(3)
+    )
+    return {
+        "matmul_x": mx,
+        "matmul_w": mw,
+        "matmul_ref": mx.astype(np.float64) @ mw.astype(np.float64),
+        "conv_x": cx,
+        "conv_w": cw,
+        "conv_ref": conv_ref,
+    }
+
+
+def classify_probe(result: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """How a probe result compares with the exact float32 one (JSON-safe).
+
+    ``result``: ``'float32'`` within :data:`FLOAT32_MATCH_TOL` relative, ``'tf32'`` when low
+    by about :data:`TF32_REL_GAP` (between half and twice it), else ``'other'``.
+    """
+    err = float(np.max(np.abs(result.astype(np.float64) - reference) / np.abs(reference)))
+    if err <= FLOAT32_MATCH_TOL:
+        kind = "float32"
+    elif 0.5 * TF32_REL_GAP <= err <= 2 * TF32_REL_GAP:
+        kind = "tf32"
+    else:
+        kind = "other"
+    return {"max_rel_err": err, "result": kind, "equals_float32": kind == "float32"}
+
+
+def _torch_probe(runtime: Runtime, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import torch
+
+    t = {k: torch.from_numpy(v).to(runtime.torch_device) for k, v in inputs.items() if k.endswith(("x", "w"))}
+    with torch.no_grad():
+        mm = t["matmul_x"] @ t["matmul_w"]
+        conv = torch.nn.functional.conv2d(t["conv_x"], t["conv_w"], padding=1)
+    return {"matmul": mm.cpu().numpy(), "conv": conv.cpu().numpy()}
+
+
+def _jax_probe(runtime: Runtime, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import jax
+    import jax.numpy as jnp
+
+    dev = runtime.jax_device
+    mm = jnp.matmul(jax.device_put(inputs["matmul_x"], dev), jax.device_put(inputs["matmul_w"], dev))
+    x_nhwc = jax.device_put(inputs["conv_x"].transpose(0, 2, 3, 1), dev)
+    w_hwio = jax.device_put(inputs["conv_w"].transpose(2, 3, 1, 0), dev)
+    conv = jax.lax.conv_general_dilated(
+        x_nhwc, w_hwio, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    return {"matmul": np.asarray(mm), "conv": np.asarray(conv).transpose(0, 3, 1, 2)}
+
+
+def tf32_capable(device: str) -> bool:
+    """True on a CUDA GPU of compute capability >= 8 (Ampere and later: TF32 tensor cores)."""
+    import torch
+
+    return device == "cuda" and torch.cuda.get_device_capability(0)[0] >= 8
+
+
+def precision_probe(runtime: Runtime) -> dict[str, Any]:
+    """Run a matmul and a conv in torch and jax under the settings now applied; JSON-safe.
+
+    Call it right after ``configure(device, precision)`` and pass what that returned. For each
+    framework and op it records the worst relative error against the exact float32 result and
+    whether the result is float32's, TF32's (:func:`classify_probe`) and what the policy is
+    expected to give: ``strict`` always float32; ``default`` as in
+    :data:`DEFAULT_POLICY_EXPECTED` where the device has TF32, float32 elsewhere.
+    """
+    import torch
+
+    inputs = probe_inputs()
+    tf32 = tf32_capable(runtime.device)
+    report: dict[str, Any] = {
+        "device": runtime.device,
+        "device_name": torch.cuda.get_device_name(0) if runtime.device == "cuda" else "cpu",
+        "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(0)))
+        if runtime.device == "cuda"
+        else None,
+        "precision": runtime.precision,
+        "tf32_capable": tf32,
+        "nvidia_tf32_override": os.environ.get("NVIDIA_TF32_OVERRIDE"),
+        "tf32_rel_gap": TF32_REL_GAP,
+        "float32_match_tol": FLOAT32_MATCH_TOL,
+    }
+    for framework, run in (("torch", _torch_probe), ("jax", _jax_probe)):
+        outputs = run(runtime, inputs)
+        report[framework] = {}
+        for op, out in outputs.items():
+            row = classify_probe(out, inputs[f"{op}_ref"])
+            expect_tf32 = runtime.precision == "default" and tf32
+            row["expected"] = DEFAULT_POLICY_EXPECTED[framework][op] if expect_tf32 else "float32"
+            row["as_expected"] = row["result"] == row["expected"]
+            report[framework][op] = row
+    report["as_expected"] = all(
+        report[f][op]["as_expected"] for f in ("torch", "jax") for op in ("matmul", "conv")
+    )
+    return report

@@ -23,6 +23,8 @@ def test_contract_and_harness_sections(tmp_path, capsys):
     rc = main(
         [
             "check",
+            "--device",
+            "cpu",
             "--models",
             "digits",
             "--frameworks",
@@ -89,7 +91,8 @@ def test_a_failing_check_exits_1(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(linen_models, "BN_EPSILON", 1e-3)  # a port with the wrong BN eps
     out = tmp_path / "check.json"
     rc = main(
-        ["check", "--models", "signal1d", "--frameworks", "linen", "--batch-size", "32", "--json", str(out)]
+        ["check", "--device", "cpu", "--models", "signal1d", "--frameworks", "linen", "--batch-size", "32"]
+        + ["--json", str(out)]
     )
     assert rc == 1
     doc = read(out)
