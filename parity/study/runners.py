@@ -314,8 +314,9 @@ def _each_seed(train_seed: TrainSeed) -> TrainSeeds:
 
 
 def _torch_seed(variant: str, seed: int, ctx: _Context, on_epoch: Callable[[dict], None]) -> tuple:
-    """One seed of a torch variant, under the mode audit and the recording runtime guard. The
-    training set lives on the device; batches are gathered there (``device_batches``)."""
+    """One seed of a torch variant, under the mode audit and the recording runtime guard. On a
+    GPU the training and test sets live on the device and batches are gathered there
+    (``torch_impl.train.device_batches``)."""
     import torch
 
     from torch_impl import train as torch_train
