@@ -35,9 +35,13 @@ def _variant_list(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``parity study``."""
-    from parity.device import DEVICES, PRECISIONS
+    """Options of ``parity study``: what to train, how to run it, where the files go."""
+    _add_training_options(parser)
+    _add_execution_options(parser)
+    _add_output_options(parser)
 
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         choices=STUDY_DATASETS,
@@ -64,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=int,
         default=DEFAULTS.batch_size,
-        help=f"batch size (default {DEFAULTS.batch_size})",
+        help=f"batch size, at least 2 (default {DEFAULTS.batch_size})",
     )
     parser.add_argument(
         "--variants",
@@ -74,6 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="VARIANT",
         help=f"variants to train, space- or comma-separated (default: all of {', '.join(VARIANT_NAMES)})",
     )
+
+
+def _add_execution_options(parser: argparse.ArgumentParser) -> None:
+    from parity.device import DEVICES, PRECISIONS
+
     parser.add_argument(
         "--device",
         choices=DEVICES,
@@ -103,6 +112,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch intra-op threads (default: 1 on CPU, where these small models "
         "gain nothing from more; torch's own on a GPU)",
     )
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         default="./study-out",
