@@ -27,7 +27,7 @@ BatchNorm / Dropout calls that ran in training mode during training steps (the m
 Library use::
 
     from parity.study.runners import StudyConfig, run_study
-    from parity.study.report import write_outputs
+    from parity.study.outputs import write_outputs
     results = run_study(StudyConfig(dataset="digits", seeds=3, epochs=10))
     write_outputs(results, "study-out")
 
