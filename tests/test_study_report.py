@@ -151,3 +151,12 @@ def test_the_cli_exit_code_treats_not_measured_as_no_contradiction(tmp_path, cap
     assert (
         "Not measured after epoch 1 for `torch_seed_bug`" in report and "Every variant matches" not in report
     )
+
+
+def test_frameworks_agree_up_to_seed_noise_only_where_the_interval_includes_zero():
+    shifted = _seeds([0.98, 0.99, 0.97, 0.98], [0.01] * 4)  # 3 points above in every seed
+    text = _text(_results({"torch_correct": GOOD, "linen": shifted, "nnx_view": GOOD}))
+    assert "`linen` − `torch_correct` differs by more (the 95% CI excludes zero)" in text
+    assert "every interval includes zero" not in text
+    text = _text(_results({"torch_correct": GOOD, "nnx_view": GOOD[1:] + GOOD[:1]}))
+    assert "every interval includes zero" in text and "differs by more" not in text

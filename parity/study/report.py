@@ -587,8 +587,9 @@ def _late_training(r: _Reading) -> str | None:
 
 
 def _frameworks(r: _Reading) -> str | None:
-    """**Frameworks**: paired differences between variants with the same mode handling."""
-    parts = []
+    """**Frameworks**: paired differences between variants with the same mode handling; "agree up
+    to seed noise" only for the pairs whose 95% CI includes zero."""
+    parts, apart = [], []
     for group, base in ((r.correct, "torch_correct"), (r.buggy, "torch_seed_bug")):
         if base not in r.summary:
             continue
@@ -600,15 +601,22 @@ def _frameworks(r: _Reading) -> str | None:
             )
             if d["mean"] is not None:
                 parts.append(f"`{v}` − `{base}` {100 * d['mean']:+.2f} {_ci_text(d['ci'], signed=True)}")
+                if d["ci"] is not None and (d["ci"][0] > 0 or d["ci"][1] < 0):
+                    apart.append(f"`{v}` − `{base}`")
     if not parts:
         return None
+    verdict = "So these pairs should agree up to seed noise, not exactly; " + (
+        f"{', '.join(apart)} differ{'s' * (len(apart) == 1)} by more (the 95% CI excludes zero)."
+        if apart
+        else "every interval includes zero."
+    )
     return (
         "**Frameworks.** The same mode handling should give the same result in every framework. "
         "Last-epoch paired differences, points [95% CI]: " + "; ".join(parts) + ". Every variant "
         "of a seed starts from the same converted weights and sees the same batches; dropout masks "
         "come from each framework's own generator, and `torch_seed_bug` keeps the unbiased batch "
         "variance in its running statistics where Flax keeps the biased one, which matters once "
-        "training runs on running statistics. So these pairs agree up to seed noise, not exactly."
+        "training runs on running statistics. " + verdict
     )
 
 
