@@ -436,9 +436,12 @@ def resolve_linen_path(linen_path: str, device: str) -> str:
 
 def configure_runtime(device: str, precision: str, warn: Callable[[str], None] | None = None) -> Any:
     """:func:`parity.device.configure`, except that ``auto`` falls back to the CPU, with a
-    warning through ``warn``, when torch sees a GPU but jax has no GPU backend (``auto`` means
-    "the GPU when both frameworks see one"). ``cpu`` and ``cuda`` are passed through unchanged:
-    ``cuda`` that cannot be honoured raises :class:`parity.device.DeviceError`."""
+    warning through ``warn`` (default: a ``RuntimeWarning``), when torch sees a GPU but jax has
+    no GPU backend (``auto`` means "the GPU when both frameworks see one"). ``cpu`` and ``cuda``
+    are passed through unchanged: ``cuda`` that cannot be honoured raises
+    :class:`parity.device.DeviceError`."""
+    import warnings
+
     from parity.device import DeviceError, configure
 
     try:
@@ -446,8 +449,11 @@ def configure_runtime(device: str, precision: str, warn: Callable[[str], None] |
     except DeviceError as e:
         if device != "auto":
             raise
-        if warn is not None:
-            warn(f"--device auto: {e}; running both frameworks on the CPU")
+        message = f"--device auto: {e}; running both frameworks on the CPU"
+        if warn is None:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        else:
+            warn(message)
         return configure("cpu", precision)
 
 
