@@ -12,6 +12,9 @@ Mirrors ``torch_impl/train.py``. Inputs are channels-last (NHWC / NWC) numpy or 
 * :func:`train_epoch_scan` runs a whole epoch as one ``lax.scan`` with the data on the device:
   much faster on a GPU, much slower on a small CPU (see BENCHMARKS.md), so callers choose per
   backend.
+* :func:`fit_seeds` / :func:`fit_bug_emulated_seeds` are :func:`fit` / :func:`fit_bug_emulated`
+  for many seeds at once: one :func:`train_epoch_scan_seeds` call (scan, ``vmap`` over seeds)
+  per epoch, the same batches and dropout keys per seed as the one-seed loops.
 """
 
 from __future__ import annotations
@@ -135,6 +138,11 @@ def train_epoch_scan_seeds(
     )
 
 
+#: :func:`eval_step` ``vmap``-ed over the seed axis of ``states``; the batch is shared.
+#: ``eval_step_seeds(states, (x, y)) -> (loss (seeds,), accuracy (seeds,))``.
+eval_step_seeds = jax.jit(jax.vmap(eval_step, in_axes=(0, None)))
+
+
 def evaluate(state: TrainState, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Test loss and accuracy on the whole set ``x`` (NHWC / NWC) in one batch."""
     loss, acc = eval_step(state, (jnp.asarray(x), jnp.asarray(y)))
@@ -212,3 +220,80 @@ def fit_bug_emulated(
     in every later epoch's training steps. In Linen the bug has to be *written*; this is what
     ``torch_impl.train.fit_seed_bug`` does without saying so."""
     return _fit(state, batches, test_set, epochs, rng, lambda epoch: epoch == 0, on_epoch)
+
+
+#: ``orders(epoch) -> (seeds, steps, batch)`` integer indices into the shared training set
+SeedOrders = Callable[[int], np.ndarray]
+#: ``on_epoch(seed_index, record)``, called for every seed still training, in seed order
+OnSeedEpoch = Callable[[int, dict], None]
+
+
+def _seed_records(epoch: int, metrics: dict, test: tuple[np.ndarray, np.ndarray], i: int) -> dict:
+    """Seed ``i``'s :func:`_log` record of one :func:`train_epoch_scan_seeds` epoch (host arrays)."""
+    losses = [float(v) for v in metrics["loss"][i]]
+    record = _log(epoch, losses, (float(test[0][i]), float(test[1][i])))
+    return record | {"train_mode": float(np.mean(metrics["train_mode"][i]))}
+
+
+def _fit_seeds(
+    states: TrainState,
+    train_set: tuple[np.ndarray, np.ndarray],
+    orders: SeedOrders,
+    test_set: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    rngs: jax.Array,
+    train_mode_in: Callable[[int], bool],
+    on_epoch: OnSeedEpoch | None,
+) -> tuple[TrainState, list[list[dict]]]:
+    x, y = jax.device_put(train_set[0]), jax.device_put(train_set[1])
+    test = (jax.device_put(test_set[0]), jax.device_put(test_set[1]))
+    histories: list[list[dict]] = [[] for _ in range(rngs.shape[0])]
+    active = set(range(rngs.shape[0]))
+    for epoch in range(epochs):
+        epoch_rngs = jax.vmap(lambda k, e=epoch: jax.random.fold_in(k, e))(rngs)
+        idx = jnp.asarray(orders(epoch))
+        states, metrics = train_epoch_scan_seeds(states, x, y, idx, epoch_rngs, train=train_mode_in(epoch))
+        metrics, scores = jax.device_get((metrics, eval_step_seeds(states, test)))  # one sync
+        for i in sorted(active):
+            histories[i].append(_seed_records(epoch, metrics, scores, i))
+            if on_epoch:
+                on_epoch(i, histories[i][-1])
+            if histories[i][-1]["diverged"]:
+                active.discard(i)  # later epochs are not recorded; the other seeds go on
+        if not active:
+            break
+    return states, histories
+
+
+def fit_seeds(
+    states: TrainState,
+    train_set: tuple[np.ndarray, np.ndarray],
+    orders: SeedOrders,
+    test_set: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    rngs: jax.Array,
+    on_epoch: OnSeedEpoch | None = None,
+) -> tuple[TrainState, list[list[dict]]]:
+    """:func:`fit` for every seed of ``states`` at once (see :func:`create_seed_states`).
+
+    ``train_set`` is ``(x, y)`` with ``x`` channels-last (NHWC / NWC), copied to the device once;
+    ``orders(epoch)`` gives each seed's batch indices ``(seeds, steps, batch)``; ``rngs`` holds
+    one dropout key per seed, ``(seeds,)``. Seed ``s``'s step ``i`` of epoch ``e`` uses
+    ``fold_in(fold_in(rngs[s], e), i)``, as :func:`fit` does with ``rng = rngs[s]``. Returns the
+    states and one history per seed; a seed whose epoch loss is not finite stops being recorded
+    after that epoch (its history ends with ``diverged``), as in :func:`fit`.
+    """
+    return _fit_seeds(states, train_set, orders, test_set, epochs, rngs, lambda epoch: True, on_epoch)
+
+
+def fit_bug_emulated_seeds(
+    states: TrainState,
+    train_set: tuple[np.ndarray, np.ndarray],
+    orders: SeedOrders,
+    test_set: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    rngs: jax.Array,
+    on_epoch: OnSeedEpoch | None = None,
+) -> tuple[TrainState, list[list[dict]]]:
+    """:func:`fit_bug_emulated` for every seed at once (arguments as :func:`fit_seeds`)."""
+    return _fit_seeds(states, train_set, orders, test_set, epochs, rngs, lambda epoch: epoch == 0, on_epoch)

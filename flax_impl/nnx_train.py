@@ -8,21 +8,27 @@ bug: neither view's mode is ever changed.
 
 Inputs are channels-last (NHWC / NWC); ``batches(epoch)`` gives the shared seeded order.
 Dropout randomness comes from the ``rngs`` the model was built with.
+
+The loops step with NNX's functional API (:func:`split_train_step`): ``nnx.split`` once per
+epoch, a plain ``jax.jit`` step on ``(graphdef, state)``, ``nnx.update`` after the epoch. It
+computes exactly what :func:`train_step` (``nnx.jit``) computes, without ``nnx.jit``'s graph
+traversal of the model and optimizer on every call (about 1 ms of host time per step on the
+2-core CPU dev box; docs/STUDY.md). The mode is part of the ``graphdef``, so a mode change
+still re-traces and the audit is still read from the modules at trace time.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from flax_impl import linen_train as linen_train
 from flax_impl.audit import nnx_modes, train_fraction
+from flax_impl.linen_train import _log, loss_fn
 
 Batches = Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]]
 OnEpoch = Callable[[dict], None]
@@ -32,11 +38,6 @@ def make_optimizer(model: nnx.Module, lr: float = 0.05, momentum: float = 0.9) -
     """SGD with heavy-ball momentum over the model's ``nnx.Param`` s, with the cached optax
     transformation of :func:`flax_impl.linen_train.make_optimizer` (static under ``nnx.jit``)."""
     return nnx.Optimizer(model, linen_train.make_optimizer(lr, momentum), wrt=nnx.Param)
-
-
-def loss_fn(logits: jax.Array, y: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy of ``(N, C)`` logits against ``(N,)`` integer labels."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
 @nnx.jit
@@ -50,6 +51,20 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax
     loss, grads = nnx.value_and_grad(lambda m: loss_fn(m(x), y))(model)
     optimizer.update(model, grads)
     return {"loss": loss, "train_mode": train_fraction(modes)}
+
+
+def _split_step(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, y: jax.Array) -> tuple:
+    model, optimizer = nnx.merge(graphdef, state)
+    modes = nnx_modes(model)  # static: read while tracing, from the merged modules
+    loss, grads = nnx.value_and_grad(lambda m: loss_fn(m(x), y))(model)
+    optimizer.update(model, grads)
+    return nnx.state((model, optimizer)), {"loss": loss, "train_mode": train_fraction(modes)}
+
+
+#: :func:`train_step` on ``nnx.split((model, optimizer))``:
+#: ``split_train_step(graphdef, state, x, y) -> (state, {'loss', 'train_mode'})``, jitted. The
+#: ``graphdef`` carries the modules' modes, so a mode change compiles a new step.
+split_train_step = jax.jit(_split_step)
 
 
 @nnx.jit
@@ -68,22 +83,18 @@ def evaluate(model: nnx.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, fl
 
 
 def _run_epoch(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable) -> tuple[list[float], float]:
-    metrics = [train_step(model, optimizer, x, y) for x, y in batches]
+    """One epoch of :func:`split_train_step`; ``model`` and ``optimizer`` hold the new state after
+    it, also when a step raises (e.g. an interrupt): the state of the last finished step."""
+    graphdef, state = nnx.split((model, optimizer))
+    metrics = []
+    try:
+        for x, y in batches:
+            state, m = split_train_step(graphdef, state, x, y)
+            metrics.append(m)
+    finally:
+        nnx.update((model, optimizer), state)
     stacked = jax.device_get(metrics)  # one device sync per epoch
     return [float(m["loss"]) for m in stacked], float(np.mean([m["train_mode"] for m in stacked]))
-
-
-def _log(epoch: int, losses: list[float], test: tuple[float, float]) -> dict:
-    """One epoch's record: the same keys in every framework's loops."""
-    mean = float(np.mean(losses))
-    return {
-        "epoch": epoch,
-        "train_loss": mean,
-        "step_losses": losses,
-        "test_loss": test[0],
-        "test_acc": test[1],
-        "diverged": not math.isfinite(mean),
-    }
 
 
 def fit_seed_bug(

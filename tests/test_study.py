@@ -15,6 +15,7 @@ import pytest
 
 from parity import cli
 from parity import study as study_mod
+from parity.study.outputs import write_outputs
 from parity.study.report import (
     epoch_arrays,
     markdown_table,
@@ -22,7 +23,6 @@ from parity.study.report import (
     summarize,
     t_quantile_975,
     to_json,
-    write_outputs,
 )
 from parity.study.runners import VARIANT_NAMES, VARIANTS, StudyConfig, run_study
 

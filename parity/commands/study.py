@@ -1,15 +1,22 @@
 """``parity study``: the misplacement study from the command line (a thin layer over
 :mod:`parity.study.runners` and :mod:`parity.study.report`).
 
-Exit codes: 0 done; 1 done but a mode audit contradicted its expectation; 2 bad input
-(unknown dataset or variant, unusable device, unwritable ``--out``; all checked before any
-training); 130 interrupted (nothing written).
+The options become a frozen, validated :class:`StudyOptions`; nothing below this module sees
+the argparse ``Namespace``.
+
+Exit codes: 0 done; 1 done but a mode audit contradicted its expectation, or the outputs could
+not be written (``results.json`` is then saved elsewhere and the place printed); 2 bad input
+(unknown dataset or variant, batch size below 2, unusable device, empty or unwritable ``--out``;
+all checked before any training); 130 interrupted (during training: nothing written; while
+writing: the output directory holds the previous set of files or the new one, never a mix).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 from parity.study.runners import LINEN_PATHS, QUICK, STUDY_DATASETS, VARIANT_NAMES, StudyConfig
 
@@ -28,9 +35,13 @@ def _variant_list(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``parity study``."""
-    from parity.device import DEVICES, PRECISIONS
+    """Options of ``parity study``: what to train, how to run it, where the files go."""
+    _add_training_options(parser)
+    _add_execution_options(parser)
+    _add_output_options(parser)
 
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         choices=STUDY_DATASETS,
@@ -57,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=int,
         default=DEFAULTS.batch_size,
-        help=f"batch size (default {DEFAULTS.batch_size})",
+        help=f"batch size, at least 2 (default {DEFAULTS.batch_size})",
     )
     parser.add_argument(
         "--variants",
@@ -67,11 +78,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="VARIANT",
         help=f"variants to train, space- or comma-separated (default: all of {', '.join(VARIANT_NAMES)})",
     )
+
+
+def _add_execution_options(parser: argparse.ArgumentParser) -> None:
+    from parity.device import DEVICES, PRECISIONS
+
     parser.add_argument(
         "--device",
         choices=DEVICES,
         default=DEFAULTS.device,
-        help="auto: the GPU when torch and jax see one, else CPU (default auto)",
+        help="auto: the GPU when torch and jax both see one, else the CPU (with a warning when "
+        "only torch sees a GPU) (default auto)",
     )
     parser.add_argument(
         "--precision",
@@ -95,6 +112,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch intra-op threads (default: 1 on CPU, where these small models "
         "gain nothing from more; torch's own on a GPU)",
     )
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         default="./study-out",
@@ -108,6 +128,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(explicit --seeds/--epochs win)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """What ``parity study`` was asked to do: the study, where its files go, whether to show
+    progress. Built by :func:`options_from_args`, validated there."""
+
+    study: StudyConfig
+    out: str
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for a bad study field (see :meth:`StudyConfig.validate`) or an
+        empty ``out``."""
+        self.study.validate()
+        if not self.out.strip():
+            raise ValueError("--out is empty; name the output directory (default ./study-out)")
 
 
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
@@ -130,48 +167,94 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
     )
 
 
+def options_from_args(args: argparse.Namespace) -> StudyOptions:
+    """The validated :class:`StudyOptions` of the parsed arguments (``ValueError`` if invalid)."""
+    options = StudyOptions(config_from_args(args), args.out, progress=not args.no_progress)
+    options.validate()
+    return options
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"parity study: error: {message}", file=sys.stderr)
+    return code
+
+
+def _warn(message: str) -> None:
+    print(f"parity study: warning: {message}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the study the options describe; print the table; write the outputs."""
-    from parity.device import DeviceError
     from parity.io import ensure_writable_dir
 
-    def fail(message: str) -> int:
-        print(f"parity study: error: {message}", file=sys.stderr)
-        return 2
-
     try:
-        config = config_from_args(args)
-        config.validate()
-        out = ensure_writable_dir(args.out)  # before any training
+        options = options_from_args(args)
+        out = ensure_writable_dir(options.out)  # before any training
     except (ValueError, OSError) as e:
-        return fail(str(e))
+        return _fail(str(e))
+    return run_options(options, out)
 
-    from parity.device import configure
-    from parity.study.report import print_table, summarize, write_outputs
-    from parity.study.runners import run_study
 
+def run_options(options: StudyOptions, out: Path) -> int:
+    """Train, print the table, write the outputs into ``out`` (an existing, writable directory)."""
+    from parity.device import DeviceError
+    from parity.study.outputs import clean_stale
+    from parity.study.report import summarize
+    from parity.study.runners import configure_runtime, run_study
+
+    clean_stale(out)  # what a killed run left behind
+    config = options.study
     try:
-        runtime = configure(config.device, config.precision)
+        runtime = configure_runtime(config.device, config.precision, warn=_warn)
     except (DeviceError, ValueError) as e:
-        return fail(str(e))
+        return _fail(str(e))
     try:
-        results = run_study(config, progress=not args.no_progress, runtime=runtime)
+        results = run_study(config, progress=options.progress, runtime=runtime)
     except ValueError as e:  # e.g. batch size larger than the data
-        return fail(str(e))
+        return _fail(str(e))
     except KeyboardInterrupt:
         print(f"parity study: interrupted; nothing was written to {out}", file=sys.stderr)
         return 130
-    paths = write_outputs(results, out)
     summary = summarize(results)
-    print_table(
-        summary,
-        title=f"parity study: {config.dataset}, {config.seeds} seeds x {config.epochs} "
-        f"epochs, {runtime.device} ({runtime.precision} float32), "
-        f"{results['total_wall_time_s']:.0f} s",
-    )
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    bad = [v for v, s in summary.items() if not s["audit"]["as_expected"]]
+    _print_table(results, summary, runtime)  # first: the numbers are shown whatever happens next
+    code = _write(results, out)
+    if code:
+        return code
+    bad = [v for v, s in summary.items() if s["audit"]["as_expected"] is False]
     if bad:
         print(f"parity study: mode audit contradicts the expectation for {', '.join(bad)}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _print_table(results: dict, summary: dict, runtime) -> None:
+    from parity.study.report import print_table
+
+    c = results["config"]
+    print_table(
+        summary,
+        title=f"parity study: {c['dataset']}, {c['seeds']} seeds x {c['epochs']} epochs, {runtime.device} "
+        f"({runtime.precision} float32), {results['total_wall_time_s']:.0f} s",
+    )
+
+
+def _write(results: dict, out: Path) -> int:
+    """Write the outputs; 0 when written, else the exit code after saving what can be saved."""
+    from parity.study.outputs import save_results_elsewhere, write_outputs
+
+    try:
+        paths = write_outputs(results, out)
+    except KeyboardInterrupt:
+        print(
+            f"parity study: interrupted while writing; {out} holds one complete set of files "
+            "(the previous run's or this one's), never a mix",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as e:  # the training is done: keep its numbers whatever failed
+        saved, failed = save_results_elsewhere(results)
+        where = f"results.json saved to {saved}" if saved else "results.json could not be saved anywhere"
+        tried = f" (also failed: {'; '.join(failed)})" if failed else ""
+        return _fail(f"could not write the outputs to {out}: {e}; {where}{tried}", code=1)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -1,9 +1,10 @@
 """The misplacement study: six mode-handling variants trained over seeds, audited and reported.
 
-* :mod:`parity.study.runners`: :class:`StudyConfig`, :func:`run_study` and one runner per
-  framework (torch, Linen loop / vmap-over-seeds, NNX);
-* :mod:`parity.study.report`: statistics (paired CIs), the table, ``report.md``, ``curves.png``
-  and the atomic output writer.
+* :mod:`parity.study.runners`: :class:`StudyConfig`, :func:`run_study` and one adapter per
+  execution path (torch, Linen loop / vmap-over-seeds, NNX) over the framework folders' loops;
+* :mod:`parity.study.report`: statistics (paired CIs), the table, ``report.md`` and its reading;
+* :mod:`parity.study.plots`: ``curves.png``;
+* :mod:`parity.study.outputs`: the three files written as one set.
 
 ::
 
@@ -12,8 +13,8 @@
     write_outputs(results, "study-out")
 """
 
+from parity.study.outputs import write_outputs as write_outputs
 from parity.study.report import summarize as summarize
-from parity.study.report import write_outputs as write_outputs
 from parity.study.runners import QUICK as QUICK
 from parity.study.runners import VARIANT_NAMES as VARIANT_NAMES
 from parity.study.runners import VARIANTS as VARIANTS

@@ -27,7 +27,7 @@ BatchNorm / Dropout calls that ran in training mode during training steps (the m
 Library use::
 
     from parity.study.runners import StudyConfig, run_study
-    from parity.study.report import write_outputs
+    from parity.study.outputs import write_outputs
     results = run_study(StudyConfig(dataset="digits", seeds=3, epochs=10))
     write_outputs(results, "study-out")
 
@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from parity import data
+from parity.progress import Progress
 from parity.registry import DATASET_MODEL
 
 #: variant -> (framework, correct?, one-line description)
@@ -81,6 +82,10 @@ QUICK = {"seeds": 3, "epochs": 10}
 #: Linen execution paths: a Python loop of jitted steps (one seed at a time), or one
 #: ``lax.scan`` epoch ``vmap``-ed over all seeds at once. ``auto``: loop on CPU, vmap on GPU.
 LINEN_PATHS = ("auto", "loop", "vmap")
+
+#: smallest batch the study trains with, in every framework: BatchNorm's batch statistics need
+#: two examples (torch raises "Expected more than 1 value per channel" for one)
+MIN_BATCH_SIZE = 2
 
 #: torch intra-op threads on CPU unless configured: these models are too small for intra-op
 #: parallelism to pay, and OpenMP threads waiting at barriers collapse when the cores are shared
@@ -148,9 +153,15 @@ class StudyConfig:
         choose("device", self.device, DEVICES)
         choose("precision", self.precision, PRECISIONS)
         choose("Linen path", self.linen_path, LINEN_PATHS)
-        for name in ("seeds", "epochs", "batch_size"):
+        for name in ("seeds", "epochs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < MIN_BATCH_SIZE:
+            raise ValueError(
+                f"batch size must be >= {MIN_BATCH_SIZE}, got {self.batch_size}: BatchNorm in "
+                "training mode needs more than one example per batch (torch refuses batch 1, "
+                "Flax would silently zero the dense layer's normalised activations)"
+            )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
@@ -172,61 +183,43 @@ class StudyConfig:
         return d
 
 
-# ------------------------------------------------------------------------------- progress
-
-
-class _Progress:
-    """One rich progress bar over variant x seed x epoch, on stderr; silent when disabled."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.console = Console(stderr=True)
-        self.bar = Progress(
-            TextColumn("[bold]{task.description:<34}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("epochs"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-        )
-        self.task = self.bar.add_task("starting", total=total)
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)
-
-    def describe(self, text: str) -> None:
-        if self.enabled:
-            self.bar.update(self.task, description=text)
-
-    def advance(self, n: int = 1) -> None:
-        if self.enabled:
-            self.bar.advance(self.task, n)
-
-    def log(self, text: str) -> None:
-        if self.enabled:
-            self.bar.console.print(text, highlight=False)
-
-
 # ---------------------------------------------------------------------------- study setup
+
+
+class EpochClock:
+    """Wall time and steps of each epoch, summed over the seeds that ran it (one seed after the
+    other, or all at once on the vmap path): the study's steady-state speed."""
+
+    def __init__(self, steps_per_epoch: int) -> None:
+        self.steps_per_epoch = steps_per_epoch
+        self.seconds: dict[int, float] = {}
+        self.steps: dict[int, int] = {}
+        self.restart()
+
+    def restart(self) -> None:
+        """A new seed (or set of seeds) starts now; its set-up counts towards its first epoch."""
+        self.last = time.perf_counter()
+
+    def tick(self, epoch: int) -> None:
+        """One seed finished ``epoch`` now (the loops sync with the device before reporting)."""
+        now = time.perf_counter()
+        self.seconds[epoch] = self.seconds.get(epoch, 0.0) + now - self.last
+        self.steps[epoch] = self.steps.get(epoch, 0) + self.steps_per_epoch
+        self.last = now
+
+    def timing(self) -> dict:
+        """``epoch_s`` (per epoch, all seeds), ``first_epoch_s`` (includes compiling the step),
+        ``steady_epoch_s`` and ``steady_steps_per_s``: medians over epochs 2..E, so a step
+        compiled later (the eval-mode step of a seed-bug variant, in epoch 2) does not count."""
+        epochs = sorted(self.seconds)
+        epoch_s = [self.seconds[e] for e in epochs]
+        rates = [self.steps[e] / self.seconds[e] for e in epochs[1:] if self.seconds[e] > 0]
+        return {
+            "epoch_s": epoch_s,
+            "first_epoch_s": epoch_s[0] if epoch_s else None,
+            "steady_epoch_s": float(np.median(epoch_s[1:])) if len(epoch_s) > 1 else None,
+            "steady_steps_per_s": float(np.median(rates)) if rates else None,
+        }
 
 
 @dataclass
@@ -243,11 +236,13 @@ class _Context:
     x_test_cl: np.ndarray
     torch_init: dict[int, Any]  # seed -> torch model with its initial weights (CPU)
     linen_init: dict[int, dict]  # seed -> {'params', 'batch_stats'} numpy, converted
-    progress: _Progress
+    progress: Progress = field(default_factory=lambda: Progress("epochs", 0, enabled=False))
+    clock: EpochClock = field(default_factory=lambda: EpochClock(0))
 
-    def torch_batches(self, seed: int) -> Callable[[int], Any]:
-        c = self.config
-        return lambda epoch: data.iterate_batches(self.x_train, self.y_train, c.batch_size, seed, epoch)
+    def orders(self, seed: int) -> Callable[[int], list[np.ndarray]]:
+        """``orders(epoch)``: seed ``seed``'s batch index arrays (:func:`parity.data.batch_order`)."""
+        n, batch = len(self.y_train), self.config.batch_size
+        return lambda epoch: data.batch_order(n, batch, seed, epoch)
 
     def flax_batches(self, seed: int) -> Callable[[int], Any]:
         c = self.config
@@ -279,7 +274,7 @@ def _record(rec: dict) -> dict:
     }
 
 
-def _seed_result(seed: int, history: list[dict]) -> dict:
+def _seed_result(seed: int, history: list[dict], extra: dict) -> dict:
     epochs = [_record(r) for r in history]
     diverged_at = next((r["epoch"] for r in epochs if r["diverged"]), None)
     return {
@@ -287,66 +282,79 @@ def _seed_result(seed: int, history: list[dict]) -> dict:
         "diverged": diverged_at is not None,
         "diverged_epoch": diverged_at,
         "epochs": epochs,
-    }
+    } | extra
 
 
 # -------------------------------------------------------------------------- variant runners
+#
+# One adapter shape. A per-seed adapter trains one seed of a variant with its framework's loop:
+# ``train_seed(variant, seed, ctx, on_epoch) -> (history, extra per-seed fields)``, calling
+# ``on_epoch(record)`` after every epoch; :func:`_each_seed` runs it seed after seed. The Linen
+# vmap path trains every seed at once and has the :data:`TrainSeeds` shape directly.
+
+#: ``on_epoch(seed, record)``: the driver's per-epoch callback (progress, timing)
+OnSeedEpoch = Callable[[int, dict], None]
+#: ``train(variant, ctx, on_epoch) -> {seed: (history, extra per-seed fields)}``
+TrainSeeds = Callable[[str, _Context, OnSeedEpoch], dict[int, tuple[list[dict], dict]]]
+TrainSeed = Callable[[str, int, _Context, Callable[[dict], None]], tuple[list[dict], dict]]
 
 
-def _run_torch(variant: str, ctx: _Context) -> tuple[list[dict], str]:
+def _each_seed(train_seed: TrainSeed) -> TrainSeeds:
+    """A :data:`TrainSeeds` that runs ``train_seed`` for seed 0, 1, ... in turn."""
+
+    def train(variant: str, ctx: _Context, on_epoch: OnSeedEpoch) -> dict[int, tuple[list[dict], dict]]:
+        out = {}
+        for seed in ctx.config.seed_list:
+            ctx.progress.describe(f"{variant}  seed {seed + 1}/{ctx.config.seeds}")
+            ctx.clock.restart()
+            out[seed] = train_seed(variant, seed, ctx, functools.partial(on_epoch, seed))
+        return out
+
+    return train
+
+
+def _torch_seed(variant: str, seed: int, ctx: _Context, on_epoch: Callable[[dict], None]) -> tuple:
+    """One seed of a torch variant, under the mode audit and the recording runtime guard. On a
+    GPU the training and test sets live on the device and batches are gathered there
+    (``torch_impl.train.device_batches``)."""
     import torch
 
     from torch_impl import train as torch_train
     from torch_impl.audit import ModeAudit
     from torch_impl.guard import ModeError, training_guard
 
-    c = ctx.config
+    c, device = ctx.config, ctx.runtime.torch_device
     loop = torch_train.fit if variant == "torch_correct" else torch_train.fit_seed_bug
-    device = ctx.runtime.torch_device
-    out = []
-    for seed in c.seed_list:
-        ctx.progress.describe(f"{variant}  seed {seed + 1}/{c.seeds}")
-        model = copy.deepcopy(ctx.torch_init[seed]).to(device)
+    model = copy.deepcopy(ctx.torch_init[seed]).to(device)
+    guard: dict = {}  # the first step the runtime guard objects to
+    epochs_done: list[int] = []
+
+    def on_violation(err: ModeError) -> None:
+        guard.setdefault("epoch", len(epochs_done))
+        guard.setdefault("modules", err.in_eval)
+
+    def audited(rec: dict) -> None:
+        rec["train_mode"] = audit.fraction()  # measured on this epoch's training passes
+        audit.reset()
+        epochs_done.append(rec["epoch"])
+        on_epoch(rec)
+
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    test_set = tuple(torch.from_numpy(a).to(device) for a in (ctx.x_test, ctx.y_test))
+    with (
+        torch.random.fork_rng(devices=rng_devices),
+        ModeAudit(model) as audit,
+        training_guard(model, on_violation=on_violation),
+    ):
+        torch.manual_seed(seed)  # dropout masks; caller's RNG state restored after
+        batches = torch_train.device_batches(ctx.x_train, ctx.y_train, ctx.orders(seed), device)
         optimizer = torch_train.make_optimizer(model, c.lr, c.momentum)
-        rng_devices = [device.index or 0] if device.type == "cuda" else []
-        guard: dict = {}  # the first step the runtime guard objects to
-        epochs_done = []
-
-        def on_violation(err: ModeError) -> None:
-            guard.setdefault("epoch", len(epochs_done))
-            guard.setdefault("modules", err.in_eval)
-
-        with (
-            torch.random.fork_rng(devices=rng_devices),
-            ModeAudit(model) as audit,
-            training_guard(model, on_violation=on_violation),
-        ):
-            torch.manual_seed(seed)  # dropout masks; caller's RNG state restored after
-
-            def on_epoch(rec: dict) -> None:
-                rec["train_mode"] = audit.fraction()  # measured on this epoch's training passes
-                audit.reset()
-                epochs_done.append(rec["epoch"])
-                ctx.progress.advance()
-
-            history = loop(
-                model,
-                optimizer,
-                ctx.torch_batches(seed),
-                (ctx.x_test, ctx.y_test),
-                c.epochs,
-                device=device,
-                on_epoch=on_epoch,
-            )
-        ctx.progress.advance(c.epochs - len(history))  # stopped early: diverged
-        out.append(
-            _seed_result(seed, history)
-            | {"guard_epoch": guard.get("epoch"), "guard_modules": guard.get("modules", [])}
-        )
-    return out, "torch"
+        history = loop(model, optimizer, batches, test_set, c.epochs, device=device, on_epoch=audited)
+    return history, {"guard_epoch": guard.get("epoch"), "guard_modules": guard.get("modules", [])}
 
 
-def _run_linen_loop(variant: str, ctx: _Context) -> tuple[list[dict], str]:
+def _linen_seed(variant: str, seed: int, ctx: _Context, on_epoch: Callable[[dict], None]) -> tuple:
+    """One seed of a Linen variant: a Python loop of jitted steps (``fit`` / ``fit_bug_emulated``)."""
     import jax
 
     from flax_impl import linen_train as linen_train
@@ -354,116 +362,68 @@ def _run_linen_loop(variant: str, ctx: _Context) -> tuple[list[dict], str]:
     c = ctx.config
     fit = linen_train.fit if variant == "linen" else linen_train.fit_bug_emulated
     module = _linen_module(c.model_name, _config_items(c))
-    out = []
-    for seed in c.seed_list:
-        ctx.progress.describe(f"{variant}  seed {seed + 1}/{c.seeds}")
-        tx = linen_train.make_optimizer(c.lr, c.momentum)
-        state = linen_train.create_train_state(module, jax.device_put(ctx.linen_init[seed]), tx)
-        _, history = fit(
-            state,
-            ctx.flax_batches(seed),
-            (ctx.x_test_cl, ctx.y_test),
-            c.epochs,
-            jax.random.key(seed),
-            on_epoch=lambda rec: ctx.progress.advance(),
-        )
-        ctx.progress.advance(c.epochs - len(history))
-        out.append(_seed_result(seed, history))
-    return out, "loop"
+    tx = linen_train.make_optimizer(c.lr, c.momentum)
+    state = linen_train.create_train_state(module, jax.device_put(ctx.linen_init[seed]), tx)
+    test_set = (ctx.x_test_cl, ctx.y_test)
+    _, history = fit(state, ctx.flax_batches(seed), test_set, c.epochs, jax.random.key(seed), on_epoch)
+    return history, {}
 
 
-@functools.cache
-def _eval_seeds() -> Callable:
-    """``flax_impl.linen_train.eval_step`` vmap-ed over the seed axis of the states (data shared)."""
-    import jax
-
-    from flax_impl import linen_train as linen_train
-
-    return jax.jit(jax.vmap(linen_train.eval_step, in_axes=(0, None)))
-
-
-def _run_linen_vmap(variant: str, ctx: _Context) -> tuple[list[dict], str]:
-    """All seeds at once: ``train_epoch_scan_seeds`` (one ``lax.scan`` epoch, ``vmap`` over seeds).
-
-    Step ``i`` of epoch ``e`` of seed ``s`` uses dropout key ``fold_in(fold_in(key(s), e), i)``
-    and the batches of ``batch_order(n, batch_size, s, e)``: the same as the loop path. A seed
-    whose epoch loss is not finite is marked diverged and its later epochs are not recorded,
-    as the loops do (the other seeds go on).
-    """
+def _linen_seeds_vmap(variant: str, ctx: _Context, on_epoch: OnSeedEpoch) -> dict:
+    """Every seed of a Linen variant at once: ``fit_seeds`` / ``fit_bug_emulated_seeds`` (one
+    ``lax.scan`` epoch ``vmap``-ed over the seeds). Same batches and dropout keys as the loop."""
     import jax
     import jax.numpy as jnp
 
     from flax_impl import linen_train as linen_train
 
-    c = ctx.config
-    seeds = c.seed_list
+    c, seeds = ctx.config, ctx.config.seed_list
+    fit = linen_train.fit_seeds if variant == "linen" else linen_train.fit_bug_emulated_seeds
     module = _linen_module(c.model_name, _config_items(c))
     tx = linen_train.make_optimizer(c.lr, c.momentum)
     states = linen_train.create_seed_states(module, [ctx.linen_init[s] for s in seeds], tx)
-    x, y = jax.device_put(ctx.x_train_cl), jax.device_put(ctx.y_train)
-    test = (jax.device_put(ctx.x_test_cl), jax.device_put(ctx.y_test))
-    keys = [jax.random.key(s) for s in seeds]
-    histories: dict[int, list[dict]] = {s: [] for s in seeds}
-    active = set(seeds)
+    orders = [ctx.orders(s) for s in seeds]
     ctx.progress.describe(f"{variant}  {c.seeds} seeds (vmap)")
-    for epoch in range(c.epochs):
-        idx = np.stack(
-            [np.stack(data.batch_order(len(ctx.x_train_cl), c.batch_size, s, epoch)) for s in seeds]
-        )
-        rngs = jnp.stack([jax.random.fold_in(k, epoch) for k in keys])
-        train = variant == "linen" or epoch == 0  # linen_bug_emulated: train=False after epoch 1
-        states, metrics = linen_train.train_epoch_scan_seeds(
-            states, x, y, jnp.asarray(idx), rngs, train=train
-        )
-        test_loss, test_acc = _eval_seeds()(states, test)
-        metrics, test_loss, test_acc = jax.device_get((metrics, test_loss, test_acc))
-        for i, s in enumerate(seeds):
-            if s not in active:
-                continue
-            mean = float(np.mean(metrics["loss"][i]))
-            histories[s].append(
-                {
-                    "epoch": epoch,
-                    "train_loss": mean,
-                    "test_loss": float(test_loss[i]),
-                    "test_acc": float(test_acc[i]),
-                    "train_mode": float(np.mean(metrics["train_mode"][i])),
-                    "diverged": not math.isfinite(mean),
-                }
-            )
-            ctx.progress.advance()
-            if histories[s][-1]["diverged"]:
-                active.discard(s)
-                ctx.progress.advance(c.epochs - epoch - 1)
-        if not active:
-            break
-    return [_seed_result(s, histories[s]) for s in seeds], "vmap"
+    _, histories = fit(
+        states,
+        (ctx.x_train_cl, ctx.y_train),
+        lambda epoch: np.stack([np.stack(order(epoch)) for order in orders]),
+        (ctx.x_test_cl, ctx.y_test),
+        c.epochs,
+        jnp.stack([jax.random.key(s) for s in seeds]),
+        on_epoch=lambda i, rec: on_epoch(seeds[i], rec),
+    )
+    return {s: (h, {}) for s, h in zip(seeds, histories, strict=True)}
 
 
-def _run_nnx(variant: str, ctx: _Context) -> tuple[list[dict], str]:
+def _nnx_seed(variant: str, seed: int, ctx: _Context, on_epoch: Callable[[dict], None]) -> tuple:
+    """One seed of an NNX variant (``fit_seed_bug`` / ``fit_view``); dropout from ``Rngs(seed)``."""
     from flax_impl import nnx_models, nnx_train
     from parity.convert import torch_to_nnx
 
     c = ctx.config
     fit = nnx_train.fit_seed_bug if variant == "nnx_seed_bug" else nnx_train.fit_view
-    out = []
-    for seed in c.seed_list:
-        ctx.progress.describe(f"{variant}  seed {seed + 1}/{c.seeds}")
-        template = ctx.torch_init[seed]
-        model = nnx_models.build_model(c.model_name, seed=seed, **c.model_config)  # dropout rngs: Rngs(seed)
-        torch_to_nnx(template.state_dict(), template, model)
-        optimizer = nnx_train.make_optimizer(model, c.lr, c.momentum)
-        history = fit(
-            model,
-            optimizer,
-            ctx.flax_batches(seed),
-            (ctx.x_test_cl, ctx.y_test),
-            c.epochs,
-            on_epoch=lambda rec: ctx.progress.advance(),
-        )
-        ctx.progress.advance(c.epochs - len(history))
-        out.append(_seed_result(seed, history))
-    return out, "nnx"
+    template = ctx.torch_init[seed]
+    model = nnx_models.build_model(c.model_name, seed=seed, **c.model_config)
+    torch_to_nnx(template.state_dict(), template, model)
+    optimizer = nnx_train.make_optimizer(model, c.lr, c.momentum)
+    history = fit(model, optimizer, ctx.flax_batches(seed), (ctx.x_test_cl, ctx.y_test), c.epochs, on_epoch)
+    return history, {}
+
+
+#: execution path -> how its variants are trained (the Linen framework has two paths)
+RUNNERS: dict[str, TrainSeeds] = {
+    "torch": _each_seed(_torch_seed),
+    "loop": _each_seed(_linen_seed),
+    "vmap": _linen_seeds_vmap,
+    "nnx": _each_seed(_nnx_seed),
+}
+
+
+def variant_path(variant: str, linen_path: str) -> str:
+    """The execution path (a key of :data:`RUNNERS`) of ``variant`` given the resolved Linen path."""
+    framework = VARIANTS[variant][0]
+    return linen_path if framework == "linen" else framework
 
 
 def resolve_linen_path(linen_path: str, device: str) -> str:
@@ -474,19 +434,59 @@ def resolve_linen_path(linen_path: str, device: str) -> str:
     return linen_path
 
 
-def _runner(variant: str, linen_path: str) -> Callable[[str, _Context], tuple[list[dict], str]]:
-    framework = VARIANTS[variant][0]
-    if framework == "torch":
-        return _run_torch
-    if framework == "nnx":
-        return _run_nnx
-    return _run_linen_vmap if linen_path == "vmap" else _run_linen_loop
+def configure_runtime(device: str, precision: str, warn: Callable[[str], None] | None = None) -> Any:
+    """:func:`parity.device.configure`, except that ``auto`` falls back to the CPU, with a
+    warning through ``warn`` (default: a ``RuntimeWarning``), when torch sees a GPU but jax has
+    no GPU backend (``auto`` means "the GPU when both frameworks see one"). ``cpu`` and ``cuda``
+    are passed through unchanged: ``cuda`` that cannot be honoured raises
+    :class:`parity.device.DeviceError`."""
+    import warnings
+
+    from parity.device import DeviceError, configure
+
+    try:
+        return configure(device, precision)
+    except DeviceError as e:
+        if device != "auto":
+            raise
+        message = f"--device auto: {e}; running both frameworks on the CPU"
+        if warn is None:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        else:
+            warn(message)
+        return configure("cpu", precision)
 
 
 # ------------------------------------------------------------------------------- the study
 
 
-def _environment(runtime: Any, linen_path: str) -> dict:
+def _train_variant(variant: str, ctx: _Context, linen_path: str, steps_per_epoch: int) -> dict:
+    """Train ``variant`` over every seed with its runner; its entry of ``results['variants']``."""
+    c, clock = ctx.config, EpochClock(steps_per_epoch)
+
+    def on_epoch(seed: int, rec: dict) -> None:
+        clock.tick(rec["epoch"])
+        ctx.progress.advance(c.epochs - rec["epoch"] if rec["diverged"] else 1)  # stopped: the rest
+
+    path = variant_path(variant, linen_path)
+    ctx.clock = clock
+    t0 = time.perf_counter()
+    runs = RUNNERS[path](variant, ctx, on_epoch)
+    wall = time.perf_counter() - t0
+    framework, correct, description = VARIANTS[variant]
+    return {
+        "framework": framework,
+        "correct": correct,
+        "description": description,
+        "path": path,
+        "path_description": PATH_DESCRIPTIONS[path],
+        "wall_time_s": wall,
+        "timing": clock.timing(),
+        "seeds": [_seed_result(seed, *runs[seed]) for seed in c.seed_list],
+    }
+
+
+def _environment(runtime: Any, linen_path: str, torch_threads: int) -> dict:
     from importlib import metadata
 
     from parity.device import library_versions
@@ -505,69 +505,36 @@ def _environment(runtime: Any, linen_path: str) -> dict:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "linen_path": linen_path,
+        "torch_threads": torch_threads,
     }
 
 
-def _train_variants(ctx: _Context, linen_path: str, progress: bool) -> dict[str, dict]:
+def _train_variants(ctx: _Context, linen_path: str, progress: bool, steps_per_epoch: int) -> dict[str, dict]:
     """Run every variant of ``ctx.config`` in order under one progress bar; name -> result."""
     config = ctx.config
     variants: dict[str, dict] = {}
-    with _Progress(progress, len(config.variants) * config.seeds * config.epochs) as bar:
+    with Progress("epochs", len(config.variants) * config.seeds * config.epochs, enabled=progress) as bar:
         ctx.progress = bar
         for variant in config.variants:
-            t0 = time.perf_counter()
-            seeds, path = _runner(variant, linen_path)(variant, ctx)
-            wall = time.perf_counter() - t0
-            framework, correct, description = VARIANTS[variant]
-            variants[variant] = {
-                "framework": framework,
-                "correct": correct,
-                "description": description,
-                "path": path,
-                "path_description": PATH_DESCRIPTIONS[path],
-                "wall_time_s": wall,
-                "seeds": seeds,
-            }
-            final = [s["epochs"][-1]["test_acc"] for s in seeds]
-            diverged = sum(s["diverged"] for s in seeds)
+            result = variants[variant] = _train_variant(variant, ctx, linen_path, steps_per_epoch)
+            final = [s["epochs"][-1]["test_acc"] for s in result["seeds"]]
+            diverged = sum(s["diverged"] for s in result["seeds"])
+            steady = result["timing"]["steady_steps_per_s"]
             bar.log(
-                f"{variant:<19} {wall:6.1f} s  last-epoch test acc {100 * float(np.mean(final)):.2f}%"
+                f"{variant:<19} {result['wall_time_s']:6.1f} s"
+                + ("" if steady is None else f"  {steady:6.0f} steps/s steady")
+                + f"  last-epoch test acc {100 * float(np.mean(final)):.2f}%"
                 + (f"  ({diverged} diverged)" if diverged else "")
             )
     return variants
 
 
-def run_study(config: StudyConfig, progress: bool = True, runtime: Any = None) -> dict:
-    """Train every variant of ``config`` over its seeds and return the results (JSON-ready).
-
-    ``runtime`` is a :class:`parity.device.Runtime` from :func:`parity.device.configure`; if
-    omitted it is configured here from ``config.device`` / ``config.precision`` (raising
-    :class:`parity.device.DeviceError` for cuda without a GPU). ``progress`` shows a rich
-    progress bar on stderr. Returns::
-
-        {"config": ..., "environment": ..., "model": {"name", "params", ...},
-         "total_wall_time_s": ...,
-         "variants": {name: {"framework", "correct", "description", "path", "path_description",
-                             "wall_time_s", "seeds": [{"seed", "diverged", "diverged_epoch",
-                                                        "epochs": [{"epoch", "train_loss",
-                                                        "test_loss", "test_acc", "train_mode",
-                                                        "diverged"}]}]}}}
-
-    Epochs are 0-based here, as in the loops. A diverged seed's list stops at the epoch whose
-    mean train loss was not finite. Non-finite floats stay ``nan`` here; :mod:`parity.study.report`
-    writes them as ``null``.
-    """
-    config.validate()
-    if runtime is None:
-        from parity.device import configure
-
-        runtime = configure(config.device, config.precision)
-    import torch
-
+def _context(config: StudyConfig, runtime: Any) -> tuple[_Context, data.Dataset]:
+    """Load the data (the first ``train_subset`` training examples) and build each seed's
+    initial weights: the torch model, converted to Linen's variables."""
     from parity.convert import torch_to_linen
     from torch_impl import models as torch_models
 
-    started = time.perf_counter()
     ds = data.load(config.dataset)
     n = len(ds.x_train) if config.train_subset is None else min(config.train_subset, len(ds.x_train))
     if config.batch_size > n:
@@ -577,8 +544,6 @@ def run_study(config: StudyConfig, progress: bool = True, runtime: Any = None) -
     for seed in config.seed_list:
         torch_init[seed] = torch_models.build_model(config.model_name, seed=seed, **config.model_config)
         linen_init[seed] = torch_to_linen(torch_init[seed].state_dict(), torch_init[seed])
-    n_params = sum(p.numel() for p in torch_init[0].parameters())
-    linen_path = resolve_linen_path(config.linen_path, runtime.device)
     ctx = _Context(
         config,
         runtime,
@@ -590,28 +555,58 @@ def run_study(config: StudyConfig, progress: bool = True, runtime: Any = None) -
         x_test_cl,
         torch_init,
         linen_init,
-        _Progress(False, 0),
     )
+    return ctx, ds
 
+
+def run_study(config: StudyConfig, progress: bool = True, runtime: Any = None) -> dict:
+    """Train every variant of ``config`` over its seeds and return the results (JSON-ready).
+
+    ``runtime`` is a :class:`parity.device.Runtime` from :func:`configure_runtime`; if omitted
+    it is configured here from ``config.device`` / ``config.precision`` (raising
+    :class:`parity.device.DeviceError` for cuda without a GPU). ``progress`` shows the progress
+    bar (:class:`parity.progress.Progress`) on stderr. Returns::
+
+        {"config": ..., "environment": ..., "model": {"name", "params", ...},
+         "total_wall_time_s": ...,
+         "variants": {name: {"framework", "correct", "description", "path", "path_description",
+                             "wall_time_s", "timing": {"epoch_s", "first_epoch_s",
+                             "steady_epoch_s", "steady_steps_per_s"},
+                             "seeds": [{"seed", "diverged", "diverged_epoch",
+                                        "epochs": [{"epoch", "train_loss", "test_loss",
+                                                    "test_acc", "train_mode", "diverged"}]}]}}}
+
+    Epochs are 0-based here, as in the loops. A diverged seed's list stops at the epoch whose
+    mean train loss was not finite. ``timing`` separates the first epoch (compilation) from the
+    steady state (:class:`EpochClock`). Non-finite floats stay ``nan`` here;
+    :mod:`parity.study.report` writes them as ``null``.
+    """
+    config.validate()
+    runtime = runtime or configure_runtime(config.device, config.precision)
+    import torch
+
+    started = time.perf_counter()
+    ctx, ds = _context(config, runtime)
+    n = len(ctx.y_train)
+    linen_path = resolve_linen_path(config.linen_path, runtime.device)
     threads = config.torch_threads or (
         CPU_TORCH_THREADS if runtime.device == "cpu" else torch.get_num_threads()
     )
     previous_threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        variants = _train_variants(ctx, linen_path, progress)
+        variants = _train_variants(ctx, linen_path, progress, n // config.batch_size)
     finally:
         torch.set_num_threads(previous_threads)
-
     return {
         "schema": 1,
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
         "config": config.to_dict(),
-        "environment": _environment(runtime, linen_path) | {"torch_threads": threads},
+        "environment": _environment(runtime, linen_path, threads),
         "model": {
             "name": config.model_name,
-            "params": int(n_params),
+            "params": int(sum(p.numel() for p in ctx.torch_init[0].parameters())),
             "num_classes": int(ds.num_classes),
             "train_examples": int(n),
             "test_examples": len(ds.x_test),
