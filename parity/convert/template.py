@@ -38,10 +38,8 @@ import torch
 from torch import nn
 
 from parity import layout
-
-
-class ConversionError(ValueError):
-    """A checkpoint does not fit the template: the message names the key and what differs."""
+from parity.convert.common import ConversionError, flatten_tree, torch_tensor_to_numpy, unflatten_tree
+from parity.convert.common import validated as _validated
 
 
 @dataclass(frozen=True)
@@ -60,9 +58,13 @@ class Layer:
 def layer_spec(template: nn.Module) -> list[Layer]:
     """The convertible layers of ``template`` in module order.
 
-    The first ``nn.Linear`` after a convolution takes ``template.flatten_shape`` (the model's
-    ``(C, *spatial)`` at the flatten), which every model in ``torch_impl`` declares.
+    A ``nn.Linear`` fed by a flattened channels-first map gets that map's ``(C, *spatial)``
+    as ``flatten_shape``: from the model's ``flatten_shape`` attribute when it declares one
+    (first Linear after a convolution), else detected by :mod:`parity.convert.flatten`.
+    A module with parameters or buffers that no rule here converts raises, naming it.
     """
+    declared = tuple(getattr(template, "flatten_shape", ()) or ())
+    detected = None if declared else _detected_flattens(template)
     spec: list[Layer] = []
     seen_conv = flattened = False
     for name, m in template.named_modules():
@@ -71,87 +73,35 @@ def layer_spec(template: nn.Module) -> list[Layer]:
             seen_conv = True
         elif isinstance(m, nn.Linear):
             shape = None
-            if seen_conv and not flattened:
-                shape = tuple(getattr(template, "flatten_shape", ()))
-                if not shape:
-                    raise ConversionError(
-                        f"{type(template).__name__} has convolutions followed by "
-                        f"{name!r} but declares no flatten_shape"
-                    )
-                flattened = True
+            if detected is not None:
+                shape = detected.get(name)
+            elif seen_conv and not flattened:
+                shape, flattened = declared, True
             spec.append(Layer(name, "dense", shape))
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if not m.track_running_stats:
+                raise ConversionError(
+                    f"{name!r} ({type(m).__name__}, track_running_stats=False): the template API keeps "
+                    "no Flax model to take unused batch_stats from; use parity.convert.torch_to_flax"
+                )
             spec.append(Layer(name, "bn"))
-        elif len(list(m.parameters(recurse=False))):
-            raise ConversionError(f"no conversion rule for {name!r} ({type(m).__name__})")
+        elif _owns_tensors(m):
+            held = [k for k, _ in (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False))]
+            raise ConversionError(
+                f"no conversion rule for {name!r} ({type(m).__name__}), which holds "
+                f"{', '.join('.'.join(filter(None, (name, k))) for k in held)}"
+            )
     return spec
 
 
-# ---------------------------------------------------------------------------------- validation
+def _owns_tensors(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))
 
 
-def _as_numpy(key: str, value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    try:
-        return np.asarray(value)
-    except Exception as e:
-        raise ConversionError(f"{key}: cannot read value of type {type(value).__name__}: {e}") from e
+def _detected_flattens(template: nn.Module) -> dict[str, tuple[int, ...]]:
+    from parity.convert.flatten import detect_flattens
 
-
-def _check(key: str, got: np.ndarray, expected_shape: tuple, expected_dtype: np.dtype) -> None:
-    if tuple(got.shape) != tuple(expected_shape):
-        raise ConversionError(f"{key}: expected shape {tuple(expected_shape)}, got {tuple(got.shape)}")
-    if got.dtype != expected_dtype:
-        raise ConversionError(f"{key}: expected dtype {expected_dtype}, got {got.dtype}")
-
-
-def _check_keys(where: str, got: set[str], expected: set[str]) -> None:
-    missing, unexpected = sorted(expected - got), sorted(got - expected)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing key(s) {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"unexpected key(s) {', '.join(unexpected)}")
-        raise ConversionError(f"{where}: {'; '.join(parts)}")
-
-
-def _validated(
-    where: str, given: Mapping[str, Any], expected: Mapping[str, tuple[tuple[int, ...], np.dtype | None]]
-) -> dict[str, np.ndarray]:
-    """``given`` as numpy arrays, after checking its keys against ``expected`` and each value's
-    shape and dtype (``None``: any dtype). Every error names the key."""
-    _check_keys(where, set(given), set(expected))
-    out = {}
-    for k, (shape, dtype) in expected.items():
-        out[k] = _as_numpy(k, given[k])
-        _check(k, out[k], shape, out[k].dtype if dtype is None else dtype)
-    return out
-
-
-def flatten_tree(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    """``{'params': {'conv1': {'kernel': a}}}`` -> ``{'params/conv1/kernel': a}``."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        path = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten_tree(v, path + "/"))
-        else:
-            out[path] = v
-    return out
-
-
-def unflatten_tree(flat: Mapping[str, Any]) -> dict:
-    """Inverse of :func:`flatten_tree`."""
-    tree: dict = {}
-    for path, v in flat.items():
-        *parents, leaf = path.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
+    return detect_flattens(template).shapes
 
 
 # ------------------------------------------------------------------------------- the mapping
@@ -166,8 +116,9 @@ def _torch_to_flax_flat(sd: Mapping[str, np.ndarray], spec: list[Layer]) -> dict
             out[f"params/{n}/kernel"] = layout.conv_kernel_to_flax(sd[f"{n}.weight"])
         elif layer.kind == "dense":
             out[f"params/{n}/kernel"] = layout.dense_kernel_to_flax(sd[f"{n}.weight"], layer.flatten_shape)
-        else:
+        elif f"{n}.weight" in sd:
             out[f"params/{n}/scale"] = sd[f"{n}.weight"].copy()
+        if layer.kind == "bn":
             out[f"batch_stats/{n}/mean"] = sd[f"{n}.running_mean"].copy()
             out[f"batch_stats/{n}/var"] = sd[f"{n}.running_var"].copy()
         if f"{n}.bias" in sd:
@@ -186,8 +137,9 @@ def _flax_to_torch_flat(
             out[f"{n}.weight"] = layout.conv_kernel_to_torch(fl[f"params/{n}/kernel"])
         elif layer.kind == "dense":
             out[f"{n}.weight"] = layout.dense_kernel_to_torch(fl[f"params/{n}/kernel"], layer.flatten_shape)
-        else:
+        elif f"params/{n}/scale" in fl:
             out[f"{n}.weight"] = fl[f"params/{n}/scale"].copy()
+        if layer.kind == "bn":
             if num_batches_tracked is not None:
                 out[f"{n}.running_mean"] = fl[f"batch_stats/{n}/mean"].copy()
                 out[f"{n}.running_var"] = fl[f"batch_stats/{n}/var"].copy()
@@ -197,8 +149,24 @@ def _flax_to_torch_flat(
     return out
 
 
+_LAYER_KEYS = {
+    "conv": ("weight", "bias"),
+    "dense": ("weight", "bias"),
+    "bn": ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"),
+}
+
+
 def _template_state(template: nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy() for k, v in template.state_dict().items()}
+    """The template's state as numpy; a key no layer rule converts (an unknown buffer) raises."""
+    state = {k: torch_tensor_to_numpy(k, v) for k, v in template.state_dict().items()}
+    known = {f"{layer.name}.{leaf}" for layer in layer_spec(template) for leaf in _LAYER_KEYS[layer.kind]}
+    unknown = sorted(set(state) - {k.lstrip(".") for k in known})
+    if unknown:
+        raise ConversionError(
+            f"{type(template).__name__}: no rule converts {', '.join(unknown)} (unknown parameter or "
+            "buffer); register a layer rule for its module (parity.convert.register_rule)"
+        )
+    return state
 
 
 def expected_flax_shapes(template: nn.Module) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -290,63 +258,3 @@ def nnx_to_torch(
 ) -> OrderedDict[str, torch.Tensor]:
     """An NNX model -> a torch ``state_dict`` loadable into ``template``."""
     return linen_to_torch(nnx_variables(model), template, num_batches_tracked)
-
-
-# ------------------------------------------------------------------------------ checkpoints
-
-
-def read_checkpoint(path: str) -> dict:
-    """Read a ``.pt`` torch state_dict or a ``.msgpack`` Flax ``{'params', 'batch_stats'}``."""
-    if path.endswith(".pt"):
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(sd, Mapping):
-            raise ConversionError(f"{path}: expected a state_dict (a mapping), got {type(sd).__name__}")
-        return dict(sd)
-    if path.endswith(".msgpack"):
-        from flax import serialization
-
-        with open(path, "rb") as f:
-            return serialization.msgpack_restore(f.read())
-    raise ConversionError(f"{path}: unknown checkpoint format; use .pt (torch) or .msgpack (Flax)")
-
-
-def write_checkpoint(path: str, tree: Mapping) -> None:
-    """Write a torch state_dict (``.pt``) or Flax variables (``.msgpack``) atomically."""
-    import io
-
-    from parity.io import atomic_write_bytes
-
-    if path.endswith(".pt"):
-        buf = io.BytesIO()
-        torch.save(OrderedDict(tree), buf)
-        atomic_write_bytes(path, buf.getvalue())
-    elif path.endswith(".msgpack"):
-        from flax import serialization
-
-        atomic_write_bytes(
-            path,
-            serialization.msgpack_serialize(
-                {k: dict(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
-            ),
-        )
-    else:
-        raise ConversionError(f"{path}: unknown checkpoint format; use .pt (torch) or .msgpack (Flax)")
-
-
-def convert_file(model: str, src: str, dst: str, **config) -> str:
-    """Convert checkpoint ``src`` to ``dst`` for architecture ``model``; return the direction.
-
-    ``.pt -> .msgpack`` is torch -> Flax, ``.msgpack -> .pt`` is Flax -> torch. ``dst`` is
-    written atomically and only after the whole conversion succeeded.
-    """
-    from torch_impl.models import build_model
-
-    template = build_model(model, **config)
-    exts = (src.rsplit(".", 1)[-1], dst.rsplit(".", 1)[-1])
-    if exts == ("pt", "msgpack"):
-        write_checkpoint(dst, torch_to_linen(read_checkpoint(src), template))
-        return "torch -> flax"
-    if exts == ("msgpack", "pt"):
-        write_checkpoint(dst, linen_to_torch(read_checkpoint(src), template))
-        return "flax -> torch"
-    raise ConversionError(f"cannot convert {src!r} to {dst!r}: use SRC.pt DST.msgpack or SRC.msgpack DST.pt")
