@@ -16,6 +16,8 @@ Files: :func:`read_checkpoint`, :func:`write_checkpoint`, :func:`convert_file`
 from parity.convert.checkpoint import read_checkpoint, write_checkpoint
 from parity.convert.common import ConversionError, flatten_tree, unflatten_tree
 from parity.convert.files import convert_file
+from parity.convert.general import Pairing, flax_leaves, flax_to_torch, map_models, pair_models, torch_to_flax
+from parity.convert.rules import RuleContext, Transfer, register_rule, rule_for
 from parity.convert.template import (
     Layer,
     expected_flax_shapes,
@@ -32,6 +34,16 @@ from parity.convert.template import (
 __all__ = [
     "ConversionError",
     "convert_file",
+    "Pairing",
+    "RuleContext",
+    "Transfer",
+    "flax_leaves",
+    "flax_to_torch",
+    "map_models",
+    "pair_models",
+    "register_rule",
+    "rule_for",
+    "torch_to_flax",
     "Layer",
     "expected_flax_shapes",
     "flatten_tree",
