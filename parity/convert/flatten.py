@@ -40,7 +40,22 @@ class FlattenInfo:
 
 
 _ELEMENTWISE_FUNCS = {F.relu, F.gelu, F.silu, F.dropout, torch.relu, torch.tanh, torch.sigmoid, F.elu}
-_ELEMENTWISE_MODULES = (nn.ReLU, nn.GELU, nn.SiLU, nn.Dropout, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Identity)
+_ELEMENTWISE_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Softplus,
+    nn.Dropout,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.ELU,
+    nn.Identity,
+)
 _CHANNEL_KEEPING_FUNCS = _ELEMENTWISE_FUNCS | {
     F.max_pool1d,
     F.max_pool2d,

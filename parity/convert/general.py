@@ -211,12 +211,19 @@ def _write_nnx(model: Any, flat: Mapping[str, np.ndarray]) -> None:
 
 
 def _setup(torch_model, flax_tree, user_map, flatten_shapes, input_shape, num_batches_tracked):
+    """Flax leaves and the pairing; layer problems are raised before a failed flatten detection."""
     if not isinstance(torch_model, nn.Module):
         raise ConversionError(f"torch_model must be a torch.nn.Module, got {type(torch_model).__name__}")
     leaves = flax_leaves(flax_tree)
-    flatten = detect_flattens(torch_model, input_shape, flatten_shapes)
+    detection_error = None
+    try:
+        flatten = detect_flattens(torch_model, input_shape, flatten_shapes)
+    except ConversionError as e:
+        flatten, detection_error = FlattenInfo({}, "failed"), str(e)
     pairing = pair_models(torch_model, leaves, load_user_map(user_map), flatten, num_batches_tracked)
     pairing.raise_if_failed()
+    if detection_error:
+        raise ConversionError(detection_error)
     return leaves, pairing
 
 
@@ -315,8 +322,13 @@ def map_models(
     ``torch_shape``, ``flax``, ``flax_shape``, ``rule``), converting the torch model's own
     weights to check every shape and dtype; problems are collected in the pairing, not raised."""
     leaves = flax_leaves(flax_tree)
-    flatten = detect_flattens(torch_model, input_shape, flatten_shapes)
+    try:
+        flatten = detect_flattens(torch_model, input_shape, flatten_shapes)
+        problem = None
+    except ConversionError as e:
+        flatten, problem = FlattenInfo({}, "failed"), str(e)
     pairing = pair_models(torch_model, leaves, load_user_map(user_map), flatten)
+    pairing.problems += [problem] if problem else []
     state = {k: torch_tensor_to_numpy(k, v) for k, v in torch_model.state_dict().items()}
     rows = []
     for pt in pairing.transfers:
