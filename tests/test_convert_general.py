@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from convert_user_models import INPUT_SHAPE, linen_input, make_linen, make_nnx, make_torch
 from torch import nn
 
-from convert_user_models import INPUT_SHAPE, linen_input, make_linen, make_nnx, make_torch
 from parity import layout
 from parity.convert import ConversionError, flax_to_torch, map_models, torch_to_flax
 from parity.harness.compare import rel_l2
