@@ -131,3 +131,22 @@ def make_nnx() -> nnx.Module:
 
 def linen_input() -> jnp.ndarray:
     return jnp.zeros((INPUT_SHAPE[0], *INPUT_SHAPE[2:], INPUT_SHAPE[1]))
+
+
+def make_linen_renamed() -> fnn.Module:
+    """A one-layer Linen model whose Dense is called ``head``."""
+    return _RenamedLinen()
+
+
+class _RenamedLinen(fnn.Module):
+    @fnn.compact
+    def __call__(self, x):
+        return fnn.Dense(5, name="head")(x.reshape(x.shape[0], -1))
+
+
+def make_small_torch() -> nn.Module:
+    """One Linear called ``fc_attn`` over the flattened input: pairs with ``_RenamedLinen``'s
+    ``head`` only through a map rule."""
+    model = nn.Sequential()
+    model.add_module("fc_attn", nn.Linear(48, 5))
+    return model

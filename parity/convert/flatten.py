@@ -105,18 +105,22 @@ def detect_flattens(
                 "Linear cannot be detected; pass --flatten LAYER=C,H,W (flatten_shapes=...)"
             ) from None
         return FlattenInfo({}, "none (not traceable; no convolution before a Linear)")
+    have_shapes, how = False, "torch.fx (channels from modules)"
     if input_shape is not None:
         from torch.fx.passes.shape_prop import ShapeProp
 
-        ShapeProp(gm).propagate(torch.zeros(input_shape, dtype=input_dtype))
+        try:
+            ShapeProp(gm).propagate(torch.zeros(input_shape, dtype=input_dtype))
+            have_shapes, how = True, "torch.fx + ShapeProp"
+        except Exception as e:  # the dry run of user code failed: fall back to channel tracing
+            how += f"; ShapeProp on {tuple(input_shape)} failed ({type(e).__name__})"
     modules = dict(gm.named_modules())
     shapes = {}
     for node in gm.graph.nodes:
         if node.op == "call_module" and isinstance(modules[node.target], nn.Linear):
-            shape = _flattened_shape(node, modules, input_shape is not None)
+            shape = _flattened_shape(node, modules, have_shapes)
             if shape is not None and math.prod(shape[1:]) > 1:
                 shapes[node.target] = shape
-    how = "torch.fx + ShapeProp" if input_shape is not None else "torch.fx (channels from modules)"
     return FlattenInfo(shapes, how)
 
 
