@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from convert_user_models import make_torch
+
 from parity.cli import main
 
 MODELS = "tests/convert_user_models.py"
