@@ -107,22 +107,30 @@ def flax_input_shape(torch_shape: Sequence[int], channels_last: bool = True) -> 
 
 
 def linen_variables(
-    module: Any, torch_shape: Sequence[int], channels_last: bool = True, dtype: str = "float32"
+    module: Any,
+    torch_shape: Sequence[int],
+    channels_last: bool = True,
+    dtype: str = "float32",
+    shapes_only: bool = False,
 ) -> dict:
     """``module.init`` on zeros of the Flax input shape; a ``train`` keyword is passed as
-    ``False`` when the plain call needs it. Failures raise :class:`SpecError`."""
+    ``False`` when the plain call needs it. ``shapes_only``: ``jax.eval_shape`` of it (leaves are
+    ``ShapeDtypeStruct``; no weights computed). Failures raise :class:`SpecError`."""
     import jax
     import jax.numpy as jnp
 
-    x = jnp.zeros(flax_input_shape(torch_shape, channels_last), dtype=dtype)
+    x = jax.ShapeDtypeStruct(flax_input_shape(torch_shape, channels_last), jnp.dtype(dtype))
     key = jax.random.key(0)
+    init = (lambda *a, **k: jax.eval_shape(module.init, *a, **k)) if shapes_only else module.init
+    if not shapes_only:
+        x = jnp.zeros(x.shape, x.dtype)
     try:
         try:
-            return module.init(key, x)
+            return init(key, x)
         except TypeError as e:
             if "train" not in str(e):
                 raise
-            return module.init(key, x, train=False)
+            return init(key, x, train=False)
     except Exception as e:  # user code
         msg = (str(e).splitlines() or [""])[0][:200]
         raise SpecError(

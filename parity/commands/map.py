@@ -67,11 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="write the pairing as JSON (atomically)")
 
 
-def load_models(args: argparse.Namespace):
+def load_models(args: argparse.Namespace, shapes_only: bool = False):
     """``(torch model, Flax target, options for the converter)`` from the parsed options."""
     from parity.convert.files import load_models as load
 
-    torch_model, target = load(args.torch, args.flax, args.input_shape, args.channels_last, args.input_dtype)
+    torch_model, target = load(
+        args.torch, args.flax, args.input_shape, args.channels_last, args.input_dtype, shapes_only
+    )
     options = {"user_map": args.map, "flatten_shapes": dict(args.flatten or ()) or None}
     options["input_shape"] = args.input_shape if args.input_dtype.startswith("float") else None
     return torch_model, target, options
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from parity.spec import SpecError
 
     try:
-        torch_model, target, options = load_models(args)
+        torch_model, target, options = load_models(args, shapes_only=True)
         pairing, rows = map_models(torch_model, target, **options)
         if args.json:
             from parity.io import atomic_write_json

@@ -45,9 +45,11 @@ def load_models(
     input_shape: tuple[int, ...] | None = None,
     channels_last: bool = True,
     input_dtype: str = "float32",
+    shapes_only: bool = False,
 ) -> tuple[Any, Any]:
     """``(torch model, Flax target)`` from two SPECs (:mod:`parity.spec`): the target is Linen
-    variables (initialised on ``input_shape``, torch layout) or an NNX module."""
+    variables (initialised on ``input_shape``, torch layout; ``shapes_only``: their shapes) or an
+    NNX module."""
     from parity.spec import SpecError, build, linen_variables
 
     torch_model, _ = build(torch_spec, ("torch",))
@@ -56,7 +58,7 @@ def load_models(
         return torch_model, flax_model
     if input_shape is None:
         raise SpecError(f"{flax_spec}: a Linen module has no weights until initialised: give --input-shape")
-    return torch_model, linen_variables(flax_model, input_shape, channels_last, input_dtype)
+    return torch_model, linen_variables(flax_model, input_shape, channels_last, input_dtype, shapes_only)
 
 
 def convert_models_file(torch_model: Any, flax_target: Any, src: str, dst: str, **options: Any) -> str:

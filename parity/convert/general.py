@@ -15,6 +15,7 @@ Any torch key or Flax leaf left unpaired, a layer with no rule, or a shape/dtype
 
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -79,9 +80,13 @@ def _layers(module: nn.Module, name: str = ""):
             yield from _layers(child, _join(name, child_name, sep="."))
 
 
-def _local_keys(module: nn.Module, state_keys: set[str], name: str, recurse: bool) -> list[str]:
+def _local_keys(module: nn.Module, state_keys: list[str], name: str, recurse: bool) -> list[str]:
+    """Keys of ``state_keys`` (sorted) under module ``name``, local to it; direct ones only
+    unless ``recurse``. Keys sharing a prefix are contiguous when sorted: found by bisection."""
     prefix = f"{name}." if name else ""
-    own = [k[len(prefix) :] for k in state_keys if k.startswith(prefix)]
+    start = bisect.bisect_left(state_keys, prefix)
+    end = bisect.bisect_left(state_keys, prefix + "\U0010ffff") if prefix else len(state_keys)
+    own = [k[len(prefix) :] for k in state_keys[start:end]]
     return own if recurse else [k for k in own if "." not in k]
 
 
@@ -120,7 +125,7 @@ def pair_models(
     """Pair every torch state key of ``torch_model`` with Flax leaves of ``flax_meta`` (flat
     ``'params/a/kernel' -> anything with .shape``). Problems are collected, not raised."""
     flatten = flatten if flatten is not None else detect_flattens(torch_model)
-    state_keys = set(torch_model.state_dict().keys())
+    state_keys = sorted(torch_model.state_dict().keys())
     flax_modules = module_paths(flax_meta)
     out = Pairing(flatten=flatten)
     claimed_torch: set[str] = set()
@@ -143,7 +148,7 @@ def pair_models(
         _pair_module(
             out, name, type(module).__name__, transfers, prefix, flax_meta, claimed_torch, claimed_flax
         )
-    out.unmatched_torch = sorted(state_keys - claimed_torch)
+    out.unmatched_torch = sorted(set(state_keys) - claimed_torch)
     out.unmatched_flax = sorted(set(flax_meta) - claimed_flax)
     out.problems += [f"{k}: no torch tensor maps to this Flax leaf" for k in out.unmatched_flax]
     return out
@@ -307,7 +312,11 @@ def flax_to_torch(
             continue
         arrays = pt.transfer.to_torch([np.asarray(leaves[k]) for k in pt.flax_keys])
         out.update(zip(pt.torch_keys, _checked(pt, pt.torch_keys, arrays, template), strict=True))
-    return OrderedDict((k, torch.from_numpy(np.array(out[k], order="C"))) for k in template)
+    # no second copy: the rules return fresh C-ordered arrays (np.array keeps 0-d counters 0-d)
+    return OrderedDict(
+        (k, torch.from_numpy(out[k] if out[k].flags.c_contiguous else np.array(out[k], order="C")))
+        for k in template
+    )
 
 
 def map_models(
