@@ -64,10 +64,24 @@ def test_pairing_follows_the_target_conventions_and_detects_both_flattens():
     assert nnx_pairs["attn.in_proj_weight"] == "params/attn/query/kernel"
 
 
-def test_shape_propagation_with_an_input_shape_gives_the_same_flattens():
-    tm = make_torch()
-    pairing, _ = map_models(tm, make_nnx(), input_shape=INPUT_SHAPE)
-    assert pairing.flatten.shapes == {"fc_main": (8, 4, 4), "fc_side": (4, 4, 4)}
+class _ScaledMap(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 1)
+        self.fc = nn.Linear(3 * 2 * 2, 4)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.conv(x) * 2.0, 1))  # '*' hides the channel count
+
+
+def test_a_dry_run_on_the_input_shape_finds_what_channel_tracing_cannot():
+    tm = _ScaledMap()
+    v = {"params": {"conv": {"kernel": np.zeros((1, 1, 2, 3), np.float32), "bias": np.zeros(3, np.float32)}}}
+    v["params"]["fc"] = {"kernel": np.zeros((12, 4), np.float32), "bias": np.zeros(4, np.float32)}
+    with pytest.raises(ConversionError, match=r"fc: a flattened map feeds this Linear.*--input-shape"):
+        torch_to_flax(tm.state_dict(), tm, v)
+    pairing, _ = map_models(tm, v, input_shape=(1, 2, 2, 2))
+    assert pairing.ok and pairing.flatten.shapes == {"fc": (3, 2, 2)}
     assert pairing.flatten.method == "torch.fx + ShapeProp"
 
 

@@ -80,7 +80,7 @@ def load_models(args: argparse.Namespace, shapes_only: bool = False):
 
 
 def _shape(s) -> str:
-    return "" if s is None else "(" + ", ".join(map(str, s)) + ")"
+    return "" if s is None else str(tuple(s))
 
 
 def _report(pairing, rows) -> str:

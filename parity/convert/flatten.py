@@ -9,10 +9,11 @@ Sources, in order of preference:
 
 * ``given``: ``{linear name: (C, *spatial)}`` from the caller (``--flatten LAYER=C,H,W``);
 * ``torch.fx`` tracing: a flatten (``torch.flatten(x, 1)``, ``x.flatten(1)``, ``nn.Flatten()``,
-  ``x.view(n, -1)``, ``x.reshape(n, -1)``) reaching a Linear through element-wise ops. With an
-  ``input_shape`` (torch layout) shapes come from ``ShapeProp``; without one ``C`` comes from
-  the nearest module upstream that fixes the channel count (conv, BN, GroupNorm) and
-  ``S = in_features / C``.
+  ``x.view(n, -1)``, ``x.reshape(n, -1)``) reaching a Linear through element-wise ops. ``C``
+  comes from the nearest module upstream that fixes the channel count (conv, BN, GroupNorm)
+  through channel-keeping ops (activations, pooling, residual adds) and ``S = in_features / C``;
+  no forward pass is run. Where that walk cannot tell ``C`` and an ``input_shape`` (torch
+  layout) is given, a dry run with ``ShapeProp`` gives the shapes.
 
 When tracing is impossible and the model has a convolution before a Linear, detection raises
 :class:`ConversionError` asking for ``--flatten``: it never guesses.
@@ -105,15 +106,24 @@ def detect_flattens(
                 "Linear cannot be detected; pass --flatten LAYER=C,H,W (flatten_shapes=...)"
             ) from None
         return FlattenInfo({}, "none (not traceable; no convolution before a Linear)")
-    have_shapes, how = False, "torch.fx (channels from modules)"
-    if input_shape is not None:
-        from torch.fx.passes.shape_prop import ShapeProp
+    try:
+        return FlattenInfo(_linear_flattens(gm, False), "torch.fx (channels from modules)")
+    except ConversionError:
+        if input_shape is None:
+            raise
+    from torch.fx.passes.shape_prop import ShapeProp  # a dry run: only when channel tracing fails
 
-        try:
-            ShapeProp(gm).propagate(torch.zeros(input_shape, dtype=input_dtype))
-            have_shapes, how = True, "torch.fx + ShapeProp"
-        except Exception as e:  # the dry run of user code failed: fall back to channel tracing
-            how += f"; ShapeProp on {tuple(input_shape)} failed ({type(e).__name__})"
+    try:
+        ShapeProp(gm).propagate(torch.zeros(input_shape, dtype=input_dtype))
+    except Exception as e:  # the dry run of user code failed
+        raise ConversionError(
+            f"{type(model).__name__}: a dry run on {tuple(input_shape)} failed ({type(e).__name__}); "
+            "pass --flatten LAYER=C,H,W"
+        ) from None
+    return FlattenInfo(_linear_flattens(gm, True), "torch.fx + ShapeProp")
+
+
+def _linear_flattens(gm: torch.fx.GraphModule, have_shapes: bool) -> dict[str, tuple[int, ...]]:
     modules = dict(gm.named_modules())
     shapes = {}
     for node in gm.graph.nodes:
@@ -121,7 +131,7 @@ def detect_flattens(
             shape = _flattened_shape(node, modules, have_shapes)
             if shape is not None and math.prod(shape[1:]) > 1:
                 shapes[node.target] = shape
-    return FlattenInfo(shapes, how)
+    return shapes
 
 
 def _conv_before_linear(model: nn.Module) -> bool:
