@@ -136,6 +136,7 @@ def measure() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     size = sum(t.numel() * t.element_size() for t in sd.values())
     tracemalloc.start()
+    c0 = time.process_time()
     t0 = time.perf_counter()
     v = torch_to_flax(sd, model, shapes)
     t1 = time.perf_counter()
@@ -143,6 +144,7 @@ def measure() -> None:
     tracemalloc.reset_peak()
     back = flax_to_torch(v, model)
     t2 = time.perf_counter()
+    c2 = time.process_time()
     _, peak_round = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     exact = all(torch.equal(back[k], sd[k]) for k in sd if "num_batches" not in k)
@@ -160,7 +162,8 @@ def measure() -> None:
         f"Linen->torch {t2 - t1:.2f} s (peak while both trees held {peak_round / mb:.0f} MiB = {peak_round / size:.2f}x)"
     )
     print(
-        f"round trip {t2 - t0:.2f} s; map pairing {t4 - t3:.2f} s ({len(rows)} rows); load {os.getloadavg()}"
+        f"round trip {t2 - t0:.2f} s wall, {c2 - c0:.2f} s CPU; map pairing {t4 - t3:.2f} s ({len(rows)} rows); "
+        f"load {os.getloadavg()}"
     )
 
 
