@@ -181,3 +181,37 @@ def test_bn_without_running_stats_is_refused_by_name_in_the_template_api():
     m = _Norms(track_running_stats=False)
     with pytest.raises(convert.ConversionError, match=r"'bn' \(BatchNorm1d, track_running_stats=False\)"):
         convert.torch_to_linen(m.state_dict(), m)
+
+
+def test_corrupt_safetensors_is_one_line_exit_1(tmp_path, capsys):
+    code, err = _convert(tmp_path, capsys, np.random.default_rng(2).bytes(100), suffix=".safetensors")
+    assert code == 1
+    _assert_one_clean_line(err)
+    assert "not a readable safetensors file" in err
+
+
+def test_msgpack_holding_non_arrays_is_named(tmp_path, capsys):
+    from flax import serialization
+
+    data = serialization.msgpack_serialize({"params": {"fc1": {"kernel": "text"}}})
+    code, err = _convert(tmp_path, capsys, data, suffix=".msgpack", dst="out.pt")
+    assert code == 1
+    _assert_one_clean_line(err)
+    assert "params/fc1/kernel: holds a str, not an array" in err
+
+
+def test_model_shortcut_reads_and_writes_safetensors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    sd = build_model("signal1d", seed=0).state_dict()
+    save_file(dict(sd), tmp_path / "m.safetensors")
+    assert (
+        main(["convert", "--model", "signal1d", str(tmp_path / "m.safetensors"), str(tmp_path / "m.msgpack")])
+        == 0
+    )
+    assert (
+        main(["convert", "--model", "signal1d", str(tmp_path / "m.msgpack"), str(tmp_path / "b.safetensors")])
+        == 0
+    )
+    back = load_file(tmp_path / "b.safetensors")
+    assert all(torch.equal(back[k], sd[k]) for k in sd if "num_batches" not in k)
