@@ -1,6 +1,9 @@
-"""Exact weight conversion between PyTorch ``state_dict``, Flax Linen variables and Flax NNX.
+"""The template API: our own models' weights between torch, Linen and NNX, Flax names = torch names.
 
-Rules (the layout ones live in :mod:`parity.layout`):
+The conversion of each layer is its rule in the one registry (:mod:`parity.convert.rules`,
+layouts in :mod:`parity.layout`); :func:`layer_spec` lists the layers (conv, dense, BN) and
+the flatten feeding a dense layer (declared ``flatten_shape``, else detected). For any other
+model use :func:`parity.convert.torch_to_flax` / :func:`parity.convert.flax_to_torch`.
 
 ============================  =====================================  ==============================
 torch key                     Linen variable                         rule
@@ -37,9 +40,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from parity import layout
 from parity.convert.common import ConversionError, flatten_tree, torch_tensor_to_numpy, unflatten_tree
 from parity.convert.common import validated as _validated
+from parity.convert.rules import RuleContext, rule_for
 
 
 @dataclass(frozen=True)
@@ -107,60 +110,49 @@ def _detected_flattens(template: nn.Module) -> dict[str, tuple[int, ...]]:
 # ------------------------------------------------------------------------------- the mapping
 
 
-def _torch_to_flax_flat(sd: Mapping[str, np.ndarray], spec: list[Layer]) -> dict[str, np.ndarray]:
-    """Apply the rules to a validated, numpy state dict (no checks)."""
-    out: dict[str, np.ndarray] = {}
+def _spec_transfers(template: nn.Module, spec: list[Layer], num_batches_tracked: int = 0):
+    """``(torch keys, Flax keys, Transfer)`` of each layer's registry rule (:mod:`.rules`);
+    in the template API the Flax names are the torch names (``a.b`` -> ``a/b``)."""
     for layer in spec:
-        n = layer.name
-        if layer.kind == "conv":
-            out[f"params/{n}/kernel"] = layout.conv_kernel_to_flax(sd[f"{n}.weight"])
-        elif layer.kind == "dense":
-            out[f"params/{n}/kernel"] = layout.dense_kernel_to_flax(sd[f"{n}.weight"], layer.flatten_shape)
-        elif f"{n}.weight" in sd:
-            out[f"params/{n}/scale"] = sd[f"{n}.weight"].copy()
-        if layer.kind == "bn":
-            out[f"batch_stats/{n}/mean"] = sd[f"{n}.running_mean"].copy()
-            out[f"batch_stats/{n}/var"] = sd[f"{n}.running_var"].copy()
-        if f"{n}.bias" in sd:
-            out[f"params/{n}/bias"] = sd[f"{n}.bias"].copy()
+        module = template.get_submodule(layer.name)
+        ctx = RuleContext(layer.name, layer.flatten_shape, num_batches_tracked)
+        prefix = layer.name.replace(".", "/")
+        for tr in rule_for(module)(module, ctx):
+            tkeys = tuple(".".join(filter(None, (layer.name, t))) for t in tr.torch)
+            fkeys = tuple(
+                "/".join(filter(None, (f.split("/", 1)[0], prefix, f.split("/", 1)[1]))) for f in tr.flax
+            )
+            yield tkeys, fkeys, tr
+
+
+def _torch_to_flax_flat(
+    sd: Mapping[str, np.ndarray], template: nn.Module, spec: list[Layer]
+) -> dict[str, np.ndarray]:
+    """Apply the layer rules to a validated, numpy state dict (no checks)."""
+    out: dict[str, np.ndarray] = {}
+    for tkeys, fkeys, tr in _spec_transfers(template, spec):
+        if tkeys and fkeys:  # torch-only tensors (num_batches_tracked) are dropped
+            out.update(zip(fkeys, tr.to_flax([sd[k] for k in tkeys]), strict=True))
     return out
 
 
 def _flax_to_torch_flat(
-    fl: Mapping[str, np.ndarray], spec: list[Layer], template_sd: Mapping, num_batches_tracked: int | None
+    fl: Mapping[str, np.ndarray], template: nn.Module, spec: list[Layer], num_batches_tracked: int | None
 ) -> dict[str, np.ndarray]:
     """Inverse of :func:`_torch_to_flax_flat`; ``num_batches_tracked=None`` maps parameters only."""
     out: dict[str, np.ndarray] = {}
-    for layer in spec:
-        n = layer.name
-        if layer.kind == "conv":
-            out[f"{n}.weight"] = layout.conv_kernel_to_torch(fl[f"params/{n}/kernel"])
-        elif layer.kind == "dense":
-            out[f"{n}.weight"] = layout.dense_kernel_to_torch(fl[f"params/{n}/kernel"], layer.flatten_shape)
-        elif f"params/{n}/scale" in fl:
-            out[f"{n}.weight"] = fl[f"params/{n}/scale"].copy()
-        if layer.kind == "bn":
-            if num_batches_tracked is not None:
-                out[f"{n}.running_mean"] = fl[f"batch_stats/{n}/mean"].copy()
-                out[f"{n}.running_var"] = fl[f"batch_stats/{n}/var"].copy()
-                out[f"{n}.num_batches_tracked"] = np.asarray(num_batches_tracked, dtype=np.int64)
-        if f"{n}.bias" in template_sd:
-            out[f"{n}.bias"] = fl[f"params/{n}/bias"].copy()
+    for tkeys, fkeys, tr in _spec_transfers(template, spec, num_batches_tracked or 0):
+        params_only = fkeys and all(f.startswith("params/") for f in fkeys)
+        if tkeys and (num_batches_tracked is not None or params_only):
+            out.update(zip(tkeys, tr.to_torch([fl[f] for f in fkeys]), strict=True))
     return out
-
-
-_LAYER_KEYS = {
-    "conv": ("weight", "bias"),
-    "dense": ("weight", "bias"),
-    "bn": ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"),
-}
 
 
 def _template_state(template: nn.Module) -> dict[str, np.ndarray]:
     """The template's state as numpy; a key no layer rule converts (an unknown buffer) raises."""
     state = {k: torch_tensor_to_numpy(k, v) for k, v in template.state_dict().items()}
-    known = {f"{layer.name}.{leaf}" for layer in layer_spec(template) for leaf in _LAYER_KEYS[layer.kind]}
-    unknown = sorted(set(state) - {k.lstrip(".") for k in known})
+    known = {k for tkeys, _, _ in _spec_transfers(template, layer_spec(template)) for k in tkeys}
+    unknown = sorted(set(state) - known)
     if unknown:
         raise ConversionError(
             f"{type(template).__name__}: no rule converts {', '.join(unknown)} (unknown parameter or "
@@ -171,7 +163,7 @@ def _template_state(template: nn.Module) -> dict[str, np.ndarray]:
 
 def expected_flax_shapes(template: nn.Module) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """``{'params/conv1/kernel': ((3, 3, 1, 16), float32), ...}`` for ``template``."""
-    flat = _torch_to_flax_flat(_template_state(template), layer_spec(template))
+    flat = _torch_to_flax_flat(_template_state(template), template, layer_spec(template))
     return {k: (v.shape, v.dtype) for k, v in flat.items()}
 
 
@@ -183,7 +175,7 @@ def torch_to_linen(state_dict: Mapping[str, Any], template: nn.Module) -> dict[s
     """
     expected = {k: (v.shape, v.dtype) for k, v in _template_state(template).items()}
     sd = _validated("torch state_dict", state_dict, expected)
-    return unflatten_tree(_torch_to_flax_flat(sd, layer_spec(template)))
+    return unflatten_tree(_torch_to_flax_flat(sd, template, layer_spec(template)))
 
 
 def linen_to_torch(
@@ -196,7 +188,7 @@ def linen_to_torch(
     """
     fl = _validated("Flax variables", flatten_tree(variables), expected_flax_shapes(template))
     tsd = _template_state(template)
-    out = _flax_to_torch_flat(fl, layer_spec(template), tsd, num_batches_tracked)
+    out = _flax_to_torch_flat(fl, template, layer_spec(template), num_batches_tracked)
     # np.array keeps 0-d counters 0-d (np.ascontiguousarray would make them 1-d)
     return OrderedDict((k, torch.from_numpy(np.array(out[k], order="C"))) for k in tsd)
 
@@ -210,7 +202,7 @@ def params_to_torch(params: Mapping[str, Any], template: nn.Module) -> dict[str,
         if k.startswith("params/")
     }
     fl = _validated("Flax params", flatten_tree({"params": params}), expected)
-    out = _flax_to_torch_flat(fl, layer_spec(template), _template_state(template), None)
+    out = _flax_to_torch_flat(fl, template, layer_spec(template), None)
     return {name: out[name] for name, _ in template.named_parameters()}
 
 
