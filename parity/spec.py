@@ -94,9 +94,8 @@ def build(spec: str, allowed: Sequence[str]) -> tuple[Any, str]:
     kind = _kind_of(model)
     if kind not in allowed:
         names = {"torch": "a torch.nn.Module", "linen": "a Linen Module", "nnx": "an NNX Module"}
-        raise SpecError(
-            f"{spec}: the factory returned {type(model).__name__}, not {' or '.join(names[a] for a in allowed)}"
-        )
+        wanted = " or ".join(names[a] for a in allowed)
+        raise SpecError(f"{spec}: the factory returned {type(model).__name__}, not {wanted}")
     return model, kind
 
 

@@ -152,19 +152,16 @@ def measure() -> None:
     pairing, rows = map_models(model, shapes)
     t4 = time.perf_counter()
     mb = 2**20
+    ratio_in, ratio_round = peak_to_flax / size, peak_round / size
     print(
-        f"params {n_params / 1e6:.2f}M, checkpoint {size / mb:.1f} MiB, bit-exact {exact}, all paired {pairing.ok}"
+        f"params {n_params / 1e6:.2f}M, checkpoint {size / mb:.1f} MiB, bit-exact {exact}, paired {pairing.ok}"
     )
+    print(f"torch->Linen {t1 - t0:.2f} s (peak extra {peak_to_flax / mb:.0f} MiB = {ratio_in:.2f}x)")
+    print(f"Linen->torch {t2 - t1:.2f} s (peak, both held {peak_round / mb:.0f} MiB = {ratio_round:.2f}x)")
     print(
-        f"torch->Linen {t1 - t0:.2f} s (peak extra {peak_to_flax / mb:.0f} MiB = {peak_to_flax / size:.2f}x)"
+        f"round trip {t2 - t0:.2f} s wall, {c2 - c0:.2f} s CPU; map pairing {t4 - t3:.2f} s ({len(rows)} rows)"
     )
-    print(
-        f"Linen->torch {t2 - t1:.2f} s (peak while both trees held {peak_round / mb:.0f} MiB = {peak_round / size:.2f}x)"
-    )
-    print(
-        f"round trip {t2 - t0:.2f} s wall, {c2 - c0:.2f} s CPU; map pairing {t4 - t3:.2f} s ({len(rows)} rows); "
-        f"load {os.getloadavg()}"
-    )
+    print(f"load {os.getloadavg()}")
 
 
 if __name__ == "__main__":

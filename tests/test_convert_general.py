@@ -179,3 +179,60 @@ def test_never_pairs_by_position():
         "fc_main.weight" in pairing.unmatched_torch
         and "params/renamed_fc_main/kernel" in pairing.unmatched_flax
     )
+
+
+class _Gain(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.gain = nn.Parameter(torch.linspace(0.5, 1.5, n))
+
+    def forward(self, x):
+        return x * self.gain
+
+
+class _WithToken(nn.Module):
+    """A container owning a parameter directly (like a ViT class token) and a custom layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.token = nn.Parameter(torch.randn(1, 1, 4))
+        self.fc = nn.Linear(4, 4)
+        self.gain = _Gain(4)
+
+    def forward(self, x):
+        return self.gain(self.fc(x + self.token))
+
+
+def test_a_user_registered_rule_and_a_container_parameter():
+    from parity.convert import Transfer, register_rule, rules
+
+    tm = _WithToken()
+    v = {
+        "params": {
+            "token": np.zeros((1, 1, 4), np.float32),
+            "fc": {"kernel": np.zeros((4, 4), np.float32), "bias": np.zeros(4, np.float32)},
+            "gain": {"scale": np.zeros(4, np.float32)},
+        }
+    }
+    with pytest.raises(ConversionError, match=r"gain \(_Gain\): no layer rule \(holds gain\.gain\)"):
+        torch_to_flax(tm.state_dict(), tm, v)
+    register_rule(_Gain)(lambda module, ctx: [Transfer(("gain",), ("params/scale",), "copy")])
+    try:
+        out = torch_to_flax(tm.state_dict(), tm, v)
+        np.testing.assert_array_equal(out["params"]["gain"]["scale"], tm.gain.gain.detach().numpy())
+        np.testing.assert_array_equal(out["params"]["token"], tm.token.detach().numpy())
+        _assert_same_state(flax_to_torch(out, tm), tm.state_dict())
+        rows = map_models(tm, v)[1]
+        assert {r["torch"]: r["rule"] for r in rows}["token"] == "copy (parameter)"
+    finally:
+        rules._RULES.pop(_Gain)
+
+
+def test_a_tensor_the_rule_does_not_know_is_refused_by_name():
+    tm = nn.Sequential(nn.Linear(2, 2))
+    tm[0].register_buffer("scale_hint", torch.ones(2))
+    v = {"params": {"layers_0": {"kernel": np.zeros((2, 2), np.float32), "bias": np.zeros(2, np.float32)}}}
+    with pytest.raises(
+        ConversionError, match=r"0\.scale_hint \(0 Linear\): the Linear rule does not convert it"
+    ):
+        torch_to_flax(tm.state_dict(), tm, v)
