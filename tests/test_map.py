@@ -79,6 +79,8 @@ def test_convert_by_spec_round_trips_bit_exactly_through_every_format(tmp_path, 
     torch.save({"state_dict": sd}, tmp_path / "m.pth")
     spec = ["--torch", TORCH, "--flax", flax, *extra]
     assert main(["convert", *spec, str(tmp_path / "m.pth"), str(tmp_path / "m.msgpack")]) == 0
+    said = capsys.readouterr().out
+    assert "torch -> flax; flatten torch.fx (channels from modules): fc_main=(8, 16), fc_side=(4, 16)" in said
     assert main(["convert", *spec, str(tmp_path / "m.msgpack"), str(tmp_path / "back.safetensors")]) == 0
     assert main(["convert", *spec, str(tmp_path / "back.safetensors"), str(tmp_path / "again.msgpack")]) == 0
     assert (tmp_path / "m.msgpack").read_bytes() == (tmp_path / "again.msgpack").read_bytes()

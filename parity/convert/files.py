@@ -63,20 +63,25 @@ def load_models(
 
 def convert_models_file(torch_model: Any, flax_target: Any, src: str, dst: str, **options: Any) -> str:
     """Convert ``src`` to ``dst`` between ``torch_model`` and ``flax_target`` (Linen variables or
-    an NNX module, which only gives the expected Flax names and shapes); return the direction.
+    an NNX module, which only gives the expected Flax names and shapes); return the direction
+    and how flattens into Linear layers were found.
     ``options`` go to :func:`torch_to_flax` / :func:`flax_to_torch` (``user_map``,
     ``flatten_shapes``, ``input_shape``)."""
     from parity.convert.common import flatten_tree, unflatten_tree, validated
+    from parity.convert.flatten import detect_flattens
     from parity.convert.general import flax_leaves, flax_to_torch, torch_to_flax
 
     sides = _direction(src, dst)
     leaves = flax_leaves(flax_target)
+    flatten = detect_flattens(torch_model, options.get("input_shape"), options.get("flatten_shapes"))
+    options = {**options, "flatten_shapes": flatten.shapes}
+    how = f"flatten {flatten.method}: " + (", ".join(f"{k}={v}" for k, v in flatten.shapes.items()) or "none")
     if sides[0] == "torch":
         target = unflatten_tree({k: np.asarray(v) for k, v in leaves.items()})
         write_checkpoint(dst, torch_to_flax(read_torch_state(src), torch_model, target, **options))
-        return "torch -> flax"
+        return f"torch -> flax; {how}"
     tree = read_flax_variables(src)
     expected = {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in leaves.items()}
     flat = validated(src, flatten_tree(tree), expected)
     write_checkpoint(dst, flax_to_torch(unflatten_tree(flat), torch_model, **options))
-    return "flax -> torch"
+    return f"flax -> torch; {how}"
