@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "check": ("parity.commands.check", "compare the torch, Linen and NNX models on converted weights"),
     "convert": ("parity.commands.convert", "convert a checkpoint between torch (.pt) and Flax (.msgpack)"),
+    "map": ("parity.commands.map", "show how a torch model's weights pair with a Flax model's"),
     "lint": ("parity.commands.lint", "find train()/eval() misplacement in PyTorch training code"),
     "bench": ("parity.commands.bench", "training throughput per framework and execution style"),
 }

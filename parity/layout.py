@@ -61,3 +61,51 @@ def dense_kernel_to_torch(k: np.ndarray, flatten_shape: tuple[int, ...] | None =
     w = k.T.reshape(out, *spatial, c)  # (out, *spatial, C)
     w = np.moveaxis(w, -1, 1)  # (out, C, *spatial)
     return np.ascontiguousarray(w.reshape(out, -1))
+
+
+def conv_transpose_kernel_to_flax(w: np.ndarray) -> np.ndarray:
+    """ConvTranspose weight ``(I, O, *k)`` -> Flax ``ConvTranspose`` kernel ``(*k, I, O)``,
+    spatially flipped: torch's transposed convolution is the gradient of a convolution, which
+    correlates with the flipped kernel; Flax (``transpose_kernel=False``) does not flip."""
+    spatial = tuple(range(2, w.ndim))
+    k = w.transpose(*spatial, 0, 1)
+    return np.ascontiguousarray(np.flip(k, axis=tuple(range(len(spatial)))))
+
+
+def conv_transpose_kernel_to_torch(k: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`conv_transpose_kernel_to_flax`: ``(*k, I, O)`` -> ``(I, O, *k)``."""
+    n = k.ndim - 2
+    k = np.flip(k, axis=tuple(range(n)))
+    return np.ascontiguousarray(k.transpose(n, n + 1, *range(n)))
+
+
+def conv_transpose_padding(
+    kernel_size: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...] = (),
+    output_padding: tuple[int, ...] = (),
+) -> list[tuple[int, int]]:
+    """Explicit Flax ``ConvTranspose`` padding reproducing torch's ``ConvTranspose(padding=p,
+    output_padding=op, dilation=d)``: ``(d*(k-1) - p, d*(k-1) - p + op)`` per spatial dim.
+
+    Flax pads the stride-dilated input and correlates with the (flipped) kernel; torch's output
+    loses ``p`` on each side of the full ``(in-1)*s + d*(k-1) + 1`` result and gains ``op`` at the end.
+    """
+    n = len(kernel_size)
+    dilation = dilation or (1,) * n
+    output_padding = output_padding or (0,) * n
+    return [
+        (d * (k - 1) - p, d * (k - 1) - p + op)
+        for k, p, d, op in zip(kernel_size, padding, dilation, output_padding, strict=True)
+    ]
+
+
+def heads_kernel_to_flax(w: np.ndarray, num_heads: int) -> np.ndarray:
+    """Attention projection ``(E_out, E_in)`` (torch Linear layout) -> Flax ``(E_in, heads,
+    head_dim)``; head ``h`` owns output features ``h*head_dim : (h+1)*head_dim``, as in torch."""
+    return np.ascontiguousarray(w.T.reshape(w.shape[1], num_heads, -1))
+
+
+def heads_kernel_to_torch(k: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`heads_kernel_to_flax`: ``(E_in, heads, head_dim)`` -> ``(E_out, E_in)``."""
+    return np.ascontiguousarray(k.reshape(k.shape[0], -1).T)

@@ -1,30 +1,53 @@
-"""``parity convert --model {digits,signal1d} SRC DST``: torch .pt <-> Flax .msgpack."""
+"""``parity convert``: a checkpoint between torch (.pt/.pth/.safetensors) and Flax (.msgpack).
+
+``--model {digits,signal1d}`` for the project's models, or ``--torch SPEC --flax SPEC`` for
+yours (with ``--map``, ``--input-shape``, ``--flatten`` as in ``parity map``). The direction
+comes from the suffixes. Exit 0 ok, 1 a conversion error (one line; nothing written), 2 usage.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from parity.commands.map import add_model_arguments
 from parity.registry import MODELS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``parity convert``."""
-    parser.add_argument(
-        "--model", required=True, choices=MODELS, help="architecture of the checkpoint (default widths)"
-    )
-    parser.add_argument("src", help="input checkpoint: .pt (torch state_dict) or .msgpack (Flax variables)")
-    parser.add_argument("dst", help="output checkpoint, the other format; written atomically")
+    parser.add_argument("--model", choices=MODELS, help="one of our architectures (default widths)")
+    add_model_arguments(parser, required=False)
+    parser.add_argument("src", help="input checkpoint: .pt/.pth/.safetensors (torch) or .msgpack (Flax)")
+    parser.add_argument("dst", help="output checkpoint, the other side; written atomically")
+    parser.set_defaults(_parser=parser)
+
+
+def _convert(args: argparse.Namespace) -> str:
+    from parity.convert.files import convert_file, convert_models_file
+
+    if args.model:
+        return convert_file(args.model, args.src, args.dst)
+    from parity.commands.map import load_models
+
+    torch_model, target, options = load_models(args)
+    return convert_models_file(torch_model, target, args.src, args.dst, **options)
 
 
 def run(args: argparse.Namespace) -> int:
     """Convert; exit 0 on success, 1 on a conversion error (nothing is written then)."""
-    from parity.convert import ConversionError, convert_file
+    if bool(args.model) == bool(args.torch or args.flax) or (
+        not args.model and not (args.torch and args.flax)
+    ):
+        args._parser.error("give either --model or both --torch SPEC and --flax SPEC")
+    from parity.convert import ConversionError
+    from parity.spec import SpecError
 
     try:
-        direction = convert_file(args.model, args.src, args.dst)
-    except (ConversionError, OSError) as e:
+        direction = _convert(args)
+    except (ConversionError, SpecError, OSError) as e:
         print(f"parity convert: error: {e}", file=sys.stderr)
         return 1
-    print(f"{args.src} -> {args.dst} ({direction}, model {args.model})")
+    source = f"model {args.model}" if args.model else f"{args.torch} / {args.flax}"
+    print(f"{args.src} -> {args.dst} ({direction}, {source})")
     return 0

@@ -1,0 +1,137 @@
+"""Models from user code: ``SPEC`` is ``package.module:factory`` or ``path/to/file.py:factory``.
+
+A factory takes no arguments and returns a ``torch.nn.Module``, a Flax Linen ``Module`` or an
+NNX ``Module``. Every failure (the module does not import, the factory is missing, raises, or
+returns the wrong type) raises :class:`SpecError` with one line naming the SPEC.
+
+A Linen module has no weights until initialised: :func:`linen_variables` calls ``init`` on
+zeros of the given input shape, given in torch layout (``N, C, *spatial``) and moved to
+channels-last by rank (rank >= 3) unless ``channels_last=False`` (token inputs).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+class SpecError(ValueError):
+    """A SPEC that does not give a model of the expected kind; the message names the SPEC."""
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``'4,3,32,32'`` -> ``(4, 3, 32, 32)``; anything else raises ``ValueError``."""
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not shape or min(shape) < 1:
+        raise ValueError(f"expected comma-separated positive integers, got {text!r}")
+    return shape
+
+
+def _import_module(spec: str, where: str) -> Any:
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise SpecError(f"{spec}: no such file {where!r}")
+        name = f"_parity_spec_{abs(hash(str(path.resolve())))}"
+        loader_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module
+        sys.path.insert(0, str(path.parent.resolve()))  # so the file can import its neighbours
+        try:
+            loader_spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(path.parent.resolve()))
+        return module
+    return importlib.import_module(where)
+
+
+def load_factory(spec: str) -> Callable[[], Any]:
+    """The factory named by ``spec``."""
+    where, sep, attr = spec.rpartition(":")
+    if not sep or not where or not attr:
+        raise SpecError(f"{spec!r}: expected package.module:factory or path/to/file.py:factory")
+    try:
+        module = _import_module(spec, where)
+    except SpecError:
+        raise
+    except Exception as e:  # user code: any import-time failure
+        raise SpecError(f"{spec}: cannot import {where}: {type(e).__name__}: {e}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise SpecError(f"{spec}: {where} has no callable {attr!r}")
+    return factory
+
+
+def _kind_of(obj: Any) -> str | None:
+    import torch
+
+    if isinstance(obj, torch.nn.Module):
+        return "torch"
+    from flax import linen, nnx
+
+    if isinstance(obj, nnx.Module):
+        return "nnx"
+    if isinstance(obj, linen.Module):
+        return "linen"
+    return None
+
+
+def build(spec: str, allowed: Sequence[str]) -> tuple[Any, str]:
+    """Call the factory of ``spec``; return ``(model, kind)`` with ``kind`` in ``allowed``
+    (``'torch'``, ``'linen'``, ``'nnx'``)."""
+    factory = load_factory(spec)
+    try:
+        model = factory()
+    except Exception as e:  # user code
+        raise SpecError(f"{spec}: the factory raised {type(e).__name__}: {e}") from None
+    kind = _kind_of(model)
+    if kind not in allowed:
+        names = {"torch": "a torch.nn.Module", "linen": "a Linen Module", "nnx": "an NNX Module"}
+        wanted = " or ".join(names[a] for a in allowed)
+        raise SpecError(f"{spec}: the factory returned {type(model).__name__}, not {wanted}")
+    return model, kind
+
+
+def flax_input_shape(torch_shape: Sequence[int], channels_last: bool = True) -> tuple[int, ...]:
+    """Torch-layout shape -> the Flax input shape (``N, *spatial, C`` for rank >= 3)."""
+    s = tuple(torch_shape)
+    return (s[0], *s[2:], s[1]) if channels_last and len(s) >= 3 else s
+
+
+def linen_variables(
+    module: Any,
+    torch_shape: Sequence[int],
+    channels_last: bool = True,
+    dtype: str = "float32",
+    shapes_only: bool = False,
+) -> dict:
+    """``module.init`` on zeros of the Flax input shape; a ``train`` keyword is passed as
+    ``False`` when the plain call needs it. ``shapes_only``: ``jax.eval_shape`` of it (leaves are
+    ``ShapeDtypeStruct``; no weights computed). Failures raise :class:`SpecError`."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jax.ShapeDtypeStruct(flax_input_shape(torch_shape, channels_last), jnp.dtype(dtype))
+    key = jax.random.key(0)
+    init = (lambda *a, **k: jax.eval_shape(module.init, *a, **k)) if shapes_only else module.init
+    if not shapes_only:
+        x = jnp.zeros(x.shape, x.dtype)
+    try:
+        try:
+            return init(key, x)
+        except TypeError as e:
+            if "train" not in str(e):
+                raise
+            return init(key, x, train=False)
+    except Exception as e:  # user code
+        msg = (str(e).splitlines() or [""])[0][:200]
+        raise SpecError(
+            f"{type(module).__name__}.init on input {tuple(x.shape)} failed: {type(e).__name__}: {msg}"
+        ) from None
