@@ -23,7 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train every mode-handling variant over seeds and report the seed's bug",
     ),
     "check": ("parity.commands.check", "compare the torch, Linen and NNX models on converted weights"),
-    "convert": ("parity.commands.convert", "convert a checkpoint between torch (.pt) and Flax (.msgpack)"),
+    "convert": (
+        "parity.commands.convert",
+        "convert a checkpoint between torch (.pt, .safetensors) and Flax (.msgpack)",
+    ),
     "map": ("parity.commands.map", "show how a torch model's weights pair with a Flax model's"),
     "lint": ("parity.commands.lint", "find train()/eval() misplacement in PyTorch training code"),
     "bench": ("parity.commands.bench", "training throughput per framework and execution style"),
