@@ -7,16 +7,16 @@ Gotchas (MIGRATION.md, "Reference zoo"), each a small torch model and its Flax p
 weights are written here with :mod:`parity.layout`, one deliberate mistake, and ``localize``
 naming the layer that makes it:
 
-==================================  ================================  ==========================
-gotcha                              fault injected                    localised to
-==================================  ==================================  ========================
-stride-2 padding                    ``'SAME'`` instead of ((1, 1),)*2  ``conv1`` (shape equal)
-GELU approximation                  ``jax.nn.gelu`` default (tanh)     ``act``
-LayerNorm eps                       1e-5 instead of 1e-6               ``ln``
-``count_include_pad``               Flax default with torch ``False``  ``pool``
-``Embedding(padding_idx)`` grad     plain ``nn.Embed``                 ``embedding.weight`` grad
-ConvTranspose padding               torch's ``padding`` copied         ``deconv`` (shape)
-==================================  ==================================  ========================
+==============================  ===================================  ==========================
+gotcha                          fault injected                       localised to
+==============================  ===================================  ==========================
+stride-2 padding                ``'SAME'`` instead of ((1, 1),)*2    ``conv1`` (shape equal)
+GELU approximation              ``jax.nn.gelu`` default (tanh)       ``act``
+LayerNorm eps                   1e-5 instead of 1e-6                 ``ln``
+``count_include_pad``           Flax default with torch ``False``    ``pool``
+``Embedding(padding_idx)``      plain ``nn.Embed``                   ``embedding.weight`` grad
+ConvTranspose padding           torch's ``padding`` copied           ``deconv`` (shape)
+==============================  ===================================  ==========================
 
 Attention gotchas (q/k/v order, head layout, mask polarity) need ``nn.MultiheadAttention``
 converted and live in ``tests/test_zoo_parity.py``.
