@@ -663,6 +663,8 @@ def _invert(layer_map: Mapping[str, str] | None) -> Callable[[str], str]:
 def _flax_bn_stats(pure_bs: Mapping, flax_name: str) -> dict | None:
     node: Any = pure_bs
     for part in flax_name.split("."):
+        if isinstance(node, Mapping) and part not in node and part.isdigit():
+            part = int(part)  # NNX list items (nnx.List) are keyed by int in pure dicts
         if not isinstance(node, Mapping) or part not in node:
             return None
         node = node[part]
