@@ -306,36 +306,37 @@ def _stop(context: mp.ProcessContext) -> None:
         p.join(timeout=5)
 
 
-def join_ddp(launch: Launch) -> list[dict]:
-    """Wait (bounded by the launch's deadline) and return each rank's record, rank order.
-
-    Raises :class:`WorkerError` naming the rank that died or raised, or the ranks still running
-    at the deadline; the other workers are stopped first.
-    """
+def _wait(launch: Launch) -> None:
     try:
         while not launch.context.join(timeout=0.5):
             if time.monotonic() > launch.deadline:
                 alive = [r for r, p in enumerate(launch.context.processes) if p.is_alive()]
-                _stop(launch.context)
                 raise WorkerError(
                     f"rank(s) {alive} of {launch.world_size} did not finish before the deadline"
                 )
     except mp.ProcessExitedException as e:
-        _stop(launch.context)
-        raise WorkerError(
-            f"rank {e.error_index} of {launch.world_size} died (exit code {e.exit_code})"
-        ) from None
+        how = f"signal {e.signal_name}" if e.signal_name else f"exit code {e.exit_code}"
+        raise WorkerError(f"rank {e.error_index} of {launch.world_size} died ({how})") from None
     except mp.ProcessRaisedException as e:
-        _stop(launch.context)
         last = str(e).strip().splitlines()[-1]
         raise WorkerError(f"rank {e.error_index} of {launch.world_size} raised: {last}") from None
+
+
+def join_ddp(launch: Launch) -> list[dict]:
+    """Wait (bounded by the launch's deadline) and return each rank's record, rank order.
+
+    Raises :class:`WorkerError` naming the rank that died or raised, or the ranks still running
+    at the deadline; every worker is stopped and the result folder removed first.
+    """
     try:
+        _wait(launch)
         records = []
         for rank in range(launch.world_size):
             with np.load(os.path.join(launch.out_dir.name, f"rank{rank}.npz")) as d:
                 records.append(dict(d))
         return records
     finally:
+        _stop(launch.context)
         launch.out_dir.cleanup()
 
 

@@ -68,6 +68,7 @@ def run_flax(
     """:func:`flax_impl.data_parallel.run_all` on ``world_size`` simulated CPU devices, in a child
     process, from the converted initial weights of ``spec``. ``x``/``x_eval`` channels-first
     (converted here). Raises ``RuntimeError`` with the child's last stderr line on failure."""
+    flax_dp.check_world_size(world_size, x.shape[1], world_size)  # before any process starts
     flax_spec = flax_dp.RunSpec(spec.model, dict(spec.config), spec.lr, dtype)
     flat = convert.flatten_tree(initial_variables(spec))
     x_cl = np.stack([to_channels_last(b) for b in x])
