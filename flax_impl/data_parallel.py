@@ -211,14 +211,16 @@ def sync_batch_stats(mesh: Mesh, stats: Any) -> Any:
     return jax.jit(mean)(stats)
 
 
+@jax.jit
+def _eval_stacked(state: linen_train.TrainState, stats: Any, x: jax.Array) -> jax.Array:
+    one = lambda s: state.apply_fn({"params": state.params, "batch_stats": s}, x, train=False)  # noqa: E731
+    return jax.vmap(one)(stats)
+
+
 def eval_per_replica(state: linen_train.TrainState, stats: Any, x: np.ndarray) -> np.ndarray:
-    """Eval-mode logits ``(N, B, classes)`` of ``x`` with each replica's statistics ``stats[r]``."""
-    module_apply = state.apply_fn
-
-    def one(s):
-        return module_apply({"params": state.params, "batch_stats": s}, jnp.asarray(x), train=False)
-
-    return np.asarray(jax.jit(jax.vmap(one))(stats))
+    """Eval-mode logits ``(N, B, classes)`` of ``x`` with each replica's statistics ``stats[r]``
+    (leading replica axis, as :func:`run_shard_map` keeps them)."""
+    return np.asarray(_eval_stacked(state, stats, jnp.asarray(x)))
 
 
 @nnx.jit

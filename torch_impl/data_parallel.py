@@ -24,6 +24,7 @@ import os
 import socket
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -161,6 +162,15 @@ def run_single(spec: RunSpec, x: np.ndarray, y: np.ndarray) -> dict:
     return _train_steps(model, model, x.astype(spec.dtype), y, "single", spec.lr)
 
 
+def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """Differentiable SUM all-reduce (its backward all-reduces the gradient). torch 2.13 marks
+    ``torch.distributed.nn.functional.all_reduce`` deprecated in favour of the functional
+    collectives, whose ``all_reduce`` has no autograd; the warning is silenced here only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_reduce", FutureWarning)
+        return dist_nn.all_reduce(t)
+
+
 class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Cross-rank BatchNorm for CPU tensors, on ``torch.distributed.nn.functional.all_reduce``.
 
@@ -183,10 +193,10 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         count = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype)
-        n = dist_nn.all_reduce(count)  # no gradient flows into the count
-        mean = dist_nn.all_reduce(x.sum(dims)) / n
+        n = _sum_over_ranks(count)  # no gradient flows into the count
+        mean = _sum_over_ranks(x.sum(dims)) / n
         centred = x - mean.reshape(shape)
-        var = dist_nn.all_reduce((centred * centred).sum(dims)) / n
+        var = _sum_over_ranks((centred * centred).sum(dims)) / n
         with torch.no_grad():
             m = self.momentum
             self.running_mean.mul_(1 - m).add_(m * mean.detach())
@@ -214,7 +224,9 @@ def _wrap(spec: RunSpec, variant: Variant) -> tuple[DistributedDataParallel, nn.
     model = build(spec)
     if variant.sync_bn:
         model = convert_sync_bn(model)
-    return DistributedDataParallel(model, broadcast_buffers=variant.broadcast_buffers), model
+    with warnings.catch_warnings():  # torch 2.13: "`broadcast_buffers` is deprecated", still honoured
+        warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+        return DistributedDataParallel(model, broadcast_buffers=variant.broadcast_buffers), model
 
 
 def _rank_steps(spec: RunSpec, variant: Variant, x: np.ndarray, y: np.ndarray, rank: int) -> dict:

@@ -163,30 +163,39 @@ def _flax_tree(out: dict, prefix: str) -> dict:
 
 
 def compare_torch_flax(
-    ranks: list[dict], name: str, out: dict, flax_name: str, spec: torch_dp.RunSpec, x0: np.ndarray
+    ranks: list[dict],
+    name: str,
+    out: dict,
+    flax_name: str,
+    spec: torch_dp.RunSpec,
+    x0: np.ndarray,
+    per_replica: bool = False,
 ) -> dict[str, float]:
     """Check 4: torch run ``name`` (every rank) against Flax run ``flax_name`` through the
     converter. Flax gradients go to torch layout with :func:`parity.convert.params_to_torch`;
-    Flax's biased running variances become torch's unbiased ones over the global count of the
-    batch ``x0`` ``(B, C, H, W)`` with :func:`unbiased_running_var` (exact algebra)."""
+    Flax's biased running variances become torch's unbiased ones with
+    :func:`unbiased_running_var` (exact algebra) over the count of ``x0`` ``(B, C, H, W)``, the
+    global batch. ``per_replica``: rank r is compared with Flax replica r's statistics, counted
+    over one shard of ``x0`` (the unsynchronised twins, rows 10 and 12 of MODE_BUGS.md)."""
     template = torch_dp.build_model(spec.model, seed=spec.seed, **spec.config)
-    counts = values_per_channel(template, x0)
+    counts = values_per_channel(template, x0[: len(x0) // len(ranks)] if per_replica else x0)
     init = initial_variables(spec)["batch_stats"]
+    views = replica_views(out, flax_name)
     worst = dict.fromkeys(KINDS, 0.0)
     for k in range(_steps(out, flax_name)):
         logits = np.concatenate([r[f"{name}/{k}/logits"] for r in ranks])
         worst["logits"] = max(worst["logits"], rel_l2(logits, out[f"{flax_name}/{k}/logits"]))
         grads = convert.params_to_torch(_flax_tree(out, f"{flax_name}/{k}/grad/"), template)
-        for bn, n in counts.items():
-            history = [init[bn]["var"]] + [out[f"{flax_name}/{j}/stat/{bn}/var"] for j in range(k + 1)]
-            want = {
-                "running_mean": out[f"{flax_name}/{k}/stat/{bn}/mean"],
-                "running_var": unbiased_running_var(history, n),
-            }
-            for kind, value in want.items():
-                for r in ranks:
-                    worst[kind] = max(worst[kind], rel_l2(r[f"{name}/{k}/stat/{bn}.{kind}"], value))
-        for param, value in grads.items():
-            for r in ranks:
+        for rank, r in enumerate(ranks):
+            view = views[rank if per_replica else 0]
+            for param, value in grads.items():
                 worst["grad"] = max(worst["grad"], rel_l2(r[f"{name}/{k}/grad/{param}"], value))
+            for bn, n in counts.items():
+                history = [init[bn]["var"]] + [view[f"{flax_name}/{j}/stat/{bn}/var"] for j in range(k + 1)]
+                want = {
+                    "running_mean": view[f"{flax_name}/{k}/stat/{bn}/mean"],
+                    "running_var": unbiased_running_var(history, n),
+                }
+                for kind, value in want.items():
+                    worst[kind] = max(worst[kind], rel_l2(r[f"{name}/{k}/stat/{bn}.{kind}"], value))
     return worst
