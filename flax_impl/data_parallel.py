@@ -302,6 +302,9 @@ def main(argv: list[str]) -> int:
     ``x_eval`` (channels-last) and the initial variables as ``params/...``, ``batch_stats/...``.
     ``OUT.npz`` is written whole or not at all. Exit 2 with one line on stderr on bad sizes.
     """
+    if len(argv) != 3:
+        print("usage: python -m flax_impl.data_parallel SPEC.json DATA.npz OUT.npz", file=sys.stderr)
+        return 2
     spec_path, data_path, out_path = argv
     with open(spec_path) as f:
         raw = json.load(f)

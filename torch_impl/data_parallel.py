@@ -164,8 +164,9 @@ def run_single(spec: RunSpec, x: np.ndarray, y: np.ndarray) -> dict:
 
 def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     """Differentiable SUM all-reduce (its backward all-reduces the gradient). torch 2.13 marks
-    ``torch.distributed.nn.functional.all_reduce`` deprecated in favour of the functional
-    collectives, whose ``all_reduce`` has no autograd; the warning is silenced here only."""
+    ``torch.distributed.nn.functional.all_reduce`` deprecated in favour of the private
+    ``torch.distributed._functional_collectives.all_reduce`` (which registers the same
+    backward); this keeps the public API and silences only that warning."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_reduce", FutureWarning)
         return dist_nn.all_reduce(t)
