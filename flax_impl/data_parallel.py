@@ -14,6 +14,7 @@ step ``k``, under ``{name}/{k}/...``: ``logits`` ``(B, classes)`` (all shards, i
 * :func:`run_shard_map`: the step runs per replica under ``jax.shard_map``; gradients are
   ``pmean``-ed; BN statistics are global only if the module's ``bn_axis_name`` is the mesh axis,
   per replica otherwise (then :func:`sync_batch_stats` must ``pmean`` them before evaluation).
+* :func:`run_nnx_jit_sharded` and :func:`run_nnx_shard_map`: the same two modes for NNX.
 
 Simulated CPU devices exist only if ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` is
 set before jax starts, so the harness runs :func:`main` in a fresh process.
@@ -26,11 +27,13 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
@@ -264,6 +267,64 @@ def run_nnx_jit_sharded(
     return out
 
 
+def _nnx_replica_step(graphdef, rest, tx, params, stats, opt_state, x, y) -> tuple:
+    """:func:`_replica_step` for NNX: merge the replica's module, differentiate the ``pmean``-ed
+    loss with respect to the (replicated) params, update with optax. ``stats`` has a leading
+    replica axis of 1; the returned statistics too."""
+
+    def loss_of(p):
+        model = nnx.merge(graphdef, p, jax.tree.map(lambda a: a[0], stats), rest)
+        logits = model(x)
+        return lax.pmean(nnx_train.loss_fn(logits, y), AXIS), (logits, nnx.state(model, nnx.BatchStat))
+
+    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    new_stats = jax.tree.map(lambda a: a[None], new_stats)
+    metrics = {
+        "loss": loss,
+        "logits": logits,
+        "grads": nnx.to_pure_dict(grads),
+        "stats": nnx.to_pure_dict(new_stats),
+    }
+    return optax.apply_updates(params, updates), new_stats, opt_state, metrics
+
+
+def run_nnx_shard_map(
+    spec: RunSpec,
+    variables: dict,
+    x: np.ndarray,
+    y: np.ndarray,
+    mesh: Mesh,
+    bn_axis_name: str | None,
+    name: str = "nnx_shard_map",
+) -> dict:
+    """NNX under ``shard_map`` (split into graph and state, merged per replica); every
+    ``nnx.BatchNorm`` gets ``axis_name=bn_axis_name`` (NNX modules are mutable, so no model
+    field is needed). Same specs and records as :func:`run_shard_map`."""
+    check_world_size(mesh.size, x.shape[1], available_workers())
+    model = _nnx_model(spec, variables)
+    for _, module in nnx.iter_graph(model):
+        if isinstance(module, nnx.BatchNorm):
+            module.axis_name = bn_axis_name
+    graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    stats = jax.tree.map(lambda a: jnp.stack([a] * mesh.size), stats)
+    tx = linen_train.make_optimizer(spec.lr)
+    opt_state = tx.init(params)
+    body = partial(_nnx_replica_step, graphdef, rest, tx)
+    specs = (P(), P(AXIS), P(), P(AXIS), P(AXIS))
+    metrics_spec = {"loss": P(), "logits": P(AXIS), "grads": P(), "stats": P(AXIS)}
+    step = jax.jit(
+        jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=(P(), P(AXIS), P(), metrics_spec))
+    )
+    out: dict = {}
+    for k in range(len(x)):
+        params, stats, opt_state, metrics = step(
+            params, stats, opt_state, jnp.asarray(x[k], spec.dtype), jnp.asarray(y[k])
+        )
+        _record_step(out, f"{name}/{k}", metrics)
+    return out
+
+
 def _unflatten(flat: dict[str, np.ndarray], prefix: str) -> dict:
     tree: dict = {}
     for key, value in flat.items():
@@ -276,17 +337,29 @@ def _unflatten(flat: dict[str, np.ndarray], prefix: str) -> dict:
     return tree
 
 
-def run_all(spec: RunSpec, variables: dict, x: np.ndarray, y: np.ndarray, x_eval: np.ndarray, n: int) -> dict:
+def run_all(
+    spec: RunSpec,
+    variables: dict,
+    x: np.ndarray,
+    y: np.ndarray,
+    x_eval: np.ndarray,
+    n: int,
+    nnx_shard_map: bool = False,
+) -> dict:
     """Every Flax mode of this module on ``n`` devices, one record dict (see the module doc),
     plus ``eval/unsynced`` and ``eval/synced`` ``(N, B_eval, classes)``: eval-mode logits of
     ``x_eval`` with each replica's statistics after the per-replica ``shard_map`` run, before
-    and after :func:`sync_batch_stats`."""
+    and after :func:`sync_batch_stats`. ``nnx_shard_map`` adds ``nnx_shard_map_axis`` and
+    ``nnx_shard_map_no_axis`` (:func:`run_nnx_shard_map`)."""
     mesh = make_mesh(n)
     check_world_size(n, x.shape[1], available_workers())
     out = run_single(spec, variables, x, y)
     out.update(run_jit_sharded(spec, variables, x, y, mesh))
     out.update(run_nnx_jit_sharded(spec, variables, x, y, mesh))
     out.update(run_shard_map(spec, variables, x, y, mesh, AXIS, "shard_map_axis")[0])
+    if nnx_shard_map:  # opt-in: tracing NNX per replica is the slowest run here (146 s wall, loaded box)
+        out.update(run_nnx_shard_map(spec, variables, x, y, mesh, AXIS, "nnx_shard_map_axis"))
+        out.update(run_nnx_shard_map(spec, variables, x, y, mesh, None, "nnx_shard_map_no_axis"))
     records, state = run_shard_map(spec, variables, x, y, mesh, None, "shard_map_no_axis")
     out.update(records)
     out["eval/unsynced"] = eval_per_replica(state, state.batch_stats, x_eval.astype(spec.dtype))
@@ -298,7 +371,7 @@ def run_all(spec: RunSpec, variables: dict, x: np.ndarray, y: np.ndarray, x_eval
 def main(argv: list[str]) -> int:
     """``python -m flax_impl.data_parallel SPEC.json DATA.npz OUT.npz``: :func:`run_all`.
 
-    ``SPEC.json``: :class:`RunSpec` fields plus ``world_size``; ``DATA.npz``: ``x``, ``y``,
+    ``SPEC.json``: :class:`RunSpec` fields plus ``world_size`` (and optionally ``nnx_shard_map``); ``DATA.npz``: ``x``, ``y``,
     ``x_eval`` (channels-last) and the initial variables as ``params/...``, ``batch_stats/...``.
     ``OUT.npz`` is written whole or not at all. Exit 2 with one line on stderr on bad sizes.
     """
@@ -308,7 +381,7 @@ def main(argv: list[str]) -> int:
     spec_path, data_path, out_path = argv
     with open(spec_path) as f:
         raw = json.load(f)
-    n = raw.pop("world_size")
+    n, nnx_shard_map = raw.pop("world_size"), raw.pop("nnx_shard_map", False)
     if raw.get("dtype") == "float64":
         jax.config.update("jax_enable_x64", True)
     spec = RunSpec(**raw)
@@ -316,7 +389,7 @@ def main(argv: list[str]) -> int:
         data = dict(d)
     variables = {c: _unflatten(data, c + "/") for c in ("params", "batch_stats")}
     try:
-        out = run_all(spec, variables, data["x"], data["y"], data["x_eval"], n)
+        out = run_all(spec, variables, data["x"], data["y"], data["x_eval"], n, nnx_shard_map)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,7 +24,8 @@ constructor needs it): 59 s wall there. The Flax runs happen in one child proces
 ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` (pytest's jax has one device) that
 compiles six step functions: 220 s wall, so every test that uses it is marked ``slow``. N = 4
 (4 gloo ranks oversubscribing 2 cores, one more jax child) and Flax float64 (one more jax child):
-223 s and 220 s wall in the full run (686 s for all 16 tests, 171 s CPU).
+223 s and 220 s wall in the full run (686 s for all 16 tests, 171 s CPU); with the NNX
+``shard_map`` runs added to the N = 4 child, that test took 287 s wall, 91 s CPU.
 The unsynchronised-twins check has the thinnest margin: 6.7e-6 (a gradient) against ``TOL``.
 """
 
@@ -269,9 +270,10 @@ def test_a_worker_that_dies_is_named_within_bounded_time(batches):
 
 @pytest.mark.slow  # 4 gloo ranks on 2 cores (oversubscribed on purpose) and one more jax child
 def test_checks_1_to_4_with_four_ranks(batches, single):
+    """N = 4, plus NNX under ``shard_map`` (check 3 for NNX; row 12 for NNX equals Linen's)."""
     x, y, xe = batches
     ranks4 = torch_dp.run_ddp(SPEC, VARIANTS[:1], x, y, 4, timeout_s=300, available=4)
-    out4 = dp.run_flax(SPEC, x, y, xe, 4, timeout_s=600)
+    out4 = dp.run_flax(SPEC, x, y, xe, 4, timeout_s=1200, nnx_shard_map=True)
     results = {
         "1 DDP+sync BN vs single": dp.compare_records(ranks4, "sync", single, "single"),
         "2 jit vs single": dp.compare_flax(out4, "jit"),
@@ -280,6 +282,13 @@ def test_checks_1_to_4_with_four_ranks(batches, single):
             dp.replica_views(out4, "shard_map_axis"), "shard_map_axis", out4, "jit", False
         ),
         "4 DDP+sync BN vs Linen jit": dp.compare_torch_flax(ranks4, "sync", out4, "jit", SPEC, x[0]),
+        "3 NNX shard_map+axis vs jit": dp.compare_records(
+            dp.replica_views(out4, "nnx_shard_map_axis"), "nnx_shard_map_axis", out4, "jit", False
+        ),
+        # both keep (N, C) per-replica statistics: compared stack to stack
+        "12 NNX vs Linen shard_map without axis": dp.compare_records(
+            [out4], "nnx_shard_map_no_axis", out4, "shard_map_no_axis", False
+        ),
     }
     for label, gaps in results.items():
         _report(f"N=4 check {label}", gaps)

@@ -64,10 +64,12 @@ def run_flax(
     world_size: int,
     dtype: str = "float32",
     timeout_s: float = 300.0,
+    nnx_shard_map: bool = False,
 ) -> dict:
     """:func:`flax_impl.data_parallel.run_all` on ``world_size`` simulated CPU devices, in a child
     process, from the converted initial weights of ``spec``. ``x``/``x_eval`` channels-first
-    (converted here). Raises ``RuntimeError`` with the child's last stderr line on failure."""
+    (converted here); ``nnx_shard_map`` adds the NNX ``shard_map`` runs. Raises
+    ``RuntimeError`` with the child's last stderr line on failure."""
     flax_dp.check_world_size(world_size, x.shape[1], world_size)  # before any process starts
     flax_spec = flax_dp.RunSpec(spec.model, dict(spec.config), spec.lr, dtype)
     flat = convert.flatten_tree(initial_variables(spec))
@@ -75,7 +77,7 @@ def run_flax(
     with tempfile.TemporaryDirectory(prefix="flax-dp-") as tmp:
         paths = [os.path.join(tmp, name) for name in ("spec.json", "data.npz", "out.npz")]
         with open(paths[0], "w") as f:
-            json.dump({**asdict(flax_spec), "world_size": world_size}, f)
+            json.dump({**asdict(flax_spec), "world_size": world_size, "nnx_shard_map": nnx_shard_map}, f)
         np.savez(paths[1], x=x_cl, y=y, x_eval=to_channels_last(x_eval), **flat)
         flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={world_size}"
         env = {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
@@ -87,6 +89,13 @@ def run_flax(
             raise RuntimeError(f"flax data-parallel run failed (exit {proc.returncode}): {lines[-1]}")
         with np.load(paths[2]) as d:
             return dict(d)
+
+
+def _gap(got: np.ndarray, want: np.ndarray) -> float:
+    """:func:`rel_l2` of two arrays of one shape (never a silent broadcast)."""
+    if np.shape(got) != np.shape(want):
+        raise ValueError(f"cannot compare shapes {np.shape(got)} and {np.shape(want)}")
+    return rel_l2(got, want)
 
 
 def _steps(record: dict, name: str) -> int:
@@ -112,14 +121,14 @@ def compare_records(
     worst = dict.fromkeys(KINDS, 0.0)
     for k in range(_steps(ref, ref_name)):
         shards = [v[f"{name}/{k}/logits"] for v in (views if concat_logits else views[:1])]
-        worst["logits"] = max(worst["logits"], rel_l2(np.concatenate(shards), ref[f"{ref_name}/{k}/logits"]))
+        worst["logits"] = max(worst["logits"], _gap(np.concatenate(shards), ref[f"{ref_name}/{k}/logits"]))
         for key, want in ref.items():
             kind = _kind(key)
             if kind is None or not key.startswith(f"{ref_name}/{k}/"):
                 continue
             got_key = f"{name}/{k}/" + key.split("/", 2)[2]
             for v in views:
-                worst[kind] = max(worst[kind], rel_l2(v[got_key], want))
+                worst[kind] = max(worst[kind], _gap(v[got_key], want))
     return worst
 
 
@@ -127,7 +136,7 @@ def replica_views(out: dict, name: str) -> list[dict]:
     """One view per replica of a Flax run: ``shard_map`` statistics ``(N, C)`` indexed by
     replica; other runs have one replicated state, hence one view."""
     run = {k: v for k, v in out.items() if k.startswith(name + "/")}
-    if not name.startswith("shard_map"):
+    if "shard_map" not in name:
         return [run]
     n = next(v.shape[0] for k, v in run.items() if "/stat/" in k)
     return [{k: (v[r] if "/stat/" in k else v) for k, v in run.items()} for r in range(n)]
@@ -146,7 +155,7 @@ def replica_spread(views: list[dict], name: str) -> dict[str, float]:
         kind = _kind(key)
         if key.startswith(name + "/") and kind in worst:
             for v in views[1:]:
-                worst[kind] = max(worst[kind], rel_l2(v[key], want))
+                worst[kind] = max(worst[kind], _gap(v[key], want))
     return worst
 
 
@@ -184,12 +193,12 @@ def compare_torch_flax(
     worst = dict.fromkeys(KINDS, 0.0)
     for k in range(_steps(out, flax_name)):
         logits = np.concatenate([r[f"{name}/{k}/logits"] for r in ranks])
-        worst["logits"] = max(worst["logits"], rel_l2(logits, out[f"{flax_name}/{k}/logits"]))
+        worst["logits"] = max(worst["logits"], _gap(logits, out[f"{flax_name}/{k}/logits"]))
         grads = convert.params_to_torch(_flax_tree(out, f"{flax_name}/{k}/grad/"), template)
         for rank, r in enumerate(ranks):
             view = views[rank if per_replica else 0]
             for param, value in grads.items():
-                worst["grad"] = max(worst["grad"], rel_l2(r[f"{name}/{k}/grad/{param}"], value))
+                worst["grad"] = max(worst["grad"], _gap(r[f"{name}/{k}/grad/{param}"], value))
             for bn, n in counts.items():
                 history = [init[bn]["var"]] + [view[f"{flax_name}/{j}/stat/{bn}/var"] for j in range(k + 1)]
                 want = {
@@ -197,5 +206,5 @@ def compare_torch_flax(
                     "running_var": unbiased_running_var(history, n),
                 }
                 for kind, value in want.items():
-                    worst[kind] = max(worst[kind], rel_l2(r[f"{name}/{k}/stat/{bn}.{kind}"], value))
+                    worst[kind] = max(worst[kind], _gap(r[f"{name}/{k}/stat/{bn}.{kind}"], value))
     return worst
