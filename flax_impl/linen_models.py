@@ -19,8 +19,14 @@ import jax.numpy as jnp
 from flax_impl import BN_EPSILON, BN_MOMENTUM
 
 
-def _bn(train: bool, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+def _bn(train: bool, name: str, axis_name: str | None = None) -> nn.BatchNorm:
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        axis_name=axis_name,
+        name=name,
+    )
 
 
 class DigitsCNN(nn.Module):
@@ -34,15 +40,19 @@ class DigitsCNN(nn.Module):
     hidden: int = 64
     dropout: float = 0.3
     num_classes: int = 10
+    #: mesh axis over which BatchNorm averages batch statistics under ``shard_map`` / ``pmap``
+    #: (``None``: per replica). Plain ``jit`` over a sharded batch needs no axis name.
+    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         c1, c2 = self.channels
-        x = nn.relu(_bn(train, "bn1")(nn.Conv(c1, (3, 3), padding=1, use_bias=False, name="conv1")(x)))
-        x = nn.relu(_bn(train, "bn2")(nn.Conv(c2, (3, 3), padding=1, use_bias=False, name="conv2")(x)))
+        bn = partial(_bn, train, axis_name=self.bn_axis_name)
+        x = nn.relu(bn("bn1")(nn.Conv(c1, (3, 3), padding=1, use_bias=False, name="conv1")(x)))
+        x = nn.relu(bn("bn2")(nn.Conv(c2, (3, 3), padding=1, use_bias=False, name="conv2")(x)))
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)  # channel-last order: h*W*C + w*C + c
-        x = nn.relu(_bn(train, "bn3")(nn.Dense(self.hidden, use_bias=False, name="fc1")(x)))
+        x = nn.relu(bn("bn3")(nn.Dense(self.hidden, use_bias=False, name="fc1")(x)))
         x = nn.Dropout(self.dropout, deterministic=not train, name="dropout")(x)
         return nn.Dense(self.num_classes, name="fc2")(x)
 
@@ -58,15 +68,19 @@ class Signal1DCNN(nn.Module):
     hidden: int = 128
     dropout: float = 0.2
     num_classes: int = 10
+    #: mesh axis over which BatchNorm averages batch statistics under ``shard_map`` / ``pmap``
+    #: (``None``: per replica). Plain ``jit`` over a sharded batch needs no axis name.
+    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         c1, c2 = self.channels
+        bn = partial(_bn, train, axis_name=self.bn_axis_name)
         pool = partial(nn.max_pool, window_shape=(2,), strides=(2,))
-        x = pool(nn.relu(_bn(train, "bn1")(nn.Conv(c1, (5,), padding=2, use_bias=False, name="conv1")(x))))
-        x = pool(nn.relu(_bn(train, "bn2")(nn.Conv(c2, (3,), padding=1, use_bias=False, name="conv2")(x))))
+        x = pool(nn.relu(bn("bn1")(nn.Conv(c1, (5,), padding=2, use_bias=False, name="conv1")(x))))
+        x = pool(nn.relu(bn("bn2")(nn.Conv(c2, (3,), padding=1, use_bias=False, name="conv2")(x))))
         x = x.reshape(x.shape[0], -1)  # channel-last order: w*C + c
-        x = nn.relu(_bn(train, "bn3")(nn.Dense(self.hidden, use_bias=False, name="fc1")(x)))
+        x = nn.relu(bn("bn3")(nn.Dense(self.hidden, use_bias=False, name="fc1")(x)))
         x = nn.Dropout(self.dropout, deterministic=not train, name="dropout")(x)
         return nn.Dense(self.num_classes, name="fc2")(x)
 
