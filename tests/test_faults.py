@@ -25,7 +25,7 @@ import pytest
 from flax_impl import linen_models, nnx_models
 from parity import convert, layout
 from parity.data import iterate_batches, load
-from parity.harness.compare import Pair
+from parity.harness.compare import ModelPair
 from parity.harness.localize import localize, localize_gradients
 from parity.harness.trajectory import OptimizerPair, make_optimizer_pair, optimizer_differences, trajectory
 from parity.testing import assert_trajectory_parity
@@ -47,7 +47,7 @@ def with_params(variables: dict, **layers) -> dict:
 
 def test_flatten_order_not_permuted(digits):
     x, _ = digits
-    pair = Pair("digits", "linen", 0, **SMALL)
+    pair = ModelPair("digits", "linen", 0, **SMALL)
     w = pair.torch.fc1.weight.detach().numpy()
     wrong = with_params(pair.variables, fc1={"kernel": layout.dense_kernel_to_flax(w)})  # transposed only
     rep = localize(pair.torch, pair.linen, x, variables=wrong)
@@ -59,7 +59,7 @@ def test_flatten_order_not_permuted(digits):
 @pytest.mark.parametrize("framework", ["linen", "nnx"])
 def test_conv_kernel_not_transposed(digits, framework):
     x, _ = digits
-    pair = Pair("digits", framework, 0, **SMALL)
+    pair = ModelPair("digits", framework, 0, **SMALL)
     w = pair.torch.conv1.weight.detach().numpy()  # OIHW (4, 1, 3, 3)
     wrong = with_params(pair.variables, conv1={"kernel": w.reshape(3, 3, 1, 4)})  # reshaped to HWIO
     if framework == "nnx":
@@ -75,7 +75,7 @@ def test_bn_momentum_flax_default(digits, monkeypatch):
     the running statistics after a train-mode pass differ."""
     x, _ = digits
     monkeypatch.setattr(linen_models, "BN_MOMENTUM", 0.99)
-    pair = Pair("digits", "linen", 0, **SMALL)
+    pair = ModelPair("digits", "linen", 0, **SMALL)
     assert localize(pair.torch, pair.linen, x, variables=pair.variables, mode="eval").passed
     rep = localize(pair.torch, pair.linen, x, variables=pair.variables, mode="train")
     assert (rep.first_divergent.name, rep.first_divergent.kind) == ("bn1", "running_mean"), rep.format()
@@ -87,7 +87,7 @@ def test_bn_momentum_flax_default(digits, monkeypatch):
 def test_bn_eps(digits, monkeypatch, mode):
     x, _ = digits
     monkeypatch.setattr(linen_models, "BN_EPSILON", 1e-3)
-    pair = Pair("digits", "linen", 0, **SMALL)
+    pair = ModelPair("digits", "linen", 0, **SMALL)
     rep = localize(pair.torch, pair.linen, x, variables=pair.variables, mode=mode)
     assert (rep.first_divergent.name, rep.first_divergent.kind) == ("bn1", "output"), rep.format()
     assert rep.row("conv1").passed
@@ -98,7 +98,7 @@ def test_running_var_copied_without_correction_after_training(digits):
     exported) as is, it differs from torch's at the first BN; brought to torch's convention
     (``report.corrected_batch_stats``), it matches."""
     x, _ = digits
-    pair = Pair("digits", "linen", 0, **SMALL)
+    pair = ModelPair("digits", "linen", 0, **SMALL)
     ds = load("digits")
     batches = list(iterate_batches(ds.x_train, ds.y_train, 16, 0, 0))[:3]  # n = 16*8*8 per conv BN channel
     raw = trajectory(pair.torch, pair.linen, batches, variables=pair.variables, bn_var="raw")
@@ -116,7 +116,7 @@ def test_adam_eps_inside_the_sqrt(digits):
     """optax.adam(eps=0, eps_root=eps) puts eps under the square root; torch adds it outside."""
     good = make_optimizer_pair("adam", 1e-3)
     bad = OptimizerPair("adam", good.torch, optax.adam(1e-3, eps=0.0, eps_root=1e-8), {})
-    pair = Pair("digits", "linen", 0, **SMALL)
+    pair = ModelPair("digits", "linen", 0, **SMALL)
     ds = load("digits")
     batches = list(iterate_batches(ds.x_train, ds.y_train, 48, 0, 0))[:2]
     with pytest.raises(AssertionError) as err:  # the pytest helper other projects would call
@@ -144,7 +144,7 @@ def test_adam_eps_inside_the_sqrt(digits):
 @pytest.mark.parametrize("framework", ["linen", "nnx"])
 def test_dropout_mask_not_shared(digits, framework):
     x, _ = digits
-    pair = Pair("digits", framework, 0, **SMALL)
+    pair = ModelPair("digits", framework, 0, **SMALL)
     fm, var = (pair.nnx, None) if framework == "nnx" else (pair.linen, pair.variables)
     rep = localize(pair.torch, fm, x, variables=var, mode="train", dropout_masks="independent")
     assert (rep.first_divergent.name, rep.first_divergent.kind) == ("dropout", "output"), rep.format()
@@ -157,7 +157,7 @@ def test_parameter_frozen_on_one_side(digits):
     """torch freezes bn2's scale (requires_grad=False), the port trains it: the gradients agree
     everywhere else, and backward-order localisation names bn2.weight."""
     x, y = digits
-    pair = Pair("digits", "linen", 0, **SMALL, dropout=0.0)
+    pair = ModelPair("digits", "linen", 0, **SMALL, dropout=0.0)
     pair.torch.bn2.weight.requires_grad_(False)
     rep = localize_gradients(pair.torch, pair.linen, x, y, variables=pair.variables)
     assert rep.first_divergent.name == "bn2.weight" and rep.first_divergent.note == "no torch grad", (

@@ -13,7 +13,7 @@ import torch
 
 from parity import convert
 from parity.data import iterate_batches, load
-from parity.harness.compare import Pair
+from parity.harness.compare import ModelPair
 from parity.harness.trajectory import (
     TRAJECTORY_TOL,
     TRAJECTORY_TOL_FLOAT64,
@@ -42,7 +42,7 @@ def batches(dataset: str, n: int, batch_size: int = 64, seed: int = 0):
     "model,dataset,optimizer", [("signal1d", "mnist1d", "sgd"), ("digits", "digits", "adam")]
 )
 def test_fifty_steps_with_dropout_within_tolerance(model, dataset, optimizer):
-    pair = Pair(model, "linen", 0, **SMALL)  # dropout 0.2 / 0.3: on
+    pair = ModelPair(model, "linen", 0, **SMALL)  # dropout 0.2 / 0.3: on
     rep = trajectory(
         pair.torch,
         pair.linen,
@@ -82,7 +82,7 @@ def test_float64_parity_at_full_width_with_adam():
     ReLU input of fc1/bn3 sits within rounding distance of zero at step 10 and switches on the
     Flax side only; docs/HARNESS.md). In float64 on both sides no decision sits that close, and
     the two frameworks agree to ~1e-15, far inside 1e-9: that is what says the port is right."""
-    pair = Pair("signal1d", "linen", 0)
+    pair = ModelPair("signal1d", "linen", 0)
     rep = trajectory(
         pair.torch,
         pair.linen,
@@ -186,7 +186,7 @@ def test_momentum_and_nesterov(problem):
 
 
 def test_bad_arguments():
-    pair = Pair("digits", "linen", 0, **SMALL)
+    pair = ModelPair("digits", "linen", 0, **SMALL)
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer_pair("rmsprop")
     with pytest.raises(ValueError, match="only 2 batches"):
