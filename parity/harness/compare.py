@@ -325,6 +325,41 @@ def bn_pass_batches(x_train: np.ndarray, batch_size: int, passes: int) -> list[n
     return [x_train[idx[i * batch_size : (i + 1) * batch_size]] for i in range(passes)]
 
 
+def framework_checks(
+    model: str, framework: str, x: np.ndarray, y: np.ndarray, passes: list[np.ndarray], seed: int, device: str
+) -> list[Check]:
+    """The six foundation checks of one model and Flax style on batch ``x`` (NCHW / NCW) with
+    labels ``y`` and the BN ``passes``: eval and train forward, BN running mean and corrected
+    variance, worst judged gradient (:func:`gradient_differences`), round trip."""
+
+    def check(name: str, value: float, kind: str | None) -> Check:
+        return _check(model, framework, name, value, 0.0 if kind is None else TOLERANCES[kind])
+
+    pair = ModelPair(model, framework, seed, device)
+    out = [
+        check(
+            "forward_eval_rel_l2",
+            rel_l2(pair.flax_forward(x, False), pair.torch_forward(x, False)),
+            "forward",
+        )
+    ]
+    pair = ModelPair(model, framework, seed, device, dropout=0.0)
+    out.append(
+        check(
+            "forward_train_rel_l2", rel_l2(pair.flax_forward(x, True), pair.torch_forward(x, True)), "forward"
+        )
+    )
+    bn = bn_state_after_passes(ModelPair(model, framework, seed, device, dropout=0.0), passes)
+    out.append(check("bn_running_mean_rel_l2", max(v["mean"] for v in bn.values()), "bn_state"))
+    out.append(
+        check("bn_running_var_corrected_rel_l2", max(v["var_corrected"] for v in bn.values()), "bn_state")
+    )
+    grads = gradient_differences(ModelPair(model, framework, seed, device, dropout=0.0), x, y)
+    out.append(check("gradient_max_rel_l2", max(grads.values()), "gradient"))
+    out.append(check("roundtrip_max_abs", roundtrip_max_abs(model, framework, seed), None))
+    return out
+
+
 def run_checks(
     models: Iterable[str] = ("digits", "signal1d"),
     frameworks: Iterable[str] = FLAX_FRAMEWORKS,
@@ -351,50 +386,7 @@ def run_checks(
         x, y = ds.x_test[:batch_size], ds.y_test[:batch_size]
         passes = bn_pass_batches(ds.x_train, batch_size, bn_passes)
         for fw in frameworks:
-            pair = ModelPair(model, fw, seed, device)
-            checks.append(
-                _check(
-                    model,
-                    fw,
-                    "forward_eval_rel_l2",
-                    rel_l2(pair.flax_forward(x, False), pair.torch_forward(x, False)),
-                    TOLERANCES["forward"],
-                )
-            )
-            pair = ModelPair(model, fw, seed, device, dropout=0.0)
-            checks.append(
-                _check(
-                    model,
-                    fw,
-                    "forward_train_rel_l2",
-                    rel_l2(pair.flax_forward(x, True), pair.torch_forward(x, True)),
-                    TOLERANCES["forward"],
-                )
-            )
-            bn = bn_state_after_passes(ModelPair(model, fw, seed, device, dropout=0.0), passes)
-            checks.append(
-                _check(
-                    model,
-                    fw,
-                    "bn_running_mean_rel_l2",
-                    max(v["mean"] for v in bn.values()),
-                    TOLERANCES["bn_state"],
-                )
-            )
-            checks.append(
-                _check(
-                    model,
-                    fw,
-                    "bn_running_var_corrected_rel_l2",
-                    max(v["var_corrected"] for v in bn.values()),
-                    TOLERANCES["bn_state"],
-                )
-            )
-            grads = gradient_differences(ModelPair(model, fw, seed, device, dropout=0.0), x, y)
-            checks.append(
-                _check(model, fw, "gradient_max_rel_l2", max(grads.values()), TOLERANCES["gradient"])
-            )
-            checks.append(_check(model, fw, "roundtrip_max_abs", roundtrip_max_abs(model, fw, seed), 0.0))
+            checks += framework_checks(model, fw, x, y, passes, seed, device)
     return checks
 
 

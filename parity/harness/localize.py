@@ -57,6 +57,7 @@ from parity.harness.sides import (
     FlaxHook,
     FlaxSide,
     SharedDropout,
+    TorchRun,
     activation_to_flax,
     flax_bn_stats,
     flax_dropout_hook,
@@ -410,8 +411,40 @@ def localize(
 
     side = FlaxSide(flax_model, variables, call_kwargs)
     to_flax = name_mapper(layer_map)
-    from_flax = {to_flax(n): n for n, _ in trun.order}
     fshapes = dict(flatten_shapes) if flatten_shapes is not None else flatten_shapes_of(torch_model)
+    rng = (
+        jax.random.fold_in(jax.random.key(seed), step) if (train and dropout_masks == "independent") else None
+    )
+    fouts, new_bs = _flax_outputs(side, x, trun, to_flax, fshapes, reinject, masks is not None, train, rng)
+    bs = (side.pure(side.batch_stats), side.pure(new_bs))
+    rows, skipped = _output_rows(tm, trun, ref, fouts, to_flax, bs, train, tol)
+    meta = {
+        "mode": mode,
+        "reinject": reinject,
+        "dropout_masks": dropout_masks if train else "n/a",
+        "flax": side.kind,
+    }
+    if skipped:
+        meta["unmatched_stateless_torch_layers"] = skipped
+    title = f"localize (mode={mode}, reinject={'on' if reinject else 'off'}, {side.kind})"
+    return LocalizationReport(title, rows, tol, meta)
+
+
+def _flax_outputs(
+    side: FlaxSide,
+    x: np.ndarray,
+    trun: TorchRun,
+    to_flax: Callable[[str], str],
+    fshapes: Mapping[str, Sequence[int]],
+    reinject: bool,
+    shared_masks: bool,
+    train: bool,
+    rng: jax.Array | None,
+) -> tuple[dict[tuple[str, int], np.ndarray], Any]:
+    """Run the Flax side once on channels-last ``x``, capturing every submodule call that has a
+    torch counterpart: ``({(torch name, call): output}, new batch_stats)``. ``reinject`` feeds
+    each call the torch input of the same call; ``shared_masks`` applies torch's dropout masks."""
+    from_flax = {to_flax(n): n for n, _ in trun.order}
     fouts: dict[tuple[str, int], np.ndarray] = {}
     fcounts: dict[str, int] = {}
 
@@ -428,17 +461,33 @@ def localize(
         return out
 
     uniforms = {to_flax(n): [activation_to_flax(u) for u in us] for n, us in trun.uniforms.items()}
-    hook = flax_dropout_hook(uniforms, capture) if masks is not None else capture
-    rng = (
-        jax.random.fold_in(jax.random.key(seed), step) if (train and dropout_masks == "independent") else None
-    )
+    hook = flax_dropout_hook(uniforms, capture) if shared_masks else capture
     xf = jnp.asarray(activation_to_flax(x))
     _, new_bs, _ = side.apply(side.params, side.batch_stats, side.rest, xf, train=train, hook=hook, rng=rng)
+    return fouts, new_bs
 
-    bs_before, bs_after = side.pure(side.batch_stats), side.pure(new_bs)
+
+def _is_stateless(module: tnn.Module) -> bool:
+    return not any(True for _ in module.parameters(recurse=False)) and not any(
+        True for _ in module.buffers(recurse=False)
+    )
+
+
+def _output_rows(
+    tm: tnn.Module,
+    trun: TorchRun,
+    ref: TorchRun | None,
+    fouts: Mapping,
+    to_flax: Callable[[str], str],
+    bs: tuple[Mapping, Mapping],
+    train: bool,
+    tol: float,
+) -> tuple[list[LayerDiff], list[str]]:
+    """One ``output`` row per torch leaf call (plus BN running-statistics rows in train mode),
+    and the stateless torch calls without a Flax counterpart (``nn.ReLU``: a function in Flax)."""
     tbn = {n: m for n, m in tm.named_modules() if isinstance(m, tnn.modules.batchnorm._BatchNorm)}
-    rows: list[LayerDiff] = []
     leaves = leaf_modules(tm)
+    rows: list[LayerDiff] = []
     skipped: list[str] = []
     for name, k in trun.order:
         label = name if k == 0 else f"{name}#{k}"
@@ -446,11 +495,7 @@ def localize(
         if t_out is None:
             continue
         f_out = fouts.get((name, k))
-        stateless = not any(True for _ in leaves[name].parameters(recurse=False)) and not any(
-            True for _ in leaves[name].buffers(recurse=False)
-        )
-        if f_out is None and stateless:
-            # e.g. nn.ReLU / nn.Flatten modules, plain functions in Flax: nothing to compare
+        if f_out is None and _is_stateless(leaves[name]):
             skipped.append(label)
             continue
         row = compare_tensor(label, "output", to_flax(name), f_out, activation_to_flax(t_out), tol)
@@ -458,19 +503,8 @@ def localize(
             row = _with_ref(row, t_out, ref.outputs[(name, k)])
         rows.append(row)
         if train and name in tbn and k == 0:
-            rows.extend(
-                _bn_rows(name, to_flax(name), tbn[name], bs_before, bs_after, trun.bn_counts.get(name), tol)
-            )
-    meta = {
-        "mode": mode,
-        "reinject": reinject,
-        "dropout_masks": dropout_masks if train else "n/a",
-        "flax": side.kind,
-    }
-    if skipped:
-        meta["unmatched_stateless_torch_layers"] = skipped
-    title = f"localize (mode={mode}, reinject={'on' if reinject else 'off'}, {side.kind})"
-    return LocalizationReport(title, rows, tol, meta)
+            rows.extend(_bn_rows(name, to_flax(name), tbn[name], *bs, trun.bn_counts.get(name), tol))
+    return rows, skipped
 
 
 def _with_ref(row: LayerDiff, t32: np.ndarray, t64: np.ndarray) -> LayerDiff:

@@ -619,6 +619,13 @@ class _Twin:
     torch: _TorchTrainer
     flax: _FlaxTrainer
     bn: _BnVariance
+    hooks: list = field(default_factory=list)
+
+    def close(self) -> None:
+        """Remove the values-per-channel hooks from the torch copy."""
+        for h in self.hooks:
+            h.remove()
+        self.hooks.clear()
 
     def step(
         self, k: int, x, y, run: _RunSettings, given: Mapping | None = None
@@ -656,12 +663,15 @@ def _make_twin(
         for n, m in tt.model.named_modules()
         if isinstance(m, tnn.modules.batchnorm._BatchNorm) and m.running_mean is not None
     }
-    for n, m in bns.items():
+    hooks = [
         m.register_forward_pre_hook(lambda m, a, n=n: counts.__setitem__(n, a[0].numel() // a[0].shape[1]))
+        for n, m in bns.items()
+    ]
     return _Twin(
         tt,
         _FlaxTrainer(side, pair.optax, loss, float64),
         _BnVariance(bns, run.to_flax, side.pure(side.batch_stats), counts),
+        hooks,
     )
 
 
@@ -795,18 +805,20 @@ def trajectory(
     ref = _make_twin(*sides, True, run, {}) if float64_reference else None
     rows: list[StepRow] = []
     envelope = 0.0
-    with Progress("steps", len(batches), enabled=progress, transient=True) as bar:
-        bar.describe(f"trajectory ({pair.name}, {dtype})")
-        for k, (x, y) in enumerate(batches):
-            x, y = np.asarray(x), np.asarray(y)
-            t32, f32, rec = main.step(k, x, y, run)
-            ref_states = None
-            if ref is not None:
-                t64, f64s, _ = ref.step(k, x, y, run, given=rec)
-                ref_states = (t64, f64s)
-            rows.append(_step_row(k, t32, f32, envelope, run, ref_states))
-            envelope = rows[-1].envelope
-            bar.advance()
+    try:
+        with Progress("steps", len(batches), enabled=progress, transient=True) as bar:
+            bar.describe(f"trajectory ({pair.name}, {dtype})")
+            for k, (x, y) in enumerate(batches):
+                x, y = np.asarray(x), np.asarray(y)
+                t32, f32, rec = main.step(k, x, y, run)
+                ref_states = ref.step(k, x, y, run, given=rec)[:2] if ref is not None else None
+                rows.append(_step_row(k, t32, f32, envelope, run, ref_states))
+                envelope = rows[-1].envelope
+                bar.advance()
+    finally:
+        for twin in (main, ref):
+            if twin is not None:
+                twin.close()
     return _report(main, rows, pair, run, dtype, loss, float64_reference)
 
 
