@@ -399,15 +399,7 @@ def localize(
     tm = copy.deepcopy(torch_model)
     masks = SharedDropout(seed) if (train and dropout_masks == "shared") else None
     trun = run_torch(tm, x, train, masks, step=step)
-    ref = None
-    if float64_reference:
-        ref = run_torch(
-            copy.deepcopy(torch_model).double(),
-            x.astype(np.float64) if x.dtype.kind == "f" else x,
-            train,
-            masks,
-            given_uniforms=trun.uniforms,
-        )
+    ref = _float64_run(torch_model, x, train, masks, trun) if float64_reference else None
 
     side = FlaxSide(flax_model, variables, call_kwargs)
     to_flax = name_mapper(layer_map)
@@ -418,16 +410,18 @@ def localize(
     fouts, new_bs = _flax_outputs(side, x, trun, to_flax, fshapes, reinject, masks is not None, train, rng)
     bs = (side.pure(side.batch_stats), side.pure(new_bs))
     rows, skipped = _output_rows(tm, trun, ref, fouts, to_flax, bs, train, tol)
-    meta = {
-        "mode": mode,
-        "reinject": reinject,
-        "dropout_masks": dropout_masks if train else "n/a",
-        "flax": side.kind,
-    }
+    meta = {"mode": mode, "reinject": reinject, "dropout_masks": dropout_masks if train else "n/a"}
+    meta["flax"] = side.kind
     if skipped:
         meta["unmatched_stateless_torch_layers"] = skipped
     title = f"localize (mode={mode}, reinject={'on' if reinject else 'off'}, {side.kind})"
     return LocalizationReport(title, rows, tol, meta)
+
+
+def _float64_run(torch_model: tnn.Module, x: np.ndarray, train: bool, masks, trun: TorchRun) -> TorchRun:
+    """A float64 copy of ``torch_model`` on the same input, replaying ``trun``'s dropout masks."""
+    x64 = x.astype(np.float64) if x.dtype.kind == "f" else x
+    return run_torch(copy.deepcopy(torch_model).double(), x64, train, masks, given_uniforms=trun.uniforms)
 
 
 def _flax_outputs(

@@ -45,7 +45,7 @@ import torch
 from torch import nn as tnn
 
 from parity import convert
-from parity.harness.compare import rel_l2, unbiased_running_var
+from parity.harness.compare import REF_FACTOR, rel_l2, unbiased_running_var
 from parity.harness.sides import (
     FlaxSide,
     SharedDropout,
@@ -73,9 +73,9 @@ TRAJECTORY_TOL = {"loss": 1e-4, "param": 1e-4, "bn_state": 1e-4, "optimizer_stat
 #: The same bounds for ``dtype='float64'`` runs: rounding is 2**-53 ~ 1.1e-16 instead of
 #: 2**-24 ~ 6e-8, and the measured 50-step envelopes stay below ~1e-12 (docs/HARNESS.md).
 TRAJECTORY_TOL_FLOAT64 = {"loss": 1e-9, "param": 1e-9, "bn_state": 1e-9, "optimizer_state": 1e-9}
-#: With ``float64_reference=True`` a metric passes at a step when it is at most this many times
-#: torch float32's own distance from the float64 trajectory (or within ``tol``).
-REF_FACTOR = 10.0
+#: With ``float64_reference=True`` a metric passes at a step when it is at most ``REF_FACTOR``
+#: (:data:`parity.harness.compare.REF_FACTOR`, 10) times torch float32's own distance from the
+#: float64 trajectory (or within ``tol``).
 
 
 # ------------------------------------------------------------------------------ optimizers
@@ -790,36 +790,38 @@ def trajectory(
     tols = _tolerances((TRAJECTORY_TOL_FLOAT64 if double else TRAJECTORY_TOL) if tol is None else tol)
     pair = make_optimizer_pair(optimizer) if isinstance(optimizer, str) else optimizer
     batches = _take(batches, steps)
-    run = _RunSettings(
-        name_mapper(layer_map),
-        param_map or (lambda tree: convert.params_to_torch(tree, torch_model)),
-        seed,
-        dropout_masks,
-        bn_var,
-        tols,
-        ref_factor,
-    )
+    to_torch = param_map or (lambda tree: convert.params_to_torch(tree, torch_model))
+    run = _RunSettings(name_mapper(layer_map), to_torch, seed, dropout_masks, bn_var, tols, ref_factor)
     masks = SharedDropout(seed) if dropout_masks == "shared" else None
     sides = (torch_model, flax_model, variables, call_kwargs, pair, loss, masks)
     main = _make_twin(*sides, double, run, {})
     ref = _make_twin(*sides, True, run, {}) if float64_reference else None
-    rows: list[StepRow] = []
-    envelope = 0.0
     try:
         with Progress("steps", len(batches), enabled=progress, transient=True) as bar:
             bar.describe(f"trajectory ({pair.name}, {dtype})")
-            for k, (x, y) in enumerate(batches):
-                x, y = np.asarray(x), np.asarray(y)
-                t32, f32, rec = main.step(k, x, y, run)
-                ref_states = ref.step(k, x, y, run, given=rec)[:2] if ref is not None else None
-                rows.append(_step_row(k, t32, f32, envelope, run, ref_states))
-                envelope = rows[-1].envelope
-                bar.advance()
+            rows = _train_side_by_side(main, ref, batches, run, bar)
     finally:
         for twin in (main, ref):
             if twin is not None:
                 twin.close()
     return _report(main, rows, pair, run, dtype, loss, float64_reference)
+
+
+def _train_side_by_side(
+    main: _Twin, ref: _Twin | None, batches: list, run: _RunSettings, bar
+) -> list[StepRow]:
+    """Step both twins on every batch (the float64 one replays the float32 one's masks); one
+    row per step."""
+    rows: list[StepRow] = []
+    envelope = 0.0
+    for k, (x, y) in enumerate(batches):
+        x, y = np.asarray(x), np.asarray(y)
+        t32, f32, rec = main.step(k, x, y, run)
+        ref_states = ref.step(k, x, y, run, given=rec)[:2] if ref is not None else None
+        rows.append(_step_row(k, t32, f32, envelope, run, ref_states))
+        envelope = rows[-1].envelope
+        bar.advance()
+    return rows
 
 
 def _report(main: _Twin, rows, pair, run: _RunSettings, dtype, loss, float64_reference) -> TrajectoryReport:
