@@ -20,11 +20,14 @@ from flax_impl import BN_EPSILON, BN_MOMENTUM
 
 
 def _bn(train: bool, name: str, axis_name: str | None = None) -> nn.BatchNorm:
+    # two-pass batch variance, as torch computes it: Flax's default E[x^2] - E[x]^2 loses float32
+    # precision when |mean| >> std (docs/HARNESS.md, "Flax's fast variance")
     return nn.BatchNorm(
         use_running_average=not train,
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
         axis_name=axis_name,
+        use_fast_variance=False,
         name=name,
     )
 

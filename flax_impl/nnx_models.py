@@ -18,7 +18,10 @@ from flax_impl import BN_EPSILON, BN_MOMENTUM
 
 
 def _bn(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
+    # two-pass batch variance, as torch computes it (see linen_models._bn)
+    return nnx.BatchNorm(
+        features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, use_fast_variance=False, rngs=rngs
+    )
 
 
 class DigitsCNN(nnx.Module):

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from torch import nn as tnn
 
-from parity.harness.localize import Report, localize, localize_gradients
+from parity.harness.localize import LocalizationReport, localize, localize_gradients
 from parity.harness.trajectory import TrajectoryReport, trajectory
 
 
@@ -33,7 +33,7 @@ def assert_parity(
     tol: float = 1e-5,
     y: np.ndarray | None = None,
     **kwargs,
-) -> list[Report]:
+) -> list[LocalizationReport]:
     """Assert that every layer of ``flax_model`` matches ``torch_model`` on ``x`` within ``tol``.
 
     Runs :func:`parity.harness.localize.localize` (``kwargs`` go to it: ``layer_map``, ``reinject``,

@@ -13,7 +13,12 @@ Adam eps inside the square root        assert_trajectory_parity and    step 0, p
                                        optimizer_differences           tensor named)
 dropout mask not shared                localize (train)                layer dropout
 a parameter frozen on one side only    localize_gradients              parameter bn2.weight
+BN scale off by 1e-4 relative (a bug   localize_gradients, after its   the gradients it moves,
+at float32's resolution)               float64 re-judgement            float64 included
 =====================================  ==============================  ==========================
+
+The float64 re-judgement of gradients (docs/HARNESS.md) excuses only what float64 clears:
+``test_float64_rejudgement_clears_a_float32_decision_flip`` shows the case it exists for.
 """
 
 import re
@@ -25,7 +30,7 @@ import pytest
 from flax_impl import linen_models, nnx_models
 from parity import convert, layout
 from parity.data import iterate_batches, load
-from parity.harness.compare import Pair
+from parity.harness.compare import ModelPair
 from parity.harness.localize import localize, localize_gradients
 from parity.harness.trajectory import OptimizerPair, make_optimizer_pair, optimizer_differences, trajectory
 from parity.testing import assert_trajectory_parity
@@ -47,7 +52,7 @@ def with_params(variables: dict, **layers) -> dict:
 
 def test_flatten_order_not_permuted(digits):
     x, _ = digits
-    pair = Pair("digits", "linen", 0, **SMALL)
+    pair = ModelPair("digits", "linen", 0, **SMALL)
     w = pair.torch.fc1.weight.detach().numpy()
     wrong = with_params(pair.variables, fc1={"kernel": layout.dense_kernel_to_flax(w)})  # transposed only
     rep = localize(pair.torch, pair.linen, x, variables=wrong)
@@ -59,7 +64,7 @@ def test_flatten_order_not_permuted(digits):
 @pytest.mark.parametrize("framework", ["linen", "nnx"])
 def test_conv_kernel_not_transposed(digits, framework):
     x, _ = digits
-    pair = Pair("digits", framework, 0, **SMALL)
+    pair = ModelPair("digits", framework, 0, **SMALL)
     w = pair.torch.conv1.weight.detach().numpy()  # OIHW (4, 1, 3, 3)
     wrong = with_params(pair.variables, conv1={"kernel": w.reshape(3, 3, 1, 4)})  # reshaped to HWIO
     if framework == "nnx":
@@ -75,7 +80,7 @@ def test_bn_momentum_flax_default(digits, monkeypatch):
     the running statistics after a train-mode pass differ."""
     x, _ = digits
     monkeypatch.setattr(linen_models, "BN_MOMENTUM", 0.99)
-    pair = Pair("digits", "linen", 0, **SMALL)
+    pair = ModelPair("digits", "linen", 0, **SMALL)
     assert localize(pair.torch, pair.linen, x, variables=pair.variables, mode="eval").passed
     rep = localize(pair.torch, pair.linen, x, variables=pair.variables, mode="train")
     assert (rep.first_divergent.name, rep.first_divergent.kind) == ("bn1", "running_mean"), rep.format()
@@ -87,7 +92,7 @@ def test_bn_momentum_flax_default(digits, monkeypatch):
 def test_bn_eps(digits, monkeypatch, mode):
     x, _ = digits
     monkeypatch.setattr(linen_models, "BN_EPSILON", 1e-3)
-    pair = Pair("digits", "linen", 0, **SMALL)
+    pair = ModelPair("digits", "linen", 0, **SMALL)
     rep = localize(pair.torch, pair.linen, x, variables=pair.variables, mode=mode)
     assert (rep.first_divergent.name, rep.first_divergent.kind) == ("bn1", "output"), rep.format()
     assert rep.row("conv1").passed
@@ -98,7 +103,7 @@ def test_running_var_copied_without_correction_after_training(digits):
     exported) as is, it differs from torch's at the first BN; brought to torch's convention
     (``report.corrected_batch_stats``), it matches."""
     x, _ = digits
-    pair = Pair("digits", "linen", 0, **SMALL)
+    pair = ModelPair("digits", "linen", 0, **SMALL)
     ds = load("digits")
     batches = list(iterate_batches(ds.x_train, ds.y_train, 16, 0, 0))[:3]  # n = 16*8*8 per conv BN channel
     raw = trajectory(pair.torch, pair.linen, batches, variables=pair.variables, bn_var="raw")
@@ -116,7 +121,7 @@ def test_adam_eps_inside_the_sqrt(digits):
     """optax.adam(eps=0, eps_root=eps) puts eps under the square root; torch adds it outside."""
     good = make_optimizer_pair("adam", 1e-3)
     bad = OptimizerPair("adam", good.torch, optax.adam(1e-3, eps=0.0, eps_root=1e-8), {})
-    pair = Pair("digits", "linen", 0, **SMALL)
+    pair = ModelPair("digits", "linen", 0, **SMALL)
     ds = load("digits")
     batches = list(iterate_batches(ds.x_train, ds.y_train, 48, 0, 0))[:2]
     with pytest.raises(AssertionError) as err:  # the pytest helper other projects would call
@@ -144,7 +149,7 @@ def test_adam_eps_inside_the_sqrt(digits):
 @pytest.mark.parametrize("framework", ["linen", "nnx"])
 def test_dropout_mask_not_shared(digits, framework):
     x, _ = digits
-    pair = Pair("digits", framework, 0, **SMALL)
+    pair = ModelPair("digits", framework, 0, **SMALL)
     fm, var = (pair.nnx, None) if framework == "nnx" else (pair.linen, pair.variables)
     rep = localize(pair.torch, fm, x, variables=var, mode="train", dropout_masks="independent")
     assert (rep.first_divergent.name, rep.first_divergent.kind) == ("dropout", "output"), rep.format()
@@ -157,10 +162,43 @@ def test_parameter_frozen_on_one_side(digits):
     """torch freezes bn2's scale (requires_grad=False), the port trains it: the gradients agree
     everywhere else, and backward-order localisation names bn2.weight."""
     x, y = digits
-    pair = Pair("digits", "linen", 0, **SMALL, dropout=0.0)
+    pair = ModelPair("digits", "linen", 0, **SMALL, dropout=0.0)
     pair.torch.bn2.weight.requires_grad_(False)
     rep = localize_gradients(pair.torch, pair.linen, x, y, variables=pair.variables)
     assert rep.first_divergent.name == "bn2.weight" and rep.first_divergent.note == "no torch grad", (
         rep.format()
     )
     assert [r.name for r in rep.rows if not r.passed] == ["bn2.weight"]
+
+
+def test_float64_rejudgement_still_catches_a_small_gradient_bug(digits):
+    """bn1's scale off by 1e-4 relative on the Flax side: every gradient it moves fails in float32
+    and again in float64 (the port computes another function), so the re-judgement excuses none."""
+    x, y = digits
+    pair = ModelPair("digits", "linen", 0, **SMALL, dropout=0.0)
+    bn1 = dict(pair.variables["params"]["bn1"])
+    bn1["scale"] = np.asarray(bn1["scale"]) * np.float32(1 + 1e-4)
+    rep = localize_gradients(pair.torch, pair.linen, x, y, variables=with_params(pair.variables, bn1=bn1))
+    failed = [r for r in rep.rows if not r.passed]
+    assert failed and not rep.passed, rep.format()
+    assert all(r.port_float64_rel_l2 is not None and r.port_float64_rel_l2 > 1e-6 for r in failed), (
+        rep.format()
+    )
+
+
+def test_float64_rejudgement_clears_a_float32_decision_flip():
+    """digits, seed 4, batch 128 (the CPU suite's gradient case): torch float32 routes one
+    max-pool gradient to the other element of a window whose two values differ by ~3e-6
+    relative, so bn1.bias (a sum whose terms cancel to ~1% of their absolute sum) is ~8e-3 from
+    float64 in torch float32 itself. In float64 both sides agree to ~1e-14."""
+    from parity.data import load
+
+    ds = load("digits")
+    pair = ModelPair("digits", "linen", 4, dropout=0.0)
+    rep = localize_gradients(
+        pair.torch, pair.linen, ds.x_test[:128], ds.y_test[:128], variables=pair.variables
+    )
+    row = rep.row("bn1.bias")
+    assert row.rel_l2 > 1e-3 and row.float64_rel_l2 > 1e-3, rep.format()  # torch f32 is the far one
+    assert row.passed and row.port_float64_rel_l2 < 1e-12, rep.format()
+    assert rep.passed and rep.worst_judged() <= rep.tol

@@ -14,7 +14,7 @@ from torch import nn
 
 from parity import layout
 from parity.data import load
-from parity.harness.compare import Pair
+from parity.harness.compare import ModelPair
 from parity.harness.localize import (
     FlaxSide,
     SharedDropout,
@@ -45,7 +45,7 @@ def flax_of(pair):
 @pytest.mark.parametrize("framework", ["linen", "nnx"])
 def test_matching_models_pass_in_both_modes(digits, framework):
     x, y = digits
-    pair = Pair("digits", framework, 0, **SMALL)  # dropout 0.3: on in train mode
+    pair = ModelPair("digits", framework, 0, **SMALL)  # dropout 0.3: on in train mode
     fm, var = flax_of(pair)
     running_mean = pair.torch.bn1.running_mean.clone()
     ev = localize(pair.torch, fm, x, variables=var, mode="eval", float64_reference=True)
@@ -75,7 +75,7 @@ def test_reinject_isolates_the_faulty_layer(digits):
     """A wrong conv2 kernel: without reinjection every later layer differs too; with it, only
     conv2 does, because each Flax layer gets the torch layer's input."""
     x, _ = digits
-    pair = Pair("digits", "linen", 0, **SMALL)
+    pair = ModelPair("digits", "linen", 0, **SMALL)
     variables = {"params": dict(pair.variables["params"]), "batch_stats": pair.variables["batch_stats"]}
     k = pair.variables["params"]["conv2"]["kernel"].copy()
     k[..., 0] *= 1.5  # one output channel scaled
@@ -181,7 +181,7 @@ def test_user_model_with_different_names_and_stateless_layers():
 
 def test_assert_parity_passes_and_fails_with_the_report(digits):
     x, y = digits
-    pair = Pair("digits", "linen", 0, **SMALL)
+    pair = ModelPair("digits", "linen", 0, **SMALL)
     reports = assert_parity(pair.torch, pair.linen, x, variables=pair.variables, mode="train", y=y)
     assert [r.passed for r in reports] == [True, True]
     # a converter that forgot the flatten permutation (plain transpose of fc1)
@@ -199,7 +199,7 @@ def test_assert_parity_passes_and_fails_with_the_report(digits):
 
 def test_bad_inputs(digits):
     x, _ = digits
-    pair = Pair("digits", "linen", 0, **SMALL)
+    pair = ModelPair("digits", "linen", 0, **SMALL)
     with pytest.raises(ValueError, match="variables"):
         localize(pair.torch, pair.linen, x)
     with pytest.raises(ValueError, match="mode"):

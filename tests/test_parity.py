@@ -16,7 +16,7 @@ from parity.data import load
 from parity.harness.compare import (
     MODEL_DATASET,
     TOLERANCES,
-    Pair,
+    ModelPair,
     bn_state_after_passes,
     gradient_differences,
     rel_l2,
@@ -34,7 +34,7 @@ def _data(model, n=128):
 @pytest.mark.parametrize("model,framework", CASES)
 def test_eval_forward(model, framework):
     _, x, _ = _data(model)
-    pair = Pair(model, framework, seed=1)
+    pair = ModelPair(model, framework, seed=1)
     assert (
         rel_l2(pair.flax_forward(x, train=False), pair.torch_forward(x, train=False)) <= TOLERANCES["forward"]
     )
@@ -43,7 +43,7 @@ def test_eval_forward(model, framework):
 @pytest.mark.parametrize("model,framework", CASES)
 def test_train_forward_batch_stats_dropout_off(model, framework):
     _, x, _ = _data(model)
-    pair = Pair(model, framework, seed=2, dropout=0.0)
+    pair = ModelPair(model, framework, seed=2, dropout=0.0)
     train_t, train_f = pair.torch_forward(x, train=True), pair.flax_forward(x, train=True)
     assert rel_l2(train_f, train_t) <= TOLERANCES["forward"]
     # and train mode really differs from eval mode here, so the comparison means something
@@ -54,7 +54,7 @@ def test_train_forward_batch_stats_dropout_off(model, framework):
 def test_bn_state_after_training_mode_passes(model, framework):
     ds, _, _ = _data(model)
     batches = [ds.x_train[i * 64 : (i + 1) * 64] for i in range(5)]
-    bn = bn_state_after_passes(Pair(model, framework, seed=3, dropout=0.0), batches)
+    bn = bn_state_after_passes(ModelPair(model, framework, seed=3, dropout=0.0), batches)
     tol = TOLERANCES["bn_state"]
     for name, d in bn.items():
         assert d["mean"] <= tol, name
@@ -69,7 +69,7 @@ def test_bn_state_after_training_mode_passes(model, framework):
 @pytest.mark.parametrize("model,framework", CASES)
 def test_gradients_per_parameter(model, framework):
     _, x, y = _data(model)
-    diffs = gradient_differences(Pair(model, framework, seed=4, dropout=0.0), x, y)
+    diffs = gradient_differences(ModelPair(model, framework, seed=4, dropout=0.0), x, y)
     assert set(diffs) == {
         "conv1.weight",
         "bn1.weight",
@@ -88,7 +88,7 @@ def test_gradients_per_parameter(model, framework):
 
 
 def _linen_digits():
-    pair = Pair("digits", "linen", seed=0)
+    pair = ModelPair("digits", "linen", seed=0)
     return pair.linen, pair.variables, jnp.asarray(to_channels_last(load("digits").x_test[:8]))
 
 

@@ -94,7 +94,7 @@ def divergence_figure(
 ) -> None:
     """Draw the figure and write it to ``path`` (PNG) atomically.
 
-    ``layer_reports``: ``(model, framework, precision, kind, Report)`` with ``kind`` one of
+    ``layer_reports``: ``(model, framework, precision, kind, LocalizationReport)`` with ``kind`` one of
     ``layers_eval``, ``layers_train``, ``gradients_train``; ``trajectories``: ``(model,
     framework, precision, TrajectoryReport)``.
     """

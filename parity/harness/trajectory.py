@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -45,21 +45,22 @@ import torch
 from torch import nn as tnn
 
 from parity import convert
-from parity.harness.compare import rel_l2, unbiased_running_var
-from parity.harness.localize import (
-    DropoutMasks,
+from parity.harness.compare import REF_FACTOR, rel_l2, unbiased_running_var
+from parity.harness.sides import (
     FlaxSide,
     SharedDropout,
-    _flax_bn_stats,
-    _invert,
-    _np,
-    _torch_device,
     activation_to_flax,
+    flax_bn_stats,
     flax_dropout_hook,
     flax_loss,
+    float_cast,
+    name_mapper,
+    to_numpy,
+    torch_device,
     torch_loss,
     torch_shared_dropout,
 )
+from parity.progress import Progress
 from parity.registry import OPTIMIZERS
 from parity.table import format_table
 
@@ -72,9 +73,9 @@ TRAJECTORY_TOL = {"loss": 1e-4, "param": 1e-4, "bn_state": 1e-4, "optimizer_stat
 #: The same bounds for ``dtype='float64'`` runs: rounding is 2**-53 ~ 1.1e-16 instead of
 #: 2**-24 ~ 6e-8, and the measured 50-step envelopes stay below ~1e-12 (docs/HARNESS.md).
 TRAJECTORY_TOL_FLOAT64 = {"loss": 1e-9, "param": 1e-9, "bn_state": 1e-9, "optimizer_state": 1e-9}
-#: With ``float64_reference=True`` a metric passes at a step when it is at most this many times
-#: torch float32's own distance from the float64 trajectory (or within ``tol``).
-REF_FACTOR = 10.0
+#: With ``float64_reference=True`` a metric passes at a step when it is at most ``REF_FACTOR``
+#: (:data:`parity.harness.compare.REF_FACTOR`, 10) times torch float32's own distance from the
+#: float64 trajectory (or within ``tol``).
 
 
 # ------------------------------------------------------------------------------ optimizers
@@ -166,7 +167,7 @@ def torch_moments(optimizer: torch.optim.Optimizer, model: tnn.Module) -> dict[s
     for name, p in model.named_parameters():
         for key, value in optimizer.state.get(p, {}).items():
             if key in MOMENT_NAMES.values() and isinstance(value, torch.Tensor):
-                out.setdefault(key, {})[name] = _np(value)
+                out.setdefault(key, {})[name] = to_numpy(value)
     return out
 
 
@@ -205,13 +206,13 @@ def optimizer_differences(
         for p, st in topt.state.items():
             for key, value in st.items():
                 if key in MOMENT_NAMES.values():
-                    tmom.setdefault(key, {})[index[id(p)]] = _np(value)
+                    tmom.setdefault(key, {})[index[id(p)]] = to_numpy(value)
         fmom = {
             MOMENT_NAMES[f]: jax.tree.map(np.asarray, dict(tree)) for f, tree in optax_moments(state).items()
         }
         diffs = _compare(
-            _State(0.0, {n: np.asarray(v) for n, v in fparams.items()}, {}, fmom),
-            _State(0.0, {n: _np(p) for n, p in tparams.items()}, {}, tmom),
+            TrainingState(0.0, {n: np.asarray(v) for n, v in fparams.items()}, {}, fmom),
+            TrainingState(0.0, {n: to_numpy(p) for n, p in tparams.items()}, {}, tmom),
         )
         envelope = max(envelope, diffs["param"][0])
         ok = all(diffs[m][0] <= tols[m] for m in METRICS)
@@ -248,7 +249,11 @@ class StepRow:
     look. ``f64_<metric>`` (optional) is torch float32 against a float64 torch copy trained on the
     same batches and masks: float32's own envelope for that metric. ``tolerances`` holds the
     bound each metric was checked against at this step. ``envelope`` is the running maximum of
-    ``param_rel`` up to this step: the error envelope of the weights.
+    ``param_rel`` up to this step: the error envelope of the weights. ``port64_over_bound`` (set
+    only at a step where float32 leaves its bound, with a float64 reference) is the worst metric
+    of the float64 Flax twin against the float64 torch twin divided by
+    :data:`TRAJECTORY_TOL_FLOAT64`: at most 1 means the port follows torch exactly where float32
+    cannot, and the step passes (docs/HARNESS.md, "decisions float32 cannot resolve").
     """
 
     step: int
@@ -271,6 +276,7 @@ class StepRow:
     f64_param_rel: float | None = None
     f64_bn_rel: float | None = None
     f64_opt_rel: float | None = None
+    port64_over_bound: float | None = None
 
     def metrics(self) -> dict[str, tuple[float, str]]:
         """``{metric: (global value, worst tensor)}`` in the order they are checked."""
@@ -282,7 +288,10 @@ class StepRow:
         }
 
     def failures(self) -> list[tuple[str, str, float, float]]:
-        """``(metric, worst tensor, value, tolerance)`` for every metric above its tolerance."""
+        """``(metric, worst tensor, value, tolerance)`` for every metric above its tolerance; none
+        when the float64 twins agree (``port64_over_bound <= 1``)."""
+        if self.port64_over_bound is not None and self.port64_over_bound <= 1.0:
+            return []
         return [
             (m, name, v, self.tolerances[m])
             for m, (v, name) in self.metrics().items()
@@ -400,19 +409,6 @@ _MAX = {"loss": "loss_rel", "param": "param_max", "bn_state": "bn_max", "optimiz
 # ------------------------------------------------------------------------------ the runner
 
 
-@contextlib.contextmanager
-def _progress(total: int, label: str, enabled: bool) -> Iterator[Callable[[], None]]:
-    if not enabled:
-        yield lambda: None
-        return
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda: bar.advance(task)
-
-
 def _global_rel(cands: Mapping[str, np.ndarray], refs: Mapping[str, np.ndarray]) -> tuple[float, float, str]:
     """``(global rel L2, max per-tensor rel L2, worst tensor)`` of ``cands`` against ``refs``."""
     num = den = 0.0
@@ -433,8 +429,10 @@ def _global_rel(cands: Mapping[str, np.ndarray], refs: Mapping[str, np.ndarray])
 
 
 @dataclass
-class _State:
-    """One side's state after a step, in torch names and layout."""
+class TrainingState:
+    """One side's state after a step, in torch names and layout: the loss, the parameters,
+    the BN running statistics (``{bn}.running_mean`` / ``{bn}.running_var``) and the optimizer
+    moments (``{torch moment name: {param: array}}``)."""
 
     loss: float
     params: dict[str, np.ndarray]
@@ -442,16 +440,18 @@ class _State:
     opt: dict[str, dict[str, np.ndarray]]
 
 
-def _torch_state(model: tnn.Module, optimizer: torch.optim.Optimizer, loss: float) -> _State:
+def _torch_state(model: tnn.Module, optimizer: torch.optim.Optimizer, loss: float) -> TrainingState:
     bn = {}
     for n, m in model.named_modules():
         if isinstance(m, tnn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-            bn[f"{n}.running_mean"] = _np(m.running_mean)
-            bn[f"{n}.running_var"] = _np(m.running_var)
-    return _State(loss, {n: _np(p) for n, p in model.named_parameters()}, bn, torch_moments(optimizer, model))
+            bn[f"{n}.running_mean"] = to_numpy(m.running_mean)
+            bn[f"{n}.running_var"] = to_numpy(m.running_var)
+    return TrainingState(
+        loss, {n: to_numpy(p) for n, p in model.named_parameters()}, bn, torch_moments(optimizer, model)
+    )
 
 
-def _compare(c: _State, r: _State) -> dict[str, tuple[float, float, str]]:
+def _compare(c: TrainingState, r: TrainingState) -> dict[str, tuple[float, float, str]]:
     """``{metric: (global, max, worst)}`` of candidate ``c`` against reference ``r``."""
     out = {
         "loss": ((abs(c.loss - r.loss) / abs(r.loss) if r.loss else abs(c.loss)),) * 2 + ("loss",),
@@ -471,13 +471,6 @@ def _compare(c: _State, r: _State) -> dict[str, tuple[float, float, str]]:
     return out
 
 
-def _cast(dtype):
-    def cast(a):
-        return a.astype(dtype) if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating) else a
-
-    return cast
-
-
 def _tolerances(tol: float | Mapping[str, float]) -> dict[str, float]:
     if isinstance(tol, Mapping):
         missing = set(METRICS) - set(tol)
@@ -485,6 +478,257 @@ def _tolerances(tol: float | Mapping[str, float]) -> dict[str, float]:
             raise ValueError(f"tol is missing metric(s) {', '.join(sorted(missing))}; give all of {METRICS}")
         return {m: float(tol[m]) for m in METRICS}
     return {m: float(tol) for m in METRICS}
+
+
+class _TorchTrainer:
+    """A private copy of the torch model (float32 or float64) and its optimizer."""
+
+    def __init__(self, model: tnn.Module, pair: OptimizerPair, loss: str, masks, float64: bool) -> None:
+        self.model = copy.deepcopy(model).train()
+        if float64:
+            self.model = self.model.double()
+        self.opt = pair.torch(self.model.parameters())
+        self.loss_fn, self.masks = torch_loss(loss), masks
+        self.dev = torch_device(self.model)
+
+    def step(self, k: int, x: np.ndarray, y: np.ndarray, given: Mapping | None = None) -> tuple[float, dict]:
+        """One optimizer step on channels-first ``x``; ``(loss, dropout uniforms used)``."""
+        with contextlib.ExitStack() as stack:
+            rec = (
+                stack.enter_context(torch_shared_dropout(self.model, self.masks, k, given=given))
+                if self.masks
+                else {}
+            )
+            self.opt.zero_grad(set_to_none=True)
+            xt = torch.from_numpy(x).to(self.dev)
+            if xt.is_floating_point():
+                xt = xt.to(next(self.model.parameters()).dtype)
+            value = self.loss_fn(self.model(xt), torch.from_numpy(y).to(self.dev))
+            value.backward()
+            self.opt.step()
+        return float(value.detach()), rec
+
+    def state(self, loss: float) -> TrainingState:
+        """Parameters, BN statistics and optimizer moments after the last step."""
+        return _torch_state(self.model, self.opt, loss)
+
+
+class _BnVariance:
+    """The Flax running variances of each BN, step by step, in torch's unbiased convention.
+
+    ``counts[bn]`` (values per channel of the last forward) is filled by a torch pre-hook; the
+    correction is exact algebra (:func:`parity.harness.compare.unbiased_running_var`).
+    """
+
+    def __init__(
+        self, bns: Mapping[str, tnn.Module], to_flax: Callable, first_bs: Mapping, counts: dict
+    ) -> None:
+        self.bns, self.to_flax, self.counts = bns, to_flax, counts
+        self.prev = {n: (flax_bn_stats(first_bs, to_flax(n)) or {}).get("var") for n in bns}
+        self.corrected = {n: None if v is None else np.asarray(v, np.float64) for n, v in self.prev.items()}
+
+    def observe(self, pure_bs: Mapping, raw: bool) -> dict[str, np.ndarray]:
+        """``{bn.running_mean, bn.running_var}`` after a step (``var`` corrected unless ``raw``)."""
+        out = {}
+        for n, m in self.bns.items():
+            stats = flax_bn_stats(pure_bs, self.to_flax(n))
+            if stats is None:
+                continue
+            prev = self.prev[n]
+            if prev is not None and m.momentum is not None and self.counts.get(n, 0) > 1:
+                mom = 1.0 - float(m.momentum)
+                self.corrected[n] = unbiased_running_var(
+                    [prev, stats["var"]], self.counts[n], momentum=mom
+                ) + mom * (self.corrected[n] - np.asarray(prev, np.float64))
+            else:
+                self.corrected[n] = np.asarray(stats["var"], np.float64)
+            self.prev[n] = stats["var"]
+            out[f"{n}.running_mean"] = stats["mean"]
+            out[f"{n}.running_var"] = stats["var"] if raw else self.corrected[n]
+        return out
+
+    def corrected_tree(self, pure_bs: Mapping, dtype) -> dict:
+        """``pure_bs`` with every ``var`` replaced by its corrected value (Linen layout)."""
+        flat = convert.flatten_tree(pure_bs)
+        for n, v in self.corrected.items():
+            if v is not None:
+                flat[f"{self.to_flax(n).replace('.', '/')}/var"] = np.asarray(v, dtype)
+        return convert.unflatten_tree(flat)
+
+
+class _FlaxTrainer:
+    """The Flax side's training state (float32 or float64) and its jitted step.
+
+    The step (forward, gradient, optax update) is one ``jax.jit``-ed function; the dropout
+    masks are its inputs, so the compiled step is reused for every step. A float64 trainer runs
+    every call under ``jax.enable_x64``.
+    """
+
+    def __init__(self, side: FlaxSide, tx: optax.GradientTransformation, loss: str, float64: bool) -> None:
+        self.side, self.tx, self.float64 = side, tx, float64
+        self.dtype = jnp.float64 if float64 else jnp.float32
+        f_loss = flax_loss(loss)
+
+        def flax_step(params, batch_stats, rest, opt_state, x, y, uniforms, rng):
+            hook = flax_dropout_hook(uniforms) if uniforms else None
+
+            def objective(p):
+                out, nbs, nrest = side.apply(p, batch_stats, rest, x, train=True, hook=hook, rng=rng)
+                return f_loss(out, y), (nbs, nrest)
+
+            (value, (nbs, nrest)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), nbs, nrest, opt_state, value
+
+        self._step = jax.jit(flax_step)
+        with self._precision():
+            cast = float_cast(self.dtype)
+            self.params, self.bstats, self.rest = (
+                jax.tree.map(cast, t) for t in (side.params, side.batch_stats, side.rest)
+            )
+            self.opt_state = tx.init(self.params)
+
+    def _precision(self):
+        return jax.enable_x64(True) if self.float64 else contextlib.nullcontext()
+
+    def step(self, x: np.ndarray, y: np.ndarray, uniforms: Mapping, rng: jax.Array | None) -> float:
+        """One step on channels-last ``x`` with the torch side's dropout ``uniforms`` (Flax names,
+        channels-last); returns the loss."""
+        with self._precision():
+            xf = jnp.asarray(x)
+            if jnp.issubdtype(xf.dtype, jnp.floating):
+                xf = xf.astype(self.dtype)
+            self.params, self.bstats, self.rest, self.opt_state, value = self._step(
+                self.params, self.bstats, self.rest, self.opt_state, xf, jnp.asarray(y), uniforms, rng
+            )
+        return float(value)
+
+    def state(self, loss: float, to_torch: Callable, bn: dict) -> TrainingState:
+        """The state in torch names and layout (``bn``: from :meth:`_BnVariance.observe`)."""
+        fopt = {
+            MOMENT_NAMES[f]: to_torch(self.side.pure(tree))
+            for f, tree in optax_moments(self.opt_state).items()
+        }
+        return TrainingState(loss, to_torch(self.side.pure(self.params)), bn, fopt)
+
+
+@dataclass
+class _Twin:
+    """Both sides of one precision: a torch trainer, a Flax trainer and its BN tracker."""
+
+    torch: _TorchTrainer
+    flax: _FlaxTrainer
+    bn: _BnVariance
+    hooks: list = field(default_factory=list)
+
+    def close(self) -> None:
+        """Remove the values-per-channel hooks from the torch copy."""
+        for h in self.hooks:
+            h.remove()
+        self.hooks.clear()
+
+    def step(
+        self, k: int, x, y, run: _RunSettings, given: Mapping | None = None
+    ) -> tuple[TrainingState, TrainingState, dict]:
+        """Step both sides on one batch; ``(torch state, flax state, torch dropout uniforms)``."""
+        lt, rec = self.torch.step(k, x, y, given=given)
+        uniforms = {run.to_flax(n): [jnp.asarray(activation_to_flax(u)) for u in us] for n, us in rec.items()}
+        rng = jax.random.fold_in(jax.random.key(run.seed), k) if run.dropout_masks == "independent" else None
+        lf = self.flax.step(activation_to_flax(x), y, uniforms, rng)
+        fbn = self.bn.observe(self.flax.side.pure(self.flax.bstats), raw=run.bn_var == "raw")
+        return self.torch.state(lt), self.flax.state(lf, run.to_torch, fbn), rec
+
+
+@dataclass(frozen=True)
+class _RunSettings:
+    """What every step of one :func:`trajectory` run shares."""
+
+    to_flax: Callable[[str], str]
+    to_torch: Callable[[dict], dict]
+    seed: int
+    dropout_masks: str
+    bn_var: str
+    tols: dict
+    ref_factor: float
+
+
+def _make_twin(
+    torch_model, flax_model, variables, call_kwargs, pair, loss, masks, float64, run, counts
+) -> _Twin:
+    """Private copies of both sides, in float64 or float32, from the same weights."""
+    tt = _TorchTrainer(torch_model, pair, loss, masks, float64)
+    side = FlaxSide(flax_model, variables, call_kwargs)
+    bns = {
+        n: m
+        for n, m in tt.model.named_modules()
+        if isinstance(m, tnn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+    }
+    hooks = [
+        m.register_forward_pre_hook(lambda m, a, n=n: counts.__setitem__(n, a[0].numel() // a[0].shape[1]))
+        for n, m in bns.items()
+    ]
+    return _Twin(
+        tt,
+        _FlaxTrainer(side, pair.optax, loss, float64),
+        _BnVariance(bns, run.to_flax, side.pure(side.batch_stats), counts),
+        hooks,
+    )
+
+
+def _step_row(
+    k: int, t32: TrainingState, f32: TrainingState, envelope: float, run: _RunSettings, ref
+) -> StepRow:
+    """The row of step ``k``: float32 differences, the float64 reference (torch float32 vs torch
+    float64) and, where float32 leaves its bound, the float64 port verdict."""
+    diffs = _compare(f32, t32)
+    bounds, f64, port = dict(run.tols), (), None
+    if ref is not None:
+        t64, f64s = ref
+        f64d = {m: v[0] for m, v in _compare(t32, t64).items()}
+        bounds = {m: max(run.tols[m], run.ref_factor * f64d[m]) for m in METRICS}
+        f64 = tuple(f64d[m] for m in METRICS)
+        if not all(diffs[m][0] <= bounds[m] for m in METRICS):
+            port64 = _compare(f64s, t64)
+            port = max(port64[m][0] / TRAJECTORY_TOL_FLOAT64[m] for m in METRICS)
+    envelope = max(envelope, diffs["param"][0])
+    ok = all(diffs[m][0] <= bounds[m] for m in METRICS) or (port is not None and port <= 1.0)
+    return StepRow(
+        k,
+        t32.loss,
+        f32.loss,
+        diffs["loss"][0],
+        *diffs["param"],
+        *diffs["bn_state"],
+        *diffs["optimizer_state"],
+        envelope,
+        bounds,
+        ok,
+        *f64,
+        port64_over_bound=port,
+    )
+
+
+def _validate(dropout_masks: str, bn_var: str, dtype: str, float64_reference: bool) -> None:
+    if dropout_masks not in ("shared", "independent"):
+        raise ValueError(f"dropout_masks must be 'shared' or 'independent', got {dropout_masks!r}")
+    if bn_var not in ("corrected", "raw"):
+        raise ValueError(f"bn_var must be 'corrected' or 'raw', got {bn_var!r}")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    if dtype == "float64" and float64_reference:
+        raise ValueError(
+            "float64_reference compares float32 with float64; with dtype='float64' there is "
+            "nothing to compare: drop one of them"
+        )
+
+
+def _take(batches: Iterable, steps: int | None) -> list:
+    out = list(batches) if steps is None else [b for _, b in zip(range(steps), batches)]
+    if steps is not None and len(out) < steps:
+        raise ValueError(f"asked for {steps} steps but only {len(out)} batches were given")
+    if not out:
+        raise ValueError("trajectory needs at least one batch")
+    return out
 
 
 def trajectory(
@@ -496,7 +740,7 @@ def trajectory(
     optimizer: str | OptimizerPair = "sgd",
     steps: int | None = None,
     loss: str = "cross_entropy",
-    dropout_masks: DropoutMasks = "shared",
+    dropout_masks: Literal["shared", "independent"] = "shared",
     seed: int = 0,
     tol: float | Mapping[str, float] | None = None,
     bn_var: Literal["corrected", "raw"] = "corrected",
@@ -541,192 +785,64 @@ def trajectory(
     The Flax step is one ``jax.jit``-ed function (forward, gradient, optax update); the masks
     are its inputs, so the compiled step is reused for every step.
     """
-    if dropout_masks not in ("shared", "independent"):
-        raise ValueError(f"dropout_masks must be 'shared' or 'independent', got {dropout_masks!r}")
-    if bn_var not in ("corrected", "raw"):
-        raise ValueError(f"bn_var must be 'corrected' or 'raw', got {bn_var!r}")
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    _validate(dropout_masks, bn_var, dtype, float64_reference)
     double = dtype == "float64"
-    if double and float64_reference:
-        raise ValueError(
-            "float64_reference compares float32 with float64; with dtype='float64' there is "
-            "nothing to compare: drop one of them"
-        )
     tols = _tolerances((TRAJECTORY_TOL_FLOAT64 if double else TRAJECTORY_TOL) if tol is None else tol)
     pair = make_optimizer_pair(optimizer) if isinstance(optimizer, str) else optimizer
-    batches = list(batches) if steps is None else [b for _, b in zip(range(steps), batches)]
-    if steps is not None and len(batches) < steps:
-        raise ValueError(f"asked for {steps} steps but only {len(batches)} batches were given")
-    if not batches:
-        raise ValueError("trajectory needs at least one batch")
-
-    tm = copy.deepcopy(torch_model).train()
-    if double:
-        tm = tm.double()
-    topt = pair.torch(tm.parameters())
-    t_loss = torch_loss(loss)
-    dev = _torch_device(tm)
-    ref = ref_opt = None
-    if float64_reference:
-        ref = copy.deepcopy(torch_model).double().train()
-        ref_opt = pair.torch(ref.parameters())
-    masks = SharedDropout(seed) if dropout_masks == "shared" else None
-    bns = {
-        n: m
-        for n, m in tm.named_modules()
-        if isinstance(m, tnn.modules.batchnorm._BatchNorm) and m.running_mean is not None
-    }
-    counts: dict[str, int] = {}
-    bn_hooks = [
-        m.register_forward_pre_hook(lambda m, a, n=n: counts.__setitem__(n, a[0].numel() // a[0].shape[1]))
-        for n, m in bns.items()
-    ]
-
-    side = FlaxSide(flax_model, variables, call_kwargs)
-    to_flax = _invert(layer_map)
-    f_loss = flax_loss(loss)
-    tx = pair.optax
+    batches = _take(batches, steps)
     to_torch = param_map or (lambda tree: convert.params_to_torch(tree, torch_model))
+    run = _RunSettings(name_mapper(layer_map), to_torch, seed, dropout_masks, bn_var, tols, ref_factor)
+    masks = SharedDropout(seed) if dropout_masks == "shared" else None
+    sides = (torch_model, flax_model, variables, call_kwargs, pair, loss, masks)
+    main = _make_twin(*sides, double, run, {})
+    ref = _make_twin(*sides, True, run, {}) if float64_reference else None
+    try:
+        with Progress("steps", len(batches), enabled=progress, transient=True) as bar:
+            bar.describe(f"trajectory ({pair.name}, {dtype})")
+            rows = _train_side_by_side(main, ref, batches, run, bar)
+    finally:
+        for twin in (main, ref):
+            if twin is not None:
+                twin.close()
+    return _report(main, rows, pair, run, dtype, loss, float64_reference)
 
-    def flax_step(params, batch_stats, rest, opt_state, x, y, uniforms, rng):
-        hook = flax_dropout_hook(uniforms) if uniforms else None
 
-        def objective(p):
-            out, nbs, nrest = side.apply(p, batch_stats, rest, x, train=True, hook=hook, rng=rng)
-            return f_loss(out, y), (nbs, nrest)
-
-        (value, (nbs, nrest)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), nbs, nrest, opt_state, value
-
-    step_fn = jax.jit(flax_step)
-    x64 = jax.enable_x64(True) if double else contextlib.nullcontext()
-    fdtype = jnp.float64 if double else jnp.float32
-    with x64:
-        params, bstats, rest = (
-            jax.tree.map(_cast(fdtype), t) for t in (side.params, side.batch_stats, side.rest)
-        )
-        opt_state = tx.init(params)
-    prev_var = {n: (_flax_bn_stats(side.pure(bstats), to_flax(n)) or {}).get("var") for n in bns}
-    corrected = {n: None if v is None else np.asarray(v, np.float64) for n, v in prev_var.items()}
+def _train_side_by_side(
+    main: _Twin, ref: _Twin | None, batches: list, run: _RunSettings, bar
+) -> list[StepRow]:
+    """Step both twins on every batch (the float64 one replays the float32 one's masks); one
+    row per step."""
     rows: list[StepRow] = []
     envelope = 0.0
+    for k, (x, y) in enumerate(batches):
+        x, y = np.asarray(x), np.asarray(y)
+        t32, f32, rec = main.step(k, x, y, run)
+        ref_states = ref.step(k, x, y, run, given=rec)[:2] if ref is not None else None
+        rows.append(_step_row(k, t32, f32, envelope, run, ref_states))
+        envelope = rows[-1].envelope
+        bar.advance()
+    return rows
 
-    def torch_train_step(model, opt, x, y, given=None):
-        with contextlib.ExitStack() as stack:
-            rec = stack.enter_context(torch_shared_dropout(model, masks, k, given=given)) if masks else {}
-            opt.zero_grad(set_to_none=True)
-            xt = torch.from_numpy(x).to(dev)
-            if xt.is_floating_point():
-                xt = xt.to(next(model.parameters()).dtype)
-            value = t_loss(model(xt), torch.from_numpy(y).to(dev))
-            value.backward()
-            opt.step()
-        return float(value.detach()), rec
 
-    try:
-        with x64, _progress(len(batches), f"trajectory ({pair.name}, {dtype})", progress) as advance:
-            for k, (x, y) in enumerate(batches):
-                x, y = np.asarray(x), np.asarray(y)
-                lt, rec = torch_train_step(tm, topt, x, y)
-                tstate = _torch_state(tm, topt, lt)
-                uniforms = {
-                    to_flax(n): [jnp.asarray(activation_to_flax(u)) for u in us] for n, us in rec.items()
-                }
-                rng = jax.random.fold_in(jax.random.key(seed), k) if dropout_masks == "independent" else None
-                xf = jnp.asarray(activation_to_flax(x))
-                params, bstats, rest, opt_state, lf = step_fn(
-                    params,
-                    bstats,
-                    rest,
-                    opt_state,
-                    xf.astype(fdtype) if jnp.issubdtype(xf.dtype, jnp.floating) else xf,
-                    jnp.asarray(y),
-                    uniforms,
-                    rng,
-                )
-
-                # Flax state in torch names and layout; BN variance in torch's convention
-                pure_bs = side.pure(bstats)
-                fbn = {}
-                for n, m in bns.items():
-                    fs = _flax_bn_stats(pure_bs, to_flax(n))
-                    if fs is None:
-                        continue
-                    if prev_var[n] is not None and m.momentum is not None and counts.get(n, 0) > 1:
-                        mom = 1.0 - float(m.momentum)
-                        corrected[n] = unbiased_running_var(
-                            [prev_var[n], fs["var"]], counts[n], momentum=mom
-                        ) + mom * (corrected[n] - np.asarray(prev_var[n], np.float64))
-                    else:
-                        corrected[n] = np.asarray(fs["var"], np.float64)
-                    prev_var[n] = fs["var"]
-                    fbn[f"{n}.running_mean"] = fs["mean"]
-                    fbn[f"{n}.running_var"] = corrected[n] if bn_var == "corrected" else fs["var"]
-                fopt = {
-                    MOMENT_NAMES[f]: to_torch(side.pure(tree)) for f, tree in optax_moments(opt_state).items()
-                }
-                fstate = _State(float(lf), to_torch(side.pure(params)), fbn, fopt)
-                diffs = _compare(fstate, tstate)
-
-                bounds = dict(tols)
-                f64 = {}
-                if ref is not None:
-                    lr_, _ = torch_train_step(ref, ref_opt, x, y, given=rec)
-                    f64 = {m: v[0] for m, v in _compare(tstate, _torch_state(ref, ref_opt, lr_)).items()}
-                    bounds = {m: max(tols[m], ref_factor * f64[m]) for m in METRICS}
-                envelope = max(envelope, diffs["param"][0])
-                ok = all(diffs[m][0] <= bounds[m] for m in METRICS)
-                rows.append(
-                    StepRow(
-                        k,
-                        lt,
-                        float(lf),
-                        diffs["loss"][0],
-                        *diffs["param"],
-                        *diffs["bn_state"],
-                        *diffs["optimizer_state"],
-                        envelope,
-                        bounds,
-                        ok,
-                        *(
-                            (f64["loss"], f64["param"], f64["bn_state"], f64["optimizer_state"])
-                            if f64
-                            else ()
-                        ),
-                    )
-                )
-                advance()
-    finally:
-        for h in bn_hooks:
-            h.remove()
-    corrected_bs = convert.unflatten_tree(
-        {
-            **convert.flatten_tree(side.pure(bstats)),
-            **{
-                f"{to_flax(n).replace('.', '/')}/var": np.asarray(v, fdtype)
-                for n, v in corrected.items()
-                if v is not None
-            },
-        }
-    )
+def _report(main: _Twin, rows, pair, run: _RunSettings, dtype, loss, float64_reference) -> TrajectoryReport:
+    """The report with the trained states of both sides (main precision)."""
+    side, pure_bs = main.flax.side, main.flax.side.pure(main.flax.bstats)
     meta = {
         "flax": side.kind,
         "dtype": dtype,
         "loss": loss,
-        "dropout_masks": dropout_masks,
-        "bn_var": bn_var,
-        "seed": seed,
+        "dropout_masks": run.dropout_masks,
+        "bn_var": run.bn_var,
+        "seed": run.seed,
         "float64_reference": float64_reference,
-        "ref_factor": ref_factor if float64_reference else None,
+        "ref_factor": run.ref_factor if float64_reference else None,
     }
     return TrajectoryReport(
         rows,
-        tols,
+        run.tols,
         {"name": pair.name, **pair.settings},
         meta,
-        tm,
-        side.variables(params, bstats),
-        corrected_bs,
+        main.torch.model,
+        side.variables(main.flax.params, main.flax.bstats),
+        main.bn.corrected_tree(pure_bs, main.flax.dtype),
     )
