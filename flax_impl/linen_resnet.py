@@ -51,8 +51,9 @@ def _conv(features: int, kernel: int, stride: int, dims: int, name: str | None =
 
 
 def _bn(name: str | None = None) -> nn.BatchNorm:
-    # use_running_average is given at call time: setup-defined modules cannot see `train`
-    return nn.BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+    # use_running_average is given at call time: setup-defined modules cannot see `train`;
+    # two-pass batch variance, as torch computes it (see linen_models._bn)
+    return nn.BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, use_fast_variance=False, name=name)
 
 
 class BasicBlock(nn.Module):

@@ -45,7 +45,10 @@ def _conv(cin: int, cout: int, kernel: int, stride: int, dims: int, rngs: nnx.Rn
 
 
 def _bn(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
+    # two-pass batch variance, as torch computes it (see linen_models._bn)
+    return nnx.BatchNorm(
+        features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, use_fast_variance=False, rngs=rngs
+    )
 
 
 def _downsample(cin: int, cout: int, stride: int, dims: int, rngs: nnx.Rngs) -> nnx.List | None:

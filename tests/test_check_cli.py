@@ -47,6 +47,10 @@ def test_contract_and_harness_sections(tmp_path, capsys):
     assert "model" in printed and "tolerance" in printed and "forward_eval_rel_l2" in printed
     doc = read(out)
     assert doc["passed"] is True and doc["device"] == "cpu" and doc["precisions"] == ["strict"]
+    # the precision probe per policy: on the CPU the strict policy gives float32 in both frameworks
+    probe = doc["precision_probe"]["strict"]
+    assert probe["as_expected"] is True
+    assert {probe[f][op]["result"] for f in ("torch", "jax") for op in ("matmul", "conv")} == {"float32"}
     checks = doc["checks"]
     names = {c["check"] for c in checks}
     assert {

@@ -98,9 +98,8 @@ class Port:
     def param_map(self, tree) -> dict[str, np.ndarray]:
         """A Flax params-shaped tree (gradients, parameters, moments) -> ``{torch name: array}``."""
         if self.framework == "linen":
-            sd = convert.flax_to_torch(
-                {"params": tree, "batch_stats": self.variables["batch_stats"]}, self.torch
-            )
+            # the ViT has no BatchNorm, so its variables have no batch_stats collection
+            sd = convert.flax_to_torch({**self.variables, "params": tree}, self.torch)
         else:
             model = nnx.clone(self.flax)
             state = nnx.state(model, nnx.Param)

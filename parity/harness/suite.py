@@ -312,6 +312,8 @@ class SuiteResult:
     sections: PolicyResult
     device: str
     versions: dict
+    #: per policy, :func:`parity.device.precision_probe`: did TF32 take effect where expected
+    probes: dict[str, dict] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -340,18 +342,19 @@ def resolve_device(config: CheckConfig) -> str:
 
 def run_suite(config: CheckConfig, log: Callable[[str], None]) -> SuiteResult:
     """Run every precision policy of ``config`` (after :func:`resolve_device`)."""
-    from parity.device import configure, library_versions
+    from parity.device import configure, library_versions, precision_probe
 
-    checks, sections, device = {}, PolicyResult(), config.device
+    checks, sections, device, probes = {}, PolicyResult(), config.device, {}
     for precision in config.precisions(configure(config.device, "strict").device):
         runtime = configure(config.device, precision)
         device = runtime.device
         log(f"# device {device} ({runtime.settings['torch_device_name']}), precision {precision}")
+        probes[precision] = precision_probe(runtime)
         result = run_policy(config, device, precision, log)
         checks[precision] = result.checks
         result.checks = []
         sections.extend(result)
-    return SuiteResult(checks, sections, device, library_versions())
+    return SuiteResult(checks, sections, device, library_versions(), probes)
 
 
 def format_checks(results: dict[str, list]) -> str:
@@ -389,8 +392,8 @@ def format_checks(results: dict[str, list]) -> str:
 
 
 def write_outputs(config: CheckConfig, result: SuiteResult) -> None:
-    """The JSON document ``{"passed", "device", "precisions", "versions", "checks", "layers"?,
-    "trajectory"?}`` and the PNG, each written atomically (strict JSON: a non-finite value, a
+    """The JSON document ``{"passed", "device", "precisions", "versions", "precision_probe",
+    "checks", "layers"?, "trajectory"?}`` and the PNG, each written atomically (strict JSON: a non-finite value, a
     shape mismatch's inf, is null)."""
     if config.json is not None:
         from parity.io import atomic_write_json
@@ -400,6 +403,7 @@ def write_outputs(config: CheckConfig, result: SuiteResult) -> None:
             "device": result.device,
             "precisions": list(result.checks),
             "versions": result.versions,
+            "precision_probe": result.probes,
             "checks": [{**c.as_dict(), "precision": p} for p, cs in result.checks.items() for c in cs],
         }
         if config.localize:
