@@ -38,11 +38,11 @@ with gradients enabled since the previous step is checked: if its state may be
 ``MODE001``.  See ``docs/LINT.md`` for the heuristics and known limits.
 """
 
-from parity.lint._analyzer import RULES as RULES
-from parity.lint._analyzer import Finding as Finding
-from parity.lint._analyzer import iter_python_files as iter_python_files
-from parity.lint._analyzer import lint_file as lint_file
-from parity.lint._analyzer import lint_paths as lint_paths
-from parity.lint._analyzer import lint_source as lint_source
+from parity.lint._files import iter_python_files as iter_python_files
+from parity.lint._files import lint_file as lint_file
+from parity.lint._files import lint_paths as lint_paths
+from parity.lint._files import lint_source as lint_source
+from parity.lint._findings import RULES as RULES
+from parity.lint._findings import Finding as Finding
 
 __all__ = ["RULES", "Finding", "iter_python_files", "lint_file", "lint_paths", "lint_source"]

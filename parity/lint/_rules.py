@@ -1,0 +1,207 @@
+"""The rules: mode changes and forward passes feed MODE001/MODE002; MODE003 is a syntactic scan."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+
+from parity.lint._findings import Finding
+from parity.lint._frames import Frame, LoopRun
+from parity.lint._state import TRAIN, UNKNOWN, ModeFact, ModeState, PendingForward, eval_fact, only_evals
+from parity.lint._syntax import dotted_name, keyword_value, source_text
+
+TRAIN_FACTS = frozenset({TRAIN})
+
+
+class RuleMixin:
+    """Records eval sites, forward passes and training steps; turns them into findings."""
+
+    path: str
+    loops: list[LoopRun]
+    stack: list
+    no_grad: int
+    has_training: bool
+    sites: dict[tuple[int, int], tuple[str, str]]
+    candidates: dict[tuple, tuple[Finding, str]]
+    trained: set[str]
+    train_facts = TRAIN_FACTS
+
+    def _mode_facts(self, meth: str, node: ast.Call, frame: Frame, oid: str) -> frozenset[ModeFact]:
+        """The facts ``oid.train(...)`` / ``oid.eval()`` leaves (``train(flag)`` restores a saved flag)."""
+        if meth == "eval":
+            return frozenset({eval_fact(node.lineno, node.col_offset)})
+        arg = node.args[0] if node.args else keyword_value(node, "mode")
+        if arg is None:
+            return TRAIN_FACTS
+        const = self._const_bool(arg, frame)
+        if const is True:
+            return TRAIN_FACTS
+        if const is False:
+            return frozenset({eval_fact(node.lineno, node.col_offset)})
+        if isinstance(arg, ast.Name) and arg.id in frame.flags and frame.flags[arg.id].oid == oid:
+            return frame.flags[arg.id].facts  # train(was_training): back to the saved mode
+        return frozenset({UNKNOWN})  # train(expr): a restore we cannot evaluate
+
+    def _set_mode(
+        self, oid: str, facts: frozenset[ModeFact], node: ast.Call, frame: Frame, state: ModeState
+    ) -> None:
+        """Apply a mode call; a new eval site is remembered in every loop that is running."""
+        new_evals = [fact for fact in facts if fact.is_eval and fact.site == (node.lineno, node.col_offset)]
+        if len(facts) == 1 and new_evals:
+            site = new_evals[0].site
+            self.sites.setdefault(site, (source_text(node), frame.name))
+            for loop in self.loops:
+                loop.seen.setdefault(
+                    site, tuple((call.line, call.label) for call in self.stack[loop.depth :])
+                )
+            # An eval does not undo an earlier eval: both still need a train() afterwards.
+            state.set_mode(oid, only_evals(state.mode(oid)) | facts)
+            return
+        state.set_mode(oid, facts)
+
+    def _forward(self, oid: str, node: ast.Call, callee: ast.AST, state: ModeState, direct: bool) -> None:
+        """A forward pass of ``oid`` (with gradients enabled it is checked at the next step)."""
+        if not self.no_grad:
+            evals = only_evals(state.mode(oid))
+            if evals:  # only a forward pass that may run in eval mode matters
+                old = state.pending.get(oid)
+                if old is None:
+                    state.pending[oid] = PendingForward(node.lineno, source_text(callee), evals)
+                else:
+                    state.pending[oid] = old._replace(evals=old.evals | evals)
+        if direct and not self.has_training and oid in state.loaded and state.mode(oid) == _DEFAULT_ONLY:
+            line, how = state.loaded[oid]
+            name = source_text(callee)
+            self._add(
+                ("MODE002", oid),
+                oid,
+                node,
+                "MODE002",
+                f"`{name}` runs inference after {how} (line {line}) without `{name}.eval()`; "
+                "Dropout and BatchNorm stay in training mode",
+            )
+
+    def _step(self, state: ModeState, step: ast.Call) -> None:
+        """A training step: every pending forward that is still in a loop-run eval mode is MODE001."""
+        for oid, forward in sorted(state.pending.items()):
+            # Eval at the forward pass and still not undone at the step (a forward pass in a
+            # validation loop without no_grad(), followed by train(), is not a finding).
+            for fact in sorted(forward.evals & state.mode(oid)):
+                loop = next((run for run in reversed(self.loops) if fact.site in run.seen), None)
+                if loop is not None:
+                    self._report_leak(oid, forward, fact, loop, step)
+        state.pending.clear()
+
+    def _report_leak(
+        self, oid: str, forward: PendingForward, fact: ModeFact, loop: LoopRun, step: ast.Call
+    ) -> None:
+        """Add the MODE001 finding at the eval site, naming the loop, the helper chain and the step."""
+        text, func = self.sites[fact.site]
+        chain = loop.seen[fact.site]
+        where = f" in {func}()" if func != "<module>" else ""
+        via = ""
+        if chain:
+            via = ", reached via " + " -> ".join(f"{label} at line {line}" for line, label in chain)
+        step_at = f"line {step.lineno}"
+        outer = [call for call in self.stack[loop.depth :]]
+        if outer:  # the step is inside a helper called from the loop
+            step_at += " in " + " -> ".join(f"{call.label} at line {call.line}" for call in outer)
+        self._add(
+            ("MODE001", fact.site),
+            oid,
+            fact,
+            "MODE001",
+            f"`{forward.text}` is left in eval mode inside the training loop at line {loop.line}: "
+            f"`{text}` at {self.path}:{fact.line}{where}{via} is not undone by "
+            f"`{forward.text}.train()` before the training step at {step_at} "
+            f"(forward pass at line {forward.line})",
+        )
+
+    def _add(self, key: tuple, oid: str, where: ast.AST | ModeFact, code: str, message: str) -> None:
+        if key not in self.candidates:
+            line, col = (
+                (where.line, where.col) if isinstance(where, ModeFact) else (where.lineno, where.col_offset)
+            )
+            self.candidates[key] = (Finding(self.path, line, col + 1, code, message), oid)
+
+
+_DEFAULT_ONLY = frozenset({ModeFact("default")})
+
+# --------------------------------------------------------------------------- MODE003
+
+#: functional dropouts whose third parameter is ``training`` (default True)
+_DROPOUTS = frozenset(
+    {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"}
+)
+_BATCH_NORM_TRAINING_INDEX = 5  # F.batch_norm(input, mean, var, weight, bias, training, ...)
+
+
+def _functional_aliases(tree: ast.Module) -> tuple[set[str], set[str]]:
+    """(names bound to ``torch.nn.functional``, names bound to one of its functions)."""
+    modules = {"torch.nn.functional", "nn.functional"}
+    functions: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == "torch.nn.functional" and alias.asname:
+                    modules.add(alias.asname)
+        elif isinstance(node, ast.ImportFrom) and node.module in ("torch.nn", "torch.nn.functional"):
+            for alias in node.names:
+                if node.module == "torch.nn" and alias.name == "functional":
+                    modules.add(alias.asname or alias.name)
+                elif node.module == "torch.nn.functional" and alias.name in _DROPOUTS | {"batch_norm"}:
+                    functions.add(alias.asname or alias.name)
+    return modules, functions
+
+
+def _functional_name(call: ast.Call, modules: set[str], functions: set[str]) -> str | None:
+    dotted = dotted_name(call.func)
+    if dotted is None:
+        return None
+    if dotted in functions:
+        return dotted
+    prefix, _, name = dotted.rpartition(".")
+    return name if prefix in modules or prefix == "F" else None
+
+
+def _training_argument(call: ast.Call, index: int) -> ast.expr | None:
+    if len(call.args) > index:
+        return call.args[index]
+    return keyword_value(call, "training")
+
+
+def _forward_methods(tree: ast.Module) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.bases:
+            for stmt in node.body:
+                if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and stmt.name == "forward":
+                    yield stmt
+
+
+def functional_mode_findings(tree: ast.Module, path: str) -> list[Finding]:
+    """MODE003: a functional dropout in ``forward`` that is on in eval mode too, or a
+    ``F.batch_norm(..., training=True)`` that always uses (and updates) batch statistics."""
+    modules, functions = _functional_aliases(tree)
+    out: list[Finding] = []
+    for method in _forward_methods(tree):
+        for call in (node for node in ast.walk(method) if isinstance(node, ast.Call)):
+            name = _functional_name(call, modules, functions)
+            base = name.rpartition(".")[2] if name else ""
+            if base in _DROPOUTS:
+                arg = _training_argument(call, 2)
+                if arg is None or (isinstance(arg, ast.Constant) and arg.value is True):
+                    what = "without `training=self.training`" if arg is None else "with `training=True`"
+                    message = (
+                        f"`{source_text(call.func)}(...)` in forward() {what} drops units in eval mode "
+                        "too; pass `training=self.training` or use `nn.Dropout`"
+                    )
+                    out.append(Finding(path, call.lineno, call.col_offset + 1, "MODE003", message))
+            elif base == "batch_norm":
+                arg = _training_argument(call, _BATCH_NORM_TRAINING_INDEX)
+                if isinstance(arg, ast.Constant) and arg.value is True:
+                    message = (
+                        f"`{source_text(call.func)}(..., training=True)` in forward() uses batch statistics "
+                        "in eval mode too; pass `training=self.training` or use `nn.BatchNorm`"
+                    )
+                    out.append(Finding(path, call.lineno, call.col_offset + 1, "MODE003", message))
+    return out
