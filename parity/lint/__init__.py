@@ -44,5 +44,16 @@ from parity.lint._files import lint_paths as lint_paths
 from parity.lint._files import lint_source as lint_source
 from parity.lint._findings import RULES as RULES
 from parity.lint._findings import Finding as Finding
+from parity.lint._formats import FORMATS as FORMATS
+from parity.lint._formats import sarif_log as sarif_log
 
-__all__ = ["RULES", "Finding", "iter_python_files", "lint_file", "lint_paths", "lint_source"]
+__all__ = [
+    "FORMATS",
+    "RULES",
+    "Finding",
+    "sarif_log",
+    "iter_python_files",
+    "lint_file",
+    "lint_paths",
+    "lint_source",
+]

@@ -75,6 +75,7 @@ def lint_source(source: str, path: str = "<string>", select: Sequence[str] | Non
     A syntax error gives a single ``MODE000`` finding.  ``# noqa`` / ``# noqa: MODE001``
     on the reported line suppresses a finding (never MODE000 or MODE009).
     """
+    source = source.removeprefix("\ufeff")  # a byte-order mark read through standard input
     tree = parse_source(source, path)
     if isinstance(tree, Finding):
         return [tree]
