@@ -104,13 +104,20 @@ class ExpressionMixin:
         path = f"{base}.{node.attr}"
         return self.alias.get(path, path)
 
+    def _element(self, node: ast.expr, frame: Frame, state: ModeState) -> Value:
+        """An element of a literal; an unknown call in it (``[Net(), Net()]``) is a new object."""
+        value = self._expr(node, frame, state)
+        if value is None and isinstance(node, ast.Call):
+            return self._new_object(node, state)
+        return value
+
     def _sequence_expr(self, node: ast.Tuple | ast.List | ast.Set, frame: Frame, state: ModeState) -> Value:
-        return tuple(self._expr(elt, frame, state) for elt in node.elts)
+        return tuple(self._element(elt, frame, state) for elt in node.elts)
 
     def _dict_expr(self, node: ast.Dict, frame: Frame, state: ModeState) -> Value:
         for key in node.keys:
             self._expr(key, frame, state)
-        return Members(self._expr(value, frame, state) for value in node.values)
+        return Members(self._element(value, frame, state) for value in node.values)
 
     def _named_expr(self, node: ast.NamedExpr, frame: Frame, state: ModeState) -> Value:
         value = self._expr(node.value, frame, state)
@@ -215,9 +222,15 @@ class ExpressionMixin:
                     and isinstance(sub.func, ast.Attribute)
                     and sub.func.attr in ("parameters", "named_parameters")
                 ):
-                    oid = self._resolve_static(sub.func.value, frame)
-                    if oid is not None:
-                        self.trained.add(oid)
+                    self.trained.update(self._static_objects(sub.func.value, frame))
+
+    def _static_objects(self, node: ast.expr, frame: Frame) -> tuple[str, ...]:
+        """Objects a Name/Attribute chain or ``models[key]`` refers to, without evaluating calls."""
+        if isinstance(node, ast.Subscript):
+            base = self._lookup(frame, node.value.id) if isinstance(node.value, ast.Name) else None
+            return tuple(objects(base)) if isinstance(base, Members) else ()
+        oid = self._resolve_static(node, frame)
+        return () if oid is None else (oid,)
 
     @staticmethod
     def _touch(positional: Positional, keywords: Keywords, state: ModeState) -> None:
@@ -234,9 +247,12 @@ class ExpressionMixin:
             return self._method_call(node, func, frame, state)
         if isinstance(func, ast.Name):
             return self._function_call(node, func.id, frame, state)
-        # Calls of calls, subscripts, lambdas: evaluate the parts.
-        self._expr(func, frame, state)
+        # Calls of calls, subscripts, lambdas: evaluate the parts; models[name](x) is a forward.
+        callee = self._expr(func, frame, state)
         positional, keywords = self._args(node, frame, state)
+        if isinstance(callee, (str, Members)):
+            for oid in objects(callee):
+                self._forward(oid, node, func, state, direct=True)
         self._touch(positional, keywords, state)
         return None
 

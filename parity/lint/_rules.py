@@ -136,10 +136,10 @@ _DROPOUTS = frozenset(
 _BATCH_NORM_TRAINING_INDEX = 5  # F.batch_norm(input, mean, var, weight, bias, training, ...)
 
 
-def _functional_aliases(tree: ast.Module) -> tuple[set[str], set[str]]:
-    """(names bound to ``torch.nn.functional``, names bound to one of its functions)."""
+def _functional_aliases(tree: ast.Module) -> tuple[set[str], dict[str, str]]:
+    """(names bound to ``torch.nn.functional``, local name -> function of it imported by name)."""
     modules = {"torch.nn.functional", "nn.functional"}
-    functions: set[str] = set()
+    functions: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -150,16 +150,16 @@ def _functional_aliases(tree: ast.Module) -> tuple[set[str], set[str]]:
                 if node.module == "torch.nn" and alias.name == "functional":
                     modules.add(alias.asname or alias.name)
                 elif node.module == "torch.nn.functional" and alias.name in _DROPOUTS | {"batch_norm"}:
-                    functions.add(alias.asname or alias.name)
+                    functions[alias.asname or alias.name] = alias.name
     return modules, functions
 
 
-def _functional_name(call: ast.Call, modules: set[str], functions: set[str]) -> str | None:
+def _functional_name(call: ast.Call, modules: set[str], functions: dict[str, str]) -> str | None:
     dotted = dotted_name(call.func)
     if dotted is None:
         return None
     if dotted in functions:
-        return dotted
+        return functions[dotted]
     prefix, _, name = dotted.rpartition(".")
     return name if prefix in modules or prefix == "F" else None
 

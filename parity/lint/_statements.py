@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Callable
 
+from parity.lint._expressions import Members
 from parity.lint._frames import Frame, FuncRef, LoopRun, SavedFlag
 from parity.lint._scope import UNKNOWN_CONSTANT
 from parity.lint._state import TRAIN, UNKNOWN, ModeFact, ModeState, Value, join_states, only_evals
@@ -199,6 +200,8 @@ class StatementMixin:
             frame.flags.pop(target.id, None)
         elif isinstance(target, ast.Attribute):
             self._assign_attribute(target, value, frame, state, const)
+        elif isinstance(target, (ast.Tuple, ast.List)) and isinstance(value, Members):
+            self._assign_columns(target, value, frame, state)
         elif isinstance(target, (ast.Tuple, ast.List)):
             elts = target.elts
             spread = isinstance(value, tuple) and len(value) == len(elts)
@@ -213,6 +216,18 @@ class StatementMixin:
         elif isinstance(target, ast.Subscript):
             self._expr(target.value, frame, state)
             self._expr(target.slice, frame, state)
+
+    def _assign_columns(
+        self, target: ast.Tuple | ast.List, value: Members, frame: Frame, state: ModeState
+    ) -> None:
+        """``for name, net in nets.items():`` each target name ranges over one column."""
+        width = len(target.elts)
+        if all(isinstance(row, tuple) and len(row) == width for row in value):
+            for index, elt in enumerate(target.elts):
+                self._assign(elt, Members(row[index] for row in value), frame, state)  # type: ignore[index]
+        else:
+            for elt in target.elts:
+                self._assign(elt, None, frame, state)
 
     def _assign_attribute(
         self, target: ast.Attribute, value: Value, frame: Frame, state: ModeState, const: object
@@ -268,7 +283,9 @@ class StatementMixin:
             if new_start == start:
                 break
             start = new_start  # type: ignore[assignment]
-        normal = None if infinite else join_states([state, *tails])
+        # A loop over a known, non-empty collection runs at least once.
+        runs_once = not is_while and bool(self._iteration_value(stmt.iter, frame, state.copy()))
+        normal = None if infinite else join_states(tails if runs_once and tails else [state, *tails])
         if stmt.orelse and normal is not None:
             normal = self._block(stmt.orelse, frame, normal)
         return join_states([normal, *breaks])
