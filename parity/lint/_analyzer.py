@@ -9,7 +9,7 @@ from parity.lint._expressions import ExpressionMixin
 from parity.lint._findings import Finding
 from parity.lint._frames import CallRecord, ClassInfo, Frame, FuncRef, LoopRun
 from parity.lint._inlining import InliningMixin
-from parity.lint._project import ProjectMixin
+from parity.lint._project import ProjectIndex, ProjectMixin
 from parity.lint._rules import RuleMixin
 from parity.lint._scope import ScopeMixin
 from parity.lint._state import ModeState
@@ -22,12 +22,14 @@ FILE_BUDGET = 200_000  # interpreted statements per file before skipping the rem
 class ModuleAnalyzer(StatementMixin, ExpressionMixin, InliningMixin, RuleMixin, ProjectMixin, ScopeMixin):
     """Interprets one parsed module and collects MODE001/MODE002/MODE009 findings."""
 
-    def __init__(self, tree: ast.Module, path: str, project: object | None = None) -> None:
+    def __init__(self, tree: ast.Module, path: str, project: ProjectIndex | None = None) -> None:
         """Empty tables for ``tree``; ``project`` resolves imports into other files (optional)."""
         self.tree = tree
         self.path = path
         self.project = project
         self.module = Frame(tree, None, "<module>")
+        self.module.file = path
+        self.current = self.module  # the module frame of the code being interpreted
         self.classes: dict[str, ClassInfo] = {}
         self.class_frames: dict[str, Frame] = {}
         self.method_owners: dict[str, list[str]] = {}
@@ -37,7 +39,7 @@ class ModuleAnalyzer(StatementMixin, ExpressionMixin, InliningMixin, RuleMixin, 
         self.trained: set[str] = set()
         self.defs_cache: dict[ast.AST, list] = {}
         self.param_owner: dict[str, str] = {}
-        self.sites: dict[tuple[int, int], tuple[str, str]] = {}
+        self.sites: dict[tuple[str, int, int], tuple[str, str]] = {}
         self.entered: set[ast.AST] = set()
         self.stack: list[CallRecord] = []
         self.loops: list[LoopRun] = []
@@ -69,7 +71,7 @@ class ModuleAnalyzer(StatementMixin, ExpressionMixin, InliningMixin, RuleMixin, 
 
     def analyse(self) -> list[Finding]:
         """Run the module body, then every function and method it did not reach."""
-        self.register_definitions(self.tree.body, self.module)
+        self.register_definitions(self.tree.body, self.module, self.path)
         self._entry(lambda: self._block(self.tree.body, self.module, ModeState()))
         for ref in sorted(self.module.funcs.values(), key=lambda ref: ref.node.lineno):
             if ref.node not in self.entered:

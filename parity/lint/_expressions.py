@@ -262,7 +262,7 @@ class ExpressionMixin:
         ref = self._lookup_func(frame, name)
         if ref is not None:
             return self._inline(ref, node, frame, state, positional, keywords, None, label=f"{name}()")
-        if name in self.classes and self._lookup(frame, name) == f"global:{name}":
+        if name in self.classes and str(self._lookup(frame, name)).startswith("global:"):
             return self._instantiate(name, node, frame, state, positional, keywords)
         if name in WRAPPER_CALLS:
             return positional[0].value if positional else None
@@ -284,6 +284,8 @@ class ExpressionMixin:
         meth = func.attr
         receiver = self._expr(func.value, frame, state)
         positional, keywords = self._args(node, frame, state)
+        if isinstance(receiver, str) and receiver.startswith("module:"):
+            return self._module_call(node, receiver, meth, frame, state, positional, keywords)
         if isinstance(receiver, str):
             ref = self._method_ref(receiver, meth, func)
             if ref is not None:
@@ -308,6 +310,25 @@ class ExpressionMixin:
             target = self.alias.get(path, path)
             if path in self.alias or target in state.modes or target in state.loaded:
                 self._forward(target, node, func, state, direct=True)
+        self._touch(positional, keywords, state)
+        return None
+
+    def _module_call(
+        self,
+        node: ast.Call,
+        module: str,
+        name: str,
+        frame: Frame,
+        state: ModeState,
+        positional: Positional,
+        keywords: Keywords,
+    ) -> Value:
+        """``models.build(...)`` on a module of the project: inline the function or the class."""
+        member = self._module_member(module, name)
+        if isinstance(member, FuncRef):
+            return self._inline(member, node, frame, state, positional, keywords, None, label=f"{name}()")
+        if isinstance(member, str):
+            return self._instantiate(member, node, frame, state, positional, keywords)
         self._touch(positional, keywords, state)
         return None
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from parity.lint._analyzer import ModuleAnalyzer
 from parity.lint._findings import Finding, selected
 from parity.lint._noqa import without_suppressed
+from parity.lint._project import ProjectIndex
 from parity.lint._rules import functional_mode_findings
 
 STDIN = "-"  # the path that reads the source from standard input
@@ -60,13 +61,21 @@ def parse_source(source: str, path: str) -> ast.Module | Finding:
         return Finding(path, 1, 1, "MODE000", "could not parse: the code is nested too deeply")
 
 
-def analyse_tree(tree: ast.Module, path: str, project: object | None = None) -> list[Finding]:
+def analyse_tree(tree: ast.Module, path: str, project: ProjectIndex | None = None) -> list[Finding]:
     """MODE001/MODE002/MODE009 from the interpreter and MODE003 from the syntactic scan."""
     try:
         findings = ModuleAnalyzer(tree, path, project).analyse()
     except RecursionError:  # outside the per-entry guard (e.g. while indexing a deep tree)
         findings = [Finding(path, 1, 1, "MODE009", "analysis incomplete: nesting too deep")]
     return sorted(findings + functional_mode_findings(tree, path))
+
+
+def load_tree(path: str) -> ast.Module | None:
+    """A project module's tree, or None when it cannot be read or parsed (it gets its own MODE000)."""
+    try:
+        return ast.parse(read_source(path), filename=path)
+    except (UnreadableSource, SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
 
 
 def lint_source(source: str, path: str = "<string>", select: Sequence[str] | None = None) -> list[Finding]:
@@ -127,9 +136,58 @@ def _walk(root: Path) -> list[Path]:
     return sorted(found, key=lambda file: file.relative_to(root).parts)
 
 
+def _files_with_roots(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, Path | None]]:
+    """Each file to check with the directory it was found under (None for a file given by name)."""
+    out: list[tuple[Path, Path | None]] = []
+    for raw in paths:
+        root = Path(raw) if str(raw) != STDIN and Path(raw).is_dir() else None
+        out.extend((file, root) for file in iter_python_files([raw]))
+    seen: set[Path] = set()
+    return [(file, root) for file, root in out if not (file in seen or seen.add(file))]
+
+
+def _lint_in_project(
+    file: Path, select: Sequence[str] | None, project: ProjectIndex, sources: dict[str, str]
+) -> list[Finding]:
+    name = str(file)
+    try:
+        source = sys.stdin.read() if name == STDIN else read_source(file)
+    except UnreadableSource as exc:
+        return [Finding(name, 1, 1, "MODE000", str(exc))]
+    name = STDIN_NAME if name == STDIN else name
+    source = source.removeprefix("\ufeff")
+    sources[name] = source
+    tree = parse_source(source, name)
+    if isinstance(tree, Finding):
+        return [tree]
+    findings = [finding for finding in analyse_tree(tree, name, project) if selected(finding.code, select)]
+    return [finding for finding in findings if not _noqa_in_file(finding, sources)]
+
+
+def _noqa_in_file(finding: Finding, sources: dict[str, str]) -> bool:
+    """``# noqa`` read from the file the finding is in (an eval site may be in another file)."""
+    if finding.path not in sources:
+        try:
+            sources[finding.path] = read_source(finding.path)
+        except UnreadableSource:
+            sources[finding.path] = ""
+    return not without_suppressed([finding], sources[finding.path])
+
+
 def lint_paths(paths: Iterable[str | os.PathLike[str]], select: Sequence[str] | None = None) -> list[Finding]:
-    """Check files and directory trees; findings grouped per file in walk order."""
-    out: list[Finding] = []
-    for file in iter_python_files(paths):
-        out.extend(lint_file(file, select))
-    return out
+    """Check files and directory trees as one project; findings grouped per file in walk order.
+
+    Imports between the files given are followed (see :mod:`parity.lint._project`); a finding
+    reached from several files is reported once, in the file where its eval call is.
+    """
+    entries = _files_with_roots(paths)
+    project = ProjectIndex([(file, root) for file, root in entries if str(file) != STDIN], load_tree)
+    sources: dict[str, str] = {}
+    found: dict[tuple[str, int, int, str], Finding] = {}
+    for file, _ in entries:
+        for finding in _lint_in_project(file, select, project, sources):
+            found.setdefault((finding.path, finding.line, finding.col, finding.code), finding)
+    order = {
+        str(file) if str(file) != STDIN else STDIN_NAME: index for index, (file, _) in enumerate(entries)
+    }
+    return sorted(found.values(), key=lambda f: (order.get(f.path, len(order)), f.line, f.col, f.code))

@@ -41,6 +41,8 @@ class Frame:
         self.parent = parent
         self.name = name
         self.cls = cls
+        self.file = parent.file if parent is not None else ""  # the source file of this code
+        self.tag = parent.tag if parent is not None else ""  # prefix of object ids made here
         self.self_val: str | None = None
         self.env: dict[str, Value] = {}
         self.consts: dict[str, object] = {}  # names bound to a known bool/str/int constant
@@ -56,7 +58,7 @@ class Frame:
 
 
 #: the chain of calls from a loop into the helper that ran an eval: (line of the call, label)
-CallChain = tuple[tuple[int, str], ...]
+CallChain = tuple[tuple[int, str, str], ...]  # (line, label, file) per call
 
 
 class LoopRun:
@@ -67,7 +69,10 @@ class LoopRun:
         self.depth = depth
         self.finally_depth = finally_depth
         self.trains = trains  # the loop body contains a training step (backward / optimizer step)
-        self.seen: dict[tuple[int, int], CallChain] = {}
+        self.file = ""  # the file the loop is written in
+        self.seen: dict[tuple[str, int, int], CallChain] = {}
+        #: eval site in another file -> the outermost call in the linted file that led to it
+        self.anchors: dict[tuple[str, int, int], tuple[int, int]] = {}
         self.breaks: list[ModeState] = []
         self.continues: list[ModeState] = []
 
@@ -78,6 +83,8 @@ class CallRecord(NamedTuple):
     node: ast.AST
     line: int
     label: str
+    file: str = ""  # the file of the call (the caller's)
+    col: int = 0
 
 
 class ClassInfo:

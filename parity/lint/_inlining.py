@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 
 from parity.lint._frames import Argument, CallRecord, ClassInfo, Frame, FuncRef
-from parity.lint._scope import UNKNOWN_CONSTANT
+from parity.lint._scope import UNKNOWN_CONSTANT, root_frame
 from parity.lint._state import ModeState, Value, join_states
 from parity.lint._syntax import FunctionNode, decorator_names, direct_defs
 
@@ -78,13 +78,15 @@ class InliningMixin:
                 name: value for name, value in frame.param_consts.items() if name in keywords
             }
         no_grad = int(any(name in ("no_grad", "inference_mode") for name in decorators))
-        self.stack.append(CallRecord(fnode, call.lineno, label))
+        self.stack.append(CallRecord(fnode, call.lineno, label, self.current.file, call.col_offset))
         self.no_grad += no_grad
+        caller_module, self.current = self.current, root_frame(ref.frame)
         try:
             end = self._block(fnode.body, frame, state)
         finally:
             self.no_grad -= no_grad
             self.stack.pop()
+            self.current = caller_module
         result = join_states([end, *(exit_state for exit_state, _ in frame.returns)])
         if result is not None:
             state.replace(result)
@@ -144,14 +146,14 @@ class InliningMixin:
                 const = self._constant(defaults[name], def_frame)
             else:
                 value, const = None, UNKNOWN_CONSTANT
-            frame.env[name] = value if value is not None else f"param@{fnode.lineno}:{name}"
+            frame.env[name] = value if value is not None else f"param@{frame.tag}{fnode.lineno}:{name}"
             if const is not UNKNOWN_CONSTANT:
                 frame.consts[name] = const
                 frame.param_consts[name] = const
             self._pass_flag(frame, name, expr if name in bound else None, caller)
         for extra in (spec.vararg, spec.kwarg):
             if extra is not None:
-                frame.env[extra.arg] = f"param@{fnode.lineno}:{extra.arg}"
+                frame.env[extra.arg] = f"param@{frame.tag}{fnode.lineno}:{extra.arg}"
 
     @staticmethod
     def _pass_flag(frame: Frame, name: str, expr: ast.expr | None, caller: Frame) -> None:

@@ -21,7 +21,7 @@ class RuleMixin:
     stack: list
     no_grad: int
     has_training: bool
-    sites: dict[tuple[int, int], tuple[str, str]]
+    sites: dict[tuple[str, int, int], tuple[str, str]]
     candidates: dict[tuple, tuple[Finding, str]]
     trained: set[str]
     train_facts = TRAIN_FACTS
@@ -29,7 +29,7 @@ class RuleMixin:
     def _mode_facts(self, meth: str, node: ast.Call, frame: Frame, oid: str) -> frozenset[ModeFact]:
         """The facts ``oid.train(...)`` / ``oid.eval()`` leaves (``train(flag)`` restores a saved flag)."""
         if meth == "eval":
-            return frozenset({eval_fact(node.lineno, node.col_offset)})
+            return frozenset({eval_fact(node.lineno, node.col_offset, frame.file)})
         arg = node.args[0] if node.args else keyword_value(node, "mode")
         if arg is None:
             return TRAIN_FACTS
@@ -37,7 +37,7 @@ class RuleMixin:
         if const is True:
             return TRAIN_FACTS
         if const is False:
-            return frozenset({eval_fact(node.lineno, node.col_offset)})
+            return frozenset({eval_fact(node.lineno, node.col_offset, frame.file)})
         if isinstance(arg, ast.Name) and arg.id in frame.flags and frame.flags[arg.id].oid == oid:
             return frame.flags[arg.id].facts  # train(was_training): back to the saved mode
         return frozenset({UNKNOWN})  # train(expr): a restore we cannot evaluate
@@ -46,18 +46,30 @@ class RuleMixin:
         self, oid: str, facts: frozenset[ModeFact], node: ast.Call, frame: Frame, state: ModeState
     ) -> None:
         """Apply a mode call; a new eval site is remembered in every loop that is running."""
-        new_evals = [fact for fact in facts if fact.is_eval and fact.site == (node.lineno, node.col_offset)]
+        new_evals = [
+            fact for fact in facts if fact.is_eval and fact.site == (frame.file, node.lineno, node.col_offset)
+        ]
         if len(facts) == 1 and new_evals:
             site = new_evals[0].site
             self.sites.setdefault(site, (source_text(node), frame.name))
             for loop in self.loops:
-                loop.seen.setdefault(
-                    site, tuple((call.line, call.label) for call in self.stack[loop.depth :])
-                )
+                anchor = self._anchor(loop)
+                chain = tuple((call.line, call.label, call.file) for call in self.stack[loop.depth :])
+                loop.seen.setdefault(site, chain)
+                if anchor is not None:
+                    loop.anchors.setdefault(site, anchor)
             # An eval does not undo an earlier eval: both still need a train() afterwards.
             state.set_mode(oid, only_evals(state.mode(oid)) | facts)
             return
         state.set_mode(oid, facts)
+
+    def _anchor(self, loop: LoopRun) -> tuple[int, int] | None:
+        """Where to report an eval in another file: the first call inside ``loop`` that is in the
+        linted file, else the last call in the linted file that leads into the loop's function."""
+        inside = [call for call in self.stack[loop.depth :] if call.file == self.path]
+        outside = [call for call in self.stack[: loop.depth] if call.file == self.path]
+        call = inside[0] if inside else (outside[-1] if outside else None)
+        return None if call is None else (call.line, call.col)
 
     def _forward(self, oid: str, node: ast.Call, callee: ast.AST, state: ModeState, direct: bool) -> None:
         """A forward pass of ``oid`` (with gradients enabled it is checked at the next step)."""
@@ -66,7 +78,9 @@ class RuleMixin:
             if evals:  # only a forward pass that may run in eval mode matters
                 old = state.pending.get(oid)
                 if old is None:
-                    state.pending[oid] = PendingForward(node.lineno, source_text(callee), evals)
+                    state.pending[oid] = PendingForward(
+                        node.lineno, source_text(callee), evals, self.current.file
+                    )
                 else:
                     state.pending[oid] = old._replace(evals=old.evals | evals)
         if direct and not self.has_training and oid in state.loaded and state.mode(oid) == _DEFAULT_ONLY:
@@ -92,37 +106,53 @@ class RuleMixin:
                     self._report_leak(oid, forward, fact, loop, step)
         state.pending.clear()
 
+    def _at(self, file: str, line: int) -> str:
+        """``line N`` in the linted file, ``path:N`` in another file of the project."""
+        return f"line {line}" if file == self.path else f"{file}:{line}"
+
+    def _leak_message(self, forward: PendingForward, fact: ModeFact, loop: LoopRun, step: ast.Call) -> str:
+        """Name the eval site, the chain of calls from the loop to it, and the training step."""
+        text, func = self.sites[fact.site]
+        where = f" in {func}()" if func != "<module>" else ""
+        chain = loop.seen[fact.site]
+        via = ""
+        if chain:
+            via = ", reached via " + " -> ".join(
+                f"{label} at {self._at(file, line)}" for line, label, file in chain
+            )
+        step_at = self._at(self.current.file, step.lineno)
+        outer = self.stack[loop.depth :]
+        if outer:  # the step is inside a helper called from the loop
+            step_at += " in " + " -> ".join(
+                f"{call.label} at {self._at(call.file, call.line)}" for call in outer
+            )
+        return (
+            f"`{forward.text}` is left in eval mode inside the training loop at {self._at(loop.file, loop.line)}: "
+            f"`{text}` at {fact.file}:{fact.line}{where}{via} is not undone by "
+            f"`{forward.text}.train()` before the training step at {step_at} "
+            f"(forward pass at {self._at(forward.file, forward.line)})"
+        )
+
     def _report_leak(
         self, oid: str, forward: PendingForward, fact: ModeFact, loop: LoopRun, step: ast.Call
     ) -> None:
-        """Add the MODE001 finding at the eval site, naming the loop, the helper chain and the step."""
-        text, func = self.sites[fact.site]
-        chain = loop.seen[fact.site]
-        where = f" in {func}()" if func != "<module>" else ""
-        via = ""
-        if chain:
-            via = ", reached via " + " -> ".join(f"{label} at line {line}" for line, label in chain)
-        step_at = f"line {step.lineno}"
-        outer = [call for call in self.stack[loop.depth :]]
-        if outer:  # the step is inside a helper called from the loop
-            step_at += " in " + " -> ".join(f"{call.label} at line {call.line}" for call in outer)
-        self._add(
-            ("MODE001", fact.site),
-            oid,
-            fact,
-            "MODE001",
-            f"`{forward.text}` is left in eval mode inside the training loop at line {loop.line}: "
-            f"`{text}` at {self.path}:{fact.line}{where}{via} is not undone by "
-            f"`{forward.text}.train()` before the training step at {step_at} "
-            f"(forward pass at line {forward.line})",
-        )
+        """Add the MODE001 finding at the eval site, or, when that is in another file, at the
+        outermost call in the linted file that leads to it."""
+        location: ModeFact | None = fact
+        if fact.file != self.path:
+            anchor = loop.anchors.get(fact.site)
+            location = None if anchor is None else ModeFact("eval", anchor[0], anchor[1], self.path)
+        if location is not None:
+            message = self._leak_message(forward, fact, loop, step)
+            self._add(("MODE001", fact.site), oid, location, "MODE001", message)
 
     def _add(self, key: tuple, oid: str, where: ast.AST | ModeFact, code: str, message: str) -> None:
         if key not in self.candidates:
-            line, col = (
-                (where.line, where.col) if isinstance(where, ModeFact) else (where.lineno, where.col_offset)
-            )
-            self.candidates[key] = (Finding(self.path, line, col + 1, code, message), oid)
+            if isinstance(where, ModeFact):
+                path, line, col = where.site
+            else:
+                path, line, col = self.path, where.lineno, where.col_offset
+            self.candidates[key] = (Finding(path, line, col + 1, code, message), oid)
 
 
 _DEFAULT_ONLY = frozenset({ModeFact("default")})

@@ -46,7 +46,7 @@ class ScopeMixin:
         """The object id bound to ``name`` as seen from ``frame`` (``global:name`` if unbound)."""
         module = root_frame(frame)
         if name in frame.globals:
-            return module.env.get(name, f"global:{name}")
+            return module.env.get(name, f"global:{module.tag}{name}")
         scope: Frame | None = frame
         while scope is not None:
             if name in scope.env:
@@ -54,7 +54,7 @@ class ScopeMixin:
             if scope is not module and name in scope.locals and name not in scope.nonlocals:
                 return f"unbound:{name}"
             scope = scope.parent
-        return f"global:{name}"
+        return f"global:{module.tag}{name}"
 
     def _lookup_const(self, frame: Frame, name: str) -> object:
         scope: Frame | None = frame
@@ -164,9 +164,9 @@ class ScopeMixin:
             return self.alias.get(path, path)
         return None
 
-    @staticmethod
-    def _fresh(node: ast.AST, tag: str = "new") -> str:
-        return f"{tag}@{getattr(node, 'lineno', 0)}:{getattr(node, 'col_offset', 0)}"
+    def _fresh(self, node: ast.AST, tag: str = "new") -> str:
+        """The id of the object made at ``node`` (file-tagged outside the linted module)."""
+        return f"{tag}@{self.current.tag}{getattr(node, 'lineno', 0)}:{getattr(node, 'col_offset', 0)}"
 
     def _new_object(self, node: ast.AST, state: ModeState) -> str:
         """A new object at an allocation site: forget what the previous one there was doing."""

@@ -18,6 +18,7 @@ class ModeFact(NamedTuple):
     kind: str
     line: int = 0  # the eval call site (1-based line, 0-based column); 0 for the other kinds
     col: int = 0
+    file: str = ""  # the file of the eval call ("" for the other kinds)
 
     @property
     def is_eval(self) -> bool:
@@ -25,9 +26,9 @@ class ModeFact(NamedTuple):
         return self.kind == "eval"
 
     @property
-    def site(self) -> tuple[int, int]:
-        """(line, col) of the eval call."""
-        return (self.line, self.col)
+    def site(self) -> tuple[str, int, int]:
+        """(file, line, col) of the eval call."""
+        return (self.file, self.line, self.col)
 
 
 DEFAULT_MODES: frozenset[ModeFact] = frozenset({ModeFact("default")})
@@ -35,9 +36,9 @@ TRAIN = ModeFact("train")
 UNKNOWN = ModeFact("unknown")
 
 
-def eval_fact(line: int, col: int) -> ModeFact:
-    """The fact set by an eval call at (line, col)."""
-    return ModeFact("eval", line, col)
+def eval_fact(line: int, col: int, file: str) -> ModeFact:
+    """The fact set by an eval call at (line, col) of ``file``."""
+    return ModeFact("eval", line, col, file)
 
 
 def only_evals(facts: Iterable[ModeFact]) -> frozenset[ModeFact]:
@@ -51,6 +52,7 @@ class PendingForward(NamedTuple):
     line: int
     text: str  # the callee's source, e.g. ``self.model``
     evals: frozenset[ModeFact]  # the eval facts the object had at the forward pass
+    file: str = ""  # the file of the forward call
 
 
 class LoadSite(NamedTuple):
@@ -129,7 +131,8 @@ def _join_pending(live: list[ModeState]) -> dict[str, PendingForward]:
                 pending[oid] = new
             else:
                 line, text = min((new.line, new.text), (old.line, old.text))
-                pending[oid] = PendingForward(line, text, old.evals | new.evals)
+                file = new.file if (new.line, new.text) <= (old.line, old.text) else old.file
+                pending[oid] = PendingForward(line, text, old.evals | new.evals, file)
     return pending
 
 

@@ -261,6 +261,7 @@ class StatementMixin:
         infinite = is_while and isinstance(stmt.test, ast.Constant) and bool(stmt.test.value)
         owner = None if is_while else self._loop_iter(stmt, frame, state)
         loop = LoopRun(stmt.lineno, len(self.stack), len(frame.finally_stack), _loop_trains(stmt))
+        loop.file = frame.file
         tails: list[ModeState] = []
         breaks: list[ModeState] = []
         start = state.copy()
