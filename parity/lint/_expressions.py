@@ -271,8 +271,21 @@ class ExpressionMixin:
         callee = self._lookup(frame, name)
         for oid in objects(callee):
             self._forward(oid, node, node.func, state, direct=True)
-        self._touch(positional, keywords, state)
+        self._unknown_call(node, positional, keywords, state)
         return None
+
+    def _unknown_call(
+        self, node: ast.Call, positional: Positional, keywords: Keywords, state: ModeState
+    ) -> None:
+        """Code we cannot see: it may run its model arguments forward (``loss_fn(model, x)``) and
+        may have put them in eval mode (MODE002)."""
+        for argument in [*positional, *keywords.values()]:
+            if argument.expr is None:
+                continue
+            for oid in objects(argument.value):
+                if oid in state.modes or oid in self.trained:
+                    self._forward(oid, node, argument.expr, state, direct=False)
+        self._touch(positional, keywords, state)
 
     def _method_call(self, node: ast.Call, func: ast.Attribute, frame: Frame, state: ModeState) -> Value:
         """``recv.meth(...)``: inline a known method, or apply the rule the method name selects."""
@@ -301,7 +314,7 @@ class ExpressionMixin:
             self._step(state, node)
             return None
         if not targets:
-            self._touch(positional, keywords, state)
+            self._unknown_call(node, positional, keywords, state)
             return None
         if meth in SELF_RETURNING:
             return receiver
