@@ -149,6 +149,7 @@ def _files_with_roots(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[Pat
 def _lint_in_project(
     file: Path, select: Sequence[str] | None, project: ProjectIndex, sources: dict[str, str]
 ) -> list[Finding]:
+    """Check one file of the project (``-``: standard input); remembers its source for ``# noqa``."""
     name = str(file)
     try:
         source = sys.stdin.read() if name == STDIN else read_source(file)

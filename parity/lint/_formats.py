@@ -29,6 +29,7 @@ def format_json(findings: Sequence[Finding]) -> str:
 
 
 def _sarif_result(finding: Finding) -> dict:
+    """One SARIF ``result``: rule, level, message and the 1-based start line and column."""
     return {
         "ruleId": finding.code,
         "ruleIndex": list(RULES).index(finding.code),

@@ -126,6 +126,7 @@ class ProjectMixin:
             self._bind_definition(source_frame, alias.name, local, frame)
 
     def _bind_definition(self, source: Frame, name: str, local: str, frame: Frame) -> None:
+        """Bind ``local`` in ``frame`` to the function, class or module ``name`` of ``source``."""
         if name in source.funcs:
             frame.env.pop(local, None)
             frame.funcs[local] = source.funcs[name]
