@@ -151,3 +151,41 @@ def test_corpus_project_cases_need_the_project():
         assert lint_file(CORPUS / name) == [] or name == "bug_project_loss_helper.py"
     vse = [f for f in lint_paths([CORPUS]) if f.path.endswith("bug_project_vse_train.py")]
     assert len(vse) == 1 and "project_vse_model.py:40 in val_start()" in vse[0].message
+
+
+def test_script_imports_resolve_next_to_the_script_first(tmp_path):
+    """Two example folders each with solver.py: ``from solver import`` means the script's own."""
+    solver_bug = "def train(model, loader, opt):\n    for x, y in loader:\n        opt.zero_grad()\n"
+    solver_bug += (
+        "        loss(model(x), y).backward()\n        opt.step()\n\n\ndef test(model):\n    model.eval()\n"
+    )
+    solver_ok = solver_bug.replace("    for x, y in loader:", "    model.train()\n    for x, y in loader:")
+    main = (
+        "import torch\nfrom solver import train, test\n\nmodel = Net()\n"
+        "opt = torch.optim.Adam(model.parameters())\nfor epoch in range(3):\n"
+        "    train(model, loader, opt)\n    test(model)\n"
+    )
+    write_tree(
+        tmp_path,
+        {
+            "a_buggy/solver.py": solver_bug,
+            "a_buggy/main.py": main,
+            "b_fixed/solver.py": solver_ok,
+            "b_fixed/main.py": main,
+        },
+    )
+    findings = lint_paths([tmp_path])
+    assert [(Path(f.path).parent.name, Path(f.path).name, f.line) for f in findings] == [
+        ("a_buggy", "main.py", 8)
+    ]
+
+
+def test_a_checker_bug_is_mode009_not_a_crash(monkeypatch):
+    from parity.lint import _analyzer, lint_source
+
+    def broken(self):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(_analyzer.ModuleAnalyzer, "analyse", broken)
+    (finding,) = lint_source("x = 1\n", "f.py")
+    assert finding.code == "MODE009" and "internal error KeyError" in finding.message

@@ -48,6 +48,7 @@ class ModuleAnalyzer(StatementMixin, ExpressionMixin, InliningMixin, RuleMixin, 
         self.total_steps = 0
         self.scope_cache: dict[ast.AST, tuple[set[str], set[str], set[str]]] = {}
         self.candidates: dict[tuple, tuple[Finding, str]] = {}
+        self.steps_seen = 0  # training steps interpreted (also those in other files)
         self.incomplete: dict[str, int] = {}  # reason -> how often the analysis was cut short
         self.module_frames: dict[str, Frame] = {}
         self.has_training = any(
@@ -87,7 +88,8 @@ class ModuleAnalyzer(StatementMixin, ExpressionMixin, InliningMixin, RuleMixin, 
         out = [
             finding
             for finding, oid in self.candidates.values()
-            if finding.code != "MODE001" or (oid not in self.frozen and oid in self.trained)
+            if (finding.code != "MODE001" or (oid not in self.frozen and oid in self.trained))
+            and (finding.code != "MODE002" or not self.steps_seen)
         ]
         return sorted(out + self._incomplete_findings())
 

@@ -67,6 +67,9 @@ def analyse_tree(tree: ast.Module, path: str, project: ProjectIndex | None = Non
         findings = ModuleAnalyzer(tree, path, project).analyse()
     except RecursionError:  # outside the per-entry guard (e.g. while indexing a deep tree)
         findings = [Finding(path, 1, 1, "MODE009", "analysis incomplete: nesting too deep")]
+    except Exception as exc:  # a checker bug must not abort the run or pass the file as clean
+        message = f"analysis incomplete: internal error {type(exc).__name__}: {exc}"
+        findings = [Finding(path, 1, 1, "MODE009", message)]
     return sorted(findings + functional_mode_findings(tree, path))
 
 

@@ -47,8 +47,14 @@ class ProjectIndex:
             if names:
                 self.name_of.setdefault(str(file), names[0])
 
-    def resolve(self, name: str) -> str | None:
-        """The file of module ``name``: an exact match, else the unique module ending in ``.name``."""
+    def resolve(self, name: str, importer: str | None = None) -> str | None:
+        """The file of module ``name``: next to the importing script (Python puts a script's folder
+        first on ``sys.path``), an exact match, else the unique module ending in ``.name``."""
+        if importer is not None:
+            folder = Path(importer).parent.joinpath(*name.split("."))
+            for candidate in (folder.with_suffix(".py"), folder / "__init__.py"):
+                if str(candidate) in self.name_of:
+                    return str(candidate)
         if name in self.by_name:
             return self.by_name[name]
         suffix = "." + name
@@ -106,7 +112,7 @@ class ProjectMixin:
         if self.project is None:
             return
         if isinstance(stmt, ast.Import):
-            target = self.project.resolve(alias.name)
+            target = self.project.resolve(alias.name, frame.file)
             if target is not None and alias.asname:  # import pkg.model as model
                 frame.env[alias.asname] = f"module:{target}"
             elif target is not None and "." not in alias.name:
@@ -116,11 +122,12 @@ class ProjectMixin:
         if module is None:
             return
         local = alias.asname or alias.name
-        submodule = self.project.resolve(f"{module}.{alias.name}" if module else alias.name)
+        importer = frame.file if stmt.level == 0 else None
+        submodule = self.project.resolve(f"{module}.{alias.name}" if module else alias.name, importer)
         if submodule is not None:  # from pkg import model
             frame.env[local] = f"module:{submodule}"
             return
-        source = self.project.resolve(module) if module else None
+        source = self.project.resolve(module, importer) if module else None
         source_frame = self._module_frame(source) if source is not None else None
         if source_frame is not None:
             self._bind_definition(source_frame, alias.name, local, frame)

@@ -83,7 +83,14 @@ class RuleMixin:
                     )
                 else:
                     state.pending[oid] = old._replace(evals=old.evals | evals)
-        if direct and not self.has_training and oid in state.loaded and state.mode(oid) == _DEFAULT_ONLY:
+        in_this_file = self.current.file == self.path
+        if (
+            direct
+            and in_this_file
+            and not self.has_training
+            and oid in state.loaded
+            and state.mode(oid) == _DEFAULT_ONLY
+        ):
             line, how = state.loaded[oid]
             name = source_text(callee)
             self._add(
@@ -97,6 +104,7 @@ class RuleMixin:
 
     def _step(self, state: ModeState, step: ast.Call) -> None:
         """A training step: every pending forward that is still in a loop-run eval mode is MODE001."""
+        self.steps_seen += 1  # training through helpers in other files: no MODE002 here either
         for oid, forward in sorted(state.pending.items()):
             # Eval at the forward pass and still not undone at the step (a forward pass in a
             # validation loop without no_grad(), followed by train(), is not a finding).
