@@ -12,7 +12,7 @@ RULES: dict[str, str] = {
     "MODE002": "inference after load_state_dict()/torch.load() without eval(), in a file "
     "with no training step",
     "MODE003": "dropout that ignores the module's mode: F.dropout without training=self.training "
-    "in a Module.forward, or F.batch_norm(..., training=True) hard-coded",
+    "in a Module.forward, F.batch_norm(..., training=True) hard-coded, or nn.Dropout(p)(x) built in forward",
     "MODE009": "analysis incomplete (statement budget, call depth or recursion limit reached); "
     "findings in this file may be missing",
 }

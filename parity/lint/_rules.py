@@ -216,6 +216,27 @@ def _forward_methods(tree: ast.Module) -> Iterator[ast.FunctionDef | ast.AsyncFu
                     yield stmt
 
 
+#: layers whose behaviour depends on the mode; built inside forward() they are always training
+_MODE_LAYERS = frozenset(
+    {"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout"}
+    | {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d"}
+)
+
+
+def _fresh_layer_finding(call: ast.Call, path: str) -> Finding | None:
+    """``nn.Dropout(0.5)(x)`` in forward(): a new module, in training mode whatever the model's mode."""
+    if not isinstance(call.func, ast.Call):
+        return None
+    layer = (dotted_name(call.func.func) or "").rpartition(".")[2]
+    if layer not in _MODE_LAYERS:
+        return None
+    message = (
+        f"`{source_text(call.func)}(...)` builds a new {layer} inside forward(); it is always in training "
+        "mode, also after model.eval(); create it in __init__ instead"
+    )
+    return Finding(path, call.lineno, call.col_offset + 1, "MODE003", message)
+
+
 def functional_mode_findings(tree: ast.Module, path: str) -> list[Finding]:
     """MODE003: a functional dropout in ``forward`` that is on in eval mode too, or a
     ``F.batch_norm(..., training=True)`` that always uses (and updates) batch statistics."""
@@ -223,6 +244,10 @@ def functional_mode_findings(tree: ast.Module, path: str) -> list[Finding]:
     out: list[Finding] = []
     for method in _forward_methods(tree):
         for call in (node for node in ast.walk(method) if isinstance(node, ast.Call)):
+            fresh = _fresh_layer_finding(call, path)
+            if fresh is not None:
+                out.append(fresh)
+                continue
             name = _functional_name(call, modules, functions)
             base = name.rpartition(".")[2] if name else ""
             if base in _DROPOUTS:

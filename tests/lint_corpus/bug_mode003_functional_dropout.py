@@ -18,4 +18,5 @@ class Head(nn.Module):
         x = fn.dropout2d(x, 0.1)  # expect: MODE003
         x = drop(x)  # expect: MODE003
         x = F.batch_norm(x, self.mean, self.var, training=True)  # expect: MODE003
+        x = nn.Dropout(p=0.5)(x)  # expect: MODE003
         return self.fc(x)

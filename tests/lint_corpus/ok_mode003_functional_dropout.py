@@ -14,6 +14,7 @@ class Head(nn.Module):
         x = F.dropout(x, self.p, training=self.training)
         x = F.dropout(x, self.p, self.training)
         x = F.batch_norm(x, None, None, training=self.training)
+        x = nn.Linear(16, 16)(x)  # a fresh layer without mode-dependent behaviour is not MODE003
         return self.fc(self.drop(x))
 
 
