@@ -66,13 +66,13 @@ def measure(root: Path, manifest: Path) -> int:
                 name = "miss" if outcome == "fn" else "false alarm"
                 print(f"{name:<12} {repo}@{commit[:10]} {row['path']}: {row['reason']}")
     elapsed = time.perf_counter() - start
-    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
-    precision = tp / (tp + fp) if tp + fp else 1.0
-    recall = tp / (tp + fn) if tp + fn else 1.0
+    hits, alarms, misses = counts["tp"], counts["fp"], counts["fn"]
+    precision = hits / (hits + alarms) if hits + alarms else 1.0
+    recall = hits / (hits + misses) if hits + misses else 1.0
     print(
-        f"{len(rows)} files ({sum(r['label'] == 'bug' for r in rows)} bug, "
-        f"{sum(r['label'] == 'ok' for r in rows)} ok), {counts['missing']} missing: "
-        f"tp={tp} fp={fp} fn={fn} tn={counts['tn']} precision={precision:.2f} recall={recall:.2f} "
+        f"{len(rows)} files ({sum(row['label'] == 'bug' for row in rows)} bug, "
+        f"{sum(row['label'] == 'ok' for row in rows)} ok), {counts['missing']} missing: "
+        f"tp={hits} fp={alarms} fn={misses} tn={counts['tn']} precision={precision:.2f} recall={recall:.2f} "
         f"({elapsed:.1f} s for {len(groups)} project folders)"
     )
     return 0

@@ -50,13 +50,13 @@ def _options(args: argparse.Namespace) -> LintOptions | str:
     paths = tuple(args.paths or [])
     if not paths:
         return "no paths given"
-    missing = [p for p in paths if p != STDIN and not os.path.lexists(p)]
+    missing = [path for path in paths if path != STDIN and not os.path.lexists(path)]
     if missing:
-        return "; ".join(f"no such file or directory: {p}" for p in missing)
+        return "; ".join(f"no such file or directory: {path}" for path in missing)
     select: list[str] = []
     for chunk in args.select or []:
-        select.extend(c.strip().upper() for c in chunk.split(",") if c.strip())
-    unknown = [s for s in select if not any(code.startswith(s) for code in RULES)]
+        select.extend(code.strip().upper() for code in chunk.split(",") if code.strip())
+    unknown = [prefix for prefix in select if not any(code.startswith(prefix) for code in RULES)]
     if unknown:
         return f"unknown rule code(s): {', '.join(unknown)}"
     return LintOptions(paths, tuple(select), getattr(args, "output_format", "text"))
