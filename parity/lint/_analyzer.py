@@ -51,6 +51,7 @@ class ModuleAnalyzer(StatementMixin, ExpressionMixin, InliningMixin, RuleMixin, 
         self.steps_seen = 0  # training steps interpreted (also those in other files)
         self.incomplete: dict[str, int] = {}  # reason -> how often the analysis was cut short
         self.module_frames: dict[str, Frame] = {}
+        self.unresolved_imports: set[str] = set()  # other modules whose imports are not bound yet
         self.has_training = any(
             isinstance(node, ast.Call) and (is_step_call(node) or is_autograd_call(node))
             for node in ast.walk(tree)

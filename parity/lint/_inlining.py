@@ -81,6 +81,7 @@ class InliningMixin:
         self.stack.append(CallRecord(fnode, call.lineno, label, self.current.file, call.col_offset))
         self.no_grad += no_grad
         caller_module, self.current = self.current, root_frame(ref.frame)
+        self._resolve_imports(self.current)
         try:
             end = self._block(fnode.body, frame, state)
         finally:

@@ -100,12 +100,19 @@ class ProjectMixin:
         frame.file, frame.tag = file, f"{file}:"
         self.module_frames[file] = frame
         self.register_definitions(tree.body, frame, file)
-        for stmt in tree.body:
+        self.unresolved_imports.add(file)  # resolved when code of this module first runs
+        return frame
+
+    def _resolve_imports(self, frame: Frame) -> None:
+        """Bind the top-level imports of another module (once, when its code is first entered)."""
+        if frame.file not in self.unresolved_imports:
+            return
+        self.unresolved_imports.discard(frame.file)
+        for stmt in frame.node.body:  # type: ignore[attr-defined]
             if isinstance(stmt, (ast.Import, ast.ImportFrom)):
                 for alias in stmt.names:
                     if alias.name != "*":
                         self._import_definition(stmt, alias, frame)
-        return frame
 
     def _import_definition(self, stmt: ast.Import | ast.ImportFrom, alias: ast.alias, frame: Frame) -> None:
         """Bind an imported module, function or class of the project in ``frame``."""
@@ -134,6 +141,8 @@ class ProjectMixin:
 
     def _bind_definition(self, source: Frame, name: str, local: str, frame: Frame) -> None:
         """Bind ``local`` in ``frame`` to the function, class or module ``name`` of ``source``."""
+        if name not in source.funcs and name not in source.env:
+            self._resolve_imports(source)  # ``name`` may be re-exported by an import there
         if name in source.funcs:
             frame.env.pop(local, None)
             frame.funcs[local] = source.funcs[name]
