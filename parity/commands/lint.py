@@ -5,14 +5,29 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 
-from parity.lint import RULES, lint_paths
+from parity.lint import FORMATS, RULES, lint_paths
+
+STDIN = "-"
+
+
+@dataclass(frozen=True)
+class LintOptions:
+    """Validated ``parity lint`` arguments."""
+
+    paths: tuple[str, ...]
+    select: tuple[str, ...]
+    output_format: str
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``parity lint``."""
     parser.add_argument(
-        "paths", nargs="*", metavar="PATH", help="files or directories (searched recursively for *.py)"
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="files or directories (searched recursively for *.py); - reads standard input",
     )
     parser.add_argument(
         "--select",
@@ -20,32 +35,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CODES",
         help="comma-separated rule codes or prefixes to report (default: all), e.g. MODE001",
     )
+    parser.add_argument(
+        "--format",
+        dest="output_format",
+        choices=sorted(FORMATS),
+        default="text",
+        help="output format: text lines (default), json, sarif (2.1.0) or github (workflow annotations)",
+    )
     parser.add_argument("--list-rules", action="store_true", help="print the rule codes and exit")
 
 
+def _options(args: argparse.Namespace) -> LintOptions | str:
+    """The validated options, or the usage error to print."""
+    paths = tuple(args.paths or [])
+    if not paths:
+        return "no paths given"
+    missing = [path for path in paths if path != STDIN and not os.path.lexists(path)]
+    if missing:
+        return "; ".join(f"no such file or directory: {path}" for path in missing)
+    select: list[str] = []
+    for chunk in args.select or []:
+        select.extend(code.strip().upper() for code in chunk.split(",") if code.strip())
+    unknown = [prefix for prefix in select if not any(code.startswith(prefix) for code in RULES)]
+    if unknown:
+        return f"unknown rule code(s): {', '.join(unknown)}"
+    return LintOptions(paths, tuple(select), getattr(args, "output_format", "text"))
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``parity lint``: 0 clean, 1 findings (or unparsable files), 2 usage error."""
+    """Run ``parity lint``: 0 clean, 1 findings (or files not fully checked), 2 usage error."""
     if getattr(args, "list_rules", False):
         for code, text in RULES.items():
             print(f"{code}  {text}")
         return 0
-    paths = list(args.paths or [])
-    if not paths:
-        print("parity lint: error: no paths given", file=sys.stderr)
+    options = _options(args)
+    if isinstance(options, str):
+        print(f"parity lint: error: {options}", file=sys.stderr)
         return 2
-    missing = [p for p in paths if not os.path.exists(p)]
-    if missing:
-        for p in missing:
-            print(f"parity lint: error: no such file or directory: {p}", file=sys.stderr)
-        return 2
-    select: list[str] = []
-    for chunk in args.select or []:
-        select.extend(c.strip().upper() for c in chunk.split(",") if c.strip())
-    unknown = [s for s in select if not any(code.startswith(s) for code in RULES)]
-    if unknown:
-        print(f"parity lint: error: unknown rule code(s): {', '.join(unknown)}", file=sys.stderr)
-        return 2
-    findings = lint_paths(paths, select or None)
-    for finding in findings:
-        print(finding.format())
+    findings = lint_paths(options.paths, options.select or None)
+    sys.stdout.write(FORMATS[options.output_format](findings))
     return 1 if findings else 0

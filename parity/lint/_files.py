@@ -1,0 +1,197 @@
+"""Reading sources safely, walking directories, and the public ``lint_*`` entry points."""
+
+from __future__ import annotations
+
+import ast
+import os
+import stat
+import sys
+import tokenize
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from parity.lint._analyzer import ModuleAnalyzer
+from parity.lint._findings import Finding, selected
+from parity.lint._noqa import without_suppressed
+from parity.lint._project import ProjectIndex
+from parity.lint._rules import functional_mode_findings
+
+STDIN = "-"  # the path that reads the source from standard input
+STDIN_NAME = "<stdin>"  # how findings from standard input name their file
+
+
+class UnreadableSource(Exception):
+    """A file that cannot be read as Python source; the message says why (MODE000)."""
+
+
+def read_source(path: str | os.PathLike[str]) -> str:
+    """The text of a Python file, decoded as its coding cookie says.
+
+    Raises :class:`UnreadableSource` for a missing file or dangling link, anything that is
+    not a regular file (a FIFO would block), a permission error or an undecodable file.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        what = "dangling symbolic link" if os.path.islink(path) else "no such file"
+        raise UnreadableSource(f"could not read file: {what}") from None
+    except OSError as exc:
+        raise UnreadableSource(f"could not read file: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise UnreadableSource("could not read file: not a regular file (a FIFO, device or socket)")
+    try:
+        with tokenize.open(path) as handle:
+            return handle.read()
+    except (SyntaxError, UnicodeDecodeError) as exc:
+        raise UnreadableSource(f"could not decode file: {exc}") from None
+    except OSError as exc:
+        raise UnreadableSource(f"could not read file: {exc.strerror or exc}") from None
+
+
+def parse_source(source: str, path: str) -> ast.Module | Finding:
+    """The module's syntax tree, or the MODE000 finding that says why it has none."""
+    try:
+        return ast.parse(source, filename=path)
+    except SyntaxError as exc:
+        line, col = exc.lineno or 1, exc.offset or 1
+        return Finding(path, line, max(col, 1), "MODE000", f"syntax error: {exc.msg}")
+    except ValueError as exc:  # NUL bytes: a binary file
+        return Finding(path, 1, 1, "MODE000", f"not Python source: {exc}")
+    except (RecursionError, MemoryError):
+        return Finding(path, 1, 1, "MODE000", "could not parse: the code is nested too deeply")
+
+
+def analyse_tree(tree: ast.Module, path: str, project: ProjectIndex | None = None) -> list[Finding]:
+    """MODE001/MODE002/MODE009 from the interpreter and MODE003 from the syntactic scan."""
+    try:
+        findings = ModuleAnalyzer(tree, path, project).analyse()
+    except RecursionError:  # outside the per-entry guard (e.g. while indexing a deep tree)
+        findings = [Finding(path, 1, 1, "MODE009", "analysis incomplete: nesting too deep")]
+    except Exception as exc:  # a checker bug must not abort the run or pass the file as clean
+        message = f"analysis incomplete: internal error {type(exc).__name__}: {exc}"
+        findings = [Finding(path, 1, 1, "MODE009", message)]
+    return sorted(findings + functional_mode_findings(tree, path))
+
+
+def load_tree(path: str) -> ast.Module | None:
+    """A project module's tree, or None when it cannot be read or parsed (it gets its own MODE000)."""
+    try:
+        return ast.parse(read_source(path), filename=path)
+    except (UnreadableSource, SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
+def lint_source(source: str, path: str = "<string>", select: Sequence[str] | None = None) -> list[Finding]:
+    """Check one module's source text; ``select`` keeps only codes with those prefixes.
+
+    A syntax error gives a single ``MODE000`` finding.  ``# noqa`` / ``# noqa: MODE001``
+    on the reported line suppresses a finding (never MODE000 or MODE009).
+    """
+    source = source.removeprefix("\ufeff")  # a byte-order mark read through standard input
+    tree = parse_source(source, path)
+    if isinstance(tree, Finding):
+        return [tree]
+    findings = [finding for finding in analyse_tree(tree, path) if selected(finding.code, select)]
+    return without_suppressed(findings, source)
+
+
+def lint_file(path: str | os.PathLike[str], select: Sequence[str] | None = None) -> list[Finding]:
+    """Check one file; ``-`` reads standard input.  A file that cannot be read is MODE000."""
+    name = str(path)
+    if name == STDIN:
+        return lint_source(sys.stdin.read(), STDIN_NAME, select)
+    try:
+        source = read_source(path)
+    except UnreadableSource as exc:
+        return [Finding(name, 1, 1, "MODE000", str(exc))]
+    return lint_source(source, name, select)
+
+
+def iter_python_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+    """Files given, and ``*.py`` under directories given, in a deterministic order.
+
+    Directories are walked recursively in sorted order, skipping hidden directories and
+    ``__pycache__``; symbolic links to directories are not followed.  ``-`` (standard
+    input) is passed through.  Raises ``FileNotFoundError`` for a path that does not exist.
+    """
+    seen: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        if str(raw) == STDIN:
+            candidates = [path]
+        elif path.is_dir():
+            candidates = _walk(path)
+        elif path.exists() or path.is_symlink():
+            candidates = [path]
+        else:
+            raise FileNotFoundError(str(raw))
+        for file in candidates:
+            if file not in seen:
+                seen.add(file)
+                yield file
+
+
+def _walk(root: Path) -> list[Path]:
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(name for name in dirs if not name.startswith(".") and name != "__pycache__")
+        found.extend(Path(folder) / name for name in sorted(files) if name.endswith(".py"))
+    return sorted(found, key=lambda file: file.relative_to(root).parts)
+
+
+def _files_with_roots(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, Path | None]]:
+    """Each file to check with the directory it was found under (None for a file given by name)."""
+    out: list[tuple[Path, Path | None]] = []
+    for raw in paths:
+        root = Path(raw) if str(raw) != STDIN and Path(raw).is_dir() else None
+        out.extend((file, root) for file in iter_python_files([raw]))
+    seen: set[Path] = set()
+    return [(file, root) for file, root in out if not (file in seen or seen.add(file))]
+
+
+def _lint_in_project(
+    file: Path, select: Sequence[str] | None, project: ProjectIndex, sources: dict[str, str]
+) -> list[Finding]:
+    """Check one file of the project (``-``: standard input); remembers its source for ``# noqa``."""
+    name = str(file)
+    try:
+        source = sys.stdin.read() if name == STDIN else read_source(file)
+    except UnreadableSource as exc:
+        return [Finding(name, 1, 1, "MODE000", str(exc))]
+    name = STDIN_NAME if name == STDIN else name
+    source = source.removeprefix("\ufeff")
+    sources[name] = source
+    tree = parse_source(source, name)
+    if isinstance(tree, Finding):
+        return [tree]
+    findings = [finding for finding in analyse_tree(tree, name, project) if selected(finding.code, select)]
+    return [finding for finding in findings if not _noqa_in_file(finding, sources)]
+
+
+def _noqa_in_file(finding: Finding, sources: dict[str, str]) -> bool:
+    """``# noqa`` read from the file the finding is in (an eval site may be in another file)."""
+    if finding.path not in sources:
+        try:
+            sources[finding.path] = read_source(finding.path)
+        except UnreadableSource:
+            sources[finding.path] = ""
+    return not without_suppressed([finding], sources[finding.path])
+
+
+def lint_paths(paths: Iterable[str | os.PathLike[str]], select: Sequence[str] | None = None) -> list[Finding]:
+    """Check files and directory trees as one project; findings grouped per file in walk order.
+
+    Imports between the files given are followed (see :mod:`parity.lint._project`); a finding
+    reached from several files is reported once, in the file where its eval call is.
+    """
+    entries = _files_with_roots(paths)
+    project = ProjectIndex([(file, root) for file, root in entries if str(file) != STDIN], load_tree)
+    sources: dict[str, str] = {}
+    found: dict[tuple[str, int, int, str], Finding] = {}
+    for file, _ in entries:
+        for finding in _lint_in_project(file, select, project, sources):
+            found.setdefault((finding.path, finding.line, finding.col, finding.code), finding)
+    order = {
+        str(file) if str(file) != STDIN else STDIN_NAME: index for index, (file, _) in enumerate(entries)
+    }
+    return sorted(found.values(), key=lambda f: (order.get(f.path, len(order)), f.line, f.col, f.code))

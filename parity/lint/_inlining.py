@@ -1,0 +1,163 @@
+"""Calls into analysed code: method resolution, constructors, and inlining with bound parameters."""
+
+from __future__ import annotations
+
+import ast
+
+from parity.lint._frames import Argument, CallRecord, ClassInfo, Frame, FuncRef
+from parity.lint._scope import UNKNOWN_CONSTANT, root_frame
+from parity.lint._state import ModeState, Value, join_states
+from parity.lint._syntax import FunctionNode, decorator_names, direct_defs
+
+MAX_CALL_DEPTH = 16  # inlined calls deeper than this are treated as opaque (and reported: MODE009)
+
+
+class InliningMixin:
+    """Follows calls to functions, methods and constructors defined in the analysed code."""
+
+    classes: dict[str, ClassInfo]
+    class_frames: dict[str, Frame]
+    obj_class: dict[str, str]
+    entered: set[ast.AST]
+    stack: list[CallRecord]
+    no_grad: int
+    defs_cache: dict[ast.AST, list]
+    incomplete: dict[str, int]
+
+    def _mro_lookup(self, cls: str | None, meth: str, skip_first: bool = False) -> FuncRef | None:
+        """The definition of ``meth`` in ``cls`` or its bases (breadth first, known classes only)."""
+        order: list[str] = []
+        todo = [cls] if cls else []
+        while todo:
+            name = todo.pop(0)
+            if name in order or name not in self.classes:
+                continue
+            order.append(name)
+            todo.extend(self.classes[name].bases)
+        for name in order[1:] if skip_first else order:
+            fnode = self.classes[name].methods.get(meth)
+            if fnode is not None:
+                return FuncRef(fnode, self.class_frames[name], name)
+        return None
+
+    def _instantiate(
+        self, cname: str, node: ast.Call, frame: Frame, state: ModeState, positional: list, keywords: dict
+    ) -> Value:
+        oid = self._new_object(node, state)
+        self.obj_class[oid] = cname
+        init = self._mro_lookup(cname, "__init__")
+        if init is not None:
+            self._inline(init, node, frame, state, positional, keywords, oid, label=f"{cname}()")
+        return oid
+
+    def _inline(
+        self,
+        ref: FuncRef,
+        call: ast.Call,
+        caller: Frame,
+        state: ModeState,
+        positional: list[Argument],
+        keywords: dict[str, Argument],
+        self_val: str | None,
+        label: str,
+    ) -> Value:
+        """Interpret ``ref``'s body in a new frame; the caller's state becomes the join of its exits."""
+        fnode = ref.node
+        if any(record.node is fnode for record in self.stack):
+            return None  # recursion: opaque
+        if len(self.stack) >= MAX_CALL_DEPTH:
+            self.incomplete["call depth"] = self.incomplete.get("call depth", 0) + 1
+            return None
+        self.entered.add(fnode)
+        frame = self._new_frame(ref)
+        decorators = decorator_names(fnode)
+        bound_self = None if "staticmethod" in decorators else self_val
+        self._bind_params(frame, fnode, caller, ref.frame, state, positional, keywords, bound_self)
+        if getattr(call, "lint_entry", False):  # callers unseen: defaults do not fix a branch
+            frame.param_consts = {
+                name: value for name, value in frame.param_consts.items() if name in keywords
+            }
+        no_grad = int(any(name in ("no_grad", "inference_mode") for name in decorators))
+        self.stack.append(CallRecord(fnode, call.lineno, label, self.current.file, call.col_offset))
+        self.no_grad += no_grad
+        caller_module, self.current = self.current, root_frame(ref.frame)
+        self._resolve_imports(self.current)
+        try:
+            end = self._block(fnode.body, frame, state)
+        finally:
+            self.no_grad -= no_grad
+            self.stack.pop()
+            self.current = caller_module
+        result = join_states([end, *(exit_state for exit_state, _ in frame.returns)])
+        if result is not None:
+            state.replace(result)
+        values = [value for _, value in frame.returns] + ([None] if end is not None else [])
+        if not values:
+            return None
+        first = values[0]
+        return first if all(value == first for value in values[1:]) else None
+
+    def _new_frame(self, ref: FuncRef) -> Frame:
+        fnode = ref.node
+        frame = Frame(fnode, ref.frame, fnode.name, ref.cls)
+        frame.locals, frame.globals, frame.nonlocals = (set(names) for names in self._scope_names(fnode))
+        defs = self.defs_cache.get(fnode)
+        if defs is None:
+            defs = self.defs_cache[fnode] = list(direct_defs(fnode.body))
+        for definition in defs:
+            if not isinstance(definition, ast.ClassDef):
+                frame.funcs[definition.name] = FuncRef(definition, frame, None)
+        return frame
+
+    def _bind_params(
+        self,
+        frame: Frame,
+        fnode: FunctionNode,
+        caller: Frame,
+        def_frame: Frame,
+        state: ModeState,
+        positional: list[Argument],
+        keywords: dict[str, Argument],
+        self_val: str | None,
+    ) -> None:
+        """Map arguments to parameters (defaults for the rest); constants pass through."""
+        spec = fnode.args
+        params = spec.posonlyargs + spec.args
+        values = list(positional)
+        if self_val is not None:
+            frame.self_val = self_val
+            values.insert(0, Argument(self_val, None))
+        bound: dict[str, Argument] = {param.arg: value for param, value in zip(params, values)}
+        names = {param.arg for param in params} | {param.arg for param in spec.kwonlyargs}
+        bound.update((key, value) for key, value in keywords.items() if key in names)
+        with_default = params[len(params) - len(spec.defaults) :]
+        defaults: dict[str, ast.expr] = {
+            param.arg: value for param, value in zip(with_default, spec.defaults)
+        }
+        for param, value in zip(spec.kwonlyargs, spec.kw_defaults):
+            if value is not None:
+                defaults[param.arg] = value
+        for param in [*params, *spec.kwonlyargs]:
+            name = param.arg
+            if name in bound:
+                value, expr = bound[name]
+                const = self._constant(expr, caller) if expr is not None else UNKNOWN_CONSTANT
+            elif name in defaults:
+                value = self._expr(defaults[name], def_frame, state.copy())
+                const = self._constant(defaults[name], def_frame)
+            else:
+                value, const = None, UNKNOWN_CONSTANT
+            frame.env[name] = value if value is not None else f"param@{frame.tag}{fnode.lineno}:{name}"
+            if const is not UNKNOWN_CONSTANT:
+                frame.consts[name] = const
+                frame.param_consts[name] = const
+            self._pass_flag(frame, name, expr if name in bound else None, caller)
+        for extra in (spec.vararg, spec.kwarg):
+            if extra is not None:
+                frame.env[extra.arg] = f"param@{frame.tag}{fnode.lineno}:{extra.arg}"
+
+    @staticmethod
+    def _pass_flag(frame: Frame, name: str, expr: ast.expr | None, caller: Frame) -> None:
+        """A saved ``model.training`` flag passed as an argument stays a saved flag."""
+        if isinstance(expr, ast.Name) and expr.id in caller.flags:
+            frame.flags[name] = caller.flags[expr.id]

@@ -1,0 +1,173 @@
+"""Whole-project analysis: a module index of the files given, and imports resolved against it.
+
+Only files in the index are ever read: an import that does not resolve to one of them stays
+opaque (``import:name``), exactly as in single-file analysis.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from parity.lint._frames import Frame, FuncRef
+
+#: reads and parses a file of the index; None when it cannot be read or parsed
+TreeLoader = Callable[[str], ast.Module | None]
+
+
+def module_names(file: Path, root: Path | None) -> list[str]:
+    """Dotted names a file can be imported as: relative to the tree root, and with the root's name."""
+    base = root if root is not None else file.parent
+    try:
+        parts = list(file.with_suffix("").relative_to(base).parts)
+    except ValueError:
+        parts = [file.stem]
+    if parts and parts[-1] == "__init__":
+        parts = parts[:-1]
+    names = [".".join(parts)] if parts else []
+    if root is not None and root.name:
+        names.append(".".join([root.name, *parts]))
+    return names
+
+
+class ProjectIndex:
+    """Dotted module name -> file, for the files of one ``parity lint`` run."""
+
+    def __init__(self, files: Iterable[tuple[Path, Path | None]], load: TreeLoader) -> None:
+        self.by_name: dict[str, str] = {}
+        self.name_of: dict[str, str] = {}
+        self._load = load
+        self._trees: dict[str, ast.Module | None] = {}
+        for file, root in files:
+            names = module_names(file, root)
+            for name in names:
+                self.by_name.setdefault(name, str(file))
+            if names:
+                self.name_of.setdefault(str(file), names[0])
+
+    def resolve(self, name: str, importer: str | None = None) -> str | None:
+        """The file of module ``name``: next to the importing script (Python puts a script's folder
+        first on ``sys.path``), an exact match, else the unique module ending in ``.name``."""
+        if importer is not None:
+            folder = Path(importer).parent.joinpath(*name.split("."))
+            for candidate in (folder.with_suffix(".py"), folder / "__init__.py"):
+                if str(candidate) in self.name_of:
+                    return str(candidate)
+        if name in self.by_name:
+            return self.by_name[name]
+        suffix = "." + name
+        matches = {path for key, path in self.by_name.items() if key.endswith(suffix)}
+        return matches.pop() if len(matches) == 1 else None
+
+    def absolute(self, importer: str, module: str | None, level: int) -> str | None:
+        """The dotted name ``from <level dots><module> import ...`` refers to, seen from ``importer``."""
+        if level == 0:
+            return module
+        package = self.name_of.get(importer, "").split(".")
+        is_package = os.path.basename(importer) == "__init__.py"
+        keep = len(package) - (level - 1) - (0 if is_package else 1)
+        if keep < 0:
+            return None
+        parts = package[:keep] + ([module] if module else [])
+        return ".".join(part for part in parts if part)
+
+    def tree(self, path: str) -> ast.Module | None:
+        """The parsed module (cached)."""
+        if path not in self._trees:
+            self._trees[path] = self._load(path)
+        return self._trees[path]
+
+
+class ProjectMixin:
+    """Binds names imported from modules of the analysed tree to their definitions."""
+
+    project: ProjectIndex | None
+    module_frames: dict[str, Frame]
+    path: str
+
+    def _module_frame(self, file: str) -> Frame | None:
+        """The frame of another module of the project: its definitions and its imports, not its body."""
+        if file == self.path:
+            return self.module
+        if file in self.module_frames:
+            return self.module_frames[file]
+        tree = self.project.tree(file) if self.project is not None else None
+        if tree is None:
+            return None
+        frame = Frame(tree, None, "<module>")
+        frame.file, frame.tag = file, f"{file}:"
+        self.module_frames[file] = frame
+        self.register_definitions(tree.body, frame, file)
+        self.unresolved_imports.add(file)  # resolved when code of this module first runs
+        return frame
+
+    def _resolve_imports(self, frame: Frame) -> None:
+        """Bind the top-level imports of another module (once, when its code is first entered)."""
+        if frame.file not in self.unresolved_imports:
+            return
+        self.unresolved_imports.discard(frame.file)
+        for stmt in frame.node.body:  # type: ignore[attr-defined]
+            if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                for alias in stmt.names:
+                    if alias.name != "*":
+                        self._import_definition(stmt, alias, frame)
+
+    def _import_definition(self, stmt: ast.Import | ast.ImportFrom, alias: ast.alias, frame: Frame) -> None:
+        """Bind an imported module, function or class of the project in ``frame``."""
+        if self.project is None:
+            return
+        if isinstance(stmt, ast.Import):
+            target = self.project.resolve(alias.name, frame.file)
+            if target is not None and alias.asname:  # import pkg.model as model
+                frame.env[alias.asname] = f"module:{target}"
+            elif target is not None and "." not in alias.name:
+                frame.env[alias.name] = f"module:{target}"
+            return
+        module = self.project.absolute(frame.file, stmt.module, stmt.level)
+        if module is None:
+            return
+        local = alias.asname or alias.name
+        importer = frame.file if stmt.level == 0 else None
+        submodule = self.project.resolve(f"{module}.{alias.name}" if module else alias.name, importer)
+        if submodule is not None:  # from pkg import model
+            frame.env[local] = f"module:{submodule}"
+            return
+        source = self.project.resolve(module, importer) if module else None
+        source_frame = self._module_frame(source) if source is not None else None
+        if source_frame is not None:
+            self._bind_definition(source_frame, alias.name, local, frame)
+
+    def _bind_definition(self, source: Frame, name: str, local: str, frame: Frame) -> None:
+        """Bind ``local`` in ``frame`` to the function, class or module ``name`` of ``source``."""
+        if name not in source.funcs and name not in source.env:
+            self._resolve_imports(source)  # ``name`` may be re-exported by an import there
+        if name in source.funcs:
+            frame.env.pop(local, None)
+            frame.funcs[local] = source.funcs[name]
+            return
+        info = next(
+            (info for info in self.classes.values() if info.node.name == name and info.module == source.file),
+            None,
+        )
+        if info is not None:
+            frame.env.pop(local, None)
+            self.classes.setdefault(local, info)
+            self.class_frames.setdefault(local, source)
+            return
+        imported = source.funcs.get(name) or source.env.get(name)
+        if isinstance(imported, str) and imported.startswith("module:"):
+            frame.env[local] = imported
+
+    def _module_member(self, module: str, name: str) -> FuncRef | str | None:
+        """``model_module.name``: a function of that module, or the name of its class."""
+        frame = self._module_frame(module.removeprefix("module:"))
+        if frame is None:
+            return None
+        if name in frame.funcs:
+            return frame.funcs[name]
+        for cname, info in self.classes.items():
+            if info.node.name == name and info.module == frame.file:
+                return cname
+        return None

@@ -1,0 +1,97 @@
+"""Precision and recall of ``parity lint`` (MODE001) on real training scripts, labelled by reading.
+
+The manifest (``docs/lint_realworld.csv``: repo, commit, path, label, eval_line, loop_line,
+reason) names public files; the files themselves are not part of this project. This script
+fetches nothing: it reads a local folder laid out as ``ROOT/<owner>+<name>@<commit[:10]>/<path>``
+(for example every ``*.py`` of that commit, written with ``git show <commit>:<path>``), checks
+each (repo, commit) folder as one project, and counts a file as flagged when MODE001 is reported
+in it.  Label ``bug`` + flagged is a true positive, ``ok`` + flagged a false alarm.
+
+    python scripts/lint_realworld.py ROOT [--manifest docs/lint_realworld.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's parity, not another installed copy
+
+from parity.lint import lint_paths  # noqa: E402
+
+DEFAULT_MANIFEST = REPO / "docs" / "lint_realworld.csv"
+
+
+def folder_of(root: Path, repo: str, commit: str) -> Path:
+    """Where the files of ``repo`` at ``commit`` are expected under ``root``."""
+    return root / f"{repo.replace('/', '+')}@{commit[:10]}"
+
+
+def flagged_files(folder: Path) -> set[str]:
+    """Paths (relative to ``folder``) with at least one MODE001 finding."""
+    return {
+        Path(finding.path).relative_to(folder).as_posix()
+        for finding in lint_paths([folder], select=["MODE001"])
+        if finding.code == "MODE001"
+    }
+
+
+def measure(root: Path, manifest: Path) -> int:
+    """Print one line per miss / false alarm / missing file, then precision, recall and time."""
+    with manifest.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["repo"], row["commit"])].append(row)
+    counts = {"tp": 0, "fp": 0, "fn": 0, "tn": 0, "missing": 0}
+    start = time.perf_counter()
+    for (repo, commit), group in groups.items():
+        folder = folder_of(root, repo, commit)
+        flagged = flagged_files(folder) if folder.is_dir() else set()
+        for row in group:
+            if not (folder / row["path"]).is_file():
+                counts["missing"] += 1
+                print(f"missing      {repo}@{commit[:10]} {row['path']}")
+                continue
+            hit = row["path"] in flagged
+            key = {("bug", True): "tp", ("bug", False): "fn", ("ok", True): "fp", ("ok", False): "tn"}
+            outcome = key[(row["label"], hit)]
+            counts[outcome] += 1
+            if outcome in ("fn", "fp"):
+                name = "miss" if outcome == "fn" else "false alarm"
+                print(f"{name:<12} {repo}@{commit[:10]} {row['path']}: {row['reason']}")
+    elapsed = time.perf_counter() - start
+    hits, alarms, misses = counts["tp"], counts["fp"], counts["fn"]
+    precision = hits / (hits + alarms) if hits + alarms else 1.0
+    recall = hits / (hits + misses) if hits + misses else 1.0
+    print(
+        f"{len(rows)} files ({sum(row['label'] == 'bug' for row in rows)} bug, "
+        f"{sum(row['label'] == 'ok' for row in rows)} ok), {counts['missing']} missing: "
+        f"tp={hits} fp={alarms} fn={misses} tn={counts['tn']} precision={precision:.2f} recall={recall:.2f} "
+        f"({elapsed:.1f} s for {len(groups)} project folders)"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``ROOT`` and ``--manifest``; exit 2 when ROOT is not a folder."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path, help="local folder with <owner>+<name>@<commit[:10]>/ subfolders")
+    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
+    args = parser.parse_args(argv)
+    if not args.root.is_dir():
+        print(f"lint_realworld: error: not a folder: {args.root}", file=sys.stderr)
+        return 2
+    if not args.manifest.is_file():
+        print(f"lint_realworld: error: no manifest: {args.manifest}", file=sys.stderr)
+        return 2
+    return measure(args.root, args.manifest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""scripts/lint_realworld.py: precision/recall over a local folder named by the manifest."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = importlib.util.spec_from_file_location("lint_realworld", ROOT / "scripts" / "lint_realworld.py")
+lint_realworld = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(lint_realworld)
+CORPUS = Path(__file__).parent / "lint_corpus"
+
+
+def test_counts_hits_misses_false_alarms_and_missing_files(tmp_path, capsys):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = tmp_path / "files" / f"someone+project@{commit[:10]}"
+    folder.mkdir(parents=True)
+    (folder / "buggy.py").write_text((CORPUS / "bug_seed_classic.py").read_text())
+    (folder / "clean.py").write_text((CORPUS / "ok_train_each_epoch.py").read_text())
+    (folder / "labelled_ok_but_buggy.py").write_text((CORPUS / "bug_gan.py").read_text())
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["repo", "commit", "path", "label", "eval_line", "loop_line", "reason"])
+        writer.writerow(["someone/project", commit, "buggy.py", "bug", "15", "24", "r1"])
+        writer.writerow(["someone/project", commit, "clean.py", "ok", "", "", "r2"])
+        writer.writerow(["someone/project", commit, "labelled_ok_but_buggy.py", "ok", "", "", "r3"])
+        writer.writerow(["someone/project", commit, "absent.py", "bug", "", "", "r4"])
+    assert lint_realworld.main([str(tmp_path / "files"), "--manifest", str(manifest)]) == 0
+    out = capsys.readouterr().out
+    assert "false alarm  someone/project@0123456789 labelled_ok_but_buggy.py: r3" in out
+    assert "missing      someone/project@0123456789 absent.py" in out
+    assert "tp=1 fp=1 fn=0 tn=1 precision=0.50 recall=1.00" in out
+
+
+def test_bad_root_is_a_usage_error(tmp_path, capsys):
+    assert lint_realworld.main([str(tmp_path / "nowhere")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_manifest_rows_are_complete():
+    with lint_realworld.DEFAULT_MANIFEST.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) >= 40
+    for row in rows:
+        assert row["label"] in {"bug", "ok"} and len(row["commit"]) == 40 and row["path"].endswith(".py")
+        assert row["reason"]
+        if row["label"] == "bug":
+            assert row["eval_line"] and row["loop_line"]
