@@ -106,7 +106,17 @@ def test_dangling_link_given_by_name_is_mode000_not_a_usage_error(tmp_path, caps
     assert found == {"gone.py": ["MODE000"], "seed.py": ["MODE001"]}
 
 
-def test_recursion_in_the_analysis_is_mode009_never_clean(capsys, tmp_path):
+@pytest.fixture
+def default_recursion_limit():
+    """The interpreter's default recursion limit, as in a fresh ``parity lint`` process (torch and
+    jax, imported by other tests in the same process, raise it)."""
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    yield
+    sys.setrecursionlimit(previous)
+
+
+def test_recursion_in_the_analysis_is_mode009_never_clean(capsys, tmp_path, default_recursion_limit):
     findings = lint_source(DEEP_EXPRESSION + SEED, "deep.py")
     assert [f.code for f in findings][:1] == ["MODE009"]
     assert "nesting too deep" in findings[0].message

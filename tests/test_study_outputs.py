@@ -110,7 +110,18 @@ def test_an_interrupt_while_writing_leaves_the_previous_set(trained, tiny, tmp_p
     assert "never a mix" in capsys.readouterr().err
 
 
-def test_an_interrupt_while_the_files_are_moved_in_lets_the_new_set_finish(tiny, tmp_path, monkeypatch):
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler, as in a fresh ``parity study`` process: earlier tests in the
+    same process (torch.multiprocessing, jax) may have installed another one."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_an_interrupt_while_the_files_are_moved_in_lets_the_new_set_finish(
+    tiny, tmp_path, monkeypatch, python_sigint
+):
     out = tmp_path / "out"
     outputs.write_outputs(tiny | {"created_utc": "previous"}, out)
     real_replace = os.replace
