@@ -160,15 +160,8 @@ def replica_spread(views: list[dict], name: str) -> dict[str, float]:
 
 
 def _flax_tree(out: dict, prefix: str) -> dict:
-    tree: dict = {}
-    for key, value in out.items():
-        if key.startswith(prefix):
-            *parents, leaf = key[len(prefix) :].split("/")
-            node = tree
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-    return tree
+    """The nested tree of the ``prefix``-ed, ``/``-joined keys of ``out``, the prefix removed."""
+    return convert.unflatten_tree({k[len(prefix) :]: v for k, v in out.items() if k.startswith(prefix)})
 
 
 def compare_torch_flax(
