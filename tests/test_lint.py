@@ -1,4 +1,4 @@
-"""Tests of ``parity lint`` (parity/lint.py): the corpus, the CLI, and the anchors' weakness.
+"""Tests of ``parity lint`` (the parity/lint package): the corpus, the CLI, and the anchors' weakness.
 
 The corpus in ``tests/lint_corpus/`` holds small PyTorch training scripts that are parsed,
 never executed. ``bug_*.py`` files mark every expected finding with a trailing

@@ -1,7 +1,7 @@
 """The CPU parity suite: torch vs Linen vs NNX on the same converted weights, float32.
 
 Tolerances are those of :data:`parity.harness.compare.TOLERANCES` (1e-5 relative L2), justified in
-``parity/compare.py``: float32 kernels that sum in another order differ by ~1e-7..3e-6 here,
+``parity/harness/compare.py``: float32 kernels that sum in another order differ by ~1e-7..3e-6 here,
 while the layout bugs this suite exists to catch give differences of order 1.
 """
 
