@@ -41,6 +41,10 @@ from flax_impl import data_parallel as flax_dp
 from parity.harness import data_parallel as dp
 from torch_impl import data_parallel as torch_dp
 
+# every test here starts worker processes or a jax child with several devices: the whole file
+# takes about 3 minutes on the idle 2-core box, so it runs with `python -m pytest -m slow` (and CI)
+pytestmark = pytest.mark.slow
+
 TOL = 1e-5
 N, K, B = 2, 3, 32
 SPEC = torch_dp.RunSpec()

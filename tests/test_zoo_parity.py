@@ -2,8 +2,9 @@
 
 Uses ``parity.convert.torch_to_flax(state_dict, torch_model, flax_target)`` (Linen variables
 from ``module.init`` -> ``{'params', 'batch_stats'}``; an NNX module -> updated in place and
-returned) and ``parity.convert.flax_to_torch(flax_source, torch_model)`` -> a state dict. The
-whole module is skipped while ``parity.convert`` has no ``torch_to_flax``.
+returned) and ``parity.convert.flax_to_torch(flax_source, torch_model)`` -> a state dict.
+Marked ``slow`` (about 2.5 minutes on the idle 2-core box, mostly Flax op-by-op localisation):
+``python -m pytest -m slow`` runs it, and so does CI.
 
 Levels, each for Linen and NNX: eval forward and train forward layer by layer with BN running
 statistics (``localize``), per-parameter gradients (``localize_gradients``), a 20-step
@@ -29,19 +30,15 @@ import torch
 from flax import nnx
 from torch import nn
 
+from flax_impl import linen_resnet, linen_vit, nnx_resnet, nnx_vit
 from parity import convert
+from parity.harness.compare import rel_l2
+from parity.harness.localize import leaf_modules, localize, localize_gradients
+from parity.harness.trajectory import trajectory
+from torch_impl import resnet as torch_resnet
+from torch_impl import vit as torch_vit
 
-if not hasattr(convert, "torch_to_flax"):
-    pytest.skip(
-        "parity.convert.torch_to_flax (the general converter) is not there yet", allow_module_level=True
-    )
-
-from flax_impl import linen_resnet, linen_vit, nnx_resnet, nnx_vit  # noqa: E402
-from parity.harness.compare import rel_l2  # noqa: E402
-from parity.harness.localize import leaf_modules, localize, localize_gradients  # noqa: E402
-from parity.harness.trajectory import trajectory  # noqa: E402
-from torch_impl import resnet as torch_resnet  # noqa: E402
-from torch_impl import vit as torch_vit  # noqa: E402
+pytestmark = pytest.mark.slow
 
 TOL = 1e-5
 #: name -> (ResNet arguments, torch input shape NCHW / NCW)
