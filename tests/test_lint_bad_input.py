@@ -11,30 +11,12 @@ import tokenize
 from pathlib import Path
 
 import pytest
+from test_lint import SEED  # the seed's buggy loop, one copy for both lint test files
 
 from parity.cli import main
 from parity.lint import lint_file, lint_source
 
 ROOT = Path(__file__).resolve().parent.parent
-SEED = """\
-import torch
-
-model = Net()
-optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-
-def test():
-    model.eval()
-    with torch.no_grad():
-        return model(x_test)
-
-model.train()
-for epoch in range(10):
-    for x, y in loader:
-        optimizer.zero_grad()
-        loss_fn(model(x), y).backward()
-        optimizer.step()
-    test()
-"""
 #: parses (1,000 terms), but interpreting it needs more Python stack than the default limit
 DEEP_EXPRESSION = "x = " + " + ".join(["a"] * 1000) + "\n"
 #: does not even parse: the parser's own recursion limit
