@@ -22,6 +22,7 @@ that :func:`configure` changes (the test suite's fixture uses them).
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +114,27 @@ def configure(device: str = "auto", precision: str = "strict") -> Runtime:
         "torch_device_name": torch.cuda.get_device_name(0) if resolved == "cuda" else "cpu",
     }
     return Runtime(resolved, precision, settings)
+
+
+def cpu_model() -> str:
+    """The CPU's name as ``/proc/cpuinfo`` gives it (``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_kernels() -> dict[str, str]:
+    """What picks the float32 CPU kernels, so runs on different hosts can be told apart: the CPU
+    model and the vector ISA torch dispatches to (``torch.backends.cpu.get_cpu_capability()``,
+    e.g. ``AVX2`` or ``AVX512``). Same code and versions on two ISAs can round differently."""
+    import torch
+
+    return {"cpu": cpu_model(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def library_versions() -> dict[str, str]:

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from parity import cli
 from parity import study as study_mod
@@ -265,6 +266,8 @@ def test_outputs_hold_every_number_the_configuration_and_the_environment(tiny_re
     assert env["device"] == "cpu" and env["precision"] == "strict"
     assert {"torch", "jax", "flax", "optax", "numpy"} <= set(env["versions"])
     assert "jax_default_matmul_precision" in env["precision_settings"]
+    # what picks the float32 CPU kernels: same code and versions on another ISA round differently
+    assert env["cpu"] and env["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     for _v, r in data["variants"].items():
         assert r["wall_time_s"] > 0 and r["path"] in ("torch", "loop", "nnx")
         for s in r["seeds"]:

@@ -11,6 +11,7 @@ import platform
 from typing import Any
 
 from parity.bench.spec import GPU_TARGETS, BenchError
+from parity.device import cpu_model
 from parity.registry import FRAMEWORKS
 
 #: chart formats ``--plot`` accepts (matplotlib writes each from the file's extension)
@@ -40,21 +41,10 @@ def check_output_paths(json_path: str | None, plot_path: str | None) -> None:
             raise BenchError(f"{flag}: {e}") from e
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(runtime: Any) -> dict:
     """The machine the run used: CPU model, cores, platform, Python, GPU name (cuda only)."""
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

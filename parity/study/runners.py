@@ -489,7 +489,7 @@ def _train_variant(variant: str, ctx: _Context, linen_path: str, steps_per_epoch
 def _environment(runtime: Any, linen_path: str, torch_threads: int) -> dict:
     from importlib import metadata
 
-    from parity.device import library_versions
+    from parity.device import cpu_kernels, library_versions
 
     versions = library_versions()
     try:
@@ -504,6 +504,7 @@ def _environment(runtime: Any, linen_path: str, torch_threads: int) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        **cpu_kernels(),
         "linen_path": linen_path,
         "torch_threads": torch_threads,
     }
