@@ -38,7 +38,7 @@ def test_check_passes_every_level(framework, tmp_path, capsys):
     names = {c["check"] for c in doc["checks"]}
     assert {"forward_train_rel_l2", "bn_running_var_corrected_rel_l2", "gradient_max_rel_l2"} <= names
     assert "trajectory_sgd_2_float64_worst_over_bound" in names and "roundtrip_max_abs" in names
-    rows = {r["name"]: r for r in doc["layers"] if r["report"] == "layers_train"}
+    rows = {r["name"]: r for r in doc["layers"] if r["report"] == "layers_train" and r["kind"] == "output"}
     # dropout on tokens (N, L, D) with shared masks, compared in the same layout on both sides
     assert rows["blocks.0.drop"]["shape"] == [4, 64, 16] and rows["blocks.0.drop"]["passed"]
     # (4, 16, 16, 16): C equals H and W, the module type says channels-first
