@@ -228,14 +228,10 @@ def test_vit_trajectory_without_dropout(framework):
     assert rep.passed and len(rep.rows) == 20, rep.format()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="harness limitation: localize/trajectory treat every activation with ndim >= 3 as "
-    "channels-first, so ViT's (N, S, D) tokens (the same layout on both sides) are moved to "
-    "(N, D, S) and shared dropout masks and layer rows are mis-aligned",
-)
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_vit_trajectory_with_shared_dropout_masks(framework):
+    """Dropout on token activations ``(N, S, D)``: torch's masks reach Flax unmoved (the same
+    layout in both frameworks), the patch embedding's map is compared channels-last."""
     port, _ = vit_port(framework, dropout=0.1)
     rng = np.random.default_rng(3)
     batches = [(rng.normal(size=(4, 3, 8, 8)).astype(np.float32), labels(4, k)) for k in range(20)]

@@ -23,7 +23,19 @@ and exits 1 if any check fails. Options add the harness's sections:
 * ``--plot FILE``: PNG with the per-layer divergence bars (log scale) and the trajectory
   envelope; implies ``--localize`` when neither ``--localize`` nor ``--trajectory`` is given.
 
-Exit codes: 0 all within tolerance, 1 a check failed, 2 usage or device error.
+Your models: ``--torch SPEC --flax SPEC --input-shape N,C,H,W`` (SPEC is
+``package.module:factory`` or ``path/file.py:factory``; see :mod:`parity.spec`) checks a torch
+model against its Flax port (Linen or NNX, whatever the factory returns) instead of
+``--models``: the torch weights are converted into the Flax model (``--map``, ``--flatten`` as
+in ``parity map``), the input is drawn in torch layout (``--input-dtype``; integer ids in
+``[0, --input-high)``) and given to Flax channels-last by rank, or as it is with
+``--no-channels-last`` (tokens); labels come from the output's last dimension. The same
+options add the same sections (:mod:`parity.harness.user`). A SPEC that does not import or
+returns the wrong type, a layer with no rule, an unmatched key, a shape or dtype mismatch: one
+line on stderr naming the module and key, exit 1.
+
+Exit codes: 0 all within tolerance, 1 a check failed (or the user models do not convert), 2
+usage or device error.
 """
 
 from __future__ import annotations
@@ -82,6 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON (atomically)")
     parser.add_argument("--plot", metavar="FILE", help="write a PNG: per-layer bars and trajectory envelope")
+    add_spec_arguments(parser)
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -115,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)
 
+    if args.torch or args.flax:
+        return run_spec(args, log)
     try:
         config = build_config(args)
         validate_outputs(config)
@@ -123,6 +138,62 @@ def run(args: argparse.Namespace) -> int:
         print(f"parity check: error: {e}", file=sys.stderr)
         return 2
     result = run_suite(config, log)
+    print(format_checks(result.checks))
+    print(f"\n{result.verdict()}")
+    write_outputs(config, result)
+    return 0 if result.passed else 1
+
+
+# ------------------------------------------------------------------------ user models (SPECs)
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--torch``, ``--flax``, ``--map``, ``--input-shape``, ``--input-dtype``,
+    ``--no-channels-last``, ``--flatten`` (as in ``parity map``) and ``--input-high``."""
+    from parity.commands.map import add_model_arguments
+
+    add_model_arguments(parser, required=False)
+    parser.add_argument(
+        "--input-high", type=int, metavar="N", help="integer inputs (token ids) are drawn from [0, N)"
+    )
+
+
+def spec_models(args: argparse.Namespace):
+    """The :class:`parity.harness.user.SpecModels` of the parsed options (``ValueError`` with a
+    one-line message for a usage error)."""
+    from parity.harness.user import SpecInput, SpecModels
+
+    if not (args.torch and args.flax):
+        raise ValueError("give both --torch SPEC and --flax SPEC")
+    if args.input_shape is None:
+        raise ValueError("--torch/--flax need --input-shape N,C,... (torch layout) to draw the input")
+    inp = SpecInput(args.input_shape, args.input_dtype, args.input_high, args.channels_last)
+    return SpecModels(args.torch, args.flax, inp, args.map, dict(args.flatten or ()) or None)
+
+
+def run_spec(args: argparse.Namespace, log) -> int:
+    """``parity check --torch SPEC --flax SPEC``: 0 all pass, 1 a check fails or the models do
+    not convert (one line), 2 usage or device error."""
+    from parity.convert import ConversionError
+    from parity.device import DeviceError, configure
+    from parity.harness.suite import format_checks, run_suite, validate_outputs, write_outputs
+    from parity.harness.user import spec_policy, validate_spec
+    from parity.spec import SpecError
+
+    try:
+        spec = spec_models(args)
+        config = build_config(args)
+        validate_outputs(config)
+        configure(config.device, "strict")
+    except (DeviceError, ValueError) as e:
+        print(f"parity check: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        validate_spec(spec, config)  # one line before any output when the models do not convert
+        result = run_suite(config, log, lambda cfg, dev, prec, log_: spec_policy(cfg, spec, dev, prec, log_))
+    except (SpecError, ConversionError, OSError) as e:
+        print(f"parity check: error: {e}", file=sys.stderr)
+        return 1
     print(format_checks(result.checks))
     print(f"\n{result.verdict()}")
     write_outputs(config, result)

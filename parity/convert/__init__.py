@@ -16,7 +16,15 @@ Files: :func:`read_checkpoint`, :func:`write_checkpoint`, :func:`convert_file`
 from parity.convert.checkpoint import read_checkpoint, write_checkpoint
 from parity.convert.common import ConversionError, flatten_tree, unflatten_tree
 from parity.convert.files import convert_file
-from parity.convert.general import Pairing, flax_leaves, flax_to_torch, map_models, pair_models, torch_to_flax
+from parity.convert.general import (
+    Pairing,
+    flax_leaves,
+    flax_to_torch,
+    map_models,
+    pair_models,
+    params_to_torch_fn,
+    torch_to_flax,
+)
 from parity.convert.rules import RuleContext, Transfer, register_rule, rule_for
 from parity.convert.template import (
     Layer,
@@ -41,6 +49,7 @@ __all__ = [
     "flax_to_torch",
     "map_models",
     "pair_models",
+    "params_to_torch_fn",
     "register_rule",
     "rule_for",
     "torch_to_flax",

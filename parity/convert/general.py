@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -317,6 +317,40 @@ def flax_to_torch(
         (k, torch.from_numpy(out[k] if out[k].flags.c_contiguous else np.array(out[k], order="C")))
         for k in template
     )
+
+
+def params_to_torch_fn(
+    torch_model: nn.Module,
+    flax_source: Any,
+    *,
+    user_map: Any = None,
+    flatten_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> Callable[[Mapping], dict[str, np.ndarray]]:
+    """A function from a Flax ``params``-shaped tree (parameters, gradients or optimizer moments;
+    a nested dict of arrays in Flax layout, NNX list indices as int or str keys) to ``{torch
+    parameter name: array}`` in torch layout, for any model the general converter pairs.
+
+    The pairing is computed once, here (it raises :class:`ConversionError` like
+    :func:`flax_to_torch`); each call only applies the rules, keeping the arrays' dtype (float64
+    trees stay float64)."""
+    from parity.convert.common import flatten_tree
+
+    _, pairing = _setup(torch_model, flax_source, user_map, flatten_shapes, input_shape, 0)
+    params = {n for n, _ in torch_model.named_parameters()}
+    transfers = [
+        pt for pt in pairing.transfers if pt.torch_keys and all(f.startswith("params/") for f in pt.flax_keys)
+    ]
+
+    def to_torch(tree: Mapping) -> dict[str, np.ndarray]:
+        flat = flatten_tree({"params": tree})
+        out: dict[str, np.ndarray] = {}
+        for pt in transfers:
+            arrays = pt.transfer.to_torch([np.asarray(flat[k]) for k in pt.flax_keys])
+            out.update((k, a) for k, a in zip(pt.torch_keys, arrays, strict=True) if k in params)
+        return out
+
+    return to_torch
 
 
 def map_models(

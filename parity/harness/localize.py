@@ -23,10 +23,13 @@ How each side is observed (nothing in the models is changed; every hook is remov
 
 Alignment: a torch leaf module ``name`` (from ``named_modules``, e.g. ``features.0``) matches
 the Flax submodule whose path joined by ``.`` is the same (Linen ``features_0`` does not match
-``features.0``: pass ``layer_map={'features.0': 'features_0'}``). Layout: torch activations
-with ``ndim >= 3`` are channels-first (NCHW / NCW) and are compared after
-:func:`parity.layout.to_channels_last`; the input of the first dense layer after a flatten is
-permuted from torch's ``c*H*W + h*W + w`` order to Flax's ``h*W*C + w*C + c`` order
+``features.0``: pass ``layer_map={'features.0': 'features_0'}``). Layout, per activation
+(:func:`parity.harness.sides.torch_to_flax_layout`): a channels-first map (NCHW / NCW) is
+compared after :func:`parity.layout.to_channels_last`, tokens ``(N, L, D)`` (the same in both
+frameworks) as they are; the Flax output's shape decides, and where both readings fit (``C``
+equal to every spatial size) the torch module's type does (:func:`layout_hint`). The model
+input is given to Flax per ``input_layout``. The input of the first dense layer after a
+flatten is permuted from torch's ``c*H*W + h*W + w`` order to Flax's ``h*W*C + w*C + c`` order
 (:func:`activation_to_flax`).
 
 Dropout with identical masks (``dropout_masks='shared'``, the default in train mode): one
@@ -56,6 +59,7 @@ from parity.harness.compare import GRADIENT_TOL_FLOAT64, rel_l2, unbiased_runnin
 from parity.harness.sides import (
     FlaxHook,
     FlaxSide,
+    Layout,
     SharedDropout,
     TorchRun,
     activation_to_flax,
@@ -63,6 +67,7 @@ from parity.harness.sides import (
     flax_dropout_hook,
     flax_gradients,
     flax_loss,
+    layout_hint,
     leaf_modules,
     mask_scale,
     name_mapper,
@@ -72,6 +77,7 @@ from parity.harness.sides import (
     torch_gradients,
     torch_loss,
     torch_shared_dropout,
+    torch_to_flax_layout,
 )
 from parity.table import format_table
 
@@ -355,6 +361,7 @@ def localize(
     flatten_shapes: Mapping[str, Sequence[int]] | None = None,
     call_kwargs: Callable[[bool], dict] | None = None,
     float64_reference: bool = False,
+    input_layout: Layout = "channels_first",
 ) -> LocalizationReport:
     """Compare every layer of ``torch_model`` and ``flax_model`` on the same input.
 
@@ -380,6 +387,8 @@ def localize(
             not fit the model.
         float64_reference: also run a float64 copy of the torch model and report each layer's
             float32-vs-float64 difference (``float64_rel_l2``), the float32 noise floor.
+        input_layout: ``'channels_first'`` (an image or signal, moved to channels-last for
+            Flax) or ``'same'`` (tokens or ids, given to Flax as they are).
 
     Returns:
         A :class:`LocalizationReport` with one ``output`` row per torch leaf call in execution order,
@@ -407,7 +416,8 @@ def localize(
     rng = (
         jax.random.fold_in(jax.random.key(seed), step) if (train and dropout_masks == "independent") else None
     )
-    fouts, new_bs = _flax_outputs(side, x, trun, to_flax, fshapes, reinject, masks is not None, train, rng)
+    xf = activation_to_flax(x, layout=input_layout)
+    fouts, new_bs = _flax_outputs(side, xf, trun, to_flax, fshapes, reinject, masks is not None, train, rng)
     bs = (side.pure(side.batch_stats), side.pure(new_bs))
     rows, skipped = _output_rows(tm, trun, ref, fouts, to_flax, bs, train, tol)
     meta = {"mode": mode, "reinject": reinject, "dropout_masks": dropout_masks if train else "n/a"}
@@ -435,7 +445,7 @@ def _flax_outputs(
     train: bool,
     rng: jax.Array | None,
 ) -> tuple[dict[tuple[str, int], np.ndarray], Any]:
-    """Run the Flax side once on channels-last ``x``, capturing every submodule call that has a
+    """Run the Flax side once on ``x`` (Flax layout), capturing every submodule call that has a
     torch counterpart: ``({(torch name, call): output}, new batch_stats)``. ``reinject`` feeds
     each call the torch input of the same call; ``shared_masks`` applies torch's dropout masks."""
     from_flax = {to_flax(n): n for n, _ in trun.order}
@@ -447,16 +457,18 @@ def _flax_outputs(
         k = fcounts.get(name, 0)
         fcounts[name] = k + 1
         if reinject and tname is not None and (tname, k) in trun.inputs and args:
-            xin = activation_to_flax(trun.inputs[(tname, k)], fshapes.get(tname))
+            xin = trun.inputs[(tname, k)]
+            flat = fshapes.get(tname)
+            xin = activation_to_flax(xin, flat) if flat else torch_to_flax_layout(xin, np.shape(args[0]))
             args = (jnp.asarray(xin, dtype=args[0].dtype), *args[1:])
         out = call_next(*args, **kwargs)
         if tname is not None:
             fouts[(tname, k)] = np.asarray(out)
         return out
 
-    uniforms = {to_flax(n): [activation_to_flax(u) for u in us] for n, us in trun.uniforms.items()}
-    hook = flax_dropout_hook(uniforms, capture) if shared_masks else capture
-    xf = jnp.asarray(activation_to_flax(x))
+    uniforms = {to_flax(n): [jnp.asarray(u) for u in us] for n, us in trun.uniforms.items()}
+    hook = flax_dropout_hook(uniforms, capture, torch_layout=True) if shared_masks else capture
+    xf = jnp.asarray(x)
     _, new_bs, _ = side.apply(side.params, side.batch_stats, side.rest, xf, train=train, hook=hook, rng=rng)
     return fouts, new_bs
 
@@ -492,7 +504,10 @@ def _output_rows(
         if f_out is None and _is_stateless(leaves[name]):
             skipped.append(label)
             continue
-        row = compare_tensor(label, "output", to_flax(name), f_out, activation_to_flax(t_out), tol)
+        t_flax = torch_to_flax_layout(
+            t_out, None if f_out is None else np.shape(f_out), layout_hint(leaves[name])
+        )
+        row = compare_tensor(label, "output", to_flax(name), f_out, t_flax, tol)
         if ref is not None and (name, k) in ref.outputs:
             row = _with_ref(row, t_out, ref.outputs[(name, k)])
         rows.append(row)
@@ -602,6 +617,7 @@ def localize_gradients(
     param_map: Callable[[dict], dict[str, np.ndarray]] | None = None,
     call_kwargs: Callable[[bool], dict] | None = None,
     float64_check: bool = True,
+    input_layout: Layout = "channels_first",
 ) -> LocalizationReport:
     """Per-parameter gradient differences of the mean loss, first divergent in backward order.
 
@@ -617,6 +633,7 @@ def localize_gradients(
     float64 gradients agree within :data:`parity.harness.compare.GRADIENT_TOL_FLOAT64`
     (:func:`rejudge_in_float64`): float32 cannot resolve a gradient that sums cancelling terms
     or crosses a max-pool / ReLU decision within rounding distance; float64 can.
+    ``input_layout``: as in :func:`localize`.
     """
     train = mode == "train"
     x, y = np.asarray(x), np.asarray(y)
@@ -626,13 +643,14 @@ def localize_gradients(
 
     side = FlaxSide(flax_model, variables, call_kwargs)
     to_flax = name_mapper(layer_map)
-    uniforms = {to_flax(n): [activation_to_flax(u) for u in us] for n, us in record.items()}
+    uniforms = {to_flax(n): [jnp.asarray(u) for u in us] for n, us in record.items()}
     uniforms = uniforms if masks is not None else None
+    layouts = {"input_layout": input_layout, "torch_layout": True}
     rng = (
         jax.random.fold_in(jax.random.key(seed), step) if (train and dropout_masks == "independent") else None
     )
     to_torch = param_map or (lambda tree: convert.params_to_torch(tree, torch_model))
-    fgrads = to_torch(flax_gradients(side, x, y, loss, train, uniforms, rng))
+    fgrads = to_torch(flax_gradients(side, x, y, loss, train, uniforms, rng, **layouts))
     rows = [
         compare_tensor(
             n, "grad", n, fgrads.get(n), tgrads[n], tol, note="no torch grad" if n in no_grad else ""
@@ -643,7 +661,7 @@ def localize_gradients(
     if float64_check and any(not r.passed and r.name not in no_grad for r in rows):
         t64 = copy.deepcopy(torch_model).double().train(train)
         tg64, _, _, _ = torch_gradients(t64, x, y, loss, masks, step, given=record)
-        fg64 = to_torch(flax_gradients(side, x, y, loss, train, uniforms, rng, float64=True))
+        fg64 = to_torch(flax_gradients(side, x, y, loss, train, uniforms, rng, float64=True, **layouts))
         rows = [
             r
             if r.passed or r.name in no_grad

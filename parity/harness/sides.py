@@ -22,7 +22,7 @@ import inspect
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -36,10 +36,75 @@ from parity.layout import to_channels_last
 FlaxHook = Callable[[str, Any, Callable, tuple, dict], Any]
 
 
-def activation_to_flax(x: np.ndarray, flatten_shape: Sequence[int] | None = None) -> np.ndarray:
+#: How a torch activation is laid out: ``channels_first`` (torch ``(N, C, *spatial)``, Flax
+#: ``(N, *spatial, C)``) or ``same`` (one layout in both frameworks: tokens ``(N, L, D)``,
+#: features ``(N, F)``, token ids).
+Layout = Literal["channels_first", "same"]
+LAYOUTS = ("channels_first", "same")
+
+#: Leaf modules whose output is channels-first in torch (when it has ``ndim >= 3``).
+_CHANNELS_FIRST_MODULES = (
+    tnn.modules.conv._ConvNd,
+    tnn.modules.batchnorm._BatchNorm,
+    tnn.modules.instancenorm._InstanceNorm,
+    tnn.GroupNorm,
+    tnn.MaxPool1d,
+    tnn.MaxPool2d,
+    tnn.MaxPool3d,
+    tnn.AvgPool1d,
+    tnn.AvgPool2d,
+    tnn.AvgPool3d,
+    tnn.AdaptiveAvgPool1d,
+    tnn.AdaptiveAvgPool2d,
+    tnn.AdaptiveAvgPool3d,
+    tnn.AdaptiveMaxPool1d,
+    tnn.AdaptiveMaxPool2d,
+    tnn.AdaptiveMaxPool3d,
+    tnn.Upsample,
+)
+#: Leaf modules that act on the last dimension: their output is laid out alike in both frameworks.
+_SAME_MODULES = (tnn.Linear, tnn.Bilinear, tnn.LayerNorm, tnn.RMSNorm, tnn.Embedding, tnn.MultiheadAttention)
+
+
+def layout_hint(module: tnn.Module) -> Layout | None:
+    """The layout of ``module``'s output known from its type (``None`` for element-wise and
+    unknown modules, whose output is laid out like their input)."""
+    if isinstance(module, _SAME_MODULES):
+        return "same"
+    return "channels_first" if isinstance(module, _CHANNELS_FIRST_MODULES) else None
+
+
+def torch_to_flax_layout(x: Any, flax_shape: Sequence[int] | None, hint: Layout | None = None) -> Any:
+    """A torch activation ``x`` (numpy or jax) in the layout of its Flax counterpart.
+
+    The Flax shape decides: ``x`` is moved channels-first -> channels-last when only the moved
+    shape is ``flax_shape``, kept when only its own shape is. When both are (``C`` equal to
+    every spatial size) or neither is (a mismatch the caller reports), ``hint`` decides, and
+    without one an ``ndim >= 3`` activation is read channels-first.
+    """
+    shape = tuple(np.shape(x))
+    moved = (shape[0], *shape[2:], shape[1]) if len(shape) >= 3 else shape
+    target = None if flax_shape is None else tuple(flax_shape)
+    if len(shape) < 3 or (target == shape and target != moved):
+        return x
+    if target == moved and target != shape:
+        return _move_channels_last(x)
+    return x if hint == "same" else _move_channels_last(x)
+
+
+def _move_channels_last(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return to_channels_last(x)
+    return jnp.moveaxis(x, 1, -1)
+
+
+def activation_to_flax(
+    x: np.ndarray, flatten_shape: Sequence[int] | None = None, layout: Layout = "channels_first"
+) -> np.ndarray:
     """A torch activation in Flax layout.
 
-    ``ndim >= 3``: channels-first -> channels-last. With ``flatten_shape`` (the channels-first
+    ``ndim >= 3`` and ``layout='channels_first'``: channels-first -> channels-last;
+    ``layout='same'`` (tokens): unchanged. With ``flatten_shape`` (the channels-first
     ``(C, *spatial)`` that was flattened into a 2-D ``(N, C*prod(spatial))`` input), the
     features are re-ordered from torch's flatten order to Flax's. Otherwise unchanged.
     """
@@ -47,7 +112,7 @@ def activation_to_flax(x: np.ndarray, flatten_shape: Sequence[int] | None = None
     if flatten_shape:
         n = x.shape[0]
         return to_channels_last(x.reshape(n, *flatten_shape)).reshape(n, -1)
-    return to_channels_last(x) if x.ndim >= 3 else x
+    return to_channels_last(x) if x.ndim >= 3 and layout == "channels_first" else x
 
 
 def leaf_modules(model: tnn.Module) -> dict[str, tnn.Module]:
@@ -333,11 +398,15 @@ class FlaxSide:
         return out, new_bs, new_rest
 
 
-def flax_dropout_hook(uniforms: Mapping[str, Sequence[jax.Array]], inner: FlaxHook | None = None) -> FlaxHook:
+def flax_dropout_hook(
+    uniforms: Mapping[str, Sequence[jax.Array]], inner: FlaxHook | None = None, *, torch_layout: bool = False
+) -> FlaxHook:
     """A :data:`FlaxHook` that applies shared masks to Flax ``Dropout`` calls.
 
-    ``uniforms`` is ``{flax name: [u per call]}`` in channels-last layout; other calls go to
-    ``inner`` (or straight through). Works at trace time inside ``jit``.
+    ``uniforms`` is ``{flax name: [u per call]}`` in Flax layout, or with ``torch_layout`` as
+    torch drew them, each brought to the layout of the Flax dropout's input when it is called
+    (:func:`torch_to_flax_layout`: channels-first maps are moved, tokens ``(N, L, D)`` are not).
+    Other calls go to ``inner`` (or straight through). Works at trace time inside ``jit``.
     """
     counters: dict[str, int] = {}
 
@@ -350,7 +419,10 @@ def flax_dropout_hook(uniforms: Mapping[str, Sequence[jax.Array]], inner: FlaxHo
                     f"Flax dropout {name!r} was called {k + 1} times but torch drew masks for "
                     f"{len(uniforms[name])} call(s); a hook serves one forward pass"
                 )
-            m = mask_scale(jnp.asarray(uniforms[name][k]), float(module.rate), jnp)
+            u = jnp.asarray(uniforms[name][k])
+            if torch_layout and args:
+                u = torch_to_flax_layout(u, np.shape(args[0]))
+            m = mask_scale(u, float(module.rate), jnp)
             masked = lambda x, *a, **kw: x * m.astype(x.dtype)
             return inner(name, module, masked, args, kwargs) if inner else masked(*args, **kwargs)
         return inner(name, module, call_next, args, kwargs) if inner else call_next(*args, **kwargs)
@@ -443,11 +515,12 @@ def flax_bn_stats(pure_bs: Mapping, flax_name: str) -> dict | None:
 
 
 def torch_loss(name: str) -> Callable:
-    """``'cross_entropy'`` (integer labels) or ``'mse'`` as a torch loss ``(out, y) -> scalar``."""
+    """``'cross_entropy'`` (integer labels ``(...)`` for logits ``(..., C)``, mean over every
+    label) or ``'mse'`` as a torch loss ``(out, y) -> scalar``."""
     import torch.nn.functional as F
 
-    if name == "cross_entropy":
-        return lambda out, y: F.cross_entropy(out, y.long())
+    if name == "cross_entropy":  # classes on the last dimension, as in optax: (..., C), labels (...)
+        return lambda out, y: F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1).long())
     if name == "mse":
         return lambda out, y: F.mse_loss(out, y.to(out.dtype))
     raise ValueError(f"unknown loss {name!r}; choose 'cross_entropy' or 'mse'")
@@ -507,16 +580,21 @@ def flax_gradients(
     uniforms: Mapping | None,
     rng: jax.Array | None,
     float64: bool = False,
+    *,
+    input_layout: Layout = "channels_first",
+    torch_layout: bool = False,
 ) -> dict:
     """The Flax gradient tree (numpy, Flax layout) of the mean ``loss``; ``float64`` casts the
-    parameters, statistics and channels-last input to float64 under ``jax.enable_x64``.
-    ``uniforms`` (``{flax name: [u per call]}``, channels-last) are the shared dropout masks."""
+    parameters, statistics and the input (torch layout ``x``, given to Flax per
+    ``input_layout``) to float64 under ``jax.enable_x64``. ``uniforms`` (``{flax name: [u per
+    call]}``, channels-last, or as torch drew them with ``torch_layout``) are the shared
+    dropout masks (:func:`flax_dropout_hook`)."""
     lf = flax_loss(loss)
-    hook = flax_dropout_hook(uniforms) if uniforms is not None else None
+    hook = flax_dropout_hook(uniforms, torch_layout=torch_layout) if uniforms is not None else None
     with jax.enable_x64(True) if float64 else contextlib.nullcontext():
         cast = float_cast(jnp.float64 if float64 else None)
         params, bstats, rest = (jax.tree.map(cast, t) for t in (side.params, side.batch_stats, side.rest))
-        xf, yj = cast(jnp.asarray(activation_to_flax(x))), jnp.asarray(y)
+        xf, yj = cast(jnp.asarray(activation_to_flax(x, layout=input_layout))), jnp.asarray(y)
 
         def f(p):
             out, _, _ = side.apply(p, bstats, rest, xf, train=train, hook=hook, rng=rng)

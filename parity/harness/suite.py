@@ -165,7 +165,7 @@ class PolicyResult:
 
 
 @dataclass(frozen=True)
-class _Case:
+class Case:
     """One model x framework under one precision policy."""
 
     model: str
@@ -204,12 +204,11 @@ def foundation_checks(config: CheckConfig, device: str, tols: dict) -> list:
     return checks
 
 
-def localize_section(config: CheckConfig, case: _Case, x, y, log: Callable[[str], None]) -> PolicyResult:
+def localize_section(config: CheckConfig, case: Case, x, y, log: Callable[[str], None]) -> PolicyResult:
     """Per-layer reports (eval, train) and the per-parameter gradient report of one case."""
-    from parity.harness.compare import Check
     from parity.harness.localize import localize, localize_gradients
 
-    pair, tol, out = case.pair(config), case.tols["layers"], PolicyResult()
+    pair, tol = case.pair(config), case.tols["layers"]
     fm, var = pair.flax_model()
     reports = {
         f"layers_{mode}": localize(pair.torch, fm, x, variables=var, mode=mode, tol=tol, seed=config.seed)
@@ -218,9 +217,17 @@ def localize_section(config: CheckConfig, case: _Case, x, y, log: Callable[[str]
     reports["gradients_train"] = localize_gradients(
         pair.torch, fm, x, y, variables=var, tol=tol, seed=config.seed
     )
+    return layer_reports_section(case, reports, log)
+
+
+def layer_reports_section(case: Case, reports: dict, log: Callable[[str], None]) -> PolicyResult:
+    """Check rows, JSON rows and plot inputs of ``{report name: LocalizationReport}``."""
+    from parity.harness.compare import Check
+
+    out = PolicyResult()
     for name, rep in reports.items():
         out.checks.append(
-            Check(case.model, case.framework, f"{name}_max_rel_l2", rep.worst_judged(), tol, rep.passed)
+            Check(case.model, case.framework, f"{name}_max_rel_l2", rep.worst_judged(), rep.tol, rep.passed)
         )
         keys = {"model": case.model, "framework": case.framework, "precision": case.precision, "report": name}
         out.layers += [{**keys, **r.as_dict()} for r in rep.rows]
@@ -237,22 +244,33 @@ def _worst_over_bound(rep) -> float:
     )
 
 
-def trajectory_section(config: CheckConfig, case: _Case, batches, log: Callable[[str], None]) -> PolicyResult:
+def trajectory_section(config: CheckConfig, case: Case, batches, log: Callable[[str], None]) -> PolicyResult:
     """The float64 trajectory (the check) and the float32 one (reported) of one case."""
+
+    def sides():
+        pair = case.pair(config)
+        fm, var = pair.flax_model()
+        return pair.torch, fm, {"variables": var}
+
+    return trajectory_rows(config, case, sides, batches, log)
+
+
+def trajectory_rows(config: CheckConfig, case: Case, sides: Callable, batches, log: Callable[[str], None]):
+    """:func:`trajectory_section` for any pair: ``sides() -> (torch model, flax model, keyword
+    arguments of trajectory)`` gives fresh sides for each run."""
     from parity.harness.compare import Check
     from parity.harness.trajectory import TRAJECTORY_TOL, TRAJECTORY_TOL_FLOAT64, trajectory
 
     out, label = PolicyResult(), f"{case.model}/{case.framework} {case.precision}"
     for dtype in ("float64", "float32"):
-        pair = case.pair(config)
-        fm, var = pair.flax_model()
+        tm, fm, kwargs = sides()
         scale = 1.0 if dtype == "float64" else case.tols["trajectory"]
         base = TRAJECTORY_TOL_FLOAT64 if dtype == "float64" else TRAJECTORY_TOL
         rep = trajectory(
-            pair.torch,
+            tm,
             fm,
             batches,
-            variables=var,
+            **kwargs,
             optimizer=config.optimizer,
             seed=config.seed,
             tol={k: v * scale for k, v in base.items()},
@@ -296,7 +314,7 @@ def run_policy(config: CheckConfig, device: str, precision: str, log: Callable[[
             else []
         )
         for fw in config.frameworks:
-            case = _Case(model, fw, precision, device, tols)
+            case = Case(model, fw, precision, device, tols)
             if config.localize:
                 out.extend(localize_section(config, case, x, y, log))
             if config.trajectory:
@@ -340,8 +358,9 @@ def resolve_device(config: CheckConfig) -> str:
     return configure(config.device, "strict").device
 
 
-def run_suite(config: CheckConfig, log: Callable[[str], None]) -> SuiteResult:
-    """Run every precision policy of ``config`` (after :func:`resolve_device`)."""
+def run_suite(config: CheckConfig, log: Callable[[str], None], policy: Callable | None = None) -> SuiteResult:
+    """Run every precision policy of ``config`` (after :func:`resolve_device`); ``policy(config,
+    device, precision, log) -> PolicyResult`` replaces :func:`run_policy` (user models)."""
     from parity.device import configure, library_versions, precision_probe
 
     checks, sections, device, probes = {}, PolicyResult(), config.device, {}
@@ -350,7 +369,7 @@ def run_suite(config: CheckConfig, log: Callable[[str], None]) -> SuiteResult:
         device = runtime.device
         log(f"# device {device} ({runtime.settings['torch_device_name']}), precision {precision}")
         probes[precision] = precision_probe(runtime)
-        result = run_policy(config, device, precision, log)
+        result = (policy or run_policy)(config, device, precision, log)
         checks[precision] = result.checks
         result.checks = []
         sections.extend(result)

@@ -48,6 +48,7 @@ from parity import convert
 from parity.harness.compare import REF_FACTOR, rel_l2, unbiased_running_var
 from parity.harness.sides import (
     FlaxSide,
+    Layout,
     SharedDropout,
     activation_to_flax,
     flax_bn_stats,
@@ -570,7 +571,7 @@ class _FlaxTrainer:
         f_loss = flax_loss(loss)
 
         def flax_step(params, batch_stats, rest, opt_state, x, y, uniforms, rng):
-            hook = flax_dropout_hook(uniforms) if uniforms else None
+            hook = flax_dropout_hook(uniforms, torch_layout=True) if uniforms else None
 
             def objective(p):
                 out, nbs, nrest = side.apply(p, batch_stats, rest, x, train=True, hook=hook, rng=rng)
@@ -592,8 +593,9 @@ class _FlaxTrainer:
         return jax.enable_x64(True) if self.float64 else contextlib.nullcontext()
 
     def step(self, x: np.ndarray, y: np.ndarray, uniforms: Mapping, rng: jax.Array | None) -> float:
-        """One step on channels-last ``x`` with the torch side's dropout ``uniforms`` (Flax names,
-        channels-last); returns the loss."""
+        """One step on ``x`` (Flax layout) with the torch side's dropout ``uniforms`` (Flax names,
+        torch layout: each is brought to its dropout input's layout inside the step); returns
+        the loss."""
         with self._precision():
             xf = jnp.asarray(x)
             if jnp.issubdtype(xf.dtype, jnp.floating):
@@ -632,9 +634,9 @@ class _Twin:
     ) -> tuple[TrainingState, TrainingState, dict]:
         """Step both sides on one batch; ``(torch state, flax state, torch dropout uniforms)``."""
         lt, rec = self.torch.step(k, x, y, given=given)
-        uniforms = {run.to_flax(n): [jnp.asarray(activation_to_flax(u)) for u in us] for n, us in rec.items()}
+        uniforms = {run.to_flax(n): [jnp.asarray(u) for u in us] for n, us in rec.items()}
         rng = jax.random.fold_in(jax.random.key(run.seed), k) if run.dropout_masks == "independent" else None
-        lf = self.flax.step(activation_to_flax(x), y, uniforms, rng)
+        lf = self.flax.step(activation_to_flax(x, layout=run.input_layout), y, uniforms, rng)
         fbn = self.bn.observe(self.flax.side.pure(self.flax.bstats), raw=run.bn_var == "raw")
         return self.torch.state(lt), self.flax.state(lf, run.to_torch, fbn), rec
 
@@ -650,6 +652,7 @@ class _RunSettings:
     bn_var: str
     tols: dict
     ref_factor: float
+    input_layout: str = "channels_first"
 
 
 def _make_twin(
@@ -751,6 +754,7 @@ def trajectory(
     call_kwargs: Callable[[bool], dict] | None = None,
     dtype: Literal["float32", "float64"] = "float32",
     progress: bool = False,
+    input_layout: Layout = "channels_first",
 ) -> TrajectoryReport:
     """Train both sides ``steps`` steps in train mode from the same weights on the same batches.
 
@@ -781,6 +785,9 @@ def trajectory(
             its threshold, so any difference above :data:`TRAJECTORY_TOL_FLOAT64` is the port,
             not float32. The default ``tol`` follows the dtype.
         progress: show a rich progress bar on stderr.
+        input_layout: ``'channels_first'`` (images, signals: moved to channels-last for Flax) or
+            ``'same'`` (tokens, ids: given to Flax as they are). Dropout masks follow each
+            dropout input's own layout (:func:`parity.harness.sides.torch_to_flax_layout`).
 
     The Flax step is one ``jax.jit``-ed function (forward, gradient, optax update); the masks
     are its inputs, so the compiled step is reused for every step.
@@ -791,7 +798,9 @@ def trajectory(
     pair = make_optimizer_pair(optimizer) if isinstance(optimizer, str) else optimizer
     batches = _take(batches, steps)
     to_torch = param_map or (lambda tree: convert.params_to_torch(tree, torch_model))
-    run = _RunSettings(name_mapper(layer_map), to_torch, seed, dropout_masks, bn_var, tols, ref_factor)
+    run = _RunSettings(
+        name_mapper(layer_map), to_torch, seed, dropout_masks, bn_var, tols, ref_factor, input_layout
+    )
     masks = SharedDropout(seed) if dropout_masks == "shared" else None
     sides = (torch_model, flax_model, variables, call_kwargs, pair, loss, masks)
     main = _make_twin(*sides, double, run, {})
