@@ -12,7 +12,7 @@ from parity.lint._inlining import InliningMixin
 from parity.lint._project import ProjectIndex, ProjectMixin
 from parity.lint._rules import RuleMixin
 from parity.lint._scope import ScopeMixin
-from parity.lint._state import ModeState
+from parity.lint._state import ModeState, Value
 from parity.lint._statements import BudgetExceeded, StatementMixin
 from parity.lint._syntax import FunctionNode, direct_defs, is_autograd_call, is_step_call
 
@@ -31,13 +31,17 @@ class ModuleAnalyzer(StatementMixin, ExpressionMixin, InliningMixin, RuleMixin, 
         self.module.file = path
         self.current = self.module  # the module frame of the code being interpreted
         self.classes: dict[str, ClassInfo] = {}
+        self.class_index: dict[tuple[str, str], ClassInfo] = {}  # (module file, class name) -> class
         self.class_frames: dict[str, Frame] = {}
         self.method_owners: dict[str, list[str]] = {}
         self.alias: dict[str, str] = {}
         self.obj_class: dict[str, str] = {}
         self.frozen: set[str] = set()
         self.trained: set[str] = set()
-        self.defs_cache: dict[ast.AST, list] = {}
+        shared = project if project is not None else ProjectIndex([], lambda path: None)
+        self.defs_cache = shared.defs_cache  # syntax facts, shared by every file of a project
+        self.scope_cache = shared.scope_cache
+        self.parameter_calls = shared.parameter_calls
         self.param_owner: dict[str, str] = {}
         self.sites: dict[tuple[str, int, int], tuple[str, str]] = {}
         self.entered: set[ast.AST] = set()
@@ -46,8 +50,15 @@ class ModuleAnalyzer(StatementMixin, ExpressionMixin, InliningMixin, RuleMixin, 
         self.no_grad = 0
         self.steps = 0
         self.total_steps = 0
-        self.scope_cache: dict[ast.AST, tuple[set[str], set[str], set[str]]] = {}
         self.candidates: dict[tuple, tuple[Finding, str]] = {}
+        #: call summaries: a call that wrote nothing outside the mode state and its own frames
+        #: (``touches`` did not move) is replayed, state after and result, when the same call
+        #: meets the same state, arguments, bindings and tables again
+        self.touches = 0  # writes to the tables below, global stores, eval sites, steps, cuts
+        self.bindings = 0  # module-level bindings and modules loaded so far
+        self.summaries: dict[tuple, tuple[ModeState, Value]] = {}
+        self.summaries_used = 0
+        self.foreign_steps = 0  # statements interpreted in other files' code (CROSS_FILE_BUDGET)
         self.steps_seen = 0  # training steps interpreted (also those in other files)
         self.incomplete: dict[str, int] = {}  # reason -> how often the analysis was cut short
         self.module_frames: dict[str, Frame] = {}
@@ -57,14 +68,18 @@ class ModuleAnalyzer(StatementMixin, ExpressionMixin, InliningMixin, RuleMixin, 
             for node in ast.walk(tree)
         )
 
-    def register_definitions(self, body: list[ast.stmt], frame: Frame, module: str = "") -> None:
+    def register_definitions(self, tree: ast.Module, frame: Frame, module: str = "") -> None:
         """Index the classes and functions defined (at any block depth) in a module body."""
-        for definition in direct_defs(body):
+        definitions = self.defs_cache.get(tree)
+        if definitions is None:
+            definitions = self.defs_cache[tree] = list(direct_defs(tree.body))
+        for definition in definitions:
             if isinstance(definition, ast.ClassDef):
                 if definition.name in self.classes:
                     continue
                 info = ClassInfo(definition, module)
                 self.classes[definition.name] = info
+                self.class_index[(module, definition.name)] = info
                 self.class_frames[definition.name] = frame
                 for meth in info.methods:
                     self.method_owners.setdefault(meth, []).append(definition.name)
@@ -73,7 +88,7 @@ class ModuleAnalyzer(StatementMixin, ExpressionMixin, InliningMixin, RuleMixin, 
 
     def analyse(self) -> list[Finding]:
         """Run the module body, then every function and method it did not reach."""
-        self.register_definitions(self.tree.body, self.module, self.path)
+        self.register_definitions(self.tree, self.module, self.path)
         self._entry(lambda: self._block(self.tree.body, self.module, ModeState()))
         for ref in sorted(self.module.funcs.values(), key=lambda ref: ref.node.lineno):
             if ref.node not in self.entered:

@@ -73,6 +73,8 @@ class ExpressionMixin:
     alias: dict[str, str]
     classes: dict[str, ClassInfo]
     method_owners: dict[str, list[str]]
+    parameter_calls: dict[ast.AST, list[ast.expr]]
+    touches: int
     obj_class: dict[str, str]
     trained: set[str]
     frozen: set[str]
@@ -214,15 +216,21 @@ class ExpressionMixin:
             return
         if "optim" in callee.lower():
             for argument in [*positional, *keywords.values()]:
+                self.touches += 1
                 self.trained.update(objects(argument.value))
-        for arg in [*node.args, *(keyword.value for keyword in node.keywords)]:
-            for sub in ast.walk(arg):
-                if (
-                    isinstance(sub, ast.Call)
-                    and isinstance(sub.func, ast.Attribute)
-                    and sub.func.attr in ("parameters", "named_parameters")
-                ):
-                    self.trained.update(self._static_objects(sub.func.value, frame))
+        receivers = self.parameter_calls.get(node)
+        if receivers is None:
+            receivers = self.parameter_calls[node] = [
+                sub.func.value
+                for arg in [*node.args, *(keyword.value for keyword in node.keywords)]
+                for sub in ast.walk(arg)
+                if isinstance(sub, ast.Call)
+                and isinstance(sub.func, ast.Attribute)
+                and sub.func.attr in ("parameters", "named_parameters")
+            ]
+        for receiver in receivers:
+            self.touches += 1
+            self.trained.update(self._static_objects(receiver, frame))
 
     def _static_objects(self, node: ast.expr, frame: Frame) -> tuple[str, ...]:
         """Objects a Name/Attribute chain or ``models[key]`` refers to, without evaluating calls."""
@@ -232,8 +240,7 @@ class ExpressionMixin:
         oid = self._resolve_static(node, frame)
         return () if oid is None else (oid,)
 
-    @staticmethod
-    def _touch(positional: Positional, keywords: Keywords, state: ModeState) -> None:
+    def _touch(self, positional: Positional, keywords: Keywords, state: ModeState) -> None:
         """Objects handed to code we cannot see may have been put in eval mode (MODE002)."""
         for argument in [*positional, *keywords.values()]:
             for oid in objects(argument.value):
@@ -399,6 +406,7 @@ class ExpressionMixin:
         for oid in targets:
             facts = self._mode_facts(meth, node, frame, oid)
             if facts == self.train_facts:
+                self.touches += 1
                 self.trained.add(oid)
             self._set_mode(oid, facts, node, frame, state)
         return targets[0] if len(targets) == 1 else Members(targets)
@@ -416,12 +424,14 @@ class ExpressionMixin:
     ) -> Value:
         arg = node.args[0] if node.args else keyword_value(node, "requires_grad")
         if arg is not None and self._const_bool(arg, frame) is False:
+            self.touches += 1
             self.frozen.update(targets)
         return targets[0] if len(targets) == 1 else None
 
     def _zero_grad_method(
         self, node: ast.Call, targets: tuple[str, ...], frame: Frame, state: ModeState
     ) -> Value:
+        self.touches += 1
         self.trained.update(targets)
         return None
 

@@ -10,6 +10,9 @@ from parity.lint._state import ModeState, Value, join_states
 from parity.lint._syntax import FunctionNode, decorator_names, direct_defs
 
 MAX_CALL_DEPTH = 16  # inlined calls deeper than this are treated as opaque (and reported: MODE009)
+#: statements interpreted in other files' code per checked file; calls into other files after
+#: that are treated as calls into unseen code, as single-file analysis does (and reported: MODE009)
+CROSS_FILE_BUDGET = 20_000
 
 
 class InliningMixin:
@@ -23,6 +26,12 @@ class InliningMixin:
     no_grad: int
     defs_cache: dict[ast.AST, list]
     incomplete: dict[str, int]
+    foreign_steps: int
+    touches: int
+    bindings: int
+    summaries: dict[tuple, tuple[ModeState, Value]]
+    summaries_used: int
+    module: Frame
 
     def _mro_lookup(self, cls: str | None, meth: str, skip_first: bool = False) -> FuncRef | None:
         """The definition of ``meth`` in ``cls`` or its bases (breadth first, known classes only)."""
@@ -44,6 +53,7 @@ class InliningMixin:
         self, cname: str, node: ast.Call, frame: Frame, state: ModeState, positional: list, keywords: dict
     ) -> Value:
         oid = self._new_object(node, state)
+        self.touches += 1
         self.obj_class[oid] = cname
         init = self._mro_lookup(cname, "__init__")
         if init is not None:
@@ -64,10 +74,80 @@ class InliningMixin:
         """Interpret ``ref``'s body in a new frame; the caller's state becomes the join of its exits."""
         fnode = ref.node
         if any(record.node is fnode for record in self.stack):
+            self.touches += 1  # cut here, followed from elsewhere: not a summary
             return None  # recursion: opaque
+        key = self._summary_key(ref, call, caller, state, positional, keywords, self_val)
+        if key in self.summaries:
+            self.summaries_used += 1
+            after, result = self.summaries[key]
+            state.replace(after)
+            return result
+        if self.foreign_steps >= CROSS_FILE_BUDGET and root_frame(ref.frame) is not self.module:
+            self.incomplete["cross-file budget"] = self.incomplete.get("cross-file budget", 0) + 1
+            self.touches += 1
+            self._unknown_call(call, positional, keywords, state)
+            return None
         if len(self.stack) >= MAX_CALL_DEPTH:
             self.incomplete["call depth"] = self.incomplete.get("call depth", 0) + 1
+            self.touches += 1
             return None
+        touches = self.touches
+        result = self._run_call(ref, call, caller, state, positional, keywords, self_val, label)
+        if key is not None and self.touches == touches:
+            self.summaries[key] = (state.copy(), result)
+        return result
+
+    def _summary_key(
+        self,
+        ref: FuncRef,
+        call: ast.Call,
+        caller: Frame,
+        state: ModeState,
+        positional: list[Argument],
+        keywords: dict[str, Argument],
+        self_val: str | None,
+    ) -> tuple | None:
+        """Everything a call's outcome can depend on (None: never summarised): the function, its
+        arguments' values, constants and saved flags, the mode state, the module-level bindings
+        and the tables of the analysis (versioned by ``touches``)."""
+        if getattr(call, "lint_entry", False):
+            return None
+        arguments = [*positional, *keywords.values()]
+        if not all(value is None or isinstance(value, str) for value, _ in arguments):
+            return None  # tuples and collections: not summarised
+        constants = tuple(self._constant(expr, caller) if expr is not None else None for _, expr in arguments)
+        flags = tuple(
+            caller.flags.get(expr.id) if isinstance(expr, ast.Name) else None for _, expr in arguments
+        )
+        return (
+            ref.node,
+            ref.frame,
+            ref.cls,
+            self_val,
+            tuple(value for value, _ in positional),
+            tuple((name, argument.value) for name, argument in keywords.items()),
+            constants,
+            flags,
+            self.bindings,
+            self.touches,
+            self.no_grad > 0,
+            frozenset(state.modes.items()),
+            frozenset(state.pending.items()),
+            frozenset(state.loaded.items()),
+        )
+
+    def _run_call(
+        self,
+        ref: FuncRef,
+        call: ast.Call,
+        caller: Frame,
+        state: ModeState,
+        positional: list[Argument],
+        keywords: dict[str, Argument],
+        self_val: str | None,
+        label: str,
+    ) -> Value:
+        fnode = ref.node
         self.entered.add(fnode)
         frame = self._new_frame(ref)
         decorators = decorator_names(fnode)
@@ -156,8 +236,7 @@ class InliningMixin:
             if extra is not None:
                 frame.env[extra.arg] = f"param@{frame.tag}{fnode.lineno}:{extra.arg}"
 
-    @staticmethod
-    def _pass_flag(frame: Frame, name: str, expr: ast.expr | None, caller: Frame) -> None:
+    def _pass_flag(self, frame: Frame, name: str, expr: ast.expr | None, caller: Frame) -> None:
         """A saved ``model.training`` flag passed as an argument stays a saved flag."""
         if isinstance(expr, ast.Name) and expr.id in caller.flags:
             frame.flags[name] = caller.flags[expr.id]

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from parity.lint._frames import Frame, FuncRef
+from parity.lint._frames import ClassInfo, Frame, FuncRef
 
 #: reads and parses a file of the index; None when it cannot be read or parsed
 TreeLoader = Callable[[str], ast.Module | None]
@@ -38,18 +38,36 @@ class ProjectIndex:
     def __init__(self, files: Iterable[tuple[Path, Path | None]], load: TreeLoader) -> None:
         self.by_name: dict[str, str] = {}
         self.name_of: dict[str, str] = {}
+        self.by_suffix: dict[str, set[str]] = {}  # "b.c" -> files of the modules named "*.b.c"
         self._load = load
         self._trees: dict[str, ast.Module | None] = {}
+        self._resolved: dict[tuple[str, str | None], str | None] = {}
+        #: facts derived from the syntax trees (shared, never modified), kept for every file's
+        #: analysis: a body's direct definitions, a function's scope names, a call's receivers
+        #: of ``.parameters()`` in its arguments
+        self.defs_cache: dict[ast.AST, list] = {}
+        self.scope_cache: dict[ast.AST, tuple[set[str], set[str], set[str]]] = {}
+        self.parameter_calls: dict[ast.AST, list[ast.expr]] = {}
         for file, root in files:
             names = module_names(file, root)
             for name in names:
                 self.by_name.setdefault(name, str(file))
             if names:
                 self.name_of.setdefault(str(file), names[0])
+        for name, path in self.by_name.items():
+            parts = name.split(".")
+            for start in range(1, len(parts)):
+                self.by_suffix.setdefault(".".join(parts[start:]), set()).add(path)
 
     def resolve(self, name: str, importer: str | None = None) -> str | None:
         """The file of module ``name``: next to the importing script (Python puts a script's folder
         first on ``sys.path``), an exact match, else the unique module ending in ``.name``."""
+        key = (name, os.path.dirname(importer) if importer is not None else None)
+        if key not in self._resolved:
+            self._resolved[key] = self._resolve(name, importer)
+        return self._resolved[key]
+
+    def _resolve(self, name: str, importer: str | None) -> str | None:
         if importer is not None:
             folder = Path(importer).parent.joinpath(*name.split("."))
             for candidate in (folder.with_suffix(".py"), folder / "__init__.py"):
@@ -57,9 +75,8 @@ class ProjectIndex:
                     return str(candidate)
         if name in self.by_name:
             return self.by_name[name]
-        suffix = "." + name
-        matches = {path for key, path in self.by_name.items() if key.endswith(suffix)}
-        return matches.pop() if len(matches) == 1 else None
+        matches = self.by_suffix.get(name, set())
+        return next(iter(matches)) if len(matches) == 1 else None
 
     def absolute(self, importer: str, module: str | None, level: int) -> str | None:
         """The dotted name ``from <level dots><module> import ...`` refers to, seen from ``importer``."""
@@ -85,6 +102,8 @@ class ProjectMixin:
 
     project: ProjectIndex | None
     module_frames: dict[str, Frame]
+    class_index: dict[tuple[str, str], ClassInfo]
+    bindings: int
     path: str
 
     def _module_frame(self, file: str) -> Frame | None:
@@ -99,7 +118,8 @@ class ProjectMixin:
         frame = Frame(tree, None, "<module>")
         frame.file, frame.tag = file, f"{file}:"
         self.module_frames[file] = frame
-        self.register_definitions(tree.body, frame, file)
+        self.bindings += 1  # its classes and methods can change what a later call resolves to
+        self.register_definitions(tree, frame, file)
         self.unresolved_imports.add(file)  # resolved when code of this module first runs
         return frame
 
@@ -118,6 +138,7 @@ class ProjectMixin:
         """Bind an imported module, function or class of the project in ``frame``."""
         if self.project is None:
             return
+        self.bindings += 1  # an imported name can change what a later call reaches
         if isinstance(stmt, ast.Import):
             target = self.project.resolve(alias.name, frame.file)
             if target is not None and alias.asname:  # import pkg.model as model
@@ -147,10 +168,7 @@ class ProjectMixin:
             frame.env.pop(local, None)
             frame.funcs[local] = source.funcs[name]
             return
-        info = next(
-            (info for info in self.classes.values() if info.node.name == name and info.module == source.file),
-            None,
-        )
+        info = self.class_index.get((source.file, name))
         if info is not None:
             frame.env.pop(local, None)
             self.classes.setdefault(local, info)
@@ -167,7 +185,5 @@ class ProjectMixin:
             return None
         if name in frame.funcs:
             return frame.funcs[name]
-        for cname, info in self.classes.items():
-            if info.node.name == name and info.module == frame.file:
-                return cname
-        return None
+        info = self.class_index.get((frame.file, name))
+        return info.node.name if info is not None else None

@@ -24,6 +24,7 @@ class RuleMixin:
     sites: dict[tuple[str, int, int], tuple[str, str]]
     candidates: dict[tuple, tuple[Finding, str]]
     trained: set[str]
+    touches: int
     train_facts = TRAIN_FACTS
 
     def _mode_facts(self, meth: str, node: ast.Call, frame: Frame, oid: str) -> frozenset[ModeFact]:
@@ -46,6 +47,7 @@ class RuleMixin:
         self, oid: str, facts: frozenset[ModeFact], node: ast.Call, frame: Frame, state: ModeState
     ) -> None:
         """Apply a mode call; a new eval site is remembered in every loop that is running."""
+        self.touches += 1
         new_evals = [
             fact for fact in facts if fact.is_eval and fact.site == (frame.file, node.lineno, node.col_offset)
         ]
@@ -105,6 +107,7 @@ class RuleMixin:
     def _step(self, state: ModeState, step: ast.Call) -> None:
         """A training step: every pending forward that is still in a loop-run eval mode is MODE001."""
         self.steps_seen += 1  # training through helpers in other files: no MODE002 here either
+        self.touches += 1
         for oid, forward in sorted(state.pending.items()):
             # Eval at the forward pass and still not undone at the step (a forward pass in a
             # validation loop without no_grad(), followed by train(), is not a finding).
@@ -160,6 +163,7 @@ class RuleMixin:
                 path, line, col = where.site
             else:
                 path, line, col = self.path, where.lineno, where.col_offset
+            self.touches += 1
             self.candidates[key] = (Finding(path, line, col + 1, code, message), oid)
 
 

@@ -35,6 +35,8 @@ class ScopeMixin:
 
     alias: dict[str, str]
     scope_cache: dict[ast.AST, ScopeNames]
+    touches: int
+    bindings: int
 
     def _scope_names(self, fnode: FunctionNode) -> ScopeNames:
         cached = self.scope_cache.get(fnode)
@@ -88,6 +90,10 @@ class ScopeMixin:
                 scope = scope.parent
             target = scope or module
         target.env[name] = value
+        if target is not frame:
+            self.touches += 1  # a global / nonlocal store outlives the call
+        if target.parent is None:
+            self.bindings += 1  # a module-level name can change what a later call reaches
         target.param_consts.pop(name, None)
         if const is UNKNOWN_CONSTANT:
             target.consts.pop(name, None)

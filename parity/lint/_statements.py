@@ -34,6 +34,11 @@ class StatementMixin:
     """Interprets statements; expressions and calls come from the expression mixin."""
 
     steps: int
+    foreign_steps: int
+    touches: int
+    bindings: int
+    current: Frame
+    module: Frame
     loops: list[LoopRun]
     stack: list
     no_grad: int
@@ -52,6 +57,8 @@ class StatementMixin:
         self.steps += 1
         if self.steps > STEP_BUDGET:
             raise BudgetExceeded
+        if self.current is not self.module:
+            self.foreign_steps += 1
         handler = STATEMENT_HANDLERS.get(type(stmt))
         return state if handler is None else handler(self, stmt, frame, state)
 
@@ -106,6 +113,7 @@ class StatementMixin:
     ) -> Outcome:
         frame.env.pop(stmt.name, None)
         frame.funcs[stmt.name] = FuncRef(stmt, frame, None)
+        self.bindings += frame.parent is None  # a module-level definition can change what a call reaches
         return state
 
     def _global_stmt(self, stmt: ast.Global, frame: Frame, state: ModeState) -> Outcome:
@@ -235,6 +243,7 @@ class StatementMixin:
         base = self._expr(target.value, frame, state)
         if not isinstance(base, str):
             return
+        self.touches += 1
         if target.attr == "requires_grad" and const is False and base in self.param_owner:
             self.frozen.add(self.param_owner[base])
         path = f"{base}.{target.attr}"
@@ -319,6 +328,7 @@ class StatementMixin:
         if isinstance(target, ast.Name):
             param = self._lookup(frame, target.id)
             if isinstance(param, str):
+                self.touches += 1
                 self.param_owner[param] = owner
 
     def _with_stmt(self, stmt: ast.With | ast.AsyncWith, frame: Frame, state: ModeState) -> Outcome:
