@@ -26,9 +26,13 @@ def digits():
     return data.load("digits")
 
 
-def _nnx_jit_epoch(model, optimizer, batches):
+def _nnx_jit_epoch(model, optimizer, batches, schedule, evaluate_inside):
     """The loops' epoch before the split/merge step: ``nnx.jit``'s ``train_step`` per batch."""
-    metrics = [nnx_train.train_step(model, optimizer, x, y) for x, y in batches]
+    metrics = []
+    for x, y in batches:
+        metrics.append(nnx_train.train_step(model, optimizer, x, y))
+        if schedule.due_after_step():
+            evaluate_inside()
     return [float(m["loss"]) for m in metrics], float(np.mean([float(m["train_mode"]) for m in metrics]))
 
 
