@@ -100,4 +100,5 @@ def test_the_linen_vmap_over_seeds_loop_is_in_flax_impl():
 
     assert callable(linen_train.fit_seeds) and callable(linen_train.fit_bug_emulated_seeds)
     assert "train_epoch_scan_seeds(" not in inspect.getsource(runners)  # no epoch loop there
-    assert nnx_train.loss_fn is linen_train.loss_fn and nnx_train._log is linen_train._log
+    assert nnx_train.loss_fn is linen_train.loss_fn and nnx_train._epoch_end is linen_train._epoch_end
+    assert nnx_train.EvalSchedule is linen_train.EvalSchedule
