@@ -585,6 +585,12 @@ def _context(config: StudyConfig, runtime: Any) -> tuple[_Context, data.Dataset]
     return ctx, ds
 
 
+def study_context(config: StudyConfig, runtime: Any) -> _Context:
+    """What every variant runner shares (data in both layouts, each seed's initial weights), for
+    tools that retrace one run of the study (:mod:`parity.study.bn_split`)."""
+    return _context(config, runtime)[0]
+
+
 def run_study(config: StudyConfig, progress: bool = True, runtime: Any = None) -> dict:
     """Train every variant of ``config`` over its seeds and return the results (JSON-ready).
 
