@@ -8,10 +8,11 @@ examples gives each BN layer's input; its per-channel mean and biased variance a
 statistics*, compared with the layer's running mean and variance by
 :func:`parity.harness.compare.rel_l2`.
 
-A layer's statistics *part ways* at the first epoch whose relative L2 difference (mean or
-variance, the larger) exceeds :data:`PART_WAYS` = 0.5: the running estimate is off by half the
-size of what the layer actually sees, far beyond the momentum lag and batch noise of a run in
-training mode (a correct run stays well below it; docs/STUDY.md shows both).
+A layer's statistics *part ways* at the first epoch whose gap (:func:`bn_gaps`: variance
+relative to the batch variance, mean in batch standard deviations; the larger) exceeds
+:data:`PART_WAYS` = 0.5: the running estimate is off by half of what the layer actually sees,
+beyond the momentum lag and batch noise of a run in training mode (docs/STUDY.md shows a
+correct run's gaps next to a collapsed one's).
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ PROBE_EXAMPLES = 1024
 
 
 def bn_gaps(torch_model: Any, x: np.ndarray) -> dict[str, dict[str, float]]:
-    """Per BN layer of ``torch_model``: ``{'mean', 'var'}`` relative L2 gaps between its running
-    statistics and the statistics of its input on ``x`` (channels-first, NCW / NCHW)."""
+    """Per BN layer of ``torch_model``: the gaps between its running statistics and the statistics
+    of its input on ``x`` (channels-first, NCW / NCHW): ``var``, the relative L2 difference of the
+    variances (:func:`rel_l2`, relative to the batch variance); ``mean``, the L2 distance of the
+    means in units of the batch standard deviation (``||m_run - m_batch|| / ||sqrt(v_batch)||``;
+    a relative difference of means near zero would be ill-conditioned)."""
     from parity.harness.compare import rel_l2, torch_bn_state
     from parity.harness.sides import run_torch
 
@@ -42,7 +46,9 @@ def bn_gaps(torch_model: Any, x: np.ndarray) -> dict[str, dict[str, float]]:
         inputs = run.inputs[(name, 0)]  # (N, C, ...) channels-first
         axes = tuple(i for i in range(inputs.ndim) if i != 1)
         batch_mean, batch_var = inputs.mean(axis=axes), inputs.var(axis=axes)
-        gaps[name] = {"mean": rel_l2(running["mean"], batch_mean), "var": rel_l2(running["var"], batch_var)}
+        spread = np.linalg.norm(np.sqrt(batch_var.astype(np.float64)))
+        mean_gap = float(np.linalg.norm(running["mean"] - batch_mean.astype(np.float64)) / spread)
+        gaps[name] = {"mean": mean_gap, "var": rel_l2(running["var"], batch_var)}
     return gaps
 
 
