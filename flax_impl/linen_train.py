@@ -55,9 +55,10 @@ def make_optimizer(lr: float = 0.05, momentum: float = 0.9) -> optax.GradientTra
 
 
 def create_train_state(model, variables: dict, tx: optax.GradientTransformation) -> TrainState:
-    """A :class:`TrainState` from a Linen module and its ``{'params', 'batch_stats'}``."""
+    """A :class:`TrainState` from a Linen module and its ``{'params', 'batch_stats'}`` (a model
+    without BatchNorm, e.g. a ViT, has no ``batch_stats``: the state holds an empty dict)."""
     return TrainState.create(
-        apply_fn=model.apply, params=variables["params"], tx=tx, batch_stats=variables["batch_stats"]
+        apply_fn=model.apply, params=variables["params"], tx=tx, batch_stats=variables.get("batch_stats", {})
     )
 
 
@@ -90,7 +91,7 @@ def _train_step(
                     state.apply_fn(variables, x, train=False),
                     {"batch_stats": state.batch_stats},
                 )
-        return loss_fn(logits, y), (updates["batch_stats"], train_fraction(modes))
+        return loss_fn(logits, y), (updates.get("batch_stats", {}), train_fraction(modes))
 
     (loss, (batch_stats, frac)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
@@ -149,14 +150,62 @@ def evaluate(state: TrainState, x: np.ndarray, y: np.ndarray) -> tuple[float, fl
     return float(loss), float(acc)
 
 
+class EvalSchedule:
+    """When a loop evaluates inside training, and what each evaluation measured.
+
+    ``every``: ``"epoch"`` (after each epoch's last step: the default, as the blog does),
+    an ``int`` N (after every N-th training step, counted over the whole run), or ``"end"``
+    (only after the last epoch: the control, where no evaluation can leak a mode into training).
+    ``points`` holds one ``{'step', 'test_loss', 'test_acc'}`` per evaluation, ``step`` being the
+    number of training steps done before it. Mirrors ``torch_impl.train.EvalSchedule``.
+    """
+
+    def __init__(self, every: int | str, epochs: int) -> None:
+        if not (every in ("epoch", "end") or (isinstance(every, int) and every >= 1)):
+            raise ValueError(f"eval_every must be 'epoch', 'end' or a step count >= 1, got {every!r}")
+        self.every, self.epochs, self.step = every, epochs, 0
+        self.points: list[dict] = []
+
+    def due_after_step(self) -> bool:
+        """Count one training step; whether the loop evaluates now (integer schedules only)."""
+        self.step += 1
+        return isinstance(self.every, int) and self.step % self.every == 0
+
+    def due_after_epoch(self, epoch: int) -> bool:
+        """Whether the loop evaluates after ``epoch`` (0-based) has finished."""
+        return self.every == "epoch" or (self.every == "end" and epoch == self.epochs - 1)
+
+    def record(self, test: tuple[float, float]) -> None:
+        """Keep what the evaluation after the current step measured."""
+        self.points.append({"step": self.step, "test_loss": test[0], "test_acc": test[1]})
+
+    def at_step(self) -> tuple[float, float] | None:
+        """``(loss, accuracy)`` of an evaluation after the current step, if one ran."""
+        last = self.points[-1] if self.points else None
+        return (last["test_loss"], last["test_acc"]) if last and last["step"] == self.step else None
+
+    def since(self, step: int) -> list[dict]:
+        """The evaluations after more than ``step`` training steps."""
+        return [p for p in self.points if p["step"] > step]
+
+
 def _run_epoch(
-    state: TrainState, batches: Iterable, rng: jax.Array, train: bool
+    state: TrainState,
+    batches: Iterable,
+    rng: jax.Array,
+    train_mode: Callable[[], bool],
+    schedule: EvalSchedule,
+    test_set: tuple[np.ndarray, np.ndarray],
 ) -> tuple[TrainState, list[float], float]:
+    """One epoch of :func:`train_step`; each step's mode is ``train_mode()`` at that step, and
+    the state is evaluated where ``schedule`` says (evaluation is pure: it changes nothing)."""
     metrics = []
     for i, (x, y) in enumerate(batches):
-        state, m = train_step(state, (x, y), jax.random.fold_in(rng, i), train=train)
+        state, m = train_step(state, (x, y), jax.random.fold_in(rng, i), train=train_mode())
         metrics.append(m)
-    stacked = jax.device_get(metrics)  # one device sync per epoch
+        if schedule.due_after_step():
+            schedule.record(evaluate(state, *test_set))
+    stacked = jax.device_get(metrics)  # one device sync per epoch (plus evaluations)
     return state, [float(m["loss"]) for m in stacked], float(np.mean([m["train_mode"] for m in stacked]))
 
 
@@ -173,21 +222,40 @@ def _log(epoch: int, losses: list[float], test: tuple[float, float]) -> dict:
     }
 
 
+def _epoch_end(
+    epoch: int, losses: list[float], schedule: EvalSchedule, start: int, measure: Callable[[], tuple]
+) -> dict:
+    """The epoch's record: the loop's own evaluation if one ran after its last step, else
+    ``measure()`` (an evaluation that changes nothing); ``evals``: the loop's evaluations in it."""
+    test = schedule.at_step() or measure()
+    return _log(epoch, losses, test) | {"evals": schedule.since(start)}
+
+
 def _fit(
     state: TrainState,
     batches: Batches,
     test_set: tuple[np.ndarray, np.ndarray],
     epochs: int,
     rng: jax.Array,
-    train_mode_in: Callable[[int], bool],
+    train_mode: Callable[[EvalSchedule], bool],
     on_epoch: OnEpoch | None,
+    eval_every: int | str,
 ) -> tuple[TrainState, list[dict]]:
-    history = []
+    schedule, history = EvalSchedule(eval_every, epochs), []
     for epoch in range(epochs):
+        start = schedule.step
         state, losses, frac = _run_epoch(
-            state, batches(epoch), jax.random.fold_in(rng, epoch), train=train_mode_in(epoch)
+            state,
+            batches(epoch),
+            jax.random.fold_in(rng, epoch),
+            lambda: train_mode(schedule),
+            schedule,
+            test_set,
         )
-        history.append(_log(epoch, losses, evaluate(state, *test_set)) | {"train_mode": frac})
+        if schedule.due_after_epoch(epoch):
+            schedule.record(evaluate(state, *test_set))
+        measure = functools.partial(evaluate, state, *test_set)
+        history.append(_epoch_end(epoch, losses, schedule, start, measure) | {"train_mode": frac})
         if on_epoch:
             on_epoch(history[-1])
         if history[-1]["diverged"]:
@@ -202,10 +270,12 @@ def fit(
     epochs: int,
     rng: jax.Array,
     on_epoch: OnEpoch | None = None,
+    eval_every: int | str = "epoch",
 ) -> tuple[TrainState, list[dict]]:
     """The Linen loop: every training step is called with ``train=True``; evaluation is a
-    different function. There is no mode left behind for the next epoch to inherit."""
-    return _fit(state, batches, test_set, epochs, rng, lambda epoch: True, on_epoch)
+    different function. There is no mode left behind for the next step to inherit, whatever
+    the evaluation schedule (``eval_every``: see :class:`EvalSchedule`)."""
+    return _fit(state, batches, test_set, epochs, rng, lambda schedule: True, on_epoch, eval_every)
 
 
 def fit_bug_emulated(
@@ -215,11 +285,16 @@ def fit_bug_emulated(
     epochs: int,
     rng: jax.Array,
     on_epoch: OnEpoch | None = None,
+    eval_every: int | str = "epoch",
 ) -> tuple[TrainState, list[dict]]:
-    """The seed's schedule written out explicitly: ``train=True`` in epoch 0, ``train=False``
-    in every later epoch's training steps. In Linen the bug has to be *written*; this is what
-    ``torch_impl.train.fit_seed_bug`` does without saying so."""
-    return _fit(state, batches, test_set, epochs, rng, lambda epoch: epoch == 0, on_epoch)
+    """The seed's schedule written out explicitly: ``train=True`` until the loop's first
+    evaluation, ``train=False`` in every training step after it (default schedule: epoch 0 in
+    train mode, every later epoch in eval mode; ``eval_every="end"``: train mode throughout). In
+    Linen the bug has to be *written*; this is what ``torch_impl.train.fit_seed_bug`` does
+    without saying so."""
+    return _fit(
+        state, batches, test_set, epochs, rng, lambda schedule: not schedule.points, on_epoch, eval_every
+    )
 
 
 #: ``orders(epoch) -> (seeds, steps, batch)`` integer indices into the shared training set
@@ -228,11 +303,16 @@ SeedOrders = Callable[[int], np.ndarray]
 OnSeedEpoch = Callable[[int, dict], None]
 
 
-def _seed_records(epoch: int, metrics: dict, test: tuple[np.ndarray, np.ndarray], i: int) -> dict:
-    """Seed ``i``'s :func:`_log` record of one :func:`train_epoch_scan_seeds` epoch (host arrays)."""
+def _seed_records(
+    epoch: int, metrics: dict, test: tuple[np.ndarray, np.ndarray], i: int, evaluated_at: int | None
+) -> dict:
+    """Seed ``i``'s :func:`_log` record of one :func:`train_epoch_scan_seeds` epoch (host arrays);
+    ``evaluated_at``: the step count of the loop's evaluation after this epoch, if it ran one."""
     losses = [float(v) for v in metrics["loss"][i]]
-    record = _log(epoch, losses, (float(test[0][i]), float(test[1][i])))
-    return record | {"train_mode": float(np.mean(metrics["train_mode"][i]))}
+    loss, acc = float(test[0][i]), float(test[1][i])
+    record = _log(epoch, losses, (loss, acc))
+    evals = [] if evaluated_at is None else [{"step": evaluated_at, "test_loss": loss, "test_acc": acc}]
+    return record | {"train_mode": float(np.mean(metrics["train_mode"][i])), "evals": evals}
 
 
 def _fit_seeds(
@@ -242,9 +322,13 @@ def _fit_seeds(
     test_set: tuple[np.ndarray, np.ndarray],
     epochs: int,
     rngs: jax.Array,
-    train_mode_in: Callable[[int], bool],
+    train_mode: Callable[[EvalSchedule], bool],
     on_epoch: OnSeedEpoch | None,
+    eval_every: int | str,
 ) -> tuple[TrainState, list[list[dict]]]:
+    schedule = EvalSchedule(eval_every, epochs)
+    if isinstance(schedule.every, int):
+        raise ValueError("eval_every as a step count needs the one-seed loop (fit / fit_bug_emulated)")
     x, y = jax.device_put(train_set[0]), jax.device_put(train_set[1])
     test = (jax.device_put(test_set[0]), jax.device_put(test_set[1]))
     histories: list[list[dict]] = [[] for _ in range(rngs.shape[0])]
@@ -252,10 +336,16 @@ def _fit_seeds(
     for epoch in range(epochs):
         epoch_rngs = jax.vmap(lambda k, e=epoch: jax.random.fold_in(k, e))(rngs)
         idx = jnp.asarray(orders(epoch))
-        states, metrics = train_epoch_scan_seeds(states, x, y, idx, epoch_rngs, train=train_mode_in(epoch))
+        train = train_mode(schedule)
+        states, metrics = train_epoch_scan_seeds(states, x, y, idx, epoch_rngs, train=train)
         metrics, scores = jax.device_get((metrics, eval_step_seeds(states, test)))  # one sync
+        schedule.step += idx.shape[1]
+        evaluated_at = None
+        if schedule.due_after_epoch(epoch):  # the same evaluation for every seed: record it once
+            schedule.points.append({"step": schedule.step})
+            evaluated_at = schedule.step
         for i in sorted(active):
-            histories[i].append(_seed_records(epoch, metrics, scores, i))
+            histories[i].append(_seed_records(epoch, metrics, scores, i, evaluated_at))
             if on_epoch:
                 on_epoch(i, histories[i][-1])
             if histories[i][-1]["diverged"]:
@@ -273,6 +363,7 @@ def fit_seeds(
     epochs: int,
     rngs: jax.Array,
     on_epoch: OnSeedEpoch | None = None,
+    eval_every: int | str = "epoch",
 ) -> tuple[TrainState, list[list[dict]]]:
     """:func:`fit` for every seed of ``states`` at once (see :func:`create_seed_states`).
 
@@ -281,9 +372,13 @@ def fit_seeds(
     one dropout key per seed, ``(seeds,)``. Seed ``s``'s step ``i`` of epoch ``e`` uses
     ``fold_in(fold_in(rngs[s], e), i)``, as :func:`fit` does with ``rng = rngs[s]``. Returns the
     states and one history per seed; a seed whose epoch loss is not finite stops being recorded
-    after that epoch (its history ends with ``diverged``), as in :func:`fit`.
+    after that epoch (its history ends with ``diverged``), as in :func:`fit`. ``eval_every``:
+    ``"epoch"`` or ``"end"`` (one scan per epoch cannot stop inside an epoch; a step count
+    raises ``ValueError``).
     """
-    return _fit_seeds(states, train_set, orders, test_set, epochs, rngs, lambda epoch: True, on_epoch)
+    return _fit_seeds(
+        states, train_set, orders, test_set, epochs, rngs, lambda schedule: True, on_epoch, eval_every
+    )
 
 
 def fit_bug_emulated_seeds(
@@ -294,6 +389,17 @@ def fit_bug_emulated_seeds(
     epochs: int,
     rngs: jax.Array,
     on_epoch: OnSeedEpoch | None = None,
+    eval_every: int | str = "epoch",
 ) -> tuple[TrainState, list[list[dict]]]:
     """:func:`fit_bug_emulated` for every seed at once (arguments as :func:`fit_seeds`)."""
-    return _fit_seeds(states, train_set, orders, test_set, epochs, rngs, lambda epoch: epoch == 0, on_epoch)
+    return _fit_seeds(
+        states,
+        train_set,
+        orders,
+        test_set,
+        epochs,
+        rngs,
+        lambda schedule: not schedule.points,
+        on_epoch,
+        eval_every,
+    )

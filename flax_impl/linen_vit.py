@@ -130,7 +130,9 @@ class Heads(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """ViT classifier; input ``(N, image_size, image_size, C)`` NHWC, output ``(N, num_classes)``."""
+    """ViT classifier; input ``(N, image_size, image_size, C)`` NHWC (``dims=1``: a signal
+    ``(N, image_size, C)`` NWC, patches of ``patch_size`` samples as tokens), output
+    ``(N, num_classes)``."""
 
     image_size: int
     patch_size: int
@@ -141,15 +143,16 @@ class VisionTransformer(nn.Module):
     dropout: float = 0.0
     attention_dropout: float = 0.0
     num_classes: int = 1000
+    dims: int = 2
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        p = self.patch_size
-        x = nn.Conv(self.hidden_dim, (p, p), strides=(p, p), padding="VALID", name="conv_proj")(x)
+        p, dims = self.patch_size, self.dims
+        x = nn.Conv(self.hidden_dim, (p,) * dims, strides=(p,) * dims, padding="VALID", name="conv_proj")(x)
         x = x.reshape(x.shape[0], -1, self.hidden_dim)  # (N, S-1, D), patches in row-major order
         class_token = self.param("class_token", nn.initializers.zeros, (1, 1, self.hidden_dim))
         x = jnp.concatenate([jnp.broadcast_to(class_token, (x.shape[0], 1, self.hidden_dim)), x], axis=1)
-        seq_length = (self.image_size // p) ** 2 + 1
+        seq_length = (self.image_size // p) ** dims + 1
         config = (self.num_layers, self.num_heads, self.hidden_dim, self.mlp_dim)
         x = Encoder(seq_length, *config, self.dropout, self.attention_dropout, name="encoder")(x, train=train)
         return Heads(self.num_classes, name="heads")(x[:, 0])
@@ -167,4 +170,11 @@ def vit_tiny(num_classes: int = 10, **kwargs) -> VisionTransformer:
     return VisionTransformer(**config, hidden_dim=16, mlp_dim=32, num_classes=num_classes)
 
 
-FACTORIES = {"vit_b_16": vit_b_16, "vit_tiny": vit_tiny}
+def vit_tiny_1d(num_classes: int = 10, **kwargs) -> VisionTransformer:
+    """ViT for MNIST-1D: ``(N, 40, 1)`` NWC signals cut into 10 patches of 4 samples (S=11),
+    2 layers, D=32, 4 heads, M=64, dropout 0.1; no BatchNorm (dropout is the only mode layer)."""
+    config = {"image_size": 40, "patch_size": 4, "num_layers": 2, "num_heads": 4, "dropout": 0.1, **kwargs}
+    return VisionTransformer(**config, hidden_dim=32, mlp_dim=64, num_classes=num_classes, dims=1)
+
+
+FACTORIES = {"vit_b_16": vit_b_16, "vit_tiny": vit_tiny, "vit_tiny_1d": vit_tiny_1d}

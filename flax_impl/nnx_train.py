@@ -19,6 +19,7 @@ still re-traces and the audit is still read from the modules at trace time.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 
 import jax
@@ -28,7 +29,7 @@ from flax import nnx
 
 from flax_impl import linen_train as linen_train
 from flax_impl.audit import nnx_modes, train_fraction
-from flax_impl.linen_train import _log, loss_fn
+from flax_impl.linen_train import EvalSchedule, _epoch_end, loss_fn
 
 Batches = Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]]
 OnEpoch = Callable[[dict], None]
@@ -82,18 +83,45 @@ def evaluate(model: nnx.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, fl
     return float(loss), float(acc)
 
 
-def _run_epoch(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable) -> tuple[list[float], float]:
-    """One epoch of :func:`split_train_step`; ``model`` and ``optimizer`` hold the new state after
-    it, also when a step raises (e.g. an interrupt): the state of the last finished step."""
+def mode_view(model: nnx.Module, train: bool) -> nnx.Module:
+    """``nnx.view`` of ``model`` fixed in train or eval mode: the same weights, its own mode
+    flags, for the mode attributes the model's layers have (a ViT has no BatchNorm)."""
+    flags = {"deterministic": not train, "use_running_average": not train}
+    present = {k for _, m in nnx.iter_modules(model) for k in flags if hasattr(m, k)}
+    return nnx.view(model, **{k: v for k, v in flags.items() if k in present})
+
+
+def probe(model: nnx.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """:func:`evaluate` on an eval-mode view: ``model``'s own mode is left as it was, so the
+    study's measurement at an epoch end where the loop did not evaluate leaks nothing."""
+    loss, acc = eval_step(mode_view(model, train=False), jnp.asarray(x), jnp.asarray(y))
+    return float(loss), float(acc)
+
+
+def _run_epoch(
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    batches: Iterable,
+    schedule: EvalSchedule,
+    evaluate_inside: Callable[[], None],
+) -> tuple[list[float], float]:
+    """One epoch of :func:`split_train_step`, calling ``evaluate_inside()`` where ``schedule``
+    says (on the updated modules, then split again: the evaluation may change the mode, which
+    lives in the ``graphdef``). ``model`` and ``optimizer`` hold the new state after it, also
+    when a step raises (e.g. an interrupt): the state of the last finished step."""
     graphdef, state = nnx.split((model, optimizer))
     metrics = []
     try:
         for x, y in batches:
             state, m = split_train_step(graphdef, state, x, y)
             metrics.append(m)
+            if schedule.due_after_step():
+                nnx.update((model, optimizer), state)
+                evaluate_inside()
+                graphdef, state = nnx.split((model, optimizer))
     finally:
         nnx.update((model, optimizer), state)
-    stacked = jax.device_get(metrics)  # one device sync per epoch
+    stacked = jax.device_get(metrics)  # one device sync per epoch (plus evaluations)
     return [float(m["loss"]) for m in stacked], float(np.mean([m["train_mode"] for m in stacked]))
 
 
@@ -104,13 +132,24 @@ def fit_seed_bug(
     test_set: tuple[np.ndarray, np.ndarray],
     epochs: int,
     on_epoch: OnEpoch | None = None,
+    eval_every: int | str = "epoch",
 ) -> list[dict]:
-    """The blog's loop in NNX: ``model.train()`` once; ``evaluate`` leaves ``eval()`` on."""
-    history = []
+    """The blog's loop in NNX: ``model.train()`` once; ``evaluate`` leaves ``eval()`` on, so
+    every step after the loop's first evaluation trains in eval mode (``eval_every``: see
+    :class:`flax_impl.linen_train.EvalSchedule`)."""
+    schedule, history = EvalSchedule(eval_every, epochs), []
+
+    def evaluate_inside() -> None:
+        schedule.record(evaluate(model, *test_set))  # leaves eval on
+
     model.train()  # once, outside the loop  <- the bug
     for epoch in range(epochs):
-        losses, frac = _run_epoch(model, optimizer, batches(epoch))
-        history.append(_log(epoch, losses, evaluate(model, *test_set)) | {"train_mode": frac})
+        start = schedule.step
+        losses, frac = _run_epoch(model, optimizer, batches(epoch), schedule, evaluate_inside)
+        if schedule.due_after_epoch(epoch):
+            schedule.record(evaluate(model, *test_set))  # leaves eval on
+        measure = functools.partial(probe, model, *test_set)
+        history.append(_epoch_end(epoch, losses, schedule, start, measure) | {"train_mode": frac})
         if on_epoch:
             on_epoch(history[-1])
         if history[-1]["diverged"]:
@@ -125,15 +164,26 @@ def fit_view(
     test_set: tuple[np.ndarray, np.ndarray],
     epochs: int,
     on_epoch: OnEpoch | None = None,
+    eval_every: int | str = "epoch",
 ) -> list[dict]:
-    """Two views of the same weights, each with a fixed mode; nothing is ever switched."""
-    train_model = nnx.view(model, deterministic=False, use_running_average=False)
-    eval_model = nnx.view(model, deterministic=True, use_running_average=True)
-    history = []
+    """Two views of the same weights, each with a fixed mode; nothing is ever switched, whatever
+    the evaluation schedule (``eval_every``: see :class:`flax_impl.linen_train.EvalSchedule`)."""
+    train_model, eval_model = mode_view(model, train=True), mode_view(model, train=False)
+    schedule, history = EvalSchedule(eval_every, epochs), []
+
+    def evaluate_view() -> tuple[float, float]:
+        loss, acc = eval_step(eval_model, *map(jnp.asarray, test_set))
+        return float(loss), float(acc)
+
+    def evaluate_inside() -> None:
+        schedule.record(evaluate_view())
+
     for epoch in range(epochs):
-        losses, frac = _run_epoch(train_model, optimizer, batches(epoch))
-        test = eval_step(eval_model, *map(jnp.asarray, test_set))
-        history.append(_log(epoch, losses, (float(test[0]), float(test[1]))) | {"train_mode": frac})
+        start = schedule.step
+        losses, frac = _run_epoch(train_model, optimizer, batches(epoch), schedule, evaluate_inside)
+        if schedule.due_after_epoch(epoch):
+            schedule.record(evaluate_view())
+        history.append(_epoch_end(epoch, losses, schedule, start, evaluate_view) | {"train_mode": frac})
         if on_epoch:
             on_epoch(history[-1])
         if history[-1]["diverged"]:

@@ -128,7 +128,9 @@ class Heads(nnx.Module):
 
 
 class VisionTransformer(nnx.Module):
-    """ViT classifier; input ``(N, image_size, image_size, C)`` NHWC, output ``(N, num_classes)``."""
+    """ViT classifier; input ``(N, image_size, image_size, C)`` NHWC (``dims=1``: a signal
+    ``(N, image_size, C)`` NWC, patches of ``patch_size`` samples as tokens), output
+    ``(N, num_classes)``."""
 
     def __init__(
         self,
@@ -142,21 +144,22 @@ class VisionTransformer(nnx.Module):
         attention_dropout: float = 0.0,
         num_classes: int = 1000,
         in_channels: int = 3,
+        dims: int = 2,
         *,
         rngs: nnx.Rngs,
     ) -> None:
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
-        p = patch_size
-        self.conv_proj = nnx.Conv(in_channels, hidden_dim, (p, p), strides=(p, p), padding="VALID", rngs=rngs)
+        kernel = (patch_size,) * dims
+        self.conv_proj = nnx.Conv(in_channels, hidden_dim, kernel, strides=kernel, padding="VALID", rngs=rngs)
         self.class_token = nnx.Param(jnp.zeros((1, 1, hidden_dim)))
-        seq_length = (image_size // p) ** 2 + 1
+        seq_length = (image_size // patch_size) ** dims + 1
         config = (num_layers, num_heads, hidden_dim, mlp_dim, dropout, attention_dropout)
         self.encoder = Encoder(seq_length, *config, rngs=rngs)
         self.heads = Heads(hidden_dim, num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.conv_proj(x)  # (N, H/p, W/p, D)
+        x = self.conv_proj(x)  # (N, H/p, W/p, D); dims=1: (N, W/p, D)
         x = x.reshape(x.shape[0], -1, x.shape[-1])  # (N, S-1, D), patches in row-major order
         token = jnp.broadcast_to(self.class_token[...], (x.shape[0], 1, x.shape[-1]))
         return self.heads(self.encoder(jnp.concatenate([token, x], axis=1))[:, 0])
@@ -176,4 +179,13 @@ def vit_tiny(num_classes: int = 10, *, rngs: nnx.Rngs, **kwargs) -> VisionTransf
     return VisionTransformer(**config, hidden_dim=16, mlp_dim=32, num_classes=num_classes, rngs=rngs)
 
 
-FACTORIES = {"vit_b_16": vit_b_16, "vit_tiny": vit_tiny}
+def vit_tiny_1d(num_classes: int = 10, *, rngs: nnx.Rngs, **kwargs) -> VisionTransformer:
+    """ViT for MNIST-1D: ``(N, 40, 1)`` NWC signals cut into 10 patches of 4 samples (S=11),
+    2 layers, D=32, 4 heads, M=64, dropout 0.1; no BatchNorm (dropout is the only mode layer)."""
+    config = {"image_size": 40, "patch_size": 4, "num_layers": 2, "num_heads": 4, "dropout": 0.1, **kwargs}
+    return VisionTransformer(
+        **config, hidden_dim=32, mlp_dim=64, num_classes=num_classes, in_channels=1, dims=1, rngs=rngs
+    )
+
+
+FACTORIES = {"vit_b_16": vit_b_16, "vit_tiny": vit_tiny, "vit_tiny_1d": vit_tiny_1d}

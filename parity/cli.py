@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "parity.commands.study",
         "train every mode-handling variant over seeds and report the seed's bug",
     ),
+    "sweep": (
+        "parity.commands.sweep",
+        "the study over a grid of models x evaluation schedules, with collapse counts",
+    ),
     "check": ("parity.commands.check", "compare the torch, Linen and NNX models on converted weights"),
     "convert": (
         "parity.commands.convert",

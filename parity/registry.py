@@ -17,3 +17,12 @@ DATASET_MODEL: dict[str, str] = {"mnist1d": "signal1d", "digits": "digits"}
 MODEL_DATASET: dict[str, str] = {model: dataset for dataset, model in DATASET_MODEL.items()}
 #: optimizers the trajectory harness matches across frameworks (torch.optim <-> optax)
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
+#: every model ``parity study --model`` trains -> its dataset: the project's two, then the
+#: reference zoo's (torch_impl/{resnet,vit}.py and their Flax ports) sized for a CPU
+STUDY_MODEL_DATASET: dict[str, str] = {
+    "signal1d": "mnist1d",
+    "digits": "digits",
+    "resnet20_1d": "mnist1d",
+    "vit_tiny_1d": "mnist1d",
+    "resnet20": "digits",
+}

@@ -26,9 +26,13 @@ def digits():
     return data.load("digits")
 
 
-def _nnx_jit_epoch(model, optimizer, batches):
+def _nnx_jit_epoch(model, optimizer, batches, schedule, evaluate_inside):
     """The loops' epoch before the split/merge step: ``nnx.jit``'s ``train_step`` per batch."""
-    metrics = [nnx_train.train_step(model, optimizer, x, y) for x, y in batches]
+    metrics = []
+    for x, y in batches:
+        metrics.append(nnx_train.train_step(model, optimizer, x, y))
+        if schedule.due_after_step():
+            evaluate_inside()
     return [float(m["loss"]) for m in metrics], float(np.mean([float(m["train_mode"]) for m in metrics]))
 
 
@@ -96,4 +100,5 @@ def test_the_linen_vmap_over_seeds_loop_is_in_flax_impl():
 
     assert callable(linen_train.fit_seeds) and callable(linen_train.fit_bug_emulated_seeds)
     assert "train_epoch_scan_seeds(" not in inspect.getsource(runners)  # no epoch loop there
-    assert nnx_train.loss_fn is linen_train.loss_fn and nnx_train._log is linen_train._log
+    assert nnx_train.loss_fn is linen_train.loss_fn and nnx_train._epoch_end is linen_train._epoch_end
+    assert nnx_train.EvalSchedule is linen_train.EvalSchedule

@@ -81,14 +81,60 @@ def train_step(
     return loss.detach()
 
 
+class EvalSchedule:
+    """When a loop evaluates inside training, and what each evaluation measured.
+
+    ``every``: ``"epoch"`` (after each epoch's last step: the default, as the blog does),
+    an ``int`` N (after every N-th training step, counted over the whole run), or ``"end"``
+    (only after the last epoch: the control, where no evaluation can leak a mode into training).
+    ``points`` holds one ``{'step', 'test_loss', 'test_acc'}`` per evaluation, ``step`` being the
+    number of training steps done before it. Mirrors ``flax_impl.linen_train.EvalSchedule``.
+    """
+
+    def __init__(self, every: int | str, epochs: int) -> None:
+        if not (every in ("epoch", "end") or (isinstance(every, int) and every >= 1)):
+            raise ValueError(f"eval_every must be 'epoch', 'end' or a step count >= 1, got {every!r}")
+        self.every, self.epochs, self.step = every, epochs, 0
+        self.points: list[dict] = []
+
+    def due_after_step(self) -> bool:
+        """Count one training step; whether the loop evaluates now (integer schedules only)."""
+        self.step += 1
+        return isinstance(self.every, int) and self.step % self.every == 0
+
+    def due_after_epoch(self, epoch: int) -> bool:
+        """Whether the loop evaluates after ``epoch`` (0-based) has finished."""
+        return self.every == "epoch" or (self.every == "end" and epoch == self.epochs - 1)
+
+    def record(self, test: tuple[float, float]) -> None:
+        """Keep what the evaluation after the current step measured."""
+        self.points.append({"step": self.step, "test_loss": test[0], "test_acc": test[1]})
+
+    def at_step(self) -> tuple[float, float] | None:
+        """``(loss, accuracy)`` of an evaluation after the current step, if one ran."""
+        last = self.points[-1] if self.points else None
+        return (last["test_loss"], last["test_acc"]) if last and last["step"] == self.step else None
+
+    def since(self, step: int) -> list[dict]:
+        """The evaluations after more than ``step`` training steps."""
+        return [p for p in self.points if p["step"] > step]
+
+
 def _run_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     batches: Iterable[tuple[np.ndarray, np.ndarray]],
     device: torch.device,
+    schedule: EvalSchedule,
+    evaluate_inside: Callable[[], None],
 ) -> list[float]:
-    losses = [train_step(model, optimizer, _tensor(x, device), _tensor(y, device)) for x, y in batches]
-    return torch.stack(losses).cpu().tolist()  # one device sync per epoch
+    """One epoch of :func:`train_step`, calling ``evaluate_inside()`` where ``schedule`` says."""
+    losses = []
+    for x, y in batches:
+        losses.append(train_step(model, optimizer, _tensor(x, device), _tensor(y, device)))
+        if schedule.due_after_step():
+            evaluate_inside()
+    return torch.stack(losses).cpu().tolist()  # one device sync per epoch (plus evaluations)
 
 
 @torch.no_grad()
@@ -105,6 +151,28 @@ def evaluate(
     logits = model(_tensor(x, device))
     yt = _tensor(y, device).long()
     return loss_fn(logits, yt).item(), (logits.argmax(1) == yt).float().mean().item()
+
+
+def probe(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device | str = "cpu"
+) -> tuple[float, float]:
+    """:func:`evaluate` that leaves every module's mode as it found it: the study's measurement
+    at an epoch end where the loop itself did not evaluate (so the measurement leaks nothing)."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        return evaluate(model, x, y, device)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def _epoch_end(
+    epoch: int, losses: list[float], schedule: EvalSchedule, start: int, measure: Callable[[], tuple]
+) -> dict:
+    """The epoch's record: the loop's own evaluation if one ran after its last step, else
+    ``measure()`` (a mode-preserving :func:`probe`); ``evals``: the loop's evaluations in it."""
+    test = schedule.at_step() or measure()
+    return _log(epoch, losses, test) | {"evals": schedule.since(start)}
 
 
 def _log(epoch: int, losses: list[float], test: tuple[float, float]) -> dict:
@@ -128,17 +196,27 @@ def fit(
     epochs: int,
     device: torch.device | str = "cpu",
     on_epoch: OnEpoch | None = None,
+    eval_every: int | str = "epoch",
 ) -> list[dict]:
-    """The correct loop: ``model.train()`` at the start of every epoch, ``evaluate`` sets eval.
+    """The correct loop: ``model.train()`` at the start of every epoch and after every
+    evaluation inside one; ``evaluate`` sets eval. ``eval_every``: see :class:`EvalSchedule`.
 
     Stops early, marking the epoch ``diverged``, when the train loss is not finite.
     """
     device = torch.device(device)
-    history = []
+    schedule, history = EvalSchedule(eval_every, epochs), []
+
+    def evaluate_inside() -> None:
+        schedule.record(evaluate(model, *test_set, device=device))
+        model.train()  # a mid-epoch evaluation must not leave its mode to the next step
+
     for epoch in range(epochs):
+        start = schedule.step
         model.train()  # every epoch establishes its own mode
-        losses = _run_epoch(model, optimizer, batches(epoch), device)
-        history.append(_log(epoch, losses, evaluate(model, *test_set, device=device)))
+        losses = _run_epoch(model, optimizer, batches(epoch), device, schedule, evaluate_inside)
+        if schedule.due_after_epoch(epoch):
+            schedule.record(evaluate(model, *test_set, device=device))
+        history.append(_epoch_end(epoch, losses, schedule, start, lambda: probe(model, *test_set, device)))
         if on_epoch:
             on_epoch(history[-1])
         if history[-1]["diverged"]:
@@ -154,18 +232,27 @@ def fit_seed_bug(
     epochs: int,
     device: torch.device | str = "cpu",
     on_epoch: OnEpoch | None = None,
+    eval_every: int | str = "epoch",
 ) -> list[dict]:
     """The blog's loop, kept as the "before" picture: ``model.train()`` once, outside the loop.
 
     ``evaluate`` (the blog's ``test()``) calls ``model.eval()`` and returns without restoring,
-    so only epoch 0 trains in training mode; every later epoch trains in evaluation mode.
+    so every step after the first evaluation trains in evaluation mode: with the default
+    schedule, every epoch after epoch 0; with ``eval_every="end"``, none (the control).
     """
     device = torch.device(device)
-    history = []
+    schedule, history = EvalSchedule(eval_every, epochs), []
+
+    def evaluate_inside() -> None:
+        schedule.record(evaluate(model, *test_set, device=device))  # leaves eval on
+
     model.train()  # once, outside the loop  <- the bug
     for epoch in range(epochs):
-        losses = _run_epoch(model, optimizer, batches(epoch), device)
-        history.append(_log(epoch, losses, evaluate(model, *test_set, device=device)))  # leaves eval on
+        start = schedule.step
+        losses = _run_epoch(model, optimizer, batches(epoch), device, schedule, evaluate_inside)
+        if schedule.due_after_epoch(epoch):
+            schedule.record(evaluate(model, *test_set, device=device))  # leaves eval on
+        history.append(_epoch_end(epoch, losses, schedule, start, lambda: probe(model, *test_set, device)))
         if on_epoch:
             on_epoch(history[-1])
         if history[-1]["diverged"]:

@@ -22,7 +22,8 @@ masks with Flax. Initialisation follows torchvision except ``heads.head``, which
 default instead of zeros, so that outputs and gradients compared in tests are not trivially 0.
 
 Factories: ``vit_b_16`` (torchvision's configuration, 86,567,656 parameters for 1000 classes)
-and ``vit_tiny`` (8x8 images, 4x4 patches, 2 layers, D=16, 2 heads: for tests).
+``vit_tiny`` (8x8 images, 4x4 patches, 2 layers, D=16, 2 heads: for tests) and ``vit_tiny_1d``
+(``dims=1``: a Conv1d patch embedding over MNIST-1D's 40-sample signals, for the study).
 """
 
 from __future__ import annotations
@@ -104,7 +105,9 @@ class Encoder(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """ViT classifier; input ``(N, in_channels, image_size, image_size)`` NCHW, output ``(N, num_classes)``."""
+    """ViT classifier; input ``(N, in_channels, image_size, image_size)`` NCHW (``dims=1``: a
+    signal ``(N, in_channels, image_size)`` NCW, patches of ``patch_size`` samples as tokens),
+    output ``(N, num_classes)``."""
 
     def __init__(
         self,
@@ -118,24 +121,26 @@ class VisionTransformer(nn.Module):
         attention_dropout: float = 0.0,
         num_classes: int = 1000,
         in_channels: int = 3,
+        dims: int = 2,
     ) -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
         self.patch_size = patch_size
-        self.conv_proj = nn.Conv2d(in_channels, hidden_dim, patch_size, stride=patch_size)
-        fan_in = in_channels * patch_size * patch_size
+        conv = nn.Conv1d if dims == 1 else nn.Conv2d
+        self.conv_proj = conv(in_channels, hidden_dim, patch_size, stride=patch_size)
+        fan_in = in_channels * patch_size**dims
         nn.init.trunc_normal_(self.conv_proj.weight, std=math.sqrt(1 / fan_in))
         nn.init.zeros_(self.conv_proj.bias)
         self.class_token = nn.Parameter(torch.zeros(1, 1, hidden_dim))
-        seq_length = (image_size // patch_size) ** 2 + 1
+        seq_length = (image_size // patch_size) ** dims + 1
         self.encoder = Encoder(
             seq_length, num_layers, num_heads, hidden_dim, mlp_dim, dropout, attention_dropout
         )
         self.heads = nn.Sequential(OrderedDict(head=nn.Linear(hidden_dim, num_classes)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv_proj(x)  # (N, D, H/p, W/p)
+        x = self.conv_proj(x)  # (N, D, H/p, W/p); dims=1: (N, D, W/p)
         x = x.flatten(2).transpose(1, 2)  # (N, S-1, D), patches in row-major order
         x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
         return self.heads(self.encoder(x)[:, 0])
@@ -153,4 +158,13 @@ def vit_tiny(num_classes: int = 10, **kwargs) -> VisionTransformer:
     return VisionTransformer(**config, hidden_dim=16, mlp_dim=32, num_classes=num_classes)
 
 
-FACTORIES = {"vit_b_16": vit_b_16, "vit_tiny": vit_tiny}
+def vit_tiny_1d(num_classes: int = 10, **kwargs) -> VisionTransformer:
+    """ViT for MNIST-1D: ``(N, 1, 40)`` NCW signals cut into 10 patches of 4 samples (S=11),
+    2 layers, D=32, 4 heads, M=64, dropout 0.1; no BatchNorm (dropout is the only mode layer)."""
+    config = {"image_size": 40, "patch_size": 4, "num_layers": 2, "num_heads": 4, "dropout": 0.1, **kwargs}
+    return VisionTransformer(
+        **config, hidden_dim=32, mlp_dim=64, num_classes=num_classes, in_channels=1, dims=1
+    )
+
+
+FACTORIES = {"vit_b_16": vit_b_16, "vit_tiny": vit_tiny, "vit_tiny_1d": vit_tiny_1d}

@@ -18,7 +18,16 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from parity.study.runners import LINEN_PATHS, QUICK, STUDY_DATASETS, VARIANT_NAMES, StudyConfig
+from parity.registry import STUDY_MODEL_DATASET
+from parity.study.runners import (
+    EVAL_SCHEDULES,
+    LINEN_PATHS,
+    QUICK,
+    STUDY_DATASETS,
+    STUDY_MODELS,
+    VARIANT_NAMES,
+    StudyConfig,
+)
 
 DEFAULTS = StudyConfig()
 
@@ -34,9 +43,25 @@ def _variant_list(text: str) -> list[str]:
     return names
 
 
+def eval_schedule(text: str) -> int | str:
+    """One ``--eval-every`` value: a step count >= 1, ``epoch`` or ``end``."""
+    if text in EVAL_SCHEDULES:
+        return text
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = 0
+    if steps < 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: a number of training steps >= 1, or one of {', '.join(EVAL_SCHEDULES)}"
+        )
+    return steps
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``parity study``: what to train, how to run it, where the files go."""
     _add_training_options(parser)
+    _add_model_options(parser)
     _add_execution_options(parser)
     _add_output_options(parser)
 
@@ -45,8 +70,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         choices=STUDY_DATASETS,
-        default=DEFAULTS.dataset,
-        help=f"dataset (default {DEFAULTS.dataset})",
+        default=None,
+        help=f"dataset (default: the --model's, else {DEFAULTS.dataset})",
     )
     parser.add_argument(
         "--seeds",
@@ -77,6 +102,25 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="VARIANT",
         help=f"variants to train, space- or comma-separated (default: all of {', '.join(VARIANT_NAMES)})",
+    )
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    pairs = ", ".join(f"{m} ({d})" for m, d in STUDY_MODEL_DATASET.items())
+    parser.add_argument(
+        "--model",
+        choices=STUDY_MODELS,
+        default=None,
+        help=f"architecture and its dataset: {pairs} (default: the dataset's own, signal1d on mnist1d)",
+    )
+    parser.add_argument(
+        "--eval-every",
+        type=eval_schedule,
+        default=DEFAULTS.eval_every,
+        metavar="STEPS",
+        help="when the loops evaluate inside training: every STEPS training steps, 'epoch' (after "
+        "every epoch, the default) or 'end' (only after the last epoch: the control, where "
+        "no evaluation can leak a mode)",
     )
 
 
@@ -153,8 +197,10 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
     variants = (
         tuple(dict.fromkeys(n for token in args.variants for n in token)) if args.variants else VARIANT_NAMES
     )
+    model = args.model
+    dataset = args.dataset or (STUDY_MODEL_DATASET[model] if model else DEFAULTS.dataset)
     return StudyConfig(
-        dataset=args.dataset,
+        dataset=dataset,
         seeds=base["seeds"] if args.seeds is None else args.seeds,
         epochs=base["epochs"] if args.epochs is None else args.epochs,
         lr=args.lr,
@@ -164,6 +210,8 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         precision=args.precision,
         linen_path=args.linen_path,
         torch_threads=args.torch_threads,
+        model=model,
+        eval_every=args.eval_every,
     )
 
 
@@ -233,7 +281,7 @@ def _print_table(results: dict, summary: dict, runtime) -> None:
     c = results["config"]
     print_table(
         summary,
-        title=f"parity study: {c['dataset']}, {c['seeds']} seeds x {c['epochs']} epochs, {runtime.device} "
+        title=f"parity study: {c['model']} on {c['dataset']}, {c['seeds']} seeds x {c['epochs']} epochs, {runtime.device} "
         f"({runtime.precision} float32), {results['total_wall_time_s']:.0f} s",
     )
 

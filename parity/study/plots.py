@@ -81,7 +81,7 @@ def _decorate(axes: Any, fig: Any, results: dict, summary: dict, spans: list, le
     cfg = results["config"]
     E, zoom_from = cfg["epochs"], max(1, cfg["epochs"] // 2)
     n = max(s["seeds"] for s in summary.values())
-    axes[0].set_title(f"Test accuracy ({cfg['dataset']}): mean of {n} seeds, band ±1 std")
+    axes[0].set_title(f"Test accuracy ({cfg.get('model', cfg['dataset'])}): mean of {n} seeds, band ±1 std")
     axes[0].set_ylim(top=100.5)
     axes[1].set_title(
         f"Zoom, epochs {zoom_from}–{E}" + (f" (failed runs left out: {left_out})" if left_out else "")

@@ -141,8 +141,9 @@ def _collapsed(seeds: list[dict], acc: np.ndarray, classes: int) -> list[int]:
     ]
 
 
-def _variant_summary(r: dict, a: dict[str, np.ndarray], classes: int) -> dict[str, Any]:
-    """One variant's statistics from its result ``r`` and :func:`epoch_arrays` ``a``."""
+def _variant_summary(r: dict, a: dict[str, np.ndarray], classes: int, expected: np.ndarray) -> dict[str, Any]:
+    """One variant's statistics from its result ``r`` and :func:`epoch_arrays` ``a``; ``expected``:
+    its per-epoch train-mode share (:func:`expected_train_mode`)."""
     acc = a["test_acc"]
     epochs = acc.shape[1]
     mean_curve = nanmean(acc)
@@ -171,7 +172,7 @@ def _variant_summary(r: dict, a: dict[str, np.ndarray], classes: int) -> dict[st
         "swing": _swing(acc),
         "final_train_loss_per_seed": _last_finite(a["train_loss"]),
         "final_train_loss_median": _median_last(a["train_loss"]),
-        "audit": _audit(a["train_mode"], r["correct"]),
+        "audit": _audit(a["train_mode"], expected),
     }
 
 
@@ -196,7 +197,12 @@ def summarize(results: dict) -> dict[str, dict]:
     epochs = results["config"]["epochs"]
     classes = results.get("model", {}).get("num_classes", 10)
     arrays = {v: epoch_arrays(r, epochs) for v, r in results["variants"].items()}
-    summary = {v: _variant_summary(r, arrays[v], classes) for v, r in results["variants"].items()}
+    every = results["config"].get("eval_every", "epoch")
+    steps = results.get("model", {}).get("steps_per_epoch", 1)
+    summary = {
+        v: _variant_summary(r, arrays[v], classes, expected_train_mode(r["correct"], every, steps, epochs))
+        for v, r in results["variants"].items()
+    }
     if "torch_correct" in arrays:
         ref_acc, ref_s = arrays["torch_correct"]["test_acc"], summary["torch_correct"]
         for v, r in results["variants"].items():
@@ -226,9 +232,35 @@ def _swing(acc: np.ndarray) -> float | None:
     return float(np.nanmean(np.abs(np.diff(half, axis=1))))
 
 
-def _audit(mode: np.ndarray, correct: bool) -> dict:
+def expected_train_mode(
+    correct: bool, eval_every: int | str, steps_per_epoch: int, epochs: int
+) -> np.ndarray:
+    """The train-mode share each epoch should measure, ``(epochs,)``: 1.0 throughout for a correct
+    variant; for a seed-bug variant 1.0 until the loop's first evaluation and 0.0 after it, which
+    is after epoch 1 (``eval_every="epoch"``), after step N (an ``int``), or never (``"end"``)."""
+    if correct or eval_every == "end":
+        return np.ones(epochs)
+    first = steps_per_epoch if eval_every == "epoch" else int(eval_every)
+    done = np.arange(epochs) * steps_per_epoch
+    return np.clip(first - done, 0, steps_per_epoch) / steps_per_epoch
+
+
+def _expectation_text(expected: np.ndarray) -> str:
+    if np.all(expected == 1.0):
+        return "1.0 every epoch"
+    if expected[0] == 1.0 and np.all(expected[1:] == 0.0):
+        return "1.0 in epoch 1, 0.0 after"
+    return (
+        "1.0 until the loop's first evaluation, 0.0 after ("
+        + ", ".join(f"{x:.2f}" for x in expected[:3])
+        + ", ...)"
+    )
+
+
+def _audit(mode: np.ndarray, expected: np.ndarray) -> dict:
     """Measured train-mode fraction in epoch 1 and over epochs 2..E, and whether it matches the
-    expectation (correct variants: 1.0 every epoch; seed-bug variants: 1.0 then 0.0).
+    ``expected`` per-epoch share (:func:`expected_train_mode`; default schedule: correct
+    variants 1.0 every epoch, seed-bug variants 1.0 then 0.0).
 
     ``as_expected`` is ``None`` when epoch 1 matched but no epoch after it ran (``--epochs 1``,
     or every seed diverged in epoch 1): only epochs 2+ tell the correct loop from the seed's bug,
@@ -241,15 +273,17 @@ def _audit(mode: np.ndarray, correct: bool) -> dict:
         "later_mean": float(later.mean()) if len(later) else None,
         "later_min": float(later.min()) if len(later) else None,
         "later_max": float(later.max()) if len(later) else None,
-        "expected": "1.0 every epoch" if correct else "1.0 in epoch 1, 0.0 after",
+        "expected": _expectation_text(expected),
     }
-    want_later = 1.0 if correct else 0.0
-    if not np.all(first == 1.0):
+    ran = np.isfinite(mode)
+    want = np.broadcast_to(expected, mode.shape)
+    matches = bool(np.all(np.isclose(mode[ran], want[ran], rtol=0, atol=1e-6)))
+    if not np.all(np.isclose(first, expected[0], rtol=0, atol=1e-6)):
         out["as_expected"] = False
     elif len(later) == 0:
         out["as_expected"] = None
     else:
-        out["as_expected"] = bool(np.all(later == want_later))
+        out["as_expected"] = matches
     return out
 
 
@@ -442,7 +476,8 @@ def _audit_verdict(summary: dict[str, dict]) -> str:
         )
         matched = [v for v in summary if v not in unmeasured]
         return text + (f" {_names(matched)} match their expectation." if matched else "")
-    return " Every variant matches its expectation (correct: 1.0 every epoch; seed bug: 1.0 then 0.0)."
+    expectations = "; ".join(dict.fromkeys(f"{s['audit']['expected']}" for s in summary.values()))
+    return f" Every variant matches its expectation ({expectations})."
 
 
 def _mode_audit(r: _Reading) -> str | None:
@@ -473,6 +508,8 @@ def _runtime_guard(r: _Reading) -> str | None:
     guarded = {v: x["seeds"] for v, x in r.results["variants"].items() if v.startswith("torch_")}
     if not guarded:
         return None
+    every = r.results["config"].get("eval_every", "epoch")
+    where = "at the first step of" if every == "epoch" else "first in"
     parts = []
     for v, seeds in guarded.items():
         hits = [x for x in seeds if x.get("guard_epoch") is not None]
@@ -481,7 +518,7 @@ def _runtime_guard(r: _Reading) -> str | None:
             continue
         first = min(hits, key=lambda x: x["guard_epoch"])
         parts.append(
-            f"`{v}` would have raised in {len(hits)}/{len(seeds)} runs, at the first step of "
+            f"`{v}` would have raised in {len(hits)}/{len(seeds)} runs, {where} "
             f"epoch {first['guard_epoch'] + 1}, naming {', '.join(first['guard_modules'])}"
         )
     return (
@@ -499,7 +536,9 @@ def _epoch2(r: _Reading) -> str | None:
         d = r.summary[v].get("epoch2_diff_vs_torch_correct")
         extra = "" if not d or d["mean"] is None else f" ({100 * d['mean']:+.2f} points)"
         parts.append(f"`{v}` {_pct(r.summary[v]['epoch2_acc']['mean'])}%{extra}")
-    return "**Epoch 2, the first epoch trained in eval mode.** Mean test accuracy: " + ", ".join(parts) + "."
+    every = r.results["config"].get("eval_every", "epoch")
+    title = "Epoch 2, the first epoch trained in eval mode" if every == "epoch" else "Epoch 2"
+    return f"**{title}.** Mean test accuracy: " + ", ".join(parts) + "."
 
 
 def fits_more_generalises_less(s: dict, ref: dict) -> bool:
@@ -732,6 +771,15 @@ def _env_lines(results: dict) -> list[str]:
     ]
 
 
+def eval_schedule_text(every: int | str) -> str:
+    """``--eval-every`` in words."""
+    if every == "epoch":
+        return "after every epoch (the default)"
+    if every == "end":
+        return "only after the last epoch (the control: nothing can leak a mode into training)"
+    return f"every {every} training steps"
+
+
 def _configuration_lines(results: dict, summary: dict[str, dict]) -> list[str]:
     """The ``## Configuration`` list: data, model, schedule, execution paths, wall time."""
     cfg, m = results["config"], results["model"]
@@ -745,6 +793,7 @@ def _configuration_lines(results: dict, summary: dict[str, dict]) -> list[str]:
         f"- {cfg['seeds']} seeds ({', '.join(map(str, cfg['seed_list']))}), {cfg['epochs']} epochs, "
         f"SGD lr {cfg['lr']} momentum {cfg['momentum']}, batch size {cfg['batch_size']} "
         f"({m['steps_per_epoch']} steps/epoch, last partial batch dropped)",
+        f"- evaluation inside training: {eval_schedule_text(cfg.get('eval_every', 'epoch'))}",
         "- execution: " + "; ".join(f"{fw}: {described[p]}" for fw, p in paths),
         f"- Linen path: **{linen_path}** "
         + (

@@ -52,7 +52,8 @@ import numpy as np
 
 from parity import data
 from parity.progress import Progress
-from parity.registry import DATASET_MODEL
+from parity.registry import DATASET_MODEL, STUDY_MODEL_DATASET
+from parity.study import models as study_models
 
 #: variant -> (framework, correct?, one-line description)
 VARIANTS: dict[str, tuple[str, bool, str]] = {
@@ -75,6 +76,10 @@ VARIANT_NAMES: tuple[str, ...] = tuple(VARIANTS)
 
 #: dataset -> architecture name in torch_impl.models / flax_impl.*_models
 STUDY_DATASETS: tuple[str, ...] = tuple(DATASET_MODEL)
+#: every architecture ``--model`` trains (the default for a dataset first; see parity.study.models)
+STUDY_MODELS: tuple[str, ...] = tuple(STUDY_MODEL_DATASET)
+#: ``--eval-every`` words: after every epoch (the default, as the blog), or only at the end
+EVAL_SCHEDULES: tuple[str, ...] = ("epoch", "end")
 
 #: ``--quick``: a first look in well under a minute on a 2-core CPU (see docs/STUDY.md)
 QUICK = {"seeds": 3, "epochs": 10}
@@ -105,7 +110,10 @@ PATH_DESCRIPTIONS = {
 class StudyConfig:
     """What to train. Defaults are the full study (``parity study``); see :data:`QUICK`.
 
-    ``model_config`` is passed to every framework's ``build_model`` (``channels``, ``hidden``,
+    ``model`` is one of :data:`STUDY_MODELS` trained on ``dataset`` (``None``: the dataset's own,
+    ``signal1d`` / ``digits``). ``eval_every``: when the loops evaluate inside training,
+    ``"epoch"``, ``"end"`` or a step count (``torch_impl.train.EvalSchedule``).
+    ``model_config`` is passed to every framework's model builder (``channels``, ``hidden``,
     ``dropout``); empty means the architecture's defaults. ``train_subset`` keeps only the first
     N training examples (smoke tests). Seeds are ``0 .. seeds-1``. ``torch_threads``: torch's
     intra-op threads during the study (restored after); ``None`` = 1 on CPU (see
@@ -125,11 +133,13 @@ class StudyConfig:
     model_config: dict = field(default_factory=dict)
     train_subset: int | None = None
     torch_threads: int | None = None
+    model: str | None = None
+    eval_every: int | str = "epoch"
 
     @property
     def model_name(self) -> str:
-        """``signal1d`` for mnist1d, ``digits`` for digits."""
-        return DATASET_MODEL[self.dataset]
+        """``model``, or the dataset's own: ``signal1d`` for mnist1d, ``digits`` for digits."""
+        return self.model or DATASET_MODEL[self.dataset]
 
     @property
     def seed_list(self) -> list[int]:
@@ -144,6 +154,7 @@ class StudyConfig:
                 raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
 
         choose("dataset", self.dataset, STUDY_DATASETS)
+        self._validate_model_and_schedule()
         for v in self.variants:
             choose("variant", v, VARIANT_NAMES)
         if not self.variants:
@@ -171,6 +182,22 @@ class StudyConfig:
         if self.train_subset is not None and self.train_subset < self.batch_size:
             raise ValueError(
                 f"train_subset {self.train_subset} is smaller than one batch ({self.batch_size})"
+            )
+
+    def _validate_model_and_schedule(self) -> None:
+        if self.model is not None:
+            if self.model not in STUDY_MODELS:
+                raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(STUDY_MODELS)}")
+            if STUDY_MODEL_DATASET[self.model] != self.dataset:
+                raise ValueError(
+                    f"model {self.model} trains on {STUDY_MODEL_DATASET[self.model]}, not {self.dataset}"
+                )
+        every = self.eval_every
+        if not (
+            every in EVAL_SCHEDULES or (isinstance(every, int) and not isinstance(every, bool) and every >= 1)
+        ):
+            raise ValueError(
+                f"eval_every must be a step count >= 1 or one of {', '.join(EVAL_SCHEDULES)}, got {every!r}"
             )
 
     def to_dict(self) -> dict:
@@ -249,21 +276,13 @@ class _Context:
         return lambda epoch: data.iterate_batches(self.x_train_cl, self.y_train, c.batch_size, seed, epoch)
 
 
-@functools.cache
-def _linen_module(name: str, config_items: tuple) -> Any:
-    """One Linen module per architecture config. ``TrainState.apply_fn`` is static under jit and
-    bound methods compare by identity, so reusing one module lets jit reuse its compilation."""
-    from flax_impl import linen_models
-
-    return linen_models.build_model(name, **dict(config_items))
-
-
 def _config_items(config: StudyConfig) -> tuple:
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.model_config.items()))
 
 
 def _record(rec: dict) -> dict:
-    """A loop's per-epoch record in the study's schema (floats; ``step_losses`` dropped)."""
+    """A loop's per-epoch record in the study's schema (floats; ``step_losses`` dropped; ``evals``:
+    the loop's own evaluations in the epoch, each after ``step`` training steps of the run)."""
     return {
         "epoch": int(rec["epoch"]),
         "train_loss": float(rec["train_loss"]),
@@ -271,6 +290,10 @@ def _record(rec: dict) -> dict:
         "test_acc": float(rec["test_acc"]),
         "train_mode": float(rec["train_mode"]),
         "diverged": bool(rec["diverged"]),
+        "evals": [
+            {"step": int(e["step"]), "test_loss": float(e["test_loss"]), "test_acc": float(e["test_acc"])}
+            for e in rec.get("evals", [])
+        ],
     }
 
 
@@ -349,7 +372,9 @@ def _torch_seed(variant: str, seed: int, ctx: _Context, on_epoch: Callable[[dict
         torch.manual_seed(seed)  # dropout masks; caller's RNG state restored after
         batches = torch_train.device_batches(ctx.x_train, ctx.y_train, ctx.orders(seed), device)
         optimizer = torch_train.make_optimizer(model, c.lr, c.momentum)
-        history = loop(model, optimizer, batches, test_set, c.epochs, device=device, on_epoch=audited)
+        history = loop(
+            model, optimizer, batches, test_set, c.epochs, device, audited, eval_every=c.eval_every
+        )
     return history, {"guard_epoch": guard.get("epoch"), "guard_modules": guard.get("modules", [])}
 
 
@@ -361,11 +386,12 @@ def _linen_seed(variant: str, seed: int, ctx: _Context, on_epoch: Callable[[dict
 
     c = ctx.config
     fit = linen_train.fit if variant == "linen" else linen_train.fit_bug_emulated
-    module = _linen_module(c.model_name, _config_items(c))
+    module = study_models.linen_module(c.model_name, _config_items(c))
     tx = linen_train.make_optimizer(c.lr, c.momentum)
     state = linen_train.create_train_state(module, jax.device_put(ctx.linen_init[seed]), tx)
     test_set = (ctx.x_test_cl, ctx.y_test)
-    _, history = fit(state, ctx.flax_batches(seed), test_set, c.epochs, jax.random.key(seed), on_epoch)
+    rng = jax.random.key(seed)
+    _, history = fit(state, ctx.flax_batches(seed), test_set, c.epochs, rng, on_epoch, c.eval_every)
     return history, {}
 
 
@@ -379,7 +405,7 @@ def _linen_seeds_vmap(variant: str, ctx: _Context, on_epoch: OnSeedEpoch) -> dic
 
     c, seeds = ctx.config, ctx.config.seed_list
     fit = linen_train.fit_seeds if variant == "linen" else linen_train.fit_bug_emulated_seeds
-    module = _linen_module(c.model_name, _config_items(c))
+    module = study_models.linen_module(c.model_name, _config_items(c))
     tx = linen_train.make_optimizer(c.lr, c.momentum)
     states = linen_train.create_seed_states(module, [ctx.linen_init[s] for s in seeds], tx)
     orders = [ctx.orders(s) for s in seeds]
@@ -392,22 +418,22 @@ def _linen_seeds_vmap(variant: str, ctx: _Context, on_epoch: OnSeedEpoch) -> dic
         c.epochs,
         jnp.stack([jax.random.key(s) for s in seeds]),
         on_epoch=lambda i, rec: on_epoch(seeds[i], rec),
+        eval_every=c.eval_every,
     )
     return {s: (h, {}) for s, h in zip(seeds, histories, strict=True)}
 
 
 def _nnx_seed(variant: str, seed: int, ctx: _Context, on_epoch: Callable[[dict], None]) -> tuple:
     """One seed of an NNX variant (``fit_seed_bug`` / ``fit_view``); dropout from ``Rngs(seed)``."""
-    from flax_impl import nnx_models, nnx_train
-    from parity.convert import torch_to_nnx
+    from flax_impl import nnx_train
 
     c = ctx.config
     fit = nnx_train.fit_seed_bug if variant == "nnx_seed_bug" else nnx_train.fit_view
-    template = ctx.torch_init[seed]
-    model = nnx_models.build_model(c.model_name, seed=seed, **c.model_config)
-    torch_to_nnx(template.state_dict(), template, model)
+    model = study_models.build_nnx(c.model_name, seed, c.model_config)
+    study_models.load_nnx(c.model_name, ctx.torch_init[seed], model)
     optimizer = nnx_train.make_optimizer(model, c.lr, c.momentum)
-    history = fit(model, optimizer, ctx.flax_batches(seed), (ctx.x_test_cl, ctx.y_test), c.epochs, on_epoch)
+    test_set = (ctx.x_test_cl, ctx.y_test)
+    history = fit(model, optimizer, ctx.flax_batches(seed), test_set, c.epochs, on_epoch, c.eval_every)
     return history, {}
 
 
@@ -426,11 +452,12 @@ def variant_path(variant: str, linen_path: str) -> str:
     return linen_path if framework == "linen" else framework
 
 
-def resolve_linen_path(linen_path: str, device: str) -> str:
+def resolve_linen_path(linen_path: str, device: str, eval_every: int | str = "epoch") -> str:
     """``auto`` -> ``vmap`` on a GPU, ``loop`` on CPU (where scan is ~18x slower for these convs
-    and vmap-over-seeds slower still; measured numbers in docs/STUDY.md)."""
+    and vmap-over-seeds slower still; measured numbers in docs/STUDY.md), and ``loop`` whenever
+    ``eval_every`` is a step count (one scan per epoch cannot evaluate inside an epoch)."""
     if linen_path == "auto":
-        return "vmap" if device == "cuda" else "loop"
+        return "vmap" if device == "cuda" and not isinstance(eval_every, int) else "loop"
     return linen_path
 
 
@@ -533,9 +560,6 @@ def _train_variants(ctx: _Context, linen_path: str, progress: bool, steps_per_ep
 def _context(config: StudyConfig, runtime: Any) -> tuple[_Context, data.Dataset]:
     """Load the data (the first ``train_subset`` training examples) and build each seed's
     initial weights: the torch model, converted to Linen's variables."""
-    from parity.convert import torch_to_linen
-    from torch_impl import models as torch_models
-
     ds = data.load(config.dataset)
     n = len(ds.x_train) if config.train_subset is None else min(config.train_subset, len(ds.x_train))
     if config.batch_size > n:
@@ -543,8 +567,10 @@ def _context(config: StudyConfig, runtime: Any) -> tuple[_Context, data.Dataset]
     x_train_cl, x_test_cl = ds.channels_last()
     torch_init, linen_init = {}, {}
     for seed in config.seed_list:
-        torch_init[seed] = torch_models.build_model(config.model_name, seed=seed, **config.model_config)
-        linen_init[seed] = torch_to_linen(torch_init[seed].state_dict(), torch_init[seed])
+        torch_init[seed] = study_models.build_torch(config.model_name, seed, config.model_config)
+        linen_init[seed] = study_models.linen_variables(
+            config.model_name, torch_init[seed], _config_items(config), x_train_cl
+        )
     ctx = _Context(
         config,
         runtime,
@@ -558,6 +584,12 @@ def _context(config: StudyConfig, runtime: Any) -> tuple[_Context, data.Dataset]
         linen_init,
     )
     return ctx, ds
+
+
+def study_context(config: StudyConfig, runtime: Any) -> _Context:
+    """What every variant runner shares (data in both layouts, each seed's initial weights), for
+    tools that retrace one run of the study (:mod:`parity.study.bn_split`)."""
+    return _context(config, runtime)[0]
 
 
 def run_study(config: StudyConfig, progress: bool = True, runtime: Any = None) -> dict:
@@ -589,7 +621,7 @@ def run_study(config: StudyConfig, progress: bool = True, runtime: Any = None) -
     started = time.perf_counter()
     ctx, ds = _context(config, runtime)
     n = len(ctx.y_train)
-    linen_path = resolve_linen_path(config.linen_path, runtime.device)
+    linen_path = resolve_linen_path(config.linen_path, runtime.device, config.eval_every)
     threads = config.torch_threads or (
         CPU_TORCH_THREADS if runtime.device == "cpu" else torch.get_num_threads()
     )
