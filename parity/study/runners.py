@@ -109,7 +109,9 @@ class StudyConfig:
     ``dropout``); empty means the architecture's defaults. ``train_subset`` keeps only the first
     N training examples (smoke tests). Seeds are ``0 .. seeds-1``. ``torch_threads``: torch's
     intra-op threads during the study (restored after); ``None`` = 1 on CPU (see
-    :data:`CPU_TORCH_THREADS`), torch's own setting on a GPU.
+    :data:`CPU_TORCH_THREADS`), torch's own setting on a GPU. ``devices``: how many devices
+    (GPUs, or CPU worker processes / simulated jax devices) the seeds are spread over
+    (:mod:`parity.study.devices`); the numbers are those of ``devices=1``.
     """
 
     dataset: str = "mnist1d"
@@ -125,6 +127,7 @@ class StudyConfig:
     model_config: dict = field(default_factory=dict)
     train_subset: int | None = None
     torch_threads: int | None = None
+    devices: int = 1
 
     @property
     def model_name(self) -> str:
@@ -166,6 +169,8 @@ class StudyConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.devices < 1:
+            raise ValueError(f"devices must be >= 1, got {self.devices}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
         if self.train_subset is not None and self.train_subset < self.batch_size:
@@ -411,6 +416,10 @@ def _nnx_seed(variant: str, seed: int, ctx: _Context, on_epoch: Callable[[dict],
     return history, {}
 
 
+#: per-seed execution path -> its one-seed trainer (:mod:`parity.study.devices` runs these in
+#: worker processes)
+SEED_TRAINERS: dict[str, TrainSeed] = {"torch": _torch_seed, "loop": _linen_seed, "nnx": _nnx_seed}
+
 #: execution path -> how its variants are trained (the Linen framework has two paths)
 RUNNERS: dict[str, TrainSeeds] = {
     "torch": _each_seed(_torch_seed),
@@ -472,7 +481,14 @@ def _train_variant(variant: str, ctx: _Context, linen_path: str, steps_per_epoch
     ctx.clock = clock
     t0 = time.perf_counter()
     runs = RUNNERS[path](variant, ctx, on_epoch)
-    wall = time.perf_counter() - t0
+    return variant_entry(variant, path, time.perf_counter() - t0, clock, runs, c.seed_list)
+
+
+def variant_entry(
+    variant: str, path: str, wall: float, clock: EpochClock, runs: dict, seeds: list[int]
+) -> dict:
+    """The entry of ``results['variants']`` for ``variant`` trained on ``path``: ``runs`` maps
+    each seed to ``(history, extra per-seed fields)``; ``wall`` seconds; ``clock`` its epochs."""
     framework, correct, description = VARIANTS[variant]
     return {
         "framework": framework,
@@ -482,7 +498,7 @@ def _train_variant(variant: str, ctx: _Context, linen_path: str, steps_per_epoch
         "path_description": PATH_DESCRIPTIONS[path],
         "wall_time_s": wall,
         "timing": clock.timing(),
-        "seeds": [_seed_result(seed, *runs[seed]) for seed in c.seed_list],
+        "seeds": [_seed_result(seed, *runs[seed]) for seed in seeds],
     }
 
 
@@ -559,6 +575,11 @@ def _context(config: StudyConfig, runtime: Any) -> tuple[_Context, data.Dataset]
     return ctx, ds
 
 
+def build_context(config: StudyConfig, runtime: Any) -> _Context:
+    """The shared data and each seed's initial weights (what every variant runner reads)."""
+    return _context(config, runtime)[0]
+
+
 def run_study(config: StudyConfig, progress: bool = True, runtime: Any = None) -> dict:
     """Train every variant of ``config`` over its seeds and return the results (JSON-ready).
 
@@ -595,7 +616,10 @@ def run_study(config: StudyConfig, progress: bool = True, runtime: Any = None) -
     previous_threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        variants = _train_variants(ctx, linen_path, progress, n // config.batch_size)
+        train = _train_variants
+        if config.devices > 1:
+            from parity.study.devices import train_variants as train
+        variants = train(ctx, linen_path, progress, n // config.batch_size)
     finally:
         torch.set_num_threads(previous_threads)
     return {
