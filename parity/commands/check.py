@@ -95,6 +95,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON (atomically)")
     parser.add_argument("--plot", metavar="FILE", help="write a PNG: per-layer bars and trajectory envelope")
     add_spec_arguments(parser)
+    parser.add_argument(
+        "--data-parallel",
+        type=int,
+        default=0,
+        metavar="N",
+        help="data-parallel checks 1-4 instead: torch DDP over N gloo ranks and Flax on N simulated "
+        "CPU devices against one device (--trajectory STEPS, default 3; --batch-size is global)",
+    )
+    parser.add_argument(
+        "--mismatches",
+        action="store_true",
+        help="with --data-parallel: also measure the mismatch rows 10-14 of MODE_BUGS.md",
+    )
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -120,8 +133,64 @@ def build_config(args: argparse.Namespace) -> CheckConfig:
     )
 
 
+def data_parallel_config(args: argparse.Namespace):
+    """The validated :class:`parity.harness.data_parallel_suite.DataParallelConfig` of the parsed
+    options (``ValueError`` with a one-line message when refused; nothing has started yet)."""
+    from parity.harness.data_parallel_suite import DEFAULT_STEPS, DataParallelConfig
+    from parity.replicas import gpu_count
+
+    for option, value in (
+        ("--localize", args.localize),
+        ("--plot", args.plot),
+        ("--precision", args.precision),
+    ):
+        if value:
+            raise ValueError(f"{option} does not apply to --data-parallel")
+    device = args.device if args.device != "auto" else ("cuda" if gpu_count() else "cpu")
+    config = DataParallelConfig(
+        world_size=args.data_parallel,
+        models=_names(args.models),
+        steps=args.trajectory or DEFAULT_STEPS,
+        batch_size=args.batch_size,
+        device=device,
+        mismatches=args.mismatches,
+        seed=args.seed,
+        json=Path(args.json) if args.json else None,
+    )
+    config.validate()
+    return config
+
+
+def run_data_parallel(args: argparse.Namespace) -> int:
+    """``--data-parallel N``: checks 1-4 (and ``--mismatches``); 0 all pass, 1 one fails or a
+    worker failed (named), 2 refused before anything started."""
+    from parity.harness import data_parallel_suite as suite
+    from parity.harness.suite import validate_outputs
+    from torch_impl.data_parallel import WorkerError
+
+    try:
+        config = data_parallel_config(args)
+        if config.json is not None:
+            validate_outputs(CheckConfig(json=config.json))
+    except ValueError as e:
+        print(f"parity check: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        result = suite.run_data_parallel(config, lambda msg: print(msg, file=sys.stderr))
+    except (WorkerError, RuntimeError) as e:
+        print(f"parity check: error: {e}", file=sys.stderr)
+        return 1
+    print(suite.format_rows(result.rows))
+    print(f"\n{'all data-parallel checks pass' if result.passed else 'a data-parallel check FAILED'}")
+    if config.json is not None:
+        suite.write_json(result, config.json)
+    return 0 if result.passed else 1
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the checks; 0 if all pass, 1 if any fails, 2 for a usage or device error."""
+    if args.data_parallel:
+        return run_data_parallel(args)
     from parity.device import DeviceError
     from parity.harness.suite import format_checks, resolve_device, run_suite, validate_outputs, write_outputs
 

@@ -156,6 +156,14 @@ def _add_execution_options(parser: argparse.ArgumentParser) -> None:
         help="torch intra-op threads (default: 1 on CPU, where these small models "
         "gain nothing from more; torch's own on a GPU)",
     )
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=DEFAULTS.devices,
+        metavar="N",
+        help="spread the seeds over N devices: GPUs, or on CPU N worker processes (and N simulated "
+        "jax devices for --linen-path vmap); same numbers as 1 (default 1)",
+    )
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -212,6 +220,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         torch_threads=args.torch_threads,
         model=model,
         eval_every=args.eval_every,
+        devices=args.devices,
     )
 
 
@@ -246,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
 def run_options(options: StudyOptions, out: Path) -> int:
     """Train, print the table, write the outputs into ``out`` (an existing, writable directory)."""
     from parity.device import DeviceError
+    from parity.study.devices import DeviceWorkerError
     from parity.study.outputs import clean_stale
     from parity.study.report import summarize
     from parity.study.runners import configure_runtime, run_study
@@ -253,6 +263,10 @@ def run_options(options: StudyOptions, out: Path) -> int:
     clean_stale(out)  # what a killed run left behind
     config = options.study
     try:
+        if config.devices > 1 and config.device != "cuda":  # simulated CPU devices: before jax starts
+            from parity.replicas import ensure_jax_cpu_devices
+
+            ensure_jax_cpu_devices(config.devices)
         runtime = configure_runtime(config.device, config.precision, warn=_warn)
     except (DeviceError, ValueError) as e:
         return _fail(str(e))
@@ -260,6 +274,8 @@ def run_options(options: StudyOptions, out: Path) -> int:
         results = run_study(config, progress=options.progress, runtime=runtime)
     except ValueError as e:  # e.g. batch size larger than the data
         return _fail(str(e))
+    except DeviceWorkerError as e:  # a --devices worker died, raised or hung: named, nothing written
+        return _fail(str(e), code=1)
     except KeyboardInterrupt:
         print(f"parity study: interrupted; nothing was written to {out}", file=sys.stderr)
         return 130

@@ -33,21 +33,36 @@ from flax_impl import data_parallel as flax_dp
 from parity import convert, data
 from parity.harness.compare import rel_l2, unbiased_running_var, values_per_channel
 from parity.layout import to_channels_last
+from parity.registry import MODEL_DATASET
 from torch_impl import data_parallel as torch_dp
 
 REPO = Path(__file__).resolve().parents[2]
 KINDS = ("logits", "grad", "running_mean", "running_var")
 
 
-def digits_batches(steps: int, batch: int, eval_rows: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The first ``steps * batch`` digits training rows as ``(K, B, 1, 8, 8)`` NCHW float32 and
-    ``(K, B)`` labels, plus ``eval_rows`` test rows ``(E, 1, 8, 8)``."""
-    ds = data.load("digits")
+def check_rows(model: str, steps: int, batch: int) -> None:
+    """Raise ``ValueError`` when ``steps`` batches of ``batch`` rows exceed ``model``'s training split."""
+    n, have = steps * batch, len(data.load(MODEL_DATASET[model]).x_train)
+    if n > have:
+        raise ValueError(f"{steps} steps of {batch} need {n} rows; {MODEL_DATASET[model]} has {have}")
+
+
+def model_batches(
+    model: str, steps: int, batch: int, eval_rows: int = 64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first ``steps * batch`` training rows of ``model``'s dataset as ``(K, B, C, ...)``
+    channels-first float32 (NCHW for digits, NCW for signal1d) and ``(K, B)`` int64 labels,
+    plus ``eval_rows`` test rows ``(E, C, ...)``."""
+    check_rows(model, steps, batch)
+    ds = data.load(MODEL_DATASET[model])
     n = steps * batch
-    if n > len(ds.x_train):
-        raise ValueError(f"{steps} steps of {batch} need {n} rows; digits has {len(ds.x_train)}")
     x = ds.x_train[:n].reshape(steps, batch, *ds.x_train.shape[1:])
     return x, ds.y_train[:n].reshape(steps, batch).astype(np.int64), ds.x_test[:eval_rows]
+
+
+def digits_batches(steps: int, batch: int, eval_rows: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`model_batches` of the digits model (NCHW ``(K, B, 1, 8, 8)``)."""
+    return model_batches("digits", steps, batch, eval_rows)
 
 
 def initial_variables(spec: torch_dp.RunSpec) -> dict:

@@ -117,7 +117,9 @@ class StudyConfig:
     ``dropout``); empty means the architecture's defaults. ``train_subset`` keeps only the first
     N training examples (smoke tests). Seeds are ``0 .. seeds-1``. ``torch_threads``: torch's
     intra-op threads during the study (restored after); ``None`` = 1 on CPU (see
-    :data:`CPU_TORCH_THREADS`), torch's own setting on a GPU.
+    :data:`CPU_TORCH_THREADS`), torch's own setting on a GPU. ``devices``: how many devices
+    (GPUs, or CPU worker processes / simulated jax devices) the seeds are spread over
+    (:mod:`parity.study.devices`); the numbers are those of ``devices=1``.
     """
 
     dataset: str = "mnist1d"
@@ -135,6 +137,7 @@ class StudyConfig:
     torch_threads: int | None = None
     model: str | None = None
     eval_every: int | str = "epoch"
+    devices: int = 1
 
     @property
     def model_name(self) -> str:
@@ -177,6 +180,8 @@ class StudyConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.devices < 1:
+            raise ValueError(f"devices must be >= 1, got {self.devices}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
         if self.train_subset is not None and self.train_subset < self.batch_size:
@@ -437,6 +442,10 @@ def _nnx_seed(variant: str, seed: int, ctx: _Context, on_epoch: Callable[[dict],
     return history, {}
 
 
+#: per-seed execution path -> its one-seed trainer (:mod:`parity.study.devices` runs these in
+#: worker processes)
+SEED_TRAINERS: dict[str, TrainSeed] = {"torch": _torch_seed, "loop": _linen_seed, "nnx": _nnx_seed}
+
 #: execution path -> how its variants are trained (the Linen framework has two paths)
 RUNNERS: dict[str, TrainSeeds] = {
     "torch": _each_seed(_torch_seed),
@@ -499,7 +508,14 @@ def _train_variant(variant: str, ctx: _Context, linen_path: str, steps_per_epoch
     ctx.clock = clock
     t0 = time.perf_counter()
     runs = RUNNERS[path](variant, ctx, on_epoch)
-    wall = time.perf_counter() - t0
+    return variant_entry(variant, path, time.perf_counter() - t0, clock, runs, c.seed_list)
+
+
+def variant_entry(
+    variant: str, path: str, wall: float, clock: EpochClock, runs: dict, seeds: list[int]
+) -> dict:
+    """The entry of ``results['variants']`` for ``variant`` trained on ``path``: ``runs`` maps
+    each seed to ``(history, extra per-seed fields)``; ``wall`` seconds; ``clock`` its epochs."""
     framework, correct, description = VARIANTS[variant]
     return {
         "framework": framework,
@@ -509,7 +525,7 @@ def _train_variant(variant: str, ctx: _Context, linen_path: str, steps_per_epoch
         "path_description": PATH_DESCRIPTIONS[path],
         "wall_time_s": wall,
         "timing": clock.timing(),
-        "seeds": [_seed_result(seed, *runs[seed]) for seed in c.seed_list],
+        "seeds": [_seed_result(seed, *runs[seed]) for seed in seeds],
     }
 
 
@@ -628,7 +644,10 @@ def run_study(config: StudyConfig, progress: bool = True, runtime: Any = None) -
     previous_threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        variants = _train_variants(ctx, linen_path, progress, n // config.batch_size)
+        train = _train_variants
+        if config.devices > 1:
+            from parity.study.devices import train_variants as train
+        variants = train(ctx, linen_path, progress, n // config.batch_size)
     finally:
         torch.set_num_threads(previous_threads)
     return {

@@ -1,0 +1,277 @@
+"""``parity study --devices N``: the study's seeds spread over N devices, same numbers as one.
+
+Two mechanisms, one per kind of execution path (:data:`parity.study.runners.RUNNERS`):
+
+* **Linen vmap-over-seeds** (``--linen-path vmap``; the default on GPUs): the seed axis of the
+  stacked training states, dropout keys and batch orders is sharded over a 1-D mesh ``("seeds",)``
+  with ``NamedSharding``, so ``jit`` runs each device's seeds there. Seeds are padded to a
+  multiple of N by repeating the last one (its copies' results are dropped). On CPU the N
+  devices are simulated (:func:`parity.replicas.ensure_jax_cpu_devices`, set by the command
+  before jax starts).
+* **per-seed paths** (torch, the Linen loop, NNX): N worker processes (``forkserver``, modules
+  imported once in the server) take whole ``(variant, seed)`` tasks from one queue, longest
+  path first (torch, NNX, Linen loop), and run the same one-seed trainer as the single process
+  (:data:`parity.study.runners.SEED_TRAINERS`) with the same torch thread count. Worker ``r``
+  sees only GPU ``r`` (``CUDA_VISIBLE_DEVICES``) on a GPU machine; on CPU it is one process.
+
+Every seed's training depends only on its seed, so ``--devices N`` gives the numbers of
+``--devices 1``: bit-identical for the per-seed paths (same code, same thread count), and for
+the sharded vmap path to float32 rounding (XLA may compile a different vmap width per device).
+
+Timing with workers: a variant's ``wall_time_s`` and per-epoch ``timing`` sum its seeds' own
+times (worker seconds, as the single process sums them), ``worker_cpu_s`` their CPU seconds
+(workers' CPU time is not their parent's, so ``time`` misses it); ``total_wall_time_s`` is the wall.
+A worker that dies or raises stops the study with :class:`DeviceWorkerError` naming it and its
+task (the others are stopped; nothing is written); one silent for :data:`STALL_S` too.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+from parity import replicas
+from parity.progress import Progress
+from parity.study import runners
+
+#: a worker that reports nothing (no epoch finished) for this long is taken as hung: the
+#: slowest epoch measured is a few seconds (a torch epoch of mnist1d at one thread)
+STALL_S = 600.0
+#: modules the forkserver imports once, so that a worker starts without importing torch or jax
+#: (about 10 s each on the loaded 2-core box)
+PRELOAD = ("torch", "jax", "flax", "optax", "parity.study.runners", "torch_impl.train", "flax_impl.nnx_train")
+#: per-seed paths, longest first (torch ~3x a Flax seed on CPU): the queue's order
+PATH_ORDER = ("torch", "nnx", "loop")
+
+
+class DeviceWorkerError(RuntimeError):
+    """A study worker died, raised or hung; the message names it and its task."""
+
+
+def train_variants(ctx: Any, linen_path: str, progress: bool, steps_per_epoch: int) -> dict[str, dict]:
+    """:func:`parity.study.runners.run_study`'s variant loop over ``ctx.config.devices`` devices:
+    the vmap variants sharded in this process, then every per-seed variant in the worker pool.
+    Returns ``{variant: entry}`` in ``config.variants`` order (entries as with one device)."""
+    config = ctx.config
+    paths = {v: runners.variant_path(v, linen_path) for v in config.variants}
+    check_devices(config.devices, ctx.runtime.device, "vmap" in paths.values())
+    done: dict[str, dict] = {}
+    with Progress("epochs", len(config.variants) * config.seeds * config.epochs, enabled=progress) as bar:
+        ctx.progress = bar
+        for variant in (v for v in config.variants if paths[v] == "vmap"):
+            done[variant] = _train_sharded(variant, ctx, steps_per_epoch)
+            _log(bar, variant, done[variant], config.devices)
+        per_seed = [v for v in config.variants if paths[v] != "vmap"]
+        if per_seed:
+            for variant, entry in WorkerPool(ctx, per_seed, paths, steps_per_epoch).run().items():
+                done[variant] = entry
+                _log(bar, variant, entry, config.devices)
+    return {v: done[v] for v in config.variants}
+
+
+def _log(bar: Progress, variant: str, entry: dict, devices: int) -> None:
+    final = [s["epochs"][-1]["test_acc"] for s in entry["seeds"]]
+    bar.log(
+        f"{variant:<19} {entry['wall_time_s']:6.1f} s over {devices} devices"
+        f"  last-epoch test acc {100 * float(np.mean(final)):.2f}%"
+    )
+
+
+def check_devices(n: int, device: str, sharded: bool) -> None:
+    """Refuse (``ValueError``, before any training) ``n`` devices that ``device`` cannot hold,
+    or, for the ``sharded`` vmap path on CPU, a jax that already started with fewer than ``n``
+    CPU devices (:mod:`parity.replicas`)."""
+    replicas.check_replicas(n, device, "--devices")
+    if sharded and device == "cpu":
+        replicas.ensure_jax_cpu_devices(n)
+
+
+# ------------------------------------------------------------------ sharded vmap over seeds
+
+
+def padded_seeds(seeds: list[int], n: int) -> list[int]:
+    """``seeds`` with the last one repeated until the count is a multiple of ``n``."""
+    return seeds + seeds[-1:] * (-len(seeds) % n)
+
+
+def _train_sharded(variant: str, ctx: Any, steps_per_epoch: int) -> dict:
+    """Every seed of a Linen variant at once, the seed axis sharded over ``config.devices``
+    devices (``linen_train.fit_seeds`` / ``fit_bug_emulated_seeds`` unchanged: ``jit`` follows
+    the arguments' shardings). Same batches and dropout keys as the one-device path."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from flax_impl import linen_models, linen_train
+
+    c, n = ctx.config, ctx.config.devices
+    seeds = padded_seeds(c.seed_list, n)
+    platform = "gpu" if ctx.runtime.device == "cuda" else "cpu"
+    sharding = NamedSharding(Mesh(np.array(jax.devices(platform)[:n]), ("seeds",)), P("seeds"))
+    fit = linen_train.fit_seeds if variant == "linen" else linen_train.fit_bug_emulated_seeds
+    module = linen_models.build_model(c.model_name, **c.model_config)
+    tx = linen_train.make_optimizer(c.lr, c.momentum)
+    states = linen_train.create_seed_states(module, [ctx.linen_init[s] for s in seeds], tx)
+    orders = [ctx.orders(s) for s in seeds]
+    clock, real = runners.EpochClock(steps_per_epoch), len(c.seed_list)
+    ctx.progress.describe(f"{variant}  {c.seeds} seeds sharded over {n} devices")
+
+    def on_epoch(i: int, rec: dict) -> None:
+        if i < real:  # a padding copy's epochs are neither timed nor counted
+            clock.tick(rec["epoch"])
+            ctx.progress.advance(c.epochs - rec["epoch"] if rec["diverged"] else 1)
+
+    t0 = time.perf_counter()
+    _, histories = fit(
+        jax.device_put(states, sharding),
+        (ctx.x_train_cl, ctx.y_train),
+        lambda epoch: jax.device_put(np.stack([np.stack(o(epoch)) for o in orders]), sharding),
+        (ctx.x_test_cl, ctx.y_test),
+        c.epochs,
+        jax.device_put(jnp.stack([jax.random.key(s) for s in seeds]), sharding),
+        on_epoch=on_epoch,
+    )
+    runs = {s: (histories[i], {}) for i, s in enumerate(c.seed_list)}
+    return runners.variant_entry(variant, "vmap", time.perf_counter() - t0, clock, runs, c.seed_list)
+
+
+# ---------------------------------------------------------------------- the worker processes
+
+
+def _worker(index: int, config: Any, device: str, precision: str, threads: int, tasks, events) -> None:
+    """One worker: set its device, build the study context once, train tasks until ``None``.
+    Reports ``("start" | "epoch" | "done" | "error", index, ...)`` on ``events``."""
+    if device == "cuda":
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(index)  # before torch or jax touches CUDA
+    import torch
+
+    torch.set_num_threads(threads)
+    task = None
+    try:
+        ctx = runners.study_context(config, runners.configure_runtime(device, precision, warn=lambda m: None))
+        while (task := tasks.get()) is not None:
+            events.put(("start", index, task))
+            events.put(("done", index, task, *_train_task(ctx, task, index, events)))
+    except BaseException as e:  # reported, then the worker exits non-zero
+        last = traceback.format_exception_only(e)[-1].strip()
+        events.put(("error", index, task, last))
+        raise SystemExit(1) from None
+
+
+def _train_task(ctx: Any, task: tuple[str, str, int], index: int, events) -> tuple:
+    """Train one ``(variant, path, seed)``; ``(history, extra, per-epoch seconds, CPU seconds)``."""
+    variant, path, seed = task
+    seconds: list[tuple[int, float]] = []
+    last, cpu = time.perf_counter(), time.process_time()
+
+    def on_epoch(rec: dict) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        seconds.append((int(rec["epoch"]), now - last))
+        last = now
+        events.put(("epoch", index, task, int(rec["epoch"]), bool(rec["diverged"])))
+
+    history, extra = runners.SEED_TRAINERS[path](variant, seed, ctx, on_epoch)
+    return history, extra, seconds, time.process_time() - cpu
+
+
+class WorkerPool:
+    """``config.devices`` worker processes over the ``(variant, seed)`` tasks of ``variants``."""
+
+    def __init__(self, ctx: Any, variants: list[str], paths: dict[str, str], steps_per_epoch: int) -> None:
+        self.ctx, self.config, self.steps = ctx, ctx.config, steps_per_epoch
+        order = sorted(variants, key=lambda v: PATH_ORDER.index(paths[v]))
+        self.tasks = [(v, paths[v], s) for v in order for s in self.config.seed_list]
+        self.paths = paths
+        self.runs: dict[str, dict[int, tuple]] = {v: {} for v in variants}
+        self.clocks = {v: runners.EpochClock(steps_per_epoch) for v in variants}
+        self.walls = dict.fromkeys(variants, 0.0)
+        self.cpu = dict.fromkeys(variants, 0.0)
+        self.current: dict[int, tuple | None] = {}
+
+    def run(self) -> dict[str, dict]:
+        """Start the workers, collect every task, stop them; ``{variant: entry}``."""
+        import torch
+
+        n = min(self.config.devices, len(self.tasks))
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(list(PRELOAD))
+        tasks, events = ctx.Queue(), ctx.Queue()
+        for task in self.tasks + [None] * n:
+            tasks.put(task)
+        args = (self.config, self.ctx.runtime.device, self.ctx.runtime.precision, torch.get_num_threads())
+        procs = [ctx.Process(target=_worker, args=(i, *args, tasks, events), daemon=True) for i in range(n)]
+        try:
+            for p in procs:
+                p.start()
+            self._collect(procs, events)
+        finally:
+            for p in procs:
+                if p.is_alive():
+                    p.kill()
+                p.join(timeout=5)
+        return {v: self._entry(v) for v in self.runs}
+
+    def _collect(self, procs: list, events) -> None:
+        pending, heard = len(self.tasks), time.monotonic()
+        started = {i: time.perf_counter() for i in range(len(procs))}
+        while pending:
+            try:
+                event = events.get(timeout=0.5)
+            except queue.Empty:
+                self._check_alive(procs, heard)
+                continue
+            heard = time.monotonic()
+            kind, index, task = event[:3]
+            if kind == "start":
+                self.current[index], started[index] = task, time.perf_counter()
+                self.ctx.progress.describe(f"{len(procs)} workers: {task[0]} seed {task[2] + 1}")
+            elif kind == "epoch":
+                self.ctx.progress.advance(self.config.epochs - event[3] if event[4] else 1)
+            elif kind == "done":
+                self._finish(task, *event[3:], time.perf_counter() - started[index])
+                self.current[index], pending = None, pending - 1
+            else:
+                raise DeviceWorkerError(
+                    f"study worker {index} raised while training {_name(task)}: {event[3]}"
+                )
+
+    def _check_alive(self, procs: list, heard: float) -> None:
+        for i, p in enumerate(procs):
+            if not p.is_alive() and p.exitcode != 0:
+                raise DeviceWorkerError(
+                    f"study worker {i} of {len(procs)} died (exit code {p.exitcode}) "
+                    f"while training {_name(self.current.get(i))}"
+                )
+        if time.monotonic() - heard > STALL_S:
+            raise DeviceWorkerError(f"no study worker reported for {STALL_S:.0f} s; stopped them all")
+
+    def _finish(
+        self, task: tuple, history: list, extra: dict, seconds: list, cpu: float, wall: float
+    ) -> None:
+        variant, _, seed = task
+        self.runs[variant][seed] = (history, extra)
+        self.walls[variant] += wall
+        self.cpu[variant] += cpu
+        clock = self.clocks[variant]
+        for epoch, s in seconds:
+            clock.seconds[epoch] = clock.seconds.get(epoch, 0.0) + s
+            clock.steps[epoch] = clock.steps.get(epoch, 0) + self.steps
+
+    def _entry(self, variant: str) -> dict:
+        seeds = self.config.seed_list
+        entry = runners.variant_entry(
+            variant, self.paths[variant], self.walls[variant], self.clocks[variant], self.runs[variant], seeds
+        )
+        return entry | {"worker_cpu_s": self.cpu[variant]}
+
+
+def _name(task: tuple | None) -> str:
+    return "nothing yet (starting up)" if task is None else f"{task[0]} seed {task[2]}"
