@@ -6,6 +6,8 @@ float32 (eps 1.2e-7) accumulated over at most a few hundred terms stays well bel
 while any layout error (a missing flip, transpose or head permutation) gives O(1).
 """
 
+from functools import partial
+
 import flax.linen as fnn
 import jax
 import jax.numpy as jnp
@@ -40,14 +42,15 @@ def _cl(x: np.ndarray) -> np.ndarray:
 
 def _check_linen(tm, fm, x, train=False):
     """Convert tm -> fm's variables, compare forwards, and round-trip bit-exactly."""
-    variables = fm.init(jax.random.key(0), jnp.asarray(_cl(x)))
+    # init and forward jitted: one compile each, where eager Linen compiled every op separately
+    variables = jax.jit(fm.init)(jax.random.key(0), jnp.asarray(_cl(x)))
     v = torch_to_flax(tm.state_dict(), tm, variables)
     tm.train(train)
     ref = tm(torch.from_numpy(x)).detach().numpy()
     if train:
-        out, _ = fm.apply(v, jnp.asarray(_cl(x)), mutable=["batch_stats"])
+        out, _ = jax.jit(partial(fm.apply, mutable=["batch_stats"]))(v, jnp.asarray(_cl(x)))
     else:
-        out = fm.apply(v, jnp.asarray(_cl(x)))
+        out = jax.jit(fm.apply)(v, jnp.asarray(_cl(x)))
     assert rel_l2(np.asarray(out), _cl(ref)) <= TOL
     back = flax_to_torch(v, tm)
     sd = tm.state_dict()
