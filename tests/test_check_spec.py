@@ -116,3 +116,23 @@ def test_dropout_masks_off_refuses_a_model_with_dropout(capsys):
     argv = [*TOKENS, "--input-shape", "3,4,6", "--no-channels-last", "--dropout-masks", "off"]
     assert check(*argv) == 1
     assert "TorchTokens has dropout (drop)" in one_line_error(capsys)
+
+
+def test_the_flax_shape_and_then_the_module_type_decide_an_activation_layout():
+    import numpy as np
+    from torch import nn
+
+    from parity.harness.sides import layout_hint, torch_to_flax_layout
+
+    tokens = np.zeros((2, 5, 8))  # (N, L, D): the same in both frameworks
+    assert torch_to_flax_layout(tokens, (2, 5, 8)).shape == (2, 5, 8)
+    fmap = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)  # (N, C, H, W)
+    assert np.array_equal(torch_to_flax_layout(fmap, (2, 4, 5, 3)), np.moveaxis(fmap, 1, -1))
+    square = np.arange(2 * 4 * 4 * 4).reshape(2, 4, 4, 4)  # C = H = W: both readings fit
+    assert np.array_equal(
+        torch_to_flax_layout(square, (2, 4, 4, 4), "channels_first"), np.moveaxis(square, 1, -1)
+    )
+    assert torch_to_flax_layout(square, (2, 4, 4, 4), "same") is square
+    assert layout_hint(nn.Conv2d(1, 1, 1)) == layout_hint(nn.BatchNorm2d(1)) == "channels_first"
+    assert layout_hint(nn.Linear(1, 1)) == layout_hint(nn.LayerNorm(1)) == "same"
+    assert layout_hint(nn.ReLU()) is None
