@@ -109,3 +109,15 @@ class TorchPReLU(nn.Module):
 
 def torch_prelu() -> nn.Module:
     return TorchPReLU()
+
+
+class LinenIdsScaled(fnn.Module):
+    """The fault: embeddings scaled by sqrt(D), as some transformer ports do and torch does not."""
+
+    @fnn.compact
+    def __call__(self, ids):
+        return fnn.Dense(3, name="head")(fnn.Embed(20, 8, name="embed")(ids).mean(1) * 8**0.5)
+
+
+def linen_ids_scaled() -> fnn.Module:
+    return LinenIdsScaled()

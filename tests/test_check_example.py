@@ -14,7 +14,8 @@ TORCH = "docs/examples/tiny_transformer_torch.py:make"
 FLAX = "docs/examples/tiny_transformer_flax.py:make_{}"
 
 
-@pytest.mark.parametrize("framework", ["linen", "nnx"])
+# NNX builds its weights eagerly, one small XLA compilation per initializer: ~16 s under load
+@pytest.mark.parametrize("framework", ["linen", pytest.param("nnx", marks=pytest.mark.slow)])
 def test_map_pairs_everything(framework, tmp_path, capsys):
     out = tmp_path / "map.json"
     argv = ["map", "--torch", TORCH, "--flax", FLAX.format(framework), "--input-shape", "4,3,16,16"]

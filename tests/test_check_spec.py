@@ -24,7 +24,7 @@ def one_line_error(capsys) -> str:
     return err
 
 
-@pytest.mark.slow  # about 40 s under load: six jit compilations of the NNX side
+@pytest.mark.slow  # about 40 s under load (load average 13-20): a full check run of the NNX side
 def test_float_tokens_stay_unmoved_and_labels_come_per_token(tmp_path, capsys):
     """(N, L, D) tokens with --no-channels-last, dropout on with shared masks, per-token logits
     (N, L, 5): every foundation row, on an NNX port."""
@@ -49,6 +49,7 @@ def test_tokens_read_as_channels_first_fail(capsys):
     assert "NNXTokens on input (3, 6, 4) failed" in one_line_error(capsys)
 
 
+@pytest.mark.slow  # a full check run: 8-25 s under load (load average 18-20)
 def test_int64_ids_with_a_linen_port(capsys):
     assert check(*IDS, *IDS_INPUT) == 0, capsys.readouterr()
     assert "PASS: 4/4" in capsys.readouterr().out
@@ -116,3 +117,32 @@ def test_dropout_masks_off_refuses_a_model_with_dropout(capsys):
     argv = [*TOKENS, "--input-shape", "3,4,6", "--no-channels-last", "--dropout-masks", "off"]
     assert check(*argv) == 1
     assert "TorchTokens has dropout (drop)" in one_line_error(capsys)
+
+
+def test_the_flax_shape_and_then_the_module_type_decide_an_activation_layout():
+    import numpy as np
+    from torch import nn
+
+    from parity.harness.sides import layout_hint, torch_to_flax_layout
+
+    tokens = np.zeros((2, 5, 8))  # (N, L, D): the same in both frameworks
+    assert torch_to_flax_layout(tokens, (2, 5, 8)).shape == (2, 5, 8)
+    fmap = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)  # (N, C, H, W)
+    assert np.array_equal(torch_to_flax_layout(fmap, (2, 4, 5, 3)), np.moveaxis(fmap, 1, -1))
+    square = np.arange(2 * 4 * 4 * 4).reshape(2, 4, 4, 4)  # C = H = W: both readings fit
+    assert np.array_equal(
+        torch_to_flax_layout(square, (2, 4, 4, 4), "channels_first"), np.moveaxis(square, 1, -1)
+    )
+    assert torch_to_flax_layout(square, (2, 4, 4, 4), "same") is square
+    assert layout_hint(nn.Conv2d(1, 1, 1)) == layout_hint(nn.BatchNorm2d(1)) == "channels_first"
+    assert layout_hint(nn.Linear(1, 1)) == layout_hint(nn.LayerNorm(1)) == "same"
+    assert layout_hint(nn.ReLU()) is None
+
+
+@pytest.mark.slow  # a full check run with --localize and float64 re-judgement: ~9 s under load
+def test_a_port_bug_fails_and_localize_names_the_layer(capsys):
+    argv = ["--torch", f"{MODELS}:torch_ids", "--flax", f"{MODELS}:linen_ids_scaled", *IDS_INPUT]
+    assert check(*argv, "--localize") == 1
+    captured = capsys.readouterr()
+    assert "FAIL" in captured.out and "forward_eval_rel_l2" in captured.out
+    assert "first divergent: head (output, flax head)" in captured.err

@@ -240,6 +240,16 @@ def test_vit_trajectory_with_shared_dropout_masks(framework):
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_vit_layers_in_train_mode_with_shared_dropout_masks(framework):
+    """Every layer, dropout on: token rows ``(N, S, D)`` compared as they are, the patch
+    embedding's ``(N, D, 2, 2)`` map channels-last."""
+    port, x = vit_port(framework, dropout=0.1)
+    rep = localize(port.torch, port.flax, x, mode="train", **port.kwargs)
+    assert rep.passed, rep.format()
+    assert rep.row("encoder.dropout").shape == (4, 5, 16) and rep.row("conv_proj").shape == (4, 2, 2, 16)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_vit_round_trip_is_bit_exact(framework):
     port, _ = vit_port(framework)
     back = convert.flax_to_torch(port.variables if framework == "linen" else port.flax, port.torch)

@@ -30,9 +30,10 @@ model against its Flax port (Linen or NNX, whatever the factory returns) instead
 in ``parity map``), the input is drawn in torch layout (``--input-dtype``; integer ids in
 ``[0, --input-high)``) and given to Flax channels-last by rank, or as it is with
 ``--no-channels-last`` (tokens); labels come from the output's last dimension. The same
-options add the same sections (:mod:`parity.harness.user`). A SPEC that does not import or
-returns the wrong type, a layer with no rule, an unmatched key, a shape or dtype mismatch: one
-line on stderr naming the module and key, exit 1.
+options add the same sections (:mod:`parity.harness.user`); ``--models``, ``--frameworks``
+and ``--batch-size`` do not apply (the batch is ``--input-shape``'s first dimension). A SPEC
+that does not import or returns the wrong type, a layer with no rule, an unmatched key, a
+shape or dtype mismatch: one line on stderr naming the module and key, exit 1.
 
 Exit codes: 0 all within tolerance, 1 a check failed (or the user models do not convert), 2
 usage or device error.
@@ -42,11 +43,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from parity.device import DEVICES
 from parity.harness.suite import DROPOUT_CHOICES, PRECISION_CHOICES, CheckConfig
 from parity.registry import FLAX_FRAMEWORKS, MODELS, OPTIMIZERS
+
+if TYPE_CHECKING:
+    from parity.harness.user import SpecModels
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -227,7 +233,7 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def spec_models(args: argparse.Namespace):
+def spec_models(args: argparse.Namespace) -> SpecModels:
     """The :class:`parity.harness.user.SpecModels` of the parsed options (``ValueError`` with a
     one-line message for a usage error)."""
     from parity.harness.user import SpecInput, SpecModels
@@ -240,7 +246,7 @@ def spec_models(args: argparse.Namespace):
     return SpecModels(args.torch, args.flax, inp, args.map, dict(args.flatten or ()) or None)
 
 
-def run_spec(args: argparse.Namespace, log) -> int:
+def run_spec(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     """``parity check --torch SPEC --flax SPEC``: 0 all pass, 1 a check fails or the models do
     not convert (one line), 2 usage or device error."""
     from parity.convert import ConversionError
