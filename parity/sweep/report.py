@@ -103,7 +103,8 @@ def control_sentence(document: dict) -> str | None:
         )
     return (
         "The control (evaluation only at the end) shows no last-epoch effect distinguishable from zero "
-        f"in any of its {len(ends)} cells, as it should: with no evaluation inside training the seed's "
+        f"in {'its one cell' if len(ends) == 1 else f'any of its {len(ends)} cells'}, as it should: with "
+        "no evaluation inside training the seed's "
         "loop never leaves training mode."
     )
 
