@@ -156,3 +156,12 @@ def test_bn_split_traces_every_bn_layer_of_a_seed_bug_run():
     assert [e["epoch"] for e in result["epochs"]] == [1, 2]
     assert set(result["parted"]) == {"bn1", "bn2", "bn3"}
     assert all(p is None or p in (1, 2) for p in result["parted"].values())
+
+
+def test_the_external_comparison_describes_the_default_cnn_only():
+    from parity.study.report import external_check
+
+    results = {"config": {"dataset": "mnist1d", "model": "vit_tiny_1d", "epochs": 4, "model_config": {}}}
+    summary = {"torch_correct": {"correct": True, "final_acc": {"mean": 0.33, "n": 3}}}
+    text = external_check(results | {"model": {"params": 18026}}, summary)
+    assert "not `vit_tiny_1d`" in text and "33.00%" in text and "two convolutions" not in text
