@@ -156,3 +156,37 @@ def test_bn_split_traces_every_bn_layer_of_a_seed_bug_run():
     assert [e["epoch"] for e in result["epochs"]] == [1, 2]
     assert set(result["parted"]) == {"bn1", "bn2", "bn3"}
     assert all(p is None or p in (1, 2) for p in result["parted"].values())
+
+
+def test_the_external_comparison_describes_the_default_cnn_only():
+    from parity.study.report import external_check
+
+    results = {"config": {"dataset": "mnist1d", "model": "vit_tiny_1d", "epochs": 4, "model_config": {}}}
+    summary = {"torch_correct": {"correct": True, "final_acc": {"mean": 0.33, "n": 3}}}
+    text = external_check(results | {"model": {"params": 18026}}, summary)
+    assert "not `vit_tiny_1d`" in text and "33.00%" in text and "two convolutions" not in text
+
+
+@pytest.mark.slow  # compiles a ResNet-20 / ViT forward in Linen and in NNX (50-70 s each under load)
+@pytest.mark.parametrize("name", ["vit_tiny_1d", "resnet20_1d"])
+def test_the_study_builds_the_same_zoo_network_in_the_three_frameworks(name):
+    """Eval-mode logits of the torch model and its converted Linen and NNX models agree to float32
+    rounding (rel. L2 <= 1e-5, tests/test_zoo_parity.py's tolerance), for MNIST-1D signals."""
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    from parity.harness.compare import rel_l2
+    from parity.study import models
+
+    x = np.random.default_rng(0).normal(size=(4, 1, 40)).astype(np.float32)
+    x_cl = np.moveaxis(x, 1, -1)
+    tm = models.build_torch(name, 0, {}).eval()
+    with torch.no_grad():
+        ref = tm(torch.from_numpy(x)).numpy()
+    variables = models.linen_variables(name, tm, (), x_cl)
+    linen = models.linen_module(name, ()).apply(variables, jnp.asarray(x_cl), train=False)
+    nnx_model = models.load_nnx(name, tm, models.build_nnx(name, 0, {}))
+    nnx_model.eval()
+    assert rel_l2(np.asarray(linen), ref) <= 1e-5
+    assert rel_l2(np.asarray(nnx_model(jnp.asarray(x_cl))), ref) <= 1e-5

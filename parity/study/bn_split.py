@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from parity.study.runners import StudyConfig, configure_runtime, study_context
+from parity.study.runners import CPU_TORCH_THREADS, StudyConfig, configure_runtime, study_context
 
 #: relative L2 gap between running and batch statistics taken as "parted" (see the module doc)
 PART_WAYS = 0.5
@@ -109,7 +109,14 @@ def bn_split(config: StudyConfig, variant: str, seed: int) -> dict:
         gaps = bn_gaps(_snapshot(variant, model, ctx.torch_init[seed]), x)
         epochs.append({"epoch": record["epoch"] + 1, "test_acc": record["test_acc"], "gaps": gaps})
 
-    _train(variant, seed, ctx, on_epoch)
+    import torch
+
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(config.torch_threads or CPU_TORCH_THREADS)  # as run_study on CPU
+        _train(variant, seed, ctx, on_epoch)
+    finally:
+        torch.set_num_threads(previous)
     layers = list(epochs[0]["gaps"]) if epochs else []
     parted = {
         name: next((e["epoch"] for e in epochs if max(e["gaps"][name].values()) > PART_WAYS), None)

@@ -730,6 +730,18 @@ def external_check(results: dict, summary: dict[str, dict]) -> str:
             f"study ran on `{cfg['dataset']}`, so there is no published number to compare with here."
         )
     ref = summary.get("torch_correct") or next((s for s in summary.values() if s["correct"]), None)
+    if cfg.get("model", "signal1d") != "signal1d":
+        measured = (
+            ""
+            if ref is None or ref["final_acc"]["mean"] is None
+            else (
+                f" Our correct `{cfg['model']}` reached {_pct(ref['final_acc']['mean'])}% after {cfg['epochs']} epochs."
+            )
+        )
+        return (
+            "The MNIST-1D authors report " + MNIST1D_PAPER_CNN_ACC + " for their CNN; the architecture "
+            f"comparison written here is for the default `signal1d` CNN, not `{cfg['model']}`." + measured
+        )
     params = results["model"]["params"]
     text = (
         "The MNIST-1D authors report " + MNIST1D_PAPER_CNN_ACC + " test accuracy for their CNN "

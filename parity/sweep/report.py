@@ -38,8 +38,8 @@ def table(document: dict) -> str:
     """The grid as a markdown table: one row per cell and variant."""
     head = (
         "| model | eval | variant | last-epoch acc % | last-epoch effect, points [95% CI] "
-        "| epoch-2 effect, points [95% CI] | collapsed [95% CI] | audit |\n"
-        "|---|---|---|---:|---|---|---|---|\n"
+        "| epoch-2 effect, points [95% CI] | collapsed [95% CI] | diverged | audit |\n"
+        "|---|---|---|---:|---|---|---|---|---|\n"
     )
     rows = []
     for cell in document["cells"]:
@@ -49,7 +49,7 @@ def table(document: dict) -> str:
                 f"| {cell['model']} | {cell['eval_every']} | `{v}` | {_acc(s['final_acc'])} | "
                 f"{_pts(s['effect_last']) if v != 'torch_correct' else 'reference'} | "
                 f"{_pts(s['effect_epoch2']) if v != 'torch_correct' else 'reference'} | "
-                f"{_rate(s['collapse'])} | {audit} |"
+                f"{_rate(s['collapse'])} | {len(s['diverged_seeds'])}/{s['collapse']['n']} | {audit} |"
             )
     return head + "\n".join(rows) + "\n"
 
@@ -74,7 +74,7 @@ def effect_sentences(document: dict, key: str, when: str) -> list[str]:
             if side:
                 found = True
                 out.append(
-                    f"- {name}: `{v}` ends {when} {_pts(s[key])} points, {side} `torch_correct` (95% CI excludes 0)."
+                    f"- {name}: `{v}` is {side} `torch_correct` {when}: {_pts(s[key])} points (95% CI excludes 0)."
                 )
         if not found:
             quiet.append(cell_id(cell["model"], cell["eval_every"]))
@@ -103,7 +103,8 @@ def control_sentence(document: dict) -> str | None:
         )
     return (
         "The control (evaluation only at the end) shows no last-epoch effect distinguishable from zero "
-        f"in any of its {len(ends)} cells, as it should: with no evaluation inside training the seed's "
+        f"in {'its one cell' if len(ends) == 1 else f'any of its {len(ends)} cells'}, as it should: with "
+        "no evaluation inside training the seed's "
         "loop never leaves training mode."
     )
 
@@ -118,6 +119,14 @@ def collapse_sentence(document: dict) -> str:
     kb, nb = sum(t["k"] for t in bug), sum(t["n"] for t in bug)
     kg, ng = sum(t["k"] for t in good), sum(t["n"] for t in good)
     text = "Collapsed runs over the whole grid (exact 95% binomial CI): " + ", ".join(parts) + "."
+    diverged = [
+        f"{c['model']}-eval-{c['eval_every']} `{v}` seed {', '.join(map(str, s['diverged_seeds']))}"
+        for c in document["cells"]
+        for v, s in c["variants"].items()
+        if s["diverged_seeds"]
+    ]
+    if diverged:
+        text += " Diverged (non-finite training loss; not counted as collapsed): " + "; ".join(diverged) + "."
     if nb and ng:
         p = fisher_exact_p(kb, nb, kg, ng)
         verdict = (
