@@ -89,7 +89,7 @@ class LinenUserNet(fnn.Module):
 class NNXBlock(nnx.Module):
     def __init__(self, c: int, rngs: nnx.Rngs) -> None:
         self.conv = nnx.Conv(c, c, (3, 3), padding=1, use_bias=False, rngs=rngs)
-        self.bn = nnx.BatchNorm(c, epsilon=1e-5, rngs=rngs)
+        self.bn = nnx.BatchNorm(c, epsilon=1e-5, momentum=0.9, rngs=rngs)
 
     def __call__(self, x):
         return nnx.relu(x + self.bn(self.conv(x)))
@@ -98,7 +98,9 @@ class NNXBlock(nnx.Module):
 class NNXUserNet(nnx.Module):
     def __init__(self, rngs: nnx.Rngs) -> None:
         self.stem = nnx.Sequential(
-            nnx.Conv(3, 8, (3, 3), padding=1, rngs=rngs), nnx.BatchNorm(8, epsilon=1e-5, rngs=rngs), nnx.relu
+            nnx.Conv(3, 8, (3, 3), padding=1, rngs=rngs),
+            nnx.BatchNorm(8, epsilon=1e-5, momentum=0.9, rngs=rngs),
+            nnx.relu,
         )
         self.blocks = nnx.List([NNXBlock(8, rngs) for _ in range(2)])
         self.side = nnx.Conv(8, 4, (1, 1), rngs=rngs)

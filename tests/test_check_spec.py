@@ -146,3 +146,16 @@ def test_a_port_bug_fails_and_localize_names_the_layer(capsys):
     captured = capsys.readouterr()
     assert "FAIL" in captured.out and "forward_eval_rel_l2" in captured.out
     assert "first divergent: head (output, flax head)" in captured.err
+
+
+@pytest.mark.slow  # a full check run of a 9-layer user model with float64 re-judgement
+def test_a_conv_bias_before_batchnorm_passes_its_zero_gradient(tmp_path, capsys):
+    """tests/convert_user_models.py's stem is Conv2d(bias=True) -> BatchNorm2d: in train mode the
+    batch mean removes the bias, its true gradient is 0, and both sides' float64 values are
+    rounding noise. Judged on the largest gradient's scale, the correct NNX port passes."""
+    users = "tests/convert_user_models.py"
+    out = tmp_path / "check.json"
+    argv = ["--torch", f"{users}:make_torch", "--flax", f"{users}:make_nnx", "--input-shape", "2,3,4,4"]
+    assert check(*argv, "--json", str(out)) == 0, capsys.readouterr()
+    rows = {c["check"]: c for c in json.loads(out.read_text())["checks"]}
+    assert rows["gradient_max_rel_l2"]["value"] <= 1e-5 and rows["bn_running_mean_rel_l2"]["passed"]

@@ -19,10 +19,12 @@ from parity.harness.localize import (
     FlaxSide,
     SharedDropout,
     activation_to_flax,
+    compare_tensor,
     flax_dropout_hook,
     localize,
     localize_gradients,
     mask_scale,
+    rejudge_in_float64,
     torch_shared_dropout,
 )
 from parity.testing import assert_parity
@@ -220,3 +222,22 @@ def test_migration_guide_code_runs(capsys):
     out = capsys.readouterr().out
     assert "first divergent: bn1 (running_mean" in out
     assert "within tolerance at every step" in out
+
+
+def test_a_gradient_that_is_zero_in_float64_is_judged_on_the_largest_gradients_scale():
+    # a conv bias right before a train-mode BatchNorm: the true gradient is exactly zero, each
+    # side computes rounding noise, and their relative difference is ~1 even in float64
+    rng = np.random.default_rng(0)
+    torch64 = rng.standard_normal(8) * 1e-17
+    noise = rng.standard_normal(8) * 1e-17
+    row = compare_tensor("b", "grad", "b", np.ones(8), np.zeros(8), 1e-5)
+    scale = 1.0  # the largest parameter gradient's float64 norm
+    assert rejudge_in_float64(row, torch64 * 1e8, torch64, noise).passed is False  # relative: noise/noise
+    ok = rejudge_in_float64(row, torch64 * 1e8, torch64, noise, scale)
+    assert ok.passed and ok.port_float64_rel_l2 < 1e-15 and "true gradient is zero" in ok.note
+    # a port that gives the parameter a real gradient still fails on that scale
+    assert not rejudge_in_float64(row, torch64 * 1e8, torch64, noise + 1e-6, scale).passed
+    # a non-zero true gradient is still judged relative to itself
+    g = rng.standard_normal(8) * 1e-3
+    assert not rejudge_in_float64(row, g, g, g * (1 + 1e-8), scale).passed
+    assert rejudge_in_float64(row, g, g, g * (1 + 1e-12), scale).passed
