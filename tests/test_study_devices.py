@@ -105,10 +105,10 @@ class _KillFirstWorker:
 
 @pytest.mark.slow  # starts a worker pool
 def test_a_killed_worker_is_named_and_stops_the_study(tiny):
-    from parity.study.runners import build_context, configure_runtime
+    from parity.study.runners import configure_runtime, study_context
 
     config = replace(tiny, devices=2, variants=("torch_correct",))
-    ctx = build_context(config, configure_runtime("cpu", "strict"))
+    ctx = study_context(config, configure_runtime("cpu", "strict"))
     ctx.progress = _KillFirstWorker()
     start = time.monotonic()
     pool = devices.WorkerPool(ctx, ["torch_correct"], {"torch_correct": "torch"}, 8)

@@ -156,7 +156,7 @@ def _worker(index: int, config: Any, device: str, precision: str, threads: int, 
     torch.set_num_threads(threads)
     task = None
     try:
-        ctx = runners.build_context(config, runners.configure_runtime(device, precision, warn=lambda m: None))
+        ctx = runners.study_context(config, runners.configure_runtime(device, precision, warn=lambda m: None))
         while (task := tasks.get()) is not None:
             events.put(("start", index, task))
             events.put(("done", index, task, *_train_task(ctx, task, index, events)))

@@ -575,8 +575,9 @@ def _context(config: StudyConfig, runtime: Any) -> tuple[_Context, data.Dataset]
     return ctx, ds
 
 
-def build_context(config: StudyConfig, runtime: Any) -> _Context:
-    """The shared data and each seed's initial weights (what every variant runner reads)."""
+def study_context(config: StudyConfig, runtime: Any) -> _Context:
+    """What every variant runner shares (data in both layouts, each seed's initial weights), for
+    tools that retrace one run of the study (:mod:`parity.study.bn_split`)."""
     return _context(config, runtime)[0]
 
 
