@@ -44,8 +44,9 @@ from parity.study import runners
 #: slowest epoch measured is a few seconds (a torch epoch of mnist1d at one thread)
 STALL_S = 600.0
 #: modules the forkserver imports once, so that a worker starts without importing torch or jax
-#: (about 10 s each on the loaded 2-core box)
-PRELOAD = ("torch", "jax", "flax", "optax", "parity.study.runners", "torch_impl.train", "flax_impl.nnx_train")
+#: (about 10 s each on the loaded 2-core box); the Flax ones only when a Flax path is queued
+PRELOAD = ("torch", "parity.study.runners", "parity.convert", "torch_impl.train", "torch_impl.audit")
+PRELOAD_FLAX = ("jax", "flax", "optax", "flax_impl.linen_train", "flax_impl.nnx_train")
 #: per-seed paths, longest first (torch ~3x a Flax seed on CPU): the queue's order
 PATH_ORDER = ("torch", "nnx", "loop")
 
@@ -202,7 +203,8 @@ class WorkerPool:
 
         n = min(self.config.devices, len(self.tasks))
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(list(PRELOAD))
+        flax = any(path != "torch" for _, path, _ in self.tasks)
+        ctx.set_forkserver_preload([*PRELOAD, *(PRELOAD_FLAX if flax else ())])
         tasks, events = ctx.Queue(), ctx.Queue()
         for task in self.tasks + [None] * n:
             tasks.put(task)
@@ -223,10 +225,10 @@ class WorkerPool:
         pending, heard = len(self.tasks), time.monotonic()
         started = {i: time.perf_counter() for i in range(len(procs))}
         while pending:
+            self._check_alive(procs, heard)  # every turn: other workers' events keep the queue busy
             try:
                 event = events.get(timeout=0.5)
             except queue.Empty:
-                self._check_alive(procs, heard)
                 continue
             heard = time.monotonic()
             kind, index, task = event[:3]

@@ -1,0 +1,110 @@
+"""``parity check --data-parallel N`` (issue 14): refusals before any work, the row verdicts,
+and one end-to-end run (slow).
+
+The refusals run in this process and must not start a gloo worker or a jax child: both entry
+points are replaced by functions that fail the test. The end-to-end run is a fresh ``parity``
+process on the small ``--batch-size 8``, ``--trajectory 2`` digits set-up, N = 2.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from parity import replicas
+from parity.cli import main
+from parity.harness import data_parallel as dp
+from parity.harness.data_parallel_suite import TOL, DataParallelConfig, DataParallelRow
+from torch_impl import data_parallel as torch_dp
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def nothing_starts(monkeypatch):
+    """Fail the test if a gloo worker or the Flax child process is started."""
+
+    def started(*a, **k):
+        raise AssertionError("work started before the input was refused")
+
+    monkeypatch.setattr(torch_dp.mp, "start_processes", started)
+    monkeypatch.setattr(dp.subprocess, "run", started)
+
+
+def _refused(capsys, argv: list[str]) -> str:
+    assert main(["check", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one line, no traceback
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--batch-size", "30", "--data-parallel", "4"],
+            "global batch 30 is not divisible by --data-parallel 4 (remainder 2)",
+        ),
+        (
+            ["--batch-size", "4", "--data-parallel", "4"],
+            "leaves 1 row(s) per replica; BatchNorm needs at least 2",
+        ),
+        (["--trajectory", "20", "--data-parallel", "2"], "20 steps of 128 need 2560 rows; digits has 1437"),
+        (["--models", "nope", "--data-parallel", "2"], "unknown model 'nope'"),
+        (["--localize", "--data-parallel", "2"], "--localize does not apply to --data-parallel"),
+        (["--data-parallel", "-1"], "--data-parallel must be at least 1, got -1"),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(capsys, nothing_starts, argv, message):
+    assert message in _refused(capsys, ["--device", "cpu", *argv])
+
+
+def test_more_replicas_than_the_cpu_holds_is_refused(capsys, nothing_starts, monkeypatch):
+    monkeypatch.setattr(replicas, "cpu_cores", lambda: 2)
+    line = _refused(capsys, ["--device", "cpu", "--data-parallel", "16"])
+    assert (
+        "--data-parallel 16 is more than the 8 CPU worker processes available (4 per core on 2 cores)" in line
+    )
+
+
+@pytest.mark.parametrize("device", ["cuda", "auto"])
+def test_one_gpu_and_more_than_one_replica_is_a_clear_error(capsys, nothing_starts, monkeypatch, device):
+    monkeypatch.setattr(replicas, "gpu_count", lambda: 1)
+    line = _refused(capsys, ["--device", device, "--data-parallel", "2"])
+    assert "--data-parallel 2 needs 2 GPUs, one per replica; torch sees 1" in line
+
+
+def test_a_check_fails_above_the_tolerance_and_a_mismatch_below_its_threshold():
+    assert DataParallelRow("m", "c", {"logits": TOL / 2, "grad": TOL / 3}).passed
+    assert not DataParallelRow("m", "c", {"logits": TOL / 2, "grad": 2 * TOL}).passed
+    assert DataParallelRow("m", "c", {"grad": 1.0, "logits": 0.5}, "differs").passed
+    # a mismatch must show in every kind it measures: one kind at rounding level is not the bug
+    assert not DataParallelRow("m", "c", {"grad": 1.0, "logits": 1e-7}, "differs").passed
+
+
+@pytest.mark.slow  # loads MNIST-1D: 5 s of CPU (92 s wall at load average 20)
+def test_config_counts_the_rows_of_each_models_dataset():
+    with pytest.raises(ValueError, match="40 steps of 128 need 5120 rows; mnist1d has 4000"):
+        DataParallelConfig(2, models=("signal1d",), steps=40).validate()
+
+
+@pytest.mark.slow  # a fresh parity process: torch/jax imports, 2 gloo ranks and a 2-device jax child
+def test_check_data_parallel_end_to_end(tmp_path):
+    out = tmp_path / "dp.json"
+    cmd = [sys.executable, "-m", "parity", "check", "--data-parallel", "2", "--models", "digits"]
+    cmd += ["--batch-size", "8", "--trajectory", "2", "--mismatches", "--device", "cpu", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "all data-parallel checks pass" in proc.stdout
+    doc = json.loads(out.read_text())
+    assert doc["passed"] and doc["world_size"] == 2 and doc["tolerance"] == TOL
+    checks = [r for r in doc["rows"] if r["expect"] == "same"]
+    mismatches = [r for r in doc["rows"] if r["expect"] == "differs"]
+    assert [r["check"][:2] for r in checks] == ["1 ", "2 ", "2 ", "3 ", "4 ", "13"]
+    assert [r["check"][:2] for r in mismatches] == ["10", "11", "12", "13", "14"]
+    assert all(max(r["gaps"].values()) < TOL for r in checks)
+    assert all(min(r["gaps"].values()) > 100 * TOL for r in mismatches)
