@@ -110,14 +110,15 @@ def _train_sharded(variant: str, ctx: Any, steps_per_epoch: int) -> dict:
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from flax_impl import linen_models, linen_train
+    from flax_impl import linen_train
+    from parity.study import models as study_models
 
     c, n = ctx.config, ctx.config.devices
     seeds = padded_seeds(c.seed_list, n)
     platform = "gpu" if ctx.runtime.device == "cuda" else "cpu"
     sharding = NamedSharding(Mesh(np.array(jax.devices(platform)[:n]), ("seeds",)), P("seeds"))
     fit = linen_train.fit_seeds if variant == "linen" else linen_train.fit_bug_emulated_seeds
-    module = linen_models.build_model(c.model_name, **c.model_config)
+    module = study_models.linen_module(c.model_name, runners.config_items(c))
     tx = linen_train.make_optimizer(c.lr, c.momentum)
     states = linen_train.create_seed_states(module, [ctx.linen_init[s] for s in seeds], tx)
     orders = [ctx.orders(s) for s in seeds]
@@ -138,6 +139,7 @@ def _train_sharded(variant: str, ctx: Any, steps_per_epoch: int) -> dict:
         c.epochs,
         jax.device_put(jnp.stack([jax.random.key(s) for s in seeds]), sharding),
         on_epoch=on_epoch,
+        eval_every=c.eval_every,
     )
     runs = {s: (histories[i], {}) for i, s in enumerate(c.seed_list)}
     return runners.variant_entry(variant, "vmap", time.perf_counter() - t0, clock, runs, c.seed_list)

@@ -281,7 +281,8 @@ class _Context:
         return lambda epoch: data.iterate_batches(self.x_train_cl, self.y_train, c.batch_size, seed, epoch)
 
 
-def _config_items(config: StudyConfig) -> tuple:
+def config_items(config: StudyConfig) -> tuple:
+    """``config.model_config`` as a hashable key (sorted items, lists as tuples)."""
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.model_config.items()))
 
 
@@ -391,7 +392,7 @@ def _linen_seed(variant: str, seed: int, ctx: _Context, on_epoch: Callable[[dict
 
     c = ctx.config
     fit = linen_train.fit if variant == "linen" else linen_train.fit_bug_emulated
-    module = study_models.linen_module(c.model_name, _config_items(c))
+    module = study_models.linen_module(c.model_name, config_items(c))
     tx = linen_train.make_optimizer(c.lr, c.momentum)
     state = linen_train.create_train_state(module, jax.device_put(ctx.linen_init[seed]), tx)
     test_set = (ctx.x_test_cl, ctx.y_test)
@@ -410,7 +411,7 @@ def _linen_seeds_vmap(variant: str, ctx: _Context, on_epoch: OnSeedEpoch) -> dic
 
     c, seeds = ctx.config, ctx.config.seed_list
     fit = linen_train.fit_seeds if variant == "linen" else linen_train.fit_bug_emulated_seeds
-    module = study_models.linen_module(c.model_name, _config_items(c))
+    module = study_models.linen_module(c.model_name, config_items(c))
     tx = linen_train.make_optimizer(c.lr, c.momentum)
     states = linen_train.create_seed_states(module, [ctx.linen_init[s] for s in seeds], tx)
     orders = [ctx.orders(s) for s in seeds]
@@ -585,7 +586,7 @@ def _context(config: StudyConfig, runtime: Any) -> tuple[_Context, data.Dataset]
     for seed in config.seed_list:
         torch_init[seed] = study_models.build_torch(config.model_name, seed, config.model_config)
         linen_init[seed] = study_models.linen_variables(
-            config.model_name, torch_init[seed], _config_items(config), x_train_cl
+            config.model_name, torch_init[seed], config_items(config), x_train_cl
         )
     ctx = _Context(
         config,
