@@ -60,6 +60,7 @@ def test_flop_count_of_the_project_models_matches_their_architecture():
 # ------------------------------------------------------------------------------------ gate
 
 
+@pytest.mark.slow  # trains every gate workload, 24 s in the 2026-11-30 full run (load ~4); the gate's verdict logic has fast tests
 def test_gate_flags_a_wrong_learning_rate(workload, reference):
     # (a correct Flax style passing the gate is checked in the tiny run below)
     assert bench.check_gate("torch_eager", workload, reference).max_rel_err == 0.0
@@ -144,6 +145,7 @@ def test_cli_parses_lists_and_rejects_bad_numbers(capsys):
 # --------------------------------------------------------------------------------- tiny run
 
 
+@pytest.mark.slow  # an end-to-end bench run that compiles every style, 45 s in the 2026-11-30 full run (load ~4)
 def test_a_tiny_run_writes_well_formed_json_and_a_plot(tmp_path):
     from torch_impl.models import build_model
 
@@ -192,6 +194,7 @@ def test_a_tiny_run_writes_well_formed_json_and_a_plot(tmp_path):
     assert "| digits | 16 | linen_jit * |" in text and "SKIPPED" in text
 
 
+@pytest.mark.slow  # gates every style of both models, 15 s in the 2026-11-30 full run (load ~4)
 def test_quick_gates_each_style_once_per_model(monkeypatch):
     from parity.bench import measure
 

@@ -26,6 +26,7 @@ def reference(workload):
     return bench.reference_losses(workload)
 
 
+@pytest.mark.slow  # a timed run plus the dropout probe on every style, 40 s in the 2026-11-30 full run (load ~4)
 def test_a_sound_style_passes_the_timed_run_checks_and_the_dropout_probe(workload, reference):
     row = bench.measure_style("linen_jit", workload, reference, repeats=1)
     assert row["status"] == "ok", row["reason"]
@@ -35,6 +36,7 @@ def test_a_sound_style_passes_the_timed_run_checks_and_the_dropout_probe(workloa
     assert probe["changes"] and probe["rel_spread"] > 100 * bench.spec.DROPOUT_SPREAD_MIN
 
 
+@pytest.mark.slow  # the dropout probe on every style, 29 s in the 2026-11-30 full run (load ~4)
 def test_the_dropout_probe_sees_no_change_without_dropout(monkeypatch, workload):
     # the control: with dropout 0 the probe's steps (same batch, lr 0) give identical losses
     real = bench.spec.make_runner
@@ -70,6 +72,7 @@ def test_a_non_finite_loss_in_the_timed_run_is_failed(monkeypatch, workload, ref
     assert row["checks"]["losses_finite"] is False
 
 
+@pytest.mark.slow  # a timed Linen run with a reused dropout key, 14 s in the 2026-11-30 full run (load ~4)
 def test_linen_dropout_keys_reused_every_step_are_failed(monkeypatch, workload, reference):
     real_init = flax_runners.LinenJitRunner.__init__
 

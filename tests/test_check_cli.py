@@ -16,6 +16,9 @@ def read(path):
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+# the whole CLI contract, every level on both models and frameworks: 68 s in the 2026-11-30 full
+# run (load ~4); the other check CLI tests run by default
+@pytest.mark.slow
 def test_contract_and_harness_sections(tmp_path, capsys):
     """NNX end to end: foundation rows, layers, gradients, a float64 and a float32 trajectory
     with Adam (optax state over nnx.State), JSON and plot."""
