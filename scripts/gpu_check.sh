@@ -14,12 +14,13 @@
 # the whole table at the end, also when a step timed out or the script is interrupted. Exit 0
 # only if every step passed; a failure is printed in capitals and makes the exit code non-zero.
 #
-# Time limits (seconds), from the idle CPU dry run (`--dry-run`, 2-core AMD EPYC box, 2026-11-30:
-# env 7, gpu-tests 11 with the 5 CUDA tests skipped, study 52, study-linen-loop 15, check-both
-# 102 CPU s, bench 39, bench-compile 45; 274 s in all) and the XLA compiles it counts per step
+# Time limits (seconds), from idle CPU dry runs (`--dry-run`, 2-core AMD EPYC box, 2026-11-30,
+# 09:58 UTC: env 9, gpu-tests 12 with the 5 CUDA tests skipped, study 58, study-linen-loop 19,
+# check-both 55, bench 40, bench-compile 44; 236 s in all, every step passed; an earlier run at
+# 07:50 stopped check-both at its old 50 s limit) and the XLA compiles they count per step
 # ("compiles" asked for, persistent-cache "hits"; check-both asks for 326, most of them NNX's
-# eager op-by-op ones, cheap on either backend), with room on the GPU for the CUDA tests (~50
-# compiles) and the default-size study:
+# eager op-by-op ones), with room on the GPU for the CUDA tests (~50 compiles) and the
+# default-size study:
 #   env 20, gpu-tests 80, study 85, study-linen-loop 30, check-both 120, bench 60,
 #   bench-compile 65 (two cold Inductor compiles: the gate's and the timed model's)  = 460 s.
 # A step also never runs past the total: it gets what is left of TOTAL_LIMIT_S, and is SKIPPED
