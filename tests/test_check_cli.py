@@ -222,6 +222,9 @@ def test_bn_passes_are_full_batches_at_any_legal_batch_size(batch_size):
     np.testing.assert_array_equal(np.concatenate(passes)[: len(x)], x[: 5 * batch_size])
 
 
+# three end-to-end check runs of settings that failed once (their causes have fast unit tests):
+# 21 s in all on the idle box (2026-11-30); .ci/run runs it with -m slow
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv",
     [

@@ -210,6 +210,8 @@ def test_bad_inputs(digits):
         localize(pair.torch, object(), x)
 
 
+# runs MIGRATION.md's code end to end: 11 s on the idle box (2026-11-30); .ci/run runs it with -m slow
+@pytest.mark.slow
 def test_migration_guide_code_runs(capsys):
     """Execute every ```python block of MIGRATION.md's "How to parity-test your own model"."""
     text = (ROOT / "MIGRATION.md").read_text(encoding="utf-8")

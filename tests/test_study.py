@@ -190,6 +190,8 @@ def test_same_seeds_give_the_same_numbers_on_cpu(tiny_results):
     assert _numbers(again) == _numbers(tiny_results)
 
 
+# compiles the vmap-over-seeds epoch (the GPU path): 9.5 s on the idle box (2026-11-30); .ci/run runs it with -m slow
+@pytest.mark.slow
 def test_linen_vmap_over_seeds_matches_the_loop_path(tiny_results):
     vm = run_study(
         StudyConfig(**(TINY | {"epochs": 2}), variants=("linen_bug_emulated",), linen_path="vmap"),

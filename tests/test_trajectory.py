@@ -38,6 +38,9 @@ def batches(dataset: str, n: int, batch_size: int = 64, seed: int = 0):
 # ----------------------------------------------------------------- 50 steps, dropout on
 
 
+# two 50-step trajectories; the float64-twin trajectory tests stay in the default run:
+# 15.5 s in all on the idle box (2026-11-30); .ci/run runs it with -m slow
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model,dataset,optimizer", [("signal1d", "mnist1d", "sgd"), ("digits", "digits", "adam")]
 )
