@@ -46,6 +46,8 @@ def check_replicas(n: int, device: str, option: str) -> None:
         raise ValueError(f"{option} must be at least 1, got {n}")
     if device == "cuda":
         gpus = gpu_count()
+        if gpus == 0:
+            raise ValueError(f"{option} {n} on --device cuda, but torch sees no CUDA GPU; use --device cpu")
         if n > gpus:
             raise ValueError(
                 f"{option} {n} needs {n} GPUs, one per replica; torch sees {gpus} "

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of mode-parity on one CUDA GPU, in at most TOTAL_LIMIT_S = 460 s (7 min 40 s):
+# GPU check of mode-parity on one CUDA GPU, in at most TOTAL_LIMIT_S = 550 s (9 min 10 s):
 #   env            torch and jax see the GPU, the project and mnist1d import, and the precision
 #                  probe (parity.device.precision_probe) under both policies -> probe.json
 #   gpu-tests      python -m pytest -m gpu -s                  (prints the probe, worst strict values)
@@ -10,6 +10,10 @@
 #   bench          parity bench --device cuda --quick (digits; batch 128 and 8192) -> bench.json
 #   bench-compile  parity bench --device cuda --quick --styles torch_compile --batch-sizes 128:
 #                  torch.compile once (--quick skips it unless it is named)
+#   data-parallel  parity check --device cuda --data-parallel N --models digits (N = the GPUs, at
+#                  most 2: nccl ranks and jax's real devices) -> data-parallel.json; with one
+#                  GPU, N = 1 and first `--data-parallel 2` / `study --devices 2` must be refused
+#                  with one line (exit 2) before any work
 # A row of the summary table is printed (and appended to summary.txt) as each step finishes, and
 # the whole table at the end, also when a step timed out or the script is interrupted. Exit 0
 # only if every step passed; a failure is printed in capitals and makes the exit code non-zero.
@@ -22,10 +26,12 @@
 # eager op-by-op ones), with room on the GPU for the CUDA tests (~50 compiles) and the
 # default-size study:
 #   env 20, gpu-tests 80, study 85, study-linen-loop 30, check-both 120, bench 60,
-#   bench-compile 65 (two cold Inductor compiles: the gate's and the timed model's)  = 460 s.
+#   bench-compile 65 (two cold Inductor compiles: the gate's and the timed model's),
+#   data-parallel 90 (idle CPU dry run 2026-11-30, 11:56 UTC: 49 s for 2 gloo ranks and a
+#   2-device jax child; on a GPU add the nccl start and the child's GPU compiles)  = 550 s.
 # A step also never runs past the total: it gets what is left of TOTAL_LIMIT_S, and is SKIPPED
 # when less than 10 s is left; a timed-out step gets Ctrl-C, then SIGKILL 10 s later, so the
-# script ends within ~470 s, under 8 minutes. `--limit-scale N` multiplies every limit and the
+# script ends within ~560 s, under 9 min 30 s. `--limit-scale N` multiplies every limit and the
 # total (for a loaded CPU box). One persistent jax compilation cache (a temporary directory, min
 # compile time 0, no minimum entry size) is shared by all steps, so a computation compiled once
 # (the tests' models, the probe, `check`'s strict policy) is read back by the later steps.
@@ -45,12 +51,12 @@
 #   python3 -m pip download --no-deps --only-binary=:all: -d .whl mnist1d==0.0.2.post1
 #
 # then run it there with `.whl` carried, with the device tool (10 minutes per command at most):
-#   run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=540)
-# timeout_s 540 = the 460 s total + 10 s SIGKILL grace + ~70 s of margin; a rerun of one
+#   run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=590)
+# timeout_s 590 = the 550 s total + 10 s SIGKILL grace + 30 s of margin; a rerun of one
 # step: run(command="bash scripts/gpu_check.sh --steps check-both", carry=[".whl"], timeout_s=150).
 # Outputs go to $OUT (the device tool's folder) or ./gpu-check-out: gpu_check.log (every step's
 # output), summary.txt, probe.json, study/, study-linen-loop/, check.json, bench.json, bench.png,
-# bench-compile.json. The project is imported from the working tree (PYTHONPATH), not installed.
+# bench-compile.json, data-parallel.json. The project is imported from the working tree (PYTHONPATH), not installed.
 
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -80,10 +86,10 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-TOTAL_LIMIT_S=$((460 * SCALE))
-STEP_NAMES=(env gpu-tests study study-linen-loop check-both bench bench-compile)
+TOTAL_LIMIT_S=$((550 * SCALE))
+STEP_NAMES=(env gpu-tests study study-linen-loop check-both bench bench-compile data-parallel)
 declare -A LIMIT=([env]=20 [gpu-tests]=80 [study]=85 [study-linen-loop]=30 [check-both]=120
-    [bench]=60 [bench-compile]=65)
+    [bench]=60 [bench-compile]=65 [data-parallel]=90)
 for s in "${STEP_NAMES[@]}"; do LIMIT[$s]=$((LIMIT[$s] * SCALE)); done
 if [ -n "$ONLY" ]; then
     for s in ${ONLY//,/ }; do
@@ -212,13 +218,33 @@ for p, r in probe.items():
     print("precision probe,", p + ":", kinds, "as expected" if r["as_expected"] else "NOT AS EXPECTED")
 '
 
+# The data-parallel step: the refusals a one-GPU machine must give, then the check itself.
+DP_PY='
+import subprocess, sys
+device, out = sys.argv[1], sys.argv[2]
+import torch
+gpus = torch.cuda.device_count() if device == "cuda" else 0
+n = min(gpus, 2) if device == "cuda" else 2
+parity = [sys.executable, "-m", "parity"]
+if device == "cuda" and gpus == 1:
+    for argv in (["check", "--data-parallel", "2"], ["study", "--devices", "2"]):
+        p = subprocess.run(parity + argv + ["--device", "cuda"], capture_output=True, text=True, timeout=60)
+        lines = p.stderr.strip().splitlines()
+        print(" ".join(argv), "-> exit", p.returncode, lines)
+        assert p.returncode == 2 and len(lines) == 1 and "needs 2 GPUs" in lines[0], "not refused clearly"
+print(f"data-parallel check on {n} {device} replica(s)", flush=True)
+cmd = ["check", "--device", device, "--data-parallel", str(n), "--models", "digits", "--json", out]
+sys.exit(subprocess.run(parity + cmd, timeout=600).returncode)
+'
+
 # --------------------------------------------------------------------------------------- steps
 printf '%-18s%-16s%9s%7s%10s%7s\n' step status seconds limit compiles hits >> "$SUMMARY"
 
 # What each step writes under $OUT_DIR: removed before the step runs, so that the summary never
 # reads a previous run's results.
 declare -A OUTPUTS=([env]="probe.json" [gpu-tests]="" [study]="study" [study-linen-loop]="study-linen-loop"
-    [check-both]="check.json" [bench]="bench.json bench.png" [bench-compile]="bench-compile.json")
+    [check-both]="check.json" [bench]="bench.json bench.png" [bench-compile]="bench-compile.json"
+    [data-parallel]="data-parallel.json")
 
 # step NAME COMMAND...: run with its time limit (capped by what is left of the total), log,
 # record status, seconds and compile counts, and print the step's summary row.
@@ -237,6 +263,7 @@ step() {
         local shown="$*"
         [ "${2:-}" = -c ] && [ "${3:-}" = "$COUNT_PY" ] && shown="$1 -m ${*:4}"
         [ "${2:-}" = -c ] && [ "${3:-}" = "$ENV_PY" ] && shown="$1 -c ENV_PY ${*:4}"
+        [ "${2:-}" = -c ] && [ "${3:-}" = "$DP_PY" ] && shown="$1 -c DP_PY ${*:4}"
         echo "=== $name (limit ${limit} s): $shown" | tee -a "$LOG"
         GPU_CHECK_COUNTS="$counts" timeout --signal=INT --kill-after=10 "$limit" "$@" > >(tee -a "$LOG") 2>&1 &
         STEP_PID=$!
@@ -284,6 +311,7 @@ step bench "${COUNTED[@]}" parity bench --device "$DEVICE" --quick --models digi
     --json "$OUT_DIR/bench.json" --plot "$OUT_DIR/bench.png"
 step bench-compile "${COUNTED[@]}" parity bench --device "$DEVICE" --quick --models digits \
     --styles torch_compile --batch-sizes 128 --json "$OUT_DIR/bench-compile.json"
+step data-parallel "$PY" -c "$DP_PY" "$DEVICE" "$OUT_DIR/data-parallel.json"
 
 # ------------------------------------------------------------------------------------- summary
 timeout 60 "$PY" - "$MODE" "$STEPS" "$OUT_DIR" "$TOTAL_LIMIT_S" "$(($(date +%s) - START_S))" <<'EOF' | tee -a "$SUMMARY"
@@ -369,6 +397,15 @@ for name in ("bench.json", "bench-compile.json"):
         for t in bench.get("targets") or []:
             print(f"  target {t['target']:<22}{t['value'] if t['value'] is not None else '-'!s:>12} "
                   f"threshold {t['threshold']}: {t['met']}")
+
+dp = load("data-parallel.json")
+if dp:
+    print(f"\ndata-parallel check, {dp['world_size']} {dp['device']} replica(s): {'PASS' if dp['passed'] else 'FAIL'}")
+    for r in dp["rows"]:
+        gaps = ", ".join(f"{k} {v:.2e}" for k, v in r["gaps"].items())
+        print(f"  {r['check']:<44}{gaps}")
+    if not dp["passed"]:
+        failed.append("data-parallel")
 
 if failed:
     print(f"\nGPU CHECK FAILED: {', '.join(dict.fromkeys(failed))}")

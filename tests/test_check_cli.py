@@ -94,6 +94,8 @@ def test_contract_and_harness_sections(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # a whole check run (13.6 s of the idle default run, 2026-11-30); the fault's
+# detection has unit tests (tests/test_faults.py::test_bn_eps), this keeps the exit code's contract
 def test_a_failing_check_exits_1(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(linen_models, "BN_EPSILON", 1e-3)  # a port with the wrong BN eps
     out = tmp_path / "check.json"

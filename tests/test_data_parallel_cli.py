@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from parity import replicas
@@ -76,6 +77,50 @@ def test_one_gpu_and_more_than_one_replica_is_a_clear_error(capsys, nothing_star
     monkeypatch.setattr(replicas, "gpu_count", lambda: 1)
     line = _refused(capsys, ["--device", device, "--data-parallel", "2"])
     assert "--data-parallel 2 needs 2 GPUs, one per replica; torch sees 1" in line
+
+
+def test_cuda_without_a_gpu_is_refused(capsys, nothing_starts, monkeypatch):
+    monkeypatch.setattr(replicas, "gpu_count", lambda: 0)
+    line = _refused(capsys, ["--device", "cuda", "--data-parallel", "1"])
+    assert line.endswith("--data-parallel 1 on --device cuda, but torch sees no CUDA GPU; use --device cpu")
+
+
+def test_on_several_gpus_the_check_runs_nccl_ranks_and_the_gpu_child(capsys, monkeypatch):
+    """The wiring without GPUs: two GPUs counted by a stand-in, ``--device cuda`` reaches torch
+    DDP with the cuda device (nccl, :data:`torch_impl.data_parallel.BACKENDS`) and one replica
+    per GPU; a worker failure there ends the command with one line and exit 1. The real path
+    runs in ``tests/test_gpu.py`` and ``scripts/gpu_check.sh`` where GPUs exist."""
+    monkeypatch.setattr(replicas, "gpu_count", lambda: 2)
+    seen = {}
+
+    def ddp(spec, variants, x, y, n, timeout_s, available, device):
+        seen.update(n=n, available=available, device=device)
+        raise torch_dp.WorkerError("rank 1 of 2 died (signal SIGKILL)")
+
+    monkeypatch.setattr(torch_dp, "run_ddp", ddp)
+    assert main(["check", "--device", "cuda", "--data-parallel", "2", "--models", "digits"]) == 1
+    err = capsys.readouterr().err
+    assert seen == {"n": 2, "available": 2, "device": "cuda"}
+    assert "torch DDP over 2 nccl ranks" in err
+    assert err.strip().splitlines()[-1] == "parity check: error: rank 1 of 2 died (signal SIGKILL)"
+    assert torch_dp.BACKENDS == {"cpu": "gloo", "cuda": "nccl"}
+
+
+def test_the_flax_child_gets_simulated_cpu_devices_or_the_gpus_in_strict_float32(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    cpu = dp.flax_child_env(4, "cpu")
+    assert cpu["JAX_PLATFORMS"] == "cpu"
+    assert cpu["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=4"
+    gpu = dp.flax_child_env(4, "cuda")
+    assert gpu["JAX_PLATFORMS"] == "cuda" and gpu["JAX_DEFAULT_MATMUL_PRECISION"] == "highest"
+    assert gpu["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert "device_count" not in gpu["XLA_FLAGS"]
+
+
+def test_an_unknown_device_is_refused_before_a_rank_starts(nothing_starts):
+    x, y = np.zeros((1, 4, 1, 8, 8), np.float32), np.zeros((1, 4), np.int64)
+    with pytest.raises(ValueError, match="unknown device 'tpu'; choose from cpu, cuda"):
+        torch_dp.start_ddp(torch_dp.RunSpec(), (torch_dp.Variant("sync"),), x, y, 2, device="tpu")
 
 
 def test_a_check_fails_above_the_tolerance_and_a_mismatch_below_its_threshold():

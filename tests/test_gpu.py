@@ -111,6 +111,24 @@ def test_harness_state_on_the_gpu_and_strict_meets_the_cpu_tolerances(framework)
 
 
 @pytest.mark.gpu
+def test_ddp_over_nccl_on_the_gpus_matches_one_cpu_process():
+    """Check 1 of ``parity check --data-parallel`` on the real path: nccl ranks, one per GPU
+    (up to 2; a one-GPU machine runs one rank), ``nn.SyncBatchNorm``, strict float32, against
+    one CPU process on the same 2 global batches of 8 digits rows; the CPU tolerance."""
+    from parity.harness import data_parallel as dp
+    from parity.harness.data_parallel_suite import TOL
+    from torch_impl import data_parallel as torch_dp
+
+    n = min(torch.cuda.device_count(), 2)
+    spec = torch_dp.RunSpec(model="digits", config={"dropout": 0.0})
+    x, y, _ = dp.model_batches("digits", 2, 8)
+    ranks = torch_dp.run_ddp(spec, (torch_dp.Variant("sync"),), x, y, n, timeout_s=120, device="cuda")
+    gaps = dp.compare_records(ranks, "sync", torch_dp.run_single(spec, x, y), "single")
+    print(f"DDP + SyncBatchNorm over {n} nccl rank(s) vs one CPU process: {gaps}")
+    assert max(gaps.values()) < TOL, gaps
+
+
+@pytest.mark.gpu
 def test_a_gpu_test_may_leave_cuda_and_default_behind():
     configure("cuda", "default")
     assert jnp.zeros(2).devices() == {jax.devices("gpu")[0]}

@@ -14,8 +14,10 @@ NCW). Each rank records, per step ``k``, under ``{variant}/{k}/...``:
 :func:`run_single` records the same keys for one process on the whole batch, so a rank's record
 and the single-process record compare key by key (logits: rank shards concatenated).
 
-Workers are started with ``torch.multiprocessing`` (spawn); the gloo rendezvous uses a free port
-on 127.0.0.1; every wait is bounded, and a worker that dies is reported by rank.
+Workers are started with ``torch.multiprocessing`` (forkserver); the rendezvous uses a free port
+on 127.0.0.1; every wait is bounded, and a worker that dies is reported by rank. ``device``
+picks the backend (:data:`BACKENDS`): gloo ranks on the CPU, or nccl with rank ``r`` on GPU
+``r``, ``nn.SyncBatchNorm`` and float32 without TF32 (the strict policy of ``parity.device``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from torch_impl import train as torch_train
 from torch_impl.models import build_model
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: the process-group backend per device: gloo for CPU tensors, nccl for CUDA ones
+BACKENDS = {"cpu": "gloo", "cuda": "nccl"}
 
 #: Workers are forked from a server that imported this module (and torch) once, so a launch
 #: costs no torch import (measured 9.5 s per import on the loaded 2-core box); ``spawn`` would
@@ -115,34 +119,41 @@ def _bn_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
 
 
+def _host(t: torch.Tensor) -> np.ndarray:
+    """A copy of ``t`` as a host numpy array (from any device)."""
+    return t.detach().cpu().numpy().copy()
+
+
 def _record_step(out: dict, prefix: str, model: nn.Module, logits: torch.Tensor, loss: torch.Tensor) -> None:
     """Store one step's logits, loss, gradients, BN buffers and mode under ``prefix``."""
-    out[f"{prefix}/logits"] = logits.detach().numpy().copy()
+    out[f"{prefix}/logits"] = _host(logits)
     out[f"{prefix}/loss"] = np.asarray(loss.item())
     for name, p in model.named_parameters():
-        out[f"{prefix}/grad/{name}"] = p.grad.detach().numpy().copy()
+        out[f"{prefix}/grad/{name}"] = _host(p.grad)
     bns = _bn_layers(model)
     for name, m in bns.items():
-        out[f"{prefix}/stat/{name}.running_mean"] = m.running_mean.numpy().copy()
-        out[f"{prefix}/stat/{name}.running_var"] = m.running_var.numpy().copy()
+        out[f"{prefix}/stat/{name}.running_mean"] = _host(m.running_mean)
+        out[f"{prefix}/stat/{name}.running_var"] = _host(m.running_var)
     out[f"{prefix}/training"] = np.asarray(float(all(m.training for m in bns.values())))
 
 
 def _train_steps(
     wrapped: nn.Module, model: nn.Module, x: np.ndarray, y: np.ndarray, name: str, lr: float, on_step=None
 ) -> dict:
-    """``K`` SGD steps of ``wrapped`` (the DDP wrapper or the model itself) on ``x[k]``, ``y[k]``.
+    """``K`` SGD steps of ``wrapped`` (the DDP wrapper or the model itself) on ``x[k]``, ``y[k]``
+    (host arrays, moved to the model's device per step).
 
     ``model`` is the underlying module (names without DDP's ``module.`` prefix). ``on_step(k)``
     runs after step ``k`` is recorded. Returns ``{name/k/...: array}``.
     """
     out: dict = {}
+    device = next(model.parameters()).device
     optimizer = torch_train.make_optimizer(model, lr=lr)
     wrapped.train()
     for k in range(len(x)):
         optimizer.zero_grad(set_to_none=True)
-        logits = wrapped(torch.from_numpy(x[k]))
-        loss = torch_train.loss_fn(logits, torch.from_numpy(y[k]).long())
+        logits = wrapped(torch.from_numpy(x[k]).to(device))
+        loss = torch_train.loss_fn(logits, torch.from_numpy(y[k]).long().to(device))
         loss.backward()
         _record_step(out, f"{name}/{k}", model, logits, loss)
         optimizer.step()
@@ -151,14 +162,25 @@ def _train_steps(
     return out
 
 
-def build(spec: RunSpec) -> nn.Module:
-    """The seeded torch model of ``spec`` in ``spec.dtype``."""
-    return build_model(spec.model, seed=spec.seed, **spec.config).to(DTYPES[spec.dtype])
+def build(spec: RunSpec, device: torch.device | str = "cpu") -> nn.Module:
+    """The seeded torch model of ``spec`` in ``spec.dtype``, on ``device`` (built on the CPU
+    first, so its weights do not depend on the device)."""
+    return build_model(spec.model, seed=spec.seed, **spec.config).to(device, DTYPES[spec.dtype])
 
 
-def run_single(spec: RunSpec, x: np.ndarray, y: np.ndarray) -> dict:
-    """One process, whole global batches: ``x`` is ``(K, B, C, H, W)`` (or ``(K, B, C, W)``)."""
-    model = build(spec)
+def strict_float32() -> None:
+    """No TF32 in cuDNN convolutions or matmuls (``parity.device``'s strict policy, which this
+    module cannot import): on GPUs the ranks then compute like the CPU reference."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def run_single(spec: RunSpec, x: np.ndarray, y: np.ndarray, device: str = "cpu") -> dict:
+    """One process, whole global batches: ``x`` is ``(K, B, C, H, W)`` (or ``(K, B, C, W)``),
+    on ``device`` (``"cpu"`` or ``"cuda"``: the first GPU, strict float32)."""
+    if device == "cuda":
+        strict_float32()
+    model = build(spec, device)
     return _train_steps(model, model, x.astype(spec.dtype), y, "single", spec.lr)
 
 
@@ -221,22 +243,26 @@ def convert_sync_bn(model: nn.Module) -> nn.Module:
     return model
 
 
-def _wrap(spec: RunSpec, variant: Variant) -> tuple[DistributedDataParallel, nn.Module]:
-    model = build(spec)
+def _wrap(spec: RunSpec, variant: Variant, device: torch.device) -> tuple[DistributedDataParallel, nn.Module]:
+    model = build(spec, device)
     if variant.sync_bn:
         model = convert_sync_bn(model)
+    ids = [device.index] if device.type == "cuda" else None
     with warnings.catch_warnings():  # torch 2.13: "`broadcast_buffers` is deprecated", still honoured
         warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
-        return DistributedDataParallel(model, broadcast_buffers=variant.broadcast_buffers), model
+        wrapped = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=variant.broadcast_buffers)
+    return wrapped, model
 
 
-def _rank_steps(spec: RunSpec, variant: Variant, x: np.ndarray, y: np.ndarray, rank: int) -> dict:
+def _rank_steps(
+    spec: RunSpec, variant: Variant, x: np.ndarray, y: np.ndarray, rank: int, device: torch.device
+) -> dict:
     """Train ``variant`` on this rank's shard ``x`` ``(K, B/N, ...)``; see the module doc."""
-    wrapped, model = _wrap(spec, variant)
+    wrapped, model = _wrap(spec, variant, device)
 
     def leave_eval_on(k: int) -> None:  # the seed's bug on one rank: test() leaves eval() on
         if rank == variant.eval_rank and k == variant.eval_after:
-            torch_train.evaluate(model, x[k], y[k])
+            torch_train.evaluate(model, x[k], y[k], device)
 
     return _train_steps(wrapped, model, x, y, variant.name, spec.lr, leave_eval_on)
 
@@ -250,11 +276,17 @@ def _worker(
     data: str,
     out_dir: str,
     timeout_s: float,
+    device_type: str,
 ) -> None:
-    """One rank: join the gloo group, train every variant on its shard, write ``rank{r}.npz``."""
+    """One rank: join the group (:data:`BACKENDS`), train every variant on its shard, write
+    ``rank{r}.npz``. On ``cuda`` rank ``r`` uses GPU ``r``."""
     torch.set_num_threads(1)
+    device = torch.device(device_type, rank) if device_type == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        strict_float32()
     dist.init_process_group(
-        "gloo",
+        BACKENDS[device_type],
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
         world_size=world_size,
@@ -268,7 +300,7 @@ def _worker(
         x, y = x[:, rows].astype(spec.dtype), y[:, rows]
         out: dict = {}
         for variant in variants:
-            out.update(_rank_steps(spec, variant, x, y, rank))
+            out.update(_rank_steps(spec, variant, x, y, rank, device))
         tmp = os.path.join(out_dir, f".rank{rank}.tmp.npz")
         np.savez(tmp, **out)
         os.replace(tmp, os.path.join(out_dir, f"rank{rank}.npz"))
@@ -294,17 +326,21 @@ def start_ddp(
     world_size: int,
     timeout_s: float = 120.0,
     available: int | None = None,
+    device: str = "cpu",
 ) -> Launch:
-    """Check the sizes, then spawn ``world_size`` gloo workers on ``x`` ``(K, B, ...)``, ``y`` ``(K, B)``.
+    """Check the sizes, then start ``world_size`` workers (gloo ranks on ``"cpu"``, nccl ranks
+    on the GPUs for ``"cuda"``) on ``x`` ``(K, B, ...)``, ``y`` ``(K, B)``.
 
     Raises ``ValueError`` before anything starts when ``B`` is not divisible by ``world_size`` or
-    ``world_size`` exceeds ``available`` (default :func:`available_workers`).
+    ``world_size`` exceeds ``available`` (default :func:`available_workers` of ``device``).
     """
-    check_world_size(world_size, x.shape[1], available_workers() if available is None else available)
+    if device not in BACKENDS:
+        raise ValueError(f"unknown device {device!r}; choose from {', '.join(BACKENDS)}")
+    check_world_size(world_size, x.shape[1], available_workers(device) if available is None else available)
     out_dir = tempfile.TemporaryDirectory(prefix="ddp-")
     data = os.path.join(out_dir.name, "batches.npz")
     np.savez(data, x=x, y=y)
-    args = (world_size, free_port(), spec, variants, data, out_dir.name, timeout_s)
+    args = (world_size, free_port(), spec, variants, data, out_dir.name, timeout_s, device)
     ctx = mp.get_context(START_METHOD)
     if START_METHOD == "forkserver":
         ctx.set_forkserver_preload([__name__, *FORKSERVER_PRELOAD])
@@ -361,6 +397,7 @@ def run_ddp(
     world_size: int,
     timeout_s: float = 120.0,
     available: int | None = None,
+    device: str = "cpu",
 ) -> list[dict]:
     """:func:`start_ddp` then :func:`join_ddp`: one record per rank."""
-    return join_ddp(start_ddp(spec, variants, x, y, world_size, timeout_s, available))
+    return join_ddp(start_ddp(spec, variants, x, y, world_size, timeout_s, available, device))

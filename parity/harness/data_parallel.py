@@ -14,7 +14,9 @@ functions reduce two records to the largest relative L2 difference (``||a - b|| 
 The four checks: (1) DDP + SyncBN == torch single process; (2) Linen/NNX ``jit`` + sharded batch
 == single device; (3) Linen ``shard_map`` + ``bn_axis_name`` == (2); (4) DDP + SyncBN == Linen
 ``jit`` + sharded batch through the converter. Flax runs in a child process because simulated
-CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=N``) must be set before jax starts.
+CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=N``) must be set before jax starts;
+with ``device="cuda"`` the child uses the first ``N`` GPUs instead (float32 matmuls and
+convolutions at ``highest`` precision, no preallocation) and torch uses nccl ranks.
 """
 
 from __future__ import annotations
@@ -80,11 +82,13 @@ def run_flax(
     dtype: str = "float32",
     timeout_s: float = 300.0,
     nnx_shard_map: bool = False,
+    device: str = "cpu",
 ) -> dict:
-    """:func:`flax_impl.data_parallel.run_all` on ``world_size`` simulated CPU devices, in a child
-    process, from the converted initial weights of ``spec``. ``x``/``x_eval`` channels-first
-    (converted here); ``nnx_shard_map`` adds the NNX ``shard_map`` runs. Raises
-    ``RuntimeError`` with the child's last stderr line on failure."""
+    """:func:`flax_impl.data_parallel.run_all` on ``world_size`` devices (simulated CPU devices,
+    or with ``device="cuda"`` the first GPUs) in a child process, from the converted initial
+    weights of ``spec``. ``x``/``x_eval`` channels-first (converted here); ``nnx_shard_map`` adds
+    the NNX ``shard_map`` runs. Raises ``RuntimeError`` with the child's last stderr line on
+    failure."""
     flax_dp.check_world_size(world_size, x.shape[1], world_size)  # before any process starts
     flax_spec = flax_dp.RunSpec(spec.model, dict(spec.config), spec.lr, dtype)
     flat = convert.flatten_tree(initial_variables(spec))
@@ -94,8 +98,7 @@ def run_flax(
         with open(paths[0], "w") as f:
             json.dump({**asdict(flax_spec), "world_size": world_size, "nnx_shard_map": nnx_shard_map}, f)
         np.savez(paths[1], x=x_cl, y=y, x_eval=to_channels_last(x_eval), **flat)
-        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={world_size}"
-        env = {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
+        env = flax_child_env(world_size, device)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         cmd = [sys.executable, "-m", "flax_impl.data_parallel", *paths]
         proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
@@ -104,6 +107,19 @@ def run_flax(
             raise RuntimeError(f"flax data-parallel run failed (exit {proc.returncode}): {lines[-1]}")
         with np.load(paths[2]) as d:
             return dict(d)
+
+
+def flax_child_env(world_size: int, device: str) -> dict[str, str]:
+    """The environment of :func:`run_flax`'s child: ``world_size`` simulated CPU devices on the
+    CPU; on ``cuda`` the GPUs, strict float32 (jax's ``highest`` matmul precision, the strict
+    policy of :mod:`parity.device`) and no preallocation (torch's ranks share the GPUs)."""
+    env = dict(os.environ)
+    if device == "cuda":
+        env |= {"JAX_PLATFORMS": "cuda", "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
+        env |= {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+        return env
+    flags = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={world_size}"
+    return env | {"XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
 
 
 def _gap(got: np.ndarray, want: np.ndarray) -> float:

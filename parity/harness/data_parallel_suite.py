@@ -4,7 +4,8 @@ on a built-in model, and optionally the measured mismatches (MODE_BUGS.md rows 1
 Per model: the model's default architecture with dropout off (dropout masks differ per
 framework and per rank), seeded, ``K`` SGD steps on ``K`` global batches of ``B`` training rows;
 torch DDP over ``N`` gloo ranks (:mod:`torch_impl.data_parallel`) and Flax on ``N`` simulated
-CPU devices in a child process (:func:`parity.harness.data_parallel.run_flax`). Every check
+CPU devices in a child process (:func:`parity.harness.data_parallel.run_flax`); with
+``device="cuda"``, ``N`` nccl ranks and the same ``N`` GPUs for Flax, strict float32. Every check
 is a largest relative L2 gap per kind of tensor (logits, gradients, running mean, running var)
 against :data:`TOL`; a mismatch row *passes* when every kind it measures is more than
 :data:`MISMATCH_FACTOR` times ``TOL`` away, i.e. when the bug is visible.
@@ -12,7 +13,8 @@ against :data:`TOL`; a mismatch row *passes* when every kind it measures is more
 Everything that can be refused is refused by :meth:`DataParallelConfig.validate`, before any
 process starts: a world size the machine cannot hold (:func:`parity.replicas.check_replicas`),
 a global batch not divisible by ``N`` (with the numbers), fewer than two rows per replica
-(BatchNorm), more rows than the training split holds, CUDA (the nccl path is not wired yet).
+(BatchNorm), more rows than the training split holds; on CUDA more replicas than GPUs (so on
+a one-GPU machine anything above 1).
 """
 
 from __future__ import annotations
@@ -64,8 +66,6 @@ class DataParallelConfig:
         if self.steps < 1:
             raise ValueError(f"--trajectory must be at least 1 step with --data-parallel, got {self.steps}")
         replicas.check_replicas(self.world_size, self.device, "--data-parallel")
-        if self.device == "cuda":
-            raise ValueError("--data-parallel on CUDA GPUs (nccl) is not wired yet; use --device cpu")
         n, b = self.world_size, self.batch_size
         if b % n:
             raise ValueError(f"global batch {b} is not divisible by --data-parallel {n} (remainder {b % n})")
@@ -192,13 +192,20 @@ def run_model(config: DataParallelConfig, model: str, log: Callable[[str], None]
     """Checks 1-4 (and the mismatch rows if asked) for one model."""
     spec = torch_dp.RunSpec(model=model, config={"dropout": 0.0}, seed=config.seed)
     x, y, x_eval = dp.model_batches(model, config.steps, config.batch_size)
-    n, available = config.world_size, replicas.CPU_REPLICAS_PER_CORE * replicas.cpu_cores()
+    n, device = config.world_size, config.device
+    available = (
+        replicas.gpu_count() if device == "cuda" else replicas.CPU_REPLICAS_PER_CORE * replicas.cpu_cores()
+    )
     variants = (torch_dp.Variant("sync"), *(MISMATCH_VARIANTS if config.mismatches else ()))
-    log(f"# {model}: torch DDP over {n} gloo ranks ({len(variants)} variant(s), {config.steps} steps)")
-    ranks = torch_dp.run_ddp(spec, variants, x, y, n, config.timeout_s, available)
-    single = torch_dp.run_single(spec, x, y)
-    log(f"# {model}: Flax on {n} simulated CPU devices (a child process)")
-    out = dp.run_flax(spec, x, y, x_eval, n, timeout_s=config.timeout_s)
+    where = {
+        "cpu": (f"{n} gloo ranks", f"{n} simulated CPU devices"),
+        "cuda": (f"{n} nccl ranks", f"{n} GPU(s)"),
+    }
+    log(f"# {model}: torch DDP over {where[device][0]} ({len(variants)} variant(s), {config.steps} steps)")
+    ranks = torch_dp.run_ddp(spec, variants, x, y, n, config.timeout_s, available, device)
+    single = torch_dp.run_single(spec, x, y, device)
+    log(f"# {model}: Flax on {where[device][1]} (a child process)")
+    out = dp.run_flax(spec, x, y, x_eval, n, timeout_s=config.timeout_s, device=device)
     rows = _check_rows(model, ranks, single, out, spec, x[0])
     return rows + (_mismatch_rows(model, ranks, single, out) if config.mismatches else [])
 

@@ -11,7 +11,9 @@ Two mechanisms, one per kind of execution path (:data:`parity.study.runners.RUNN
 * **per-seed paths** (torch, the Linen loop, NNX): N worker processes (``forkserver``, modules
   imported once in the server) take whole ``(variant, seed)`` tasks from one queue, longest
   path first (torch, NNX, Linen loop), and run the same one-seed trainer as the single process
-  (:data:`parity.study.runners.SEED_TRAINERS`) with the same torch thread count. Worker ``r``
+  (:data:`parity.study.runners.SEED_TRAINERS`) with the same torch thread count. Workers get
+  the parent's study context (data, initial weights; the arrays with the parent's strides,
+  :func:`with_strides`) instead of rebuilding it (5.6 s each on the 2-core box). Worker ``r``
   sees only GPU ``r`` (``CUDA_VISIBLE_DEVICES``) on a GPU machine; on CPU it is one process.
 
 Every seed's training depends only on its seed, so ``--devices N`` gives the numbers of
@@ -19,7 +21,7 @@ Every seed's training depends only on its seed, so ``--devices N`` gives the num
 the sharded vmap path to float32 rounding (XLA may compile a different vmap width per device).
 
 Timing with workers: a variant's ``wall_time_s`` and per-epoch ``timing`` sum its seeds' own
-times (worker seconds, as the single process sums them), ``worker_cpu_s`` their CPU seconds
+times (worker seconds, as the single process sums them), ``cpu_s`` their CPU seconds
 (workers' CPU time is not their parent's, so ``time`` misses it); ``total_wall_time_s`` is the wall.
 A worker that dies or raises stops the study with :class:`DeviceWorkerError` naming it and its
 task (the others are stopped; nothing is written); one silent for :data:`STALL_S` too.
@@ -32,6 +34,7 @@ import os
 import queue
 import time
 import traceback
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -130,7 +133,7 @@ def _train_sharded(variant: str, ctx: Any, steps_per_epoch: int) -> dict:
             clock.tick(rec["epoch"])
             ctx.progress.advance(c.epochs - rec["epoch"] if rec["diverged"] else 1)
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     _, histories = fit(
         jax.device_put(states, sharding),
         (ctx.x_train_cl, ctx.y_train),
@@ -142,15 +145,37 @@ def _train_sharded(variant: str, ctx: Any, steps_per_epoch: int) -> dict:
         eval_every=c.eval_every,
     )
     runs = {s: (histories[i], {}) for i, s in enumerate(c.seed_list)}
-    return runners.variant_entry(variant, "vmap", time.perf_counter() - t0, clock, runs, c.seed_list)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return runners.variant_entry(variant, "vmap", wall, clock, runs, c.seed_list, cpu)
 
 
 # ---------------------------------------------------------------------- the worker processes
 
 
-def _worker(index: int, config: Any, device: str, precision: str, threads: int, tasks, events) -> None:
-    """One worker: set its device, build the study context once, train tasks until ``None``.
-    Reports ``("start" | "epoch" | "done" | "error", index, ...)`` on ``events``."""
+#: the study context's arrays, sent to the workers with their strides (:func:`with_strides`)
+ARRAYS = ("x_train", "y_train", "x_test", "y_test", "x_train_cl", "x_test_cl")
+
+
+def with_strides(a: np.ndarray, strides: tuple[int, ...]) -> np.ndarray:
+    """``a`` viewed with ``strides``, which may differ from ``a.strides`` only on axes of length
+    1 (where no element's address depends on them; ``ValueError`` otherwise).
+
+    Why: a pickled array arrives with standard strides, but MNIST-1D's ``(N, 1, 40)`` arrays are
+    ``x[:, None, :]`` views with stride 0 on the channel axis, their batches gather to torch
+    tensors that look channels-last as well, and oneDNN picks a different float32 convolution
+    kernel for them. Torch's losses then differ in the 8th digit and drift over 30 epochs, so a
+    worker restores the parent's strides to train bit for bit like one process."""
+    if len(strides) != a.ndim or any(n != 1 and s != t for n, s, t in zip(a.shape, a.strides, strides)):
+        raise ValueError(f"strides {strides} do not address an array of shape {a.shape} like {a.strides}")
+    return np.lib.stride_tricks.as_strided(a, strides=strides)
+
+
+def _worker(index: int, ctx: Any, strides: dict, threads: int, tasks, events) -> None:
+    """One worker: set its device, take the parent's study context
+    ``ctx`` (its runtime re-applied here, its arrays given the parent's ``strides``), train
+    tasks until ``None``. Reports ``("start" | "epoch" | "done" | "error", index, ...)`` on
+    ``events``."""
+    device, precision = ctx.runtime.device, ctx.runtime.precision
     if device == "cuda":
         os.environ["CUDA_VISIBLE_DEVICES"] = str(index)  # before torch or jax touches CUDA
     import torch
@@ -158,7 +183,9 @@ def _worker(index: int, config: Any, device: str, precision: str, threads: int, 
     torch.set_num_threads(threads)
     task = None
     try:
-        ctx = runners.study_context(config, runners.configure_runtime(device, precision, warn=lambda m: None))
+        runtime = runners.configure_runtime(device, precision, warn=lambda m: None)
+        arrays = {name: with_strides(getattr(ctx, name), strides[name]) for name in ARRAYS}
+        ctx = replace(ctx, runtime=runtime, **arrays)
         while (task := tasks.get()) is not None:
             events.put(("start", index, task))
             events.put(("done", index, task, *_train_task(ctx, task, index, events)))
@@ -210,8 +237,11 @@ class WorkerPool:
         tasks, events = ctx.Queue(), ctx.Queue()
         for task in self.tasks + [None] * n:
             tasks.put(task)
-        args = (self.config, self.ctx.runtime.device, self.ctx.runtime.precision, torch.get_num_threads())
-        procs = [ctx.Process(target=_worker, args=(i, *args, tasks, events), daemon=True) for i in range(n)]
+        # the parent's progress bar and clock stay here; workers report on ``events``
+        shared = replace(self.ctx, progress=Progress("epochs", 0, enabled=False), clock=runners.EpochClock(0))
+        strides = {name: getattr(shared, name).strides for name in ARRAYS}
+        args = (shared, strides, torch.get_num_threads(), tasks, events)
+        procs = [ctx.Process(target=_worker, args=(i, *args), daemon=True) for i in range(n)]
         try:
             for p in procs:
                 p.start()
@@ -271,10 +301,15 @@ class WorkerPool:
 
     def _entry(self, variant: str) -> dict:
         seeds = self.config.seed_list
-        entry = runners.variant_entry(
-            variant, self.paths[variant], self.walls[variant], self.clocks[variant], self.runs[variant], seeds
+        return runners.variant_entry(
+            variant,
+            self.paths[variant],
+            self.walls[variant],
+            self.clocks[variant],
+            self.runs[variant],
+            seeds,
+            self.cpu[variant],
         )
-        return entry | {"worker_cpu_s": self.cpu[variant]}
 
 
 def _name(task: tuple | None) -> str:

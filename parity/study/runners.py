@@ -507,16 +507,19 @@ def _train_variant(variant: str, ctx: _Context, linen_path: str, steps_per_epoch
 
     path = variant_path(variant, linen_path)
     ctx.clock = clock
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     runs = RUNNERS[path](variant, ctx, on_epoch)
-    return variant_entry(variant, path, time.perf_counter() - t0, clock, runs, c.seed_list)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return variant_entry(variant, path, wall, clock, runs, c.seed_list, cpu)
 
 
 def variant_entry(
-    variant: str, path: str, wall: float, clock: EpochClock, runs: dict, seeds: list[int]
+    variant: str, path: str, wall: float, clock: EpochClock, runs: dict, seeds: list[int], cpu: float
 ) -> dict:
     """The entry of ``results['variants']`` for ``variant`` trained on ``path``: ``runs`` maps
-    each seed to ``(history, extra per-seed fields)``; ``wall`` seconds; ``clock`` its epochs."""
+    each seed to ``(history, extra per-seed fields)``; ``wall`` seconds; ``clock`` its epochs;
+    ``cpu`` the CPU seconds (user + system, every thread) of the processes that trained it: a
+    ``cpu_s`` above ``wall_time_s`` means the variant kept more than one core busy."""
     framework, correct, description = VARIANTS[variant]
     return {
         "framework": framework,
@@ -525,6 +528,7 @@ def variant_entry(
         "path": path,
         "path_description": PATH_DESCRIPTIONS[path],
         "wall_time_s": wall,
+        "cpu_s": cpu,
         "timing": clock.timing(),
         "seeds": [_seed_result(seed, *runs[seed]) for seed in seeds],
     }
