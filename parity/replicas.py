@@ -39,6 +39,12 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def max_replicas(device: str) -> int:
+    """How many replicas ``device`` (``"cpu"`` or ``"cuda"``) holds: the GPUs torch sees, or
+    :data:`CPU_REPLICAS_PER_CORE` worker processes per CPU core."""
+    return gpu_count() if device == "cuda" else CPU_REPLICAS_PER_CORE * cpu_cores()
+
+
 def check_replicas(n: int, device: str, option: str) -> None:
     """Raise ``ValueError`` (one line, naming ``option`` and the numbers) when ``n`` replicas
     cannot run on ``device`` (``"cpu"`` or ``"cuda"``, resolved). See the module doc."""
@@ -54,11 +60,10 @@ def check_replicas(n: int, device: str, option: str) -> None:
                 f"(use {option} {max(gpus, 1)}, or --device cpu for simulated CPU devices)"
             )
         return
-    cores = cpu_cores()
-    if n > CPU_REPLICAS_PER_CORE * cores:
+    if n > max_replicas("cpu"):
         raise ValueError(
-            f"{option} {n} is more than the {CPU_REPLICAS_PER_CORE * cores} CPU worker processes "
-            f"available ({CPU_REPLICAS_PER_CORE} per core on {cores} cores)"
+            f"{option} {n} is more than the {max_replicas('cpu')} CPU worker processes "
+            f"available ({CPU_REPLICAS_PER_CORE} per core on {cpu_cores()} cores)"
         )
 
 

@@ -193,18 +193,15 @@ def run_model(config: DataParallelConfig, model: str, log: Callable[[str], None]
     spec = torch_dp.RunSpec(model=model, config={"dropout": 0.0}, seed=config.seed)
     x, y, x_eval = dp.model_batches(model, config.steps, config.batch_size)
     n, device = config.world_size, config.device
-    available = (
-        replicas.gpu_count() if device == "cuda" else replicas.CPU_REPLICAS_PER_CORE * replicas.cpu_cores()
-    )
     variants = (torch_dp.Variant("sync"), *(MISMATCH_VARIANTS if config.mismatches else ()))
-    where = {
-        "cpu": (f"{n} gloo ranks", f"{n} simulated CPU devices"),
-        "cuda": (f"{n} nccl ranks", f"{n} GPU(s)"),
-    }
-    log(f"# {model}: torch DDP over {where[device][0]} ({len(variants)} variant(s), {config.steps} steps)")
-    ranks = torch_dp.run_ddp(spec, variants, x, y, n, config.timeout_s, available, device)
+    log(
+        f"# {model}: torch DDP over {n} {torch_dp.BACKENDS[device]} ranks ({len(variants)} variant(s), {config.steps} steps)"
+    )
+    ranks = torch_dp.run_ddp(spec, variants, x, y, n, config.timeout_s, replicas.max_replicas(device), device)
     single = torch_dp.run_single(spec, x, y, device)
-    log(f"# {model}: Flax on {where[device][1]} (a child process)")
+    log(
+        f"# {model}: Flax on {n} {'GPU(s)' if device == 'cuda' else 'simulated CPU devices'} (a child process)"
+    )
     out = dp.run_flax(spec, x, y, x_eval, n, timeout_s=config.timeout_s, device=device)
     rows = _check_rows(model, ranks, single, out, spec, x[0])
     return rows + (_mismatch_rows(model, ranks, single, out) if config.mismatches else [])
