@@ -61,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
-    return int(module.run(args))
+    try:
+        return int(module.run(args))
+    except KeyboardInterrupt:  # outputs are written atomically (parity.io): nothing half-written
+        print(f"parity {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -23,3 +23,16 @@ def test_python_dash_m_parity_runs_lint_without_loading_torch_or_jax(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "0 []"
+
+
+def test_ctrl_c_in_any_command_is_one_line_and_exit_130(capsys, monkeypatch):
+    """Commands without their own interrupt message (e.g. ``check --data-parallel``, which
+    stops its ranks and jax child on the way out) still end in one line, never a traceback."""
+    from parity.commands import check
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(check, "run", interrupted)
+    assert main(["check", "--data-parallel", "2"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["parity check: interrupted"]
