@@ -16,6 +16,8 @@ import argparse
 import importlib
 import sys
 
+from parity.errors import ParityError
+
 #: sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "study": (
@@ -63,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args))
+    except ParityError as e:  # the one place a user-facing error becomes one line and an exit code
+        print(f"parity {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:  # outputs are written atomically (parity.io): nothing half-written
         print(f"parity {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -28,11 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from parity.errors import ParityError
+
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("strict", "default")
 
 
-class DeviceError(RuntimeError):
+class DeviceError(ParityError, RuntimeError):
     """The requested device cannot be used (e.g. ``cuda`` with no GPU)."""
 
 

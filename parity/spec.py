@@ -18,8 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from parity.errors import ParityError
 
-class SpecError(ValueError):
+
+class SpecError(ParityError, ValueError):
     """A SPEC that does not give a model of the expected kind; the message names the SPEC."""
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from parity.device import DEVICES, PRECISIONS
+from parity.errors import ParityError
 from parity.registry import MODELS
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ GPU_TARGETS: dict[str, float] = {
 }
 
 
-class BenchError(ValueError):
+class BenchError(ParityError, ValueError):
     """Bad benchmark input: unknown model or style, bad batch size, unusable output path."""
 
 

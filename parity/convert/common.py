@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from parity.errors import ParityError
 
-class ConversionError(ValueError):
+
+class ConversionError(ParityError, ValueError):
     """A checkpoint does not fit the model: the message names the module and key and what differs."""
 
 

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from parity import replicas
+from parity.errors import ParityError
 from parity.progress import Progress
 from parity.study import runners
 
@@ -54,7 +55,7 @@ PRELOAD_FLAX = ("jax", "flax", "optax", "flax_impl.linen_train", "flax_impl.nnx_
 PATH_ORDER = ("torch", "nnx", "loop")
 
 
-class DeviceWorkerError(RuntimeError):
+class DeviceWorkerError(ParityError, RuntimeError):
     """A study worker died, raised or hung; the message names it and its task."""
 
 
