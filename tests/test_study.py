@@ -16,16 +16,11 @@ import torch
 
 from parity import cli
 from parity import study as study_mod
+from parity.study.config import VARIANT_NAMES, VARIANTS, StudyConfig
+from parity.study.driver import run_study
 from parity.study.outputs import write_outputs
-from parity.study.report import (
-    epoch_arrays,
-    markdown_table,
-    mean_ci,
-    summarize,
-    t_quantile_975,
-    to_json,
-)
-from parity.study.runners import VARIANT_NAMES, VARIANTS, StudyConfig, run_study
+from parity.study.report import markdown_table, to_json
+from parity.study.stats import epoch_arrays, mean_ci, summarize, t_quantile_975
 
 TINY = dict(
     dataset="digits",

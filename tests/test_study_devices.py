@@ -19,7 +19,8 @@ import pytest
 
 from parity import replicas
 from parity.study import devices
-from parity.study.runners import StudyConfig, run_study
+from parity.study.config import StudyConfig
+from parity.study.driver import run_study
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"channels": (4, 8), "hidden": 16}

@@ -15,9 +15,12 @@ import subprocess
 import pytest
 
 from parity import cli
+from parity.study import driver as study_driver
 from parity.study import outputs
 from parity.study import runners as study_runners
-from parity.study.runners import EpochClock, StudyConfig, configure_runtime, run_study
+from parity.study.config import StudyConfig
+from parity.study.driver import run_study
+from parity.study.runners import EpochClock, configure_runtime
 
 TINY = dict(
     dataset="digits",
@@ -46,7 +49,7 @@ def _study(out, *extra: str) -> int:
 @pytest.fixture
 def trained(tiny, monkeypatch):
     """The command's training returns the recorded tiny run instantly."""
-    monkeypatch.setattr(study_runners, "run_study", lambda config, progress, runtime: tiny)
+    monkeypatch.setattr(study_driver, "run_study", lambda config, progress, runtime, keep=None: tiny)
     return tiny
 
 
@@ -165,14 +168,14 @@ def test_stale_temporary_files_of_a_killed_run_are_removed_by_the_next(tiny, tmp
 def test_batch_size_one_is_refused_for_every_framework_with_one_message(
     variant, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(study_runners, "run_study", _no_training)
+    monkeypatch.setattr(study_driver, "run_study", _no_training)
     code = cli.main(
         ["study", "--variants", variant, "--batch-size", "1", "--out", str(tmp_path), "--device", "cpu"]
     )
     assert code == 2
     err = capsys.readouterr().err
     assert err == (
-        "parity study: error: batch size must be >= 2, got 1: BatchNorm in training mode needs more "
+        "parity study: batch size must be >= 2, got 1: BatchNorm in training mode needs more "
         "than one example per batch (torch refuses batch 1, Flax would silently zero the dense "
         "layer's normalised activations)\n"
     )
@@ -180,7 +183,7 @@ def test_batch_size_one_is_refused_for_every_framework_with_one_message(
 
 @pytest.mark.parametrize("out", ["", "  "])
 def test_an_empty_out_is_refused(out, monkeypatch, capsys):
-    monkeypatch.setattr(study_runners, "run_study", _no_training)
+    monkeypatch.setattr(study_driver, "run_study", _no_training)
     assert cli.main(["study", "--quick", "--device", "cpu", "--out", out]) == 2
     assert "--out is empty" in capsys.readouterr().err
 

@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from parity.study.report import (
-    fisher_exact_p,
-    fits_more_generalises_less,
-    markdown_table,
-    reading,
-    summarize,
-    versus_paper,
-)
-from parity.study.runners import VARIANTS
+from parity.study.config import VARIANTS
+from parity.study.reading import fits_more_generalises_less, reading, versus_paper
+from parity.study.report import markdown_table
+from parity.study.stats import fisher_exact_p, summarize
 
 
 def _results(curves: dict[str, list[dict]], dataset: str = "digits") -> dict:
@@ -96,7 +91,7 @@ def test_the_comparison_with_the_published_cnn_holds_for_the_number(acc, says, n
 
 
 def test_external_check_of_a_short_run_below_94_does_not_claim_a_few_points_above():
-    from parity.study.report import external_check
+    from parity.study.reading import external_check
 
     res = _results({"torch_correct": _seeds([0.935, 0.93, 0.94], [0.1] * 3)}, dataset="mnist1d")
     res["model"] = {"params": 89962}

@@ -82,11 +82,11 @@ from parity.bench.spec import BenchConfig as BenchConfig
 from parity.bench.spec import BenchError as BenchError
 from parity.bench.spec import Runner as Runner
 from parity.bench.spec import default_steps as default_steps
-from parity.bench.spec import make_runner as make_runner
 from parity.bench.spec import skip_reason as skip_reason
 from parity.bench.spec import validate as validate
 from parity.bench.workload import Workload as Workload
 from parity.bench.workload import forward_macs as forward_macs
+from parity.bench.workload import make_runner as make_runner
 from parity.bench.workload import make_workload as make_workload
 from parity.bench.workload import train_flops_per_example as train_flops_per_example
 from parity.registry import MODELS as MODELS

@@ -10,6 +10,7 @@ import os
 import platform
 from typing import Any
 
+from parity.bench.plot import fmt_rate
 from parity.bench.spec import GPU_TARGETS, BenchError
 from parity.device import cpu_model
 from parity.registry import FRAMEWORKS
@@ -124,13 +125,6 @@ def check_targets(report: dict) -> list[dict]:
         }
         for k, t in GPU_TARGETS.items()
     ]
-
-
-def fmt_rate(x: float | None) -> str:
-    """A rate with 3 significant digits at most, thousands separated; ``-`` for None."""
-    if x is None:
-        return "-"
-    return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}" if x >= 10 else f"{x:.2f}"
 
 
 def _header(report: dict) -> list[str]:

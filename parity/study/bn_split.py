@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from parity.study.runners import CPU_TORCH_THREADS, StudyConfig, configure_runtime, study_context
+from parity.study.config import CPU_TORCH_THREADS, StudyConfig
+from parity.study.runners import configure_runtime, study_context
 
 #: relative L2 gap between running and batch statistics taken as "parted" (see the module doc)
 PART_WAYS = 0.5

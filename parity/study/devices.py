@@ -34,6 +34,7 @@ import os
 import queue
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -43,6 +44,7 @@ from parity import replicas
 from parity.errors import ParityError
 from parity.progress import Progress
 from parity.study import runners
+from parity.study.config import StudyError, config_items
 
 #: a worker that reports nothing (no epoch finished) for this long is taken as hung: the
 #: slowest epoch measured is a few seconds (a torch epoch of mnist1d at one thread)
@@ -58,11 +60,16 @@ PATH_ORDER = ("torch", "nnx", "loop")
 class DeviceWorkerError(ParityError, RuntimeError):
     """A study worker died, raised or hung; the message names it and its task."""
 
+    exit_code = 1
 
-def train_variants(ctx: Any, linen_path: str, progress: bool, steps_per_epoch: int) -> dict[str, dict]:
-    """:func:`parity.study.runners.run_study`'s variant loop over ``ctx.config.devices`` devices:
+
+def train_variants(
+    ctx: Any, linen_path: str, progress: bool, steps_per_epoch: int, on_variant: Callable[[str, dict], None]
+) -> dict[str, dict]:
+    """:func:`parity.study.driver.run_study`'s variant loop over ``ctx.config.devices`` devices:
     the vmap variants sharded in this process, then every per-seed variant in the worker pool.
-    Returns ``{variant: entry}`` in ``config.variants`` order (entries as with one device)."""
+    Returns ``{variant: entry}`` in ``config.variants`` order (entries as with one device);
+    ``on_variant(name, entry)`` is called as each variant finishes."""
     config = ctx.config
     paths = {v: runners.variant_path(v, linen_path) for v in config.variants}
     check_devices(config.devices, ctx.runtime.device, "vmap" in paths.values())
@@ -71,10 +78,11 @@ def train_variants(ctx: Any, linen_path: str, progress: bool, steps_per_epoch: i
         ctx.progress = bar
         for variant in (v for v in config.variants if paths[v] == "vmap"):
             done[variant] = _train_sharded(variant, ctx, steps_per_epoch)
+            on_variant(variant, done[variant])
             _log(bar, variant, done[variant], config.devices)
         per_seed = [v for v in config.variants if paths[v] != "vmap"]
         if per_seed:
-            for variant, entry in WorkerPool(ctx, per_seed, paths, steps_per_epoch).run().items():
+            for variant, entry in WorkerPool(ctx, per_seed, paths, steps_per_epoch, on_variant).run().items():
                 done[variant] = entry
                 _log(bar, variant, entry, config.devices)
     return {v: done[v] for v in config.variants}
@@ -89,12 +97,15 @@ def _log(bar: Progress, variant: str, entry: dict, devices: int) -> None:
 
 
 def check_devices(n: int, device: str, sharded: bool) -> None:
-    """Refuse (``ValueError``, before any training) ``n`` devices that ``device`` cannot hold,
+    """Refuse (:class:`StudyError`, before any training) ``n`` devices that ``device`` cannot hold,
     or, for the ``sharded`` vmap path on CPU, a jax that already started with fewer than ``n``
     CPU devices (:mod:`parity.replicas`)."""
-    replicas.check_replicas(n, device, "--devices")
-    if sharded and device == "cpu":
-        replicas.ensure_jax_cpu_devices(n)
+    try:
+        replicas.check_replicas(n, device, "--devices")
+        if sharded and device == "cpu":
+            replicas.ensure_jax_cpu_devices(n)
+    except ValueError as e:  # parity.replicas speaks ValueError; the study's users get one line
+        raise StudyError(str(e)) from e
 
 
 # ------------------------------------------------------------------ sharded vmap over seeds
@@ -122,7 +133,7 @@ def _train_sharded(variant: str, ctx: Any, steps_per_epoch: int) -> dict:
     platform = "gpu" if ctx.runtime.device == "cuda" else "cpu"
     sharding = NamedSharding(Mesh(np.array(jax.devices(platform)[:n]), ("seeds",)), P("seeds"))
     fit = linen_train.fit_seeds if variant == "linen" else linen_train.fit_bug_emulated_seeds
-    module = study_models.linen_module(c.model_name, runners.config_items(c))
+    module = study_models.linen_module(c.model_name, config_items(c))
     tx = linen_train.make_optimizer(c.lr, c.momentum)
     states = linen_train.create_seed_states(module, [ctx.linen_init[s] for s in seeds], tx)
     orders = [ctx.orders(s) for s in seeds]
@@ -216,8 +227,15 @@ def _train_task(ctx: Any, task: tuple[str, str, int], index: int, events) -> tup
 class WorkerPool:
     """``config.devices`` worker processes over the ``(variant, seed)`` tasks of ``variants``."""
 
-    def __init__(self, ctx: Any, variants: list[str], paths: dict[str, str], steps_per_epoch: int) -> None:
-        self.ctx, self.config, self.steps = ctx, ctx.config, steps_per_epoch
+    def __init__(
+        self,
+        ctx: Any,
+        variants: list[str],
+        paths: dict[str, str],
+        steps_per_epoch: int,
+        on_variant: Callable[[str, dict], None] = lambda variant, entry: None,
+    ) -> None:
+        self.ctx, self.config, self.steps, self.on_variant = ctx, ctx.config, steps_per_epoch, on_variant
         order = sorted(variants, key=lambda v: PATH_ORDER.index(paths[v]))
         self.tasks = [(v, paths[v], s) for v in order for s in self.config.seed_list]
         self.paths = paths
@@ -299,6 +317,8 @@ class WorkerPool:
         for epoch, s in seconds:
             clock.seconds[epoch] = clock.seconds.get(epoch, 0.0) + s
             clock.steps[epoch] = clock.steps.get(epoch, 0) + self.steps
+        if len(self.runs[variant]) == len(self.config.seed_list):
+            self.on_variant(variant, self._entry(variant))
 
     def _entry(self, variant: str) -> dict:
         seeds = self.config.seed_list

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from parity.study.report import eval_schedule_text, fisher_exact_p
+from parity.study.report import eval_schedule_text
+from parity.study.stats import fisher_exact_p
 from parity.sweep.grid import cell_id
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from parity.study.report import summarize
+from parity.study.stats import summarize
 
 
 def binomial_ci(k: int, n: int) -> dict:
