@@ -28,7 +28,7 @@ from parity.progress import Progress
 from parity.study.config import StudyConfig
 from parity.study.driver import run_study
 from parity.sweep.grid import SweepConfig, cell_id
-from parity.sweep.summary import cell_summary, collapse_totals
+from parity.sweep.summary import cell_summary, collapse_totals, distinct_collapses
 
 CELLS_DIR = "cells"
 SWEEP_JSON = "sweep.json"
@@ -107,6 +107,7 @@ def sweep_document(config: SweepConfig, cells: list[dict], wall_s: float, resume
         "resumed_cells": resumed,
         "cells": summaries,
         "collapse_totals": collapse_totals(summaries),
+        "distinct_collapses": distinct_collapses(summaries, config.epochs),
     }
 
 
