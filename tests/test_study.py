@@ -52,10 +52,27 @@ def _numbers(results: dict) -> dict:
 # -------------------------------------------------------------------------------- statistics
 
 
-def test_t_quantiles_match_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    for df in [*range(1, 41), 60, 100, 1000]:
-        assert t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), rel=2e-6, abs=1e-5)
+def test_t_quantiles_have_the_closed_form_and_published_values():
+    # closed forms, by hand: df = 1 is Cauchy, t = tan(pi (p - 1/2)); df = 2 has
+    # t = (2p - 1) sqrt(2 / (4 p (1 - p))); large df tends to the normal quantile 1.959964
+    assert t_quantile_975(1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-9)
+    assert t_quantile_975(2) == pytest.approx(0.95 * math.sqrt(2 / (4 * 0.975 * 0.025)), rel=1e-9)
+    assert t_quantile_975(10**6) == pytest.approx(1.959964, abs=1e-5)
+    # the two-sided 95% column of the printed Student-t table (three decimals: abs 5e-4)
+    table = {
+        3: 3.182,
+        4: 2.776,
+        5: 2.571,
+        7: 2.365,
+        9: 2.262,
+        10: 2.228,
+        15: 2.131,
+        20: 2.086,
+        30: 2.042,
+        60: 2.000,
+    }
+    for df, t in table.items():
+        assert t_quantile_975(df) == pytest.approx(t, abs=5e-4), df
 
 
 def test_mean_ci_is_the_student_t_interval_and_na_for_one_value():
@@ -427,10 +444,24 @@ def test_a_one_epoch_study_trains_both_frameworks_on_the_gpu(tmp_path):
         s = summarize(res)
         assert all(x["audit"]["as_expected"] for x in s.values())
         assert all(x["final_acc"]["mean"] > 0.5 for x in s.values())
-        # the GPU's vmap path and the loop path agree per seed (same keys, same batches)
+        # the GPU's vmap path and the loop path agree per seed (same keys, same batches). The
+        # 2.4e-8 measured on CPU (docs/DATA_PARALLEL.md) is the vmap width alone, same kernels;
+        # on a GPU the paths run other kernels (a conv batched over seeds vs one seed's), whose
+        # float32 rounding differs per step like two frameworks' (FLOAT32_REL_TOL, 1e-5 per
+        # forward), and 22 SGD steps amplify it (up to 1.1e-5 after 4 steps between frameworks,
+        # tests/test_study_models.py). Not yet measured on a GPU, so 1e-3: 90x that drift, while
+        # a wrong key or batch order per seed moves the loss by 5e-3 and more (another seed's
+        # weights, parity.bench.spec.GATE_RTOL). The measured difference is printed for the record.
         loop = run_study(dataclasses.replace(cfg, variants=("linen",), linen_path="loop"), progress=False)
-        for a, b in zip(res["variants"]["linen"]["seeds"], loop["variants"]["linen"]["seeds"]):
-            assert a["epochs"][-1]["train_loss"] == pytest.approx(b["epochs"][-1]["train_loss"], rel=1e-3)
+        pairs = [
+            (a["epochs"][-1]["train_loss"], b["epochs"][-1]["train_loss"])
+            for a, b in zip(
+                res["variants"]["linen"]["seeds"], loop["variants"]["linen"]["seeds"], strict=True
+            )
+        ]
+        print(f"vmap vs loop, last train loss, max rel diff {max(abs(a - b) / abs(b) for a, b in pairs):.2e}")
+        for a, b in pairs:
+            assert a == pytest.approx(b, rel=1e-3)
         write_outputs(res, tmp_path)
         json.loads((tmp_path / "results.json").read_text())
         assert to_json(res)

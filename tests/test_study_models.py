@@ -127,8 +127,13 @@ def test_zoo_models_run_every_variant_with_the_audit_and_the_pairing(model, conf
     first = {v: _epochs(results, v)[0]["train_loss"] for v in VARIANT_NAMES}
     assert first["torch_seed_bug"] == first["torch_correct"] and first["nnx_seed_bug"] == first["nnx_view"]
     if model.startswith("resnet"):  # no dropout: the converted weights train alike in every framework
-        assert first["linen"] == pytest.approx(first["torch_correct"], rel=1e-3)
-        assert first["nnx_view"] == pytest.approx(first["torch_correct"], rel=1e-3)
+        # epoch 1's mean train loss over 4 SGD steps: the frameworks sum in other orders, so each
+        # step's float32 rounding differs (a few ulps, 1e-7) and training amplifies it; measured
+        # on the 2-core AVX2 box (2026-12-07), seeds 0 and 1: 7e-8 to 1.1e-5 (resnet20_1d seed 0).
+        # 1e-4 leaves 9x over the worst; the defects this pairing must catch move a 3-step loss by
+        # 1e-3 (SGD without momentum) to 6e-2 (another seed's weights) (parity.bench.spec.GATE_RTOL).
+        assert first["linen"] == pytest.approx(first["torch_correct"], rel=1e-4)
+        assert first["nnx_view"] == pytest.approx(first["torch_correct"], rel=1e-4)
 
 
 def test_bn_gaps_are_zero_when_running_statistics_are_the_batch_statistics_and_grow_with_the_gap():

@@ -322,3 +322,12 @@ def test_ctrl_c_in_the_command_names_what_it_kept_and_the_next_run_clears_it(tmp
     assert "resumed torch_correct" in capsys.readouterr().out
     assert json.loads((out / "results.json").read_text())["resumed_variants"] == ["torch_correct"]
     assert not (out / PARTIAL_DIR).exists()
+
+
+def test_report_names_the_cpu_and_its_isa_and_no_other_machines_timings(tiny, tmp_path):
+    report = outputs.write_outputs(tiny, tmp_path)["report"].read_text()
+    env = tiny["environment"]
+    assert f"- CPU: {env['cpu']}; torch CPU capability" in report
+    assert f"capability (the vector ISA its float32 kernels use) {env['torch_cpu_capability']}" in report
+    assert env["torch_cpu_capability"] in ("DEFAULT", "VSX", "Z VECTOR", "NO AVX", "AVX2", "AVX512", "SVE256")
+    assert "dev box" not in report  # the developers' timings stay in docs/STUDY.md

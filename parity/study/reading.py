@@ -67,6 +67,11 @@ class _Reading:
         return [v for v, s in self.summary.items() if s["correct"]]
 
 
+#: a CI that includes zero and reaches no further than this many points from it bounds the effect
+#: tightly enough to say so; a wider one only says that this run cannot tell
+NARROW_POINTS = 1.0
+
+
 def _verdict(lo: float, hi: float, n_failed: int) -> str:
     """What a paired CI ``[lo, hi]`` says about a last-epoch difference."""
     if lo > 0 or hi < 0:
@@ -76,7 +81,16 @@ def _verdict(lo: float, hi: float, n_failed: int) -> str:
             f"the interval includes zero because {n_failed} failed run{'s' * (n_failed > 1)} "
             "widen it (see Failed runs)"
         )
-    return "the interval includes zero, so at the last epoch this is within seed noise"
+    bound = 100 * max(-lo, hi)
+    if bound <= NARROW_POINTS:
+        return (
+            "the interval includes zero, so the difference is not distinguishable from zero; "
+            f"any effect at the last epoch is under {bound:.2f} points"
+        )
+    return (
+        "the interval includes zero, so the difference is not distinguishable from zero; the interval "
+        f"is wide: effects from {100 * lo:+.2f} to {100 * hi:+.2f} points are not ruled out"
+    )
 
 
 def _last_epoch_effect(r: _Reading) -> str | None:

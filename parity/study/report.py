@@ -13,16 +13,11 @@ from typing import Any
 from parity.io import json_safe
 from parity.study.reading import ci_text, external_check, pct, reading
 
-#: why ``--linen-path auto`` chose a path, with the measurement behind it (docs/STUDY.md)
+#: why ``--linen-path auto`` chose a path (the measurements behind it are in docs/STUDY.md, not
+#: repeated here: they are one machine's, and this text goes into every user's report)
 LINEN_PATH_REASON = {
-    "loop": (
-        "(auto on CPU: on the 2-core dev box a Python loop of jitted steps ran an 8-seed epoch in "
-        "0.5-0.7 s, scan + vmap over the seeds in 19-21 s; docs/STUDY.md)"
-    ),
-    "vmap": (
-        "(auto on GPU: one scan epoch vmap-ed over all seeds is one launch instead of one per step; "
-        "scripts/gpu_check.sh measures the speed-up against the loop)"
-    ),
+    "loop": "(auto on CPU: a Python loop of jitted steps is faster there than scan + vmap over the seeds; docs/STUDY.md)",
+    "vmap": "(auto on GPU: one scan epoch vmap-ed over all seeds is one launch instead of one per step)",
 }
 
 
@@ -108,6 +103,8 @@ def _env_lines(results: dict) -> list[str]:
     return [
         f"- device: **{env['device']}** ({ps.get('torch_device_name')}, jax backend {ps.get('jax_backend')}); "
         f"{env['cpu_count']} CPUs, torch threads {env['torch_threads']}",
+        f"- CPU: {env.get('cpu', 'not recorded')}; torch CPU capability (the vector ISA its float32 kernels "
+        f"use) {env.get('torch_cpu_capability', 'not recorded')}: float32 results can differ between ISAs",
         f"- float32 precision policy: **{env['precision']}** — torch cudnn.allow_tf32="
         f"{ps.get('torch.backends.cudnn.allow_tf32')}, cuda.matmul.allow_tf32="
         f"{ps.get('torch.backends.cuda.matmul.allow_tf32')}, float32_matmul_precision="
