@@ -1,30 +1,11 @@
 """``parity study --devices N``: the study's seeds spread over N devices, same numbers as one.
 
-Two mechanisms, one per kind of execution path (:data:`parity.study.runners.RUNNERS`):
-
-* **Linen vmap-over-seeds** (``--linen-path vmap``; the default on GPUs): the seed axis of the
-  stacked training states, dropout keys and batch orders is sharded over a 1-D mesh ``("seeds",)``
-  with ``NamedSharding``, so ``jit`` runs each device's seeds there. Seeds are padded to a
-  multiple of N by repeating the last one (its copies' results are dropped). On CPU the N
-  devices are simulated (:func:`parity.replicas.ensure_jax_cpu_devices`, set by the command
-  before jax starts).
-* **per-seed paths** (torch, the Linen loop, NNX): N worker processes (``forkserver``, modules
-  imported once in the server) take whole ``(variant, seed)`` tasks from one queue, longest
-  path first (torch, NNX, Linen loop), and run the same one-seed trainer as the single process
-  (:data:`parity.study.runners.SEED_TRAINERS`) with the same torch thread count. Workers get
-  the parent's study context (data, initial weights; the arrays with the parent's strides,
-  :func:`with_strides`) instead of rebuilding it (5.6 s each on the 2-core box). Worker ``r``
-  sees only GPU ``r`` (``CUDA_VISIBLE_DEVICES``) on a GPU machine; on CPU it is one process.
-
-Every seed's training depends only on its seed, so ``--devices N`` gives the numbers of
-``--devices 1``: bit-identical for the per-seed paths (same code, same thread count), and for
-the sharded vmap path to float32 rounding (XLA may compile a different vmap width per device).
-
-Timing with workers: a variant's ``wall_time_s`` and per-epoch ``timing`` sum its seeds' own
-times (worker seconds, as the single process sums them), ``cpu_s`` their CPU seconds
-(workers' CPU time is not their parent's, so ``time`` misses it); ``total_wall_time_s`` is the wall.
-A worker that dies or raises stops the study with :class:`DeviceWorkerError` naming it and its
-task (the others are stopped; nothing is written); one silent for :data:`STALL_S` too.
+The Linen vmap-over-seeds path shards the seed axis over a 1-D mesh (simulated CPU devices on
+CPU); the per-seed paths (torch, Linen loop, NNX) run whole ``(variant, seed)`` tasks in N
+``forkserver`` worker processes with the parent's study context. Per-seed paths give the
+numbers of ``--devices 1`` bit for bit; the sharded vmap path to float32 rounding
+(docs/DATA_PARALLEL.md). A worker that dies, raises or hangs stops the study with
+:class:`DeviceWorkerError`.
 """
 
 from __future__ import annotations

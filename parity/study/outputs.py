@@ -1,16 +1,9 @@
 """Writing a study's outputs as one set: ``results.json``, ``curves.png``, ``report.md``.
 
-The three files are first written into a staging directory inside the output directory
-(``.study-staging-<pid>-*``, each file atomically with :mod:`parity.io`), then moved over the
-previous ones in one short step with SIGINT and SIGTERM held back, so an interrupt leaves
-either the previous set or the new one, never a mix; an ``OSError`` while moving puts the
-previous files back. Staging directories of processes that no longer run and the temporary
-files of :func:`parity.io.atomic_open` (``.results.json.*.tmp`` ...) are what a killed run
-leaves behind; :func:`clean_stale` removes them, and every write starts with it.
-
-When the output directory fails after training, :func:`save_results_elsewhere` keeps the run:
-``results.json`` goes to a fresh directory under the system temp directory, or else the
-current directory.
+The files are staged in ``--out`` and moved over the previous ones in one short step with
+SIGINT/SIGTERM held back, so an interrupt leaves the previous set or the new one, never a mix;
+:func:`clean_stale` removes what a killed run left. When ``--out`` fails after training,
+:func:`save_results_elsewhere` keeps ``results.json``.
 """
 
 from __future__ import annotations
