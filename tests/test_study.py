@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from parity import cli
+from parity import data as parity_data
 from parity import study as study_mod
 from parity.study.config import VARIANT_NAMES, VARIANTS, StudyConfig
 from parity.study.driver import run_study
@@ -221,11 +222,11 @@ def test_linen_vmap_over_seeds_matches_the_loop_path(tiny_results):
 def test_a_nan_loss_is_recorded_as_divergence_in_every_variant_and_path(tiny_results, tmp_path, monkeypatch):
     """One NaN input makes the first batch that holds it produce a NaN loss. Same shapes and
     optimizer as the other tests, so nothing recompiles."""
-    digits = study_mod.data.load("digits")
+    digits = parity_data.load("digits")
     x = digits.x_train.copy()
     x[3] = np.nan
-    poisoned = study_mod.data.Dataset("digits", x, digits.y_train, digits.x_test, digits.y_test)
-    monkeypatch.setattr(study_mod.data, "load", lambda name: poisoned)
+    poisoned = parity_data.Dataset("digits", x, digits.y_train, digits.x_test, digits.y_test)
+    monkeypatch.setattr(parity_data, "load", lambda name: poisoned)
     results = run_study(StudyConfig(**TINY), progress=False)
     vm = run_study(
         StudyConfig(**(TINY | {"epochs": 2}), variants=("linen_bug_emulated",), linen_path="vmap"),
@@ -381,20 +382,20 @@ def test_cli_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys, monkeypatch):
 
     if cuda_available():
         pytest.skip("a GPU is present")
-    monkeypatch.setattr(study_mod, "run_study", _no_training)
+    monkeypatch.setattr("parity.study.driver.run_study", _no_training)
     assert cli.main(["study", "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
     assert "cuda" in capsys.readouterr().err.lower()
     assert not (tmp_path / "o" / "results.json").exists()
 
 
 def test_cli_unwritable_out_fails_before_training(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(study_mod, "run_study", _no_training)
+    monkeypatch.setattr("parity.study.driver.run_study", _no_training)
     (tmp_path / "a_file").write_text("x")
     assert cli.main(["study", "--quick", "--out", str(tmp_path / "a_file" / "out")]) == 2
     assert "not writable" in capsys.readouterr().err
 
 
-def test_an_interrupted_run_writes_nothing(tmp_path, capsys, monkeypatch):
+def test_a_run_interrupted_in_its_first_variant_writes_nothing(tmp_path, capsys, monkeypatch):
     import torch_impl.train as torch_train
 
     real, calls = torch_train.train_step, []
@@ -424,8 +425,8 @@ def test_an_interrupted_run_writes_nothing(tmp_path, capsys, monkeypatch):
         ]
     )
     assert code == 130 and len(calls) == 3
-    assert list(out.iterdir()) == []  # no results.json, no temporary file
-    assert "nothing was written" in capsys.readouterr().err
+    assert list(out.iterdir()) == []  # no results.json, no temporary file, no variant had finished
+    assert "no variant had finished" in capsys.readouterr().err
 
 
 # -------------------------------------------------------------------------------------- GPU

@@ -172,6 +172,10 @@ def test_a_significant_difference_over_distinct_runs_is_claimed():
     }
     sentence = distinct_sentence(distinct)
     assert "collapse more often than the correct runs" in sentence and "the control" not in sentence
+    none = {g: binomial_ci(0, 6) for g in distinct}
+    assert distinct_sentence(none).endswith(
+        "no run collapsed, so there is no difference in collapse rate to test."
+    )
 
 
 def test_a_finished_cell_is_not_trained_again(tmp_path):

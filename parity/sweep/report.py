@@ -143,6 +143,8 @@ def distinct_sentence(distinct: dict) -> str:
         text += f", seed-bug runs that no evaluation reached (the control) {control['k']}/{control['n']}"
     if not (bug["n"] and good["n"]):
         return text + "."
+    if bug["k"] + good["k"] == 0:
+        return text + ": no run collapsed, so there is no difference in collapse rate to test."
     p = fisher_exact_p(bug["k"], bug["n"], good["k"], good["n"])
     verdict = (
         "the leaking seed-bug runs collapse more often than the correct runs"
