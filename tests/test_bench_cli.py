@@ -87,3 +87,14 @@ def test_a_style_that_cannot_run_beside_one_that_can_is_still_a_run(monkeypatch)
     from parity.bench.spec import BenchConfig, check_runnable
 
     check_runnable(BenchConfig(styles=("torch_cudagraph", "torch_eager"), device="cpu"))  # no error
+
+
+def test_the_report_names_the_cpu_and_torchs_cpu_capability():
+    from types import SimpleNamespace
+
+    import torch
+
+    from parity.bench.output import machine
+
+    m = machine(SimpleNamespace(device="cpu", settings={}))
+    assert m["cpu"] and m["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()

@@ -26,7 +26,7 @@ def binomial_ci(k: int, n: int) -> dict:
 
 
 def _ci(stat: dict | None) -> dict | None:
-    """``{'n', 'mean', 'ci'}`` of a :func:`parity.study.report.mean_ci` result (std dropped)."""
+    """``{'n', 'mean', 'ci'}`` of a :func:`parity.study.stats.mean_ci` result (std dropped)."""
     if not stat or stat["mean"] is None:
         return None
     return {"n": stat["n"], "mean": stat["mean"], "ci": None if stat["ci"] is None else list(stat["ci"])}
