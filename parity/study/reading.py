@@ -88,8 +88,8 @@ def _verdict(lo: float, hi: float, n_failed: int) -> str:
             f"any effect at the last epoch is under {bound:.2f} points"
         )
     return (
-        "the interval includes zero, so the difference is not distinguishable from zero; the interval "
-        f"is wide: effects from {100 * lo:+.2f} to {100 * hi:+.2f} points are not ruled out"
+        "the interval includes zero, so the difference is not distinguishable from zero; effects from "
+        f"{100 * lo:+.2f} to {100 * hi:+.2f} points are all consistent with these seeds"
     )
 
 
