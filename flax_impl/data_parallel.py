@@ -40,6 +40,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from flax_impl import linen_models, linen_train, nnx_models, nnx_train
+from parity.defaults import LEARNING_RATE
 
 AXIS = "data"
 
@@ -50,7 +51,7 @@ class RunSpec:
 
     model: str = "digits"
     config: dict = field(default_factory=lambda: {"channels": (4, 8), "hidden": 16, "dropout": 0.0})
-    lr: float = 0.05
+    lr: float = LEARNING_RATE
     dtype: str = "float32"
 
 

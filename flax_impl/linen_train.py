@@ -32,6 +32,8 @@ import optax
 from flax.training import train_state
 
 from flax_impl.audit import record_linen_modes, train_fraction
+from parity.defaults import LEARNING_RATE, MOMENTUM
+from parity.schedule import EvalSchedule
 
 Batches = Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]]
 OnEpoch = Callable[[dict], None]
@@ -44,7 +46,7 @@ class TrainState(train_state.TrainState):
 
 
 @functools.cache
-def make_optimizer(lr: float = 0.05, momentum: float = 0.9) -> optax.GradientTransformation:
+def make_optimizer(lr: float = LEARNING_RATE, momentum: float = MOMENTUM) -> optax.GradientTransformation:
     """SGD with heavy-ball momentum, the same update as ``torch.optim.SGD(lr, momentum)``.
 
     Cached: the transformation is a static field of :class:`TrainState` (and of
@@ -148,45 +150,6 @@ def evaluate(state: TrainState, x: np.ndarray, y: np.ndarray) -> tuple[float, fl
     """Test loss and accuracy on the whole set ``x`` (NHWC / NWC) in one batch."""
     loss, acc = eval_step(state, (jnp.asarray(x), jnp.asarray(y)))
     return float(loss), float(acc)
-
-
-class EvalSchedule:
-    """When a loop evaluates inside training, and what each evaluation measured.
-
-    ``every``: ``"epoch"`` (after each epoch's last step: the default, as the blog does),
-    an ``int`` N (after every N-th training step, counted over the whole run), or ``"end"``
-    (only after the last epoch: the control, where no evaluation can leak a mode into training).
-    ``points`` holds one ``{'step', 'test_loss', 'test_acc'}`` per evaluation, ``step`` being the
-    number of training steps done before it. Mirrors ``torch_impl.train.EvalSchedule``.
-    """
-
-    def __init__(self, every: int | str, epochs: int) -> None:
-        if not (every in ("epoch", "end") or (isinstance(every, int) and every >= 1)):
-            raise ValueError(f"eval_every must be 'epoch', 'end' or a step count >= 1, got {every!r}")
-        self.every, self.epochs, self.step = every, epochs, 0
-        self.points: list[dict] = []
-
-    def due_after_step(self) -> bool:
-        """Count one training step; whether the loop evaluates now (integer schedules only)."""
-        self.step += 1
-        return isinstance(self.every, int) and self.step % self.every == 0
-
-    def due_after_epoch(self, epoch: int) -> bool:
-        """Whether the loop evaluates after ``epoch`` (0-based) has finished."""
-        return self.every == "epoch" or (self.every == "end" and epoch == self.epochs - 1)
-
-    def record(self, test: tuple[float, float]) -> None:
-        """Keep what the evaluation after the current step measured."""
-        self.points.append({"step": self.step, "test_loss": test[0], "test_acc": test[1]})
-
-    def at_step(self) -> tuple[float, float] | None:
-        """``(loss, accuracy)`` of an evaluation after the current step, if one ran."""
-        last = self.points[-1] if self.points else None
-        return (last["test_loss"], last["test_acc"]) if last and last["step"] == self.step else None
-
-    def since(self, step: int) -> list[dict]:
-        """The evaluations after more than ``step`` training steps."""
-        return [p for p in self.points if p["step"] > step]
 
 
 def _run_epoch(

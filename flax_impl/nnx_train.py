@@ -29,13 +29,15 @@ from flax import nnx
 
 from flax_impl import linen_train as linen_train
 from flax_impl.audit import nnx_modes, train_fraction
-from flax_impl.linen_train import EvalSchedule, _epoch_end, loss_fn
+from flax_impl.linen_train import _epoch_end, loss_fn
+from parity.defaults import LEARNING_RATE, MOMENTUM
+from parity.schedule import EvalSchedule
 
 Batches = Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]]
 OnEpoch = Callable[[dict], None]
 
 
-def make_optimizer(model: nnx.Module, lr: float = 0.05, momentum: float = 0.9) -> nnx.Optimizer:
+def make_optimizer(model: nnx.Module, lr: float = LEARNING_RATE, momentum: float = MOMENTUM) -> nnx.Optimizer:
     """SGD with heavy-ball momentum over the model's ``nnx.Param`` s, with the cached optax
     transformation of :func:`flax_impl.linen_train.make_optimizer` (static under ``nnx.jit``)."""
     return nnx.Optimizer(model, linen_train.make_optimizer(lr, momentum), wrt=nnx.Param)
@@ -136,7 +138,7 @@ def fit_seed_bug(
 ) -> list[dict]:
     """The blog's loop in NNX: ``model.train()`` once; ``evaluate`` leaves ``eval()`` on, so
     every step after the loop's first evaluation trains in eval mode (``eval_every``: see
-    :class:`flax_impl.linen_train.EvalSchedule`)."""
+    :class:`parity.schedule.EvalSchedule`)."""
     schedule, history = EvalSchedule(eval_every, epochs), []
 
     def evaluate_inside() -> None:
@@ -167,7 +169,7 @@ def fit_view(
     eval_every: int | str = "epoch",
 ) -> list[dict]:
     """Two views of the same weights, each with a fixed mode; nothing is ever switched, whatever
-    the evaluation schedule (``eval_every``: see :class:`flax_impl.linen_train.EvalSchedule`)."""
+    the evaluation schedule (``eval_every``: see :class:`parity.schedule.EvalSchedule`)."""
     train_model, eval_model = mode_view(model, train=True), mode_view(model, train=False)
     schedule, history = EvalSchedule(eval_every, epochs), []
 

@@ -7,7 +7,6 @@ Models are tiny (``channels=(4, 8), hidden=16``) and batches small, to stay with
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import replace
 
@@ -16,8 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from parity import bench
-from parity.commands import bench as bench_command
+from parity import bench, cli
 from parity.device import configure
 
 TINY = {"channels": (4, 8), "hidden": 16}
@@ -99,15 +97,6 @@ def test_unavailable_styles_are_skipped_with_a_reason(workload, reference):
 # --------------------------------------------------------------------------------- CLI input
 
 
-def _args(**kw) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    bench_command.add_arguments(parser)
-    args = parser.parse_args([])
-    for k, v in kw.items():
-        setattr(args, k, v)
-    return args
-
-
 @pytest.mark.parametrize(
     "field, value, choices",
     [
@@ -116,7 +105,7 @@ def _args(**kw) -> argparse.Namespace:
     ],
 )
 def test_unknown_style_or_model_exits_2_listing_the_choices(capsys, field, value, choices):
-    assert bench_command.run(_args(**{field: value})) == 2
+    assert cli.main(["bench", f"--{field}", ",".join(value)]) == 2
     err = capsys.readouterr().err
     assert repr(value[-1]) in err
     assert all(c in err for c in choices)
@@ -125,7 +114,7 @@ def test_unknown_style_or_model_exits_2_listing_the_choices(capsys, field, value
 def test_cuda_without_a_gpu_is_a_clear_error(capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    assert bench_command.run(_args(device="cuda")) == 2
+    assert cli.main(["bench", "--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert "cuda" in err and "no CUDA GPU" in err
     assert "Traceback" not in err
@@ -138,7 +127,7 @@ def test_cli_parses_lists_and_rejects_bad_numbers(capsys):
         ["bench", "--models", "digits", "--batch-sizes", "16,32", "--styles", "torch_eager,linen_scan"]
     )
     assert args.batch_sizes == [16, 32] and args.styles == ["torch_eager", "linen_scan"]
-    assert bench_command.run(_args(batch_sizes=[1])) == 2
+    assert cli.main(["bench", "--batch-sizes", "1"]) == 2
     assert "batch sizes" in capsys.readouterr().err
 
 

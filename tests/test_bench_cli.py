@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from parity.cli import build_parser
+from parity import cli
 from parity.commands import bench as bench_command
 
 
@@ -23,13 +23,13 @@ def no_work(monkeypatch):
 
 
 def _run(argv: list[str]) -> int:
-    args = build_parser(["bench"]).parse_args(["bench", "--device", "cpu", *argv])
-    return bench_command.run(args)
+    """``parity bench --device cpu ARGV`` through :func:`parity.cli.main` (which prints errors)."""
+    return cli.main(["bench", "--device", "cpu", *argv])
 
 
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("parity bench: error:"), err
+    assert len(err) == 1 and err[0].startswith("parity bench: "), err
     assert "Traceback" not in err[0]
     return err[0]
 
@@ -73,6 +73,28 @@ def test_batch_sizes_comma_exits_2_with_one_line_from_the_command_line():
         timeout=300,
     )
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip().splitlines() == [
-        "parity bench: error: batch sizes must be integers >= 2, got []"
-    ]
+    assert proc.stderr.strip().splitlines() == ["parity bench: batch sizes must be integers >= 2, got []"]
+
+
+def test_styles_that_cannot_run_on_the_device_are_one_error_not_a_run_of_skipped_rows(capsys, no_work):
+    # before: exit 0 and a table whose every row said "skipped"
+    assert _run(["--styles", "torch_cudagraph"]) == 2
+    line = _one_error_line(capsys)
+    assert "nothing to measure on cpu" in line and "torch_cudagraph: CUDA graphs need a CUDA GPU" in line
+
+
+def test_a_style_that_cannot_run_beside_one_that_can_is_still_a_run(monkeypatch):
+    from parity.bench.spec import BenchConfig, check_runnable
+
+    check_runnable(BenchConfig(styles=("torch_cudagraph", "torch_eager"), device="cpu"))  # no error
+
+
+def test_the_report_names_the_cpu_and_torchs_cpu_capability():
+    from types import SimpleNamespace
+
+    import torch
+
+    from parity.bench.output import machine
+
+    m = machine(SimpleNamespace(device="cpu", settings={}))
+    assert m["cpu"] and m["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()

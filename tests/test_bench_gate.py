@@ -39,7 +39,7 @@ def test_a_sound_style_passes_the_timed_run_checks_and_the_dropout_probe(workloa
 @pytest.mark.slow  # the dropout probe on every style, 29 s in the 2026-11-30 full run (load ~4)
 def test_the_dropout_probe_sees_no_change_without_dropout(monkeypatch, workload):
     # the control: with dropout 0 the probe's steps (same batch, lr 0) give identical losses
-    real = bench.spec.make_runner
+    real = bench.workload.make_runner
     monkeypatch.setattr(bench.gate, "make_runner", lambda *a, **k: real(*a, **(k | {"dropout": 0.0})))
     for style in ("torch_eager", "nnx_split"):
         probe = bench.probe_dropout(style, workload)

@@ -15,17 +15,13 @@ import pytest
 import torch
 
 from parity import cli
+from parity import data as parity_data
 from parity import study as study_mod
+from parity.study.config import VARIANT_NAMES, VARIANTS, StudyConfig
+from parity.study.driver import run_study
 from parity.study.outputs import write_outputs
-from parity.study.report import (
-    epoch_arrays,
-    markdown_table,
-    mean_ci,
-    summarize,
-    t_quantile_975,
-    to_json,
-)
-from parity.study.runners import VARIANT_NAMES, VARIANTS, StudyConfig, run_study
+from parity.study.report import markdown_table, to_json
+from parity.study.stats import epoch_arrays, mean_ci, summarize, t_quantile_975
 
 TINY = dict(
     dataset="digits",
@@ -57,10 +53,27 @@ def _numbers(results: dict) -> dict:
 # -------------------------------------------------------------------------------- statistics
 
 
-def test_t_quantiles_match_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    for df in [*range(1, 41), 60, 100, 1000]:
-        assert t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), rel=2e-6, abs=1e-5)
+def test_t_quantiles_have_the_closed_form_and_published_values():
+    # closed forms, by hand: df = 1 is Cauchy, t = tan(pi (p - 1/2)); df = 2 has
+    # t = (2p - 1) sqrt(2 / (4 p (1 - p))); large df tends to the normal quantile 1.959964
+    assert t_quantile_975(1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-9)
+    assert t_quantile_975(2) == pytest.approx(0.95 * math.sqrt(2 / (4 * 0.975 * 0.025)), rel=1e-9)
+    assert t_quantile_975(10**6) == pytest.approx(1.959964, abs=1e-5)
+    # the two-sided 95% column of the printed Student-t table (three decimals: abs 5e-4)
+    table = {
+        3: 3.182,
+        4: 2.776,
+        5: 2.571,
+        7: 2.365,
+        9: 2.262,
+        10: 2.228,
+        15: 2.131,
+        20: 2.086,
+        30: 2.042,
+        60: 2.000,
+    }
+    for df, t in table.items():
+        assert t_quantile_975(df) == pytest.approx(t, abs=5e-4), df
 
 
 def test_mean_ci_is_the_student_t_interval_and_na_for_one_value():
@@ -209,11 +222,11 @@ def test_linen_vmap_over_seeds_matches_the_loop_path(tiny_results):
 def test_a_nan_loss_is_recorded_as_divergence_in_every_variant_and_path(tiny_results, tmp_path, monkeypatch):
     """One NaN input makes the first batch that holds it produce a NaN loss. Same shapes and
     optimizer as the other tests, so nothing recompiles."""
-    digits = study_mod.data.load("digits")
+    digits = parity_data.load("digits")
     x = digits.x_train.copy()
     x[3] = np.nan
-    poisoned = study_mod.data.Dataset("digits", x, digits.y_train, digits.x_test, digits.y_test)
-    monkeypatch.setattr(study_mod.data, "load", lambda name: poisoned)
+    poisoned = parity_data.Dataset("digits", x, digits.y_train, digits.x_test, digits.y_test)
+    monkeypatch.setattr(parity_data, "load", lambda name: poisoned)
     results = run_study(StudyConfig(**TINY), progress=False)
     vm = run_study(
         StudyConfig(**(TINY | {"epochs": 2}), variants=("linen_bug_emulated",), linen_path="vmap"),
@@ -369,20 +382,20 @@ def test_cli_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys, monkeypatch):
 
     if cuda_available():
         pytest.skip("a GPU is present")
-    monkeypatch.setattr(study_mod, "run_study", _no_training)
+    monkeypatch.setattr("parity.study.driver.run_study", _no_training)
     assert cli.main(["study", "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
     assert "cuda" in capsys.readouterr().err.lower()
     assert not (tmp_path / "o" / "results.json").exists()
 
 
 def test_cli_unwritable_out_fails_before_training(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(study_mod, "run_study", _no_training)
+    monkeypatch.setattr("parity.study.driver.run_study", _no_training)
     (tmp_path / "a_file").write_text("x")
     assert cli.main(["study", "--quick", "--out", str(tmp_path / "a_file" / "out")]) == 2
     assert "not writable" in capsys.readouterr().err
 
 
-def test_an_interrupted_run_writes_nothing(tmp_path, capsys, monkeypatch):
+def test_a_run_interrupted_in_its_first_variant_writes_nothing(tmp_path, capsys, monkeypatch):
     import torch_impl.train as torch_train
 
     real, calls = torch_train.train_step, []
@@ -412,8 +425,8 @@ def test_an_interrupted_run_writes_nothing(tmp_path, capsys, monkeypatch):
         ]
     )
     assert code == 130 and len(calls) == 3
-    assert list(out.iterdir()) == []  # no results.json, no temporary file
-    assert "nothing was written" in capsys.readouterr().err
+    assert list(out.iterdir()) == []  # no results.json, no temporary file, no variant had finished
+    assert "no variant had finished" in capsys.readouterr().err
 
 
 # -------------------------------------------------------------------------------------- GPU
@@ -432,10 +445,24 @@ def test_a_one_epoch_study_trains_both_frameworks_on_the_gpu(tmp_path):
         s = summarize(res)
         assert all(x["audit"]["as_expected"] for x in s.values())
         assert all(x["final_acc"]["mean"] > 0.5 for x in s.values())
-        # the GPU's vmap path and the loop path agree per seed (same keys, same batches)
+        # the GPU's vmap path and the loop path agree per seed (same keys, same batches). The
+        # 2.4e-8 measured on CPU (docs/DATA_PARALLEL.md) is the vmap width alone, same kernels;
+        # on a GPU the paths run other kernels (a conv batched over seeds vs one seed's), whose
+        # float32 rounding differs per step like two frameworks' (FLOAT32_REL_TOL, 1e-5 per
+        # forward), and 22 SGD steps amplify it (up to 1.1e-5 after 4 steps between frameworks,
+        # tests/test_study_models.py). Not yet measured on a GPU, so 1e-3: 90x that drift, while
+        # a wrong key or batch order per seed moves the loss by 5e-3 and more (another seed's
+        # weights, parity.bench.spec.GATE_RTOL). The measured difference is printed for the record.
         loop = run_study(dataclasses.replace(cfg, variants=("linen",), linen_path="loop"), progress=False)
-        for a, b in zip(res["variants"]["linen"]["seeds"], loop["variants"]["linen"]["seeds"]):
-            assert a["epochs"][-1]["train_loss"] == pytest.approx(b["epochs"][-1]["train_loss"], rel=1e-3)
+        pairs = [
+            (a["epochs"][-1]["train_loss"], b["epochs"][-1]["train_loss"])
+            for a, b in zip(
+                res["variants"]["linen"]["seeds"], loop["variants"]["linen"]["seeds"], strict=True
+            )
+        ]
+        print(f"vmap vs loop, last train loss, max rel diff {max(abs(a - b) / abs(b) for a, b in pairs):.2e}")
+        for a, b in pairs:
+            assert a == pytest.approx(b, rel=1e-3)
         write_outputs(res, tmp_path)
         json.loads((tmp_path / "results.json").read_text())
         assert to_json(res)

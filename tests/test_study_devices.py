@@ -19,7 +19,8 @@ import pytest
 
 from parity import replicas
 from parity.study import devices
-from parity.study.runners import StudyConfig, run_study
+from parity.study.config import StudyConfig
+from parity.study.driver import run_study
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"channels": (4, 8), "hidden": 16}
@@ -174,3 +175,31 @@ def test_the_command_on_four_simulated_devices_gives_the_table_of_one(tmp_path):
             np.testing.assert_allclose(
                 [ge["train_loss"], ge["test_loss"]], [we["train_loss"], we["test_loss"]], rtol=VMAP_RTOL
             )
+
+
+def test_the_worker_pool_hands_over_each_variant_when_its_last_seed_finishes():
+    # what --devices N keeps for a resume after Ctrl-C: a variant, once all its seeds are in
+    from types import SimpleNamespace
+
+    config = StudyConfig(dataset="digits", seeds=2, epochs=1, variants=("torch_correct", "torch_seed_bug"))
+    kept = []
+    pool = devices.WorkerPool(
+        SimpleNamespace(config=config),
+        list(config.variants),
+        dict.fromkeys(config.variants, "torch"),
+        5,
+        lambda variant, entry: kept.append((variant, [s["seed"] for s in entry["seeds"]])),
+    )
+    record = {
+        "epoch": 0,
+        "train_loss": 1.0,
+        "test_loss": 1.0,
+        "test_acc": 0.5,
+        "train_mode": 1.0,
+        "diverged": False,
+    }
+    pool._finish(("torch_correct", "torch", 1), [record], {}, [(0, 1.0)], 0.1, 1.0)
+    pool._finish(("torch_seed_bug", "torch", 0), [record], {}, [(0, 1.0)], 0.1, 1.0)
+    assert kept == []
+    pool._finish(("torch_correct", "torch", 0), [record], {}, [(0, 1.0)], 0.1, 1.0)
+    assert kept == [("torch_correct", [0, 1])]

@@ -13,7 +13,8 @@ import torch
 
 from flax_impl import linen_train, nnx_models, nnx_train
 from parity import data
-from parity.study.runners import StudyConfig, run_study
+from parity.study.config import StudyConfig
+from parity.study.driver import run_study
 from torch_impl import models as torch_models
 from torch_impl import train as torch_train
 
@@ -101,4 +102,8 @@ def test_the_linen_vmap_over_seeds_loop_is_in_flax_impl():
     assert callable(linen_train.fit_seeds) and callable(linen_train.fit_bug_emulated_seeds)
     assert "train_epoch_scan_seeds(" not in inspect.getsource(runners)  # no epoch loop there
     assert nnx_train.loss_fn is linen_train.loss_fn and nnx_train._epoch_end is linen_train._epoch_end
-    assert nnx_train.EvalSchedule is linen_train.EvalSchedule
+    from parity.schedule import EvalSchedule
+    from torch_impl import train as torch_train
+
+    # one schedule, imported by every loop (it was copied word for word into two packages)
+    assert nnx_train.EvalSchedule is linen_train.EvalSchedule is torch_train.EvalSchedule is EvalSchedule

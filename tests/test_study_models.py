@@ -15,7 +15,8 @@ from __future__ import annotations
 import pytest
 
 from parity.cli import main
-from parity.study.runners import VARIANT_NAMES, VARIANTS, StudyConfig, run_study
+from parity.study.config import VARIANT_NAMES, VARIANTS, StudyConfig
+from parity.study.driver import run_study
 
 TINY = dict(
     dataset="digits",
@@ -55,7 +56,7 @@ def test_the_seed_bug_loops_leak_the_mode_from_their_first_evaluation_on(every3)
     for v in VARIANT_NAMES:
         modes = [e["train_mode"] for e in _epochs(every3, v)]
         assert modes == ([1.0, 1.0] if VARIANTS[v][1] else [3 / STEPS, 0.0]), v
-    from parity.study.report import summarize
+    from parity.study.stats import summarize
 
     assert all(s["audit"]["as_expected"] for s in summarize(every3).values())
 
@@ -102,7 +103,7 @@ def test_cli_bad_model_dataset_pair_is_one_line_exit_2(tmp_path, capsys):
 )
 def test_zoo_models_run_every_variant_with_the_audit_and_the_pairing(model, config):
     from parity.registry import STUDY_MODEL_DATASET
-    from parity.study.report import summarize
+    from parity.study.stats import summarize
 
     cfg = StudyConfig(
         dataset=STUDY_MODEL_DATASET[model],
@@ -126,8 +127,13 @@ def test_zoo_models_run_every_variant_with_the_audit_and_the_pairing(model, conf
     first = {v: _epochs(results, v)[0]["train_loss"] for v in VARIANT_NAMES}
     assert first["torch_seed_bug"] == first["torch_correct"] and first["nnx_seed_bug"] == first["nnx_view"]
     if model.startswith("resnet"):  # no dropout: the converted weights train alike in every framework
-        assert first["linen"] == pytest.approx(first["torch_correct"], rel=1e-3)
-        assert first["nnx_view"] == pytest.approx(first["torch_correct"], rel=1e-3)
+        # epoch 1's mean train loss over 4 SGD steps: the frameworks sum in other orders, so each
+        # step's float32 rounding differs (a few ulps, 1e-7) and training amplifies it; measured
+        # on the 2-core AVX2 box (2026-12-07), seeds 0 and 1: 7e-8 to 1.1e-5 (resnet20_1d seed 0).
+        # 1e-4 leaves 9x over the worst; the defects this pairing must catch move a 3-step loss by
+        # 1e-3 (SGD without momentum) to 6e-2 (another seed's weights) (parity.bench.spec.GATE_RTOL).
+        assert first["linen"] == pytest.approx(first["torch_correct"], rel=1e-4)
+        assert first["nnx_view"] == pytest.approx(first["torch_correct"], rel=1e-4)
 
 
 def test_bn_gaps_are_zero_when_running_statistics_are_the_batch_statistics_and_grow_with_the_gap():
@@ -159,7 +165,7 @@ def test_bn_split_traces_every_bn_layer_of_a_seed_bug_run():
 
 
 def test_the_external_comparison_describes_the_default_cnn_only():
-    from parity.study.report import external_check
+    from parity.study.reading import external_check
 
     results = {"config": {"dataset": "mnist1d", "model": "vit_tiny_1d", "epochs": 4, "model_config": {}}}
     summary = {"torch_correct": {"correct": True, "final_acc": {"mean": 0.33, "n": 3}}}

@@ -15,9 +15,14 @@ import subprocess
 import pytest
 
 from parity import cli
+from parity.io import json_safe
+from parity.study import driver as study_driver
 from parity.study import outputs
 from parity.study import runners as study_runners
-from parity.study.runners import EpochClock, StudyConfig, configure_runtime, run_study
+from parity.study.config import StudyConfig, StudyError
+from parity.study.driver import run_study
+from parity.study.partial import PARTIAL_DIR
+from parity.study.runners import EpochClock, configure_runtime
 
 TINY = dict(
     dataset="digits",
@@ -46,7 +51,7 @@ def _study(out, *extra: str) -> int:
 @pytest.fixture
 def trained(tiny, monkeypatch):
     """The command's training returns the recorded tiny run instantly."""
-    monkeypatch.setattr(study_runners, "run_study", lambda config, progress, runtime: tiny)
+    monkeypatch.setattr(study_driver, "run_study", lambda config, progress, runtime, keep=None: tiny)
     return tiny
 
 
@@ -165,14 +170,14 @@ def test_stale_temporary_files_of_a_killed_run_are_removed_by_the_next(tiny, tmp
 def test_batch_size_one_is_refused_for_every_framework_with_one_message(
     variant, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(study_runners, "run_study", _no_training)
+    monkeypatch.setattr(study_driver, "run_study", _no_training)
     code = cli.main(
         ["study", "--variants", variant, "--batch-size", "1", "--out", str(tmp_path), "--device", "cpu"]
     )
     assert code == 2
     err = capsys.readouterr().err
     assert err == (
-        "parity study: error: batch size must be >= 2, got 1: BatchNorm in training mode needs more "
+        "parity study: batch size must be >= 2, got 1: BatchNorm in training mode needs more "
         "than one example per batch (torch refuses batch 1, Flax would silently zero the dense "
         "layer's normalised activations)\n"
     )
@@ -180,7 +185,7 @@ def test_batch_size_one_is_refused_for_every_framework_with_one_message(
 
 @pytest.mark.parametrize("out", ["", "  "])
 def test_an_empty_out_is_refused(out, monkeypatch, capsys):
-    monkeypatch.setattr(study_runners, "run_study", _no_training)
+    monkeypatch.setattr(study_driver, "run_study", _no_training)
     assert cli.main(["study", "--quick", "--device", "cpu", "--out", out]) == 2
     assert "--out is empty" in capsys.readouterr().err
 
@@ -245,3 +250,84 @@ def test_the_epoch_clock_sums_seeds_per_epoch_and_takes_the_median_after_the_fir
     t = clock.timing()
     assert t["epoch_s"] == [11.0, 3.0, 2.0] and t["first_epoch_s"] == 11.0
     assert t["steady_epoch_s"] == 2.5 and t["steady_steps_per_s"] == pytest.approx((10 / 3 + 10 / 2) / 2)
+
+
+# ------------------------------------------------------------------------- nothing of the user's lost
+
+
+def test_an_output_name_taken_by_a_directory_is_refused_and_kept(trained, tmp_path, capsys):
+    # before: results.json/ was moved aside as "the previous results.json" and deleted, exit 0
+    out = tmp_path / "out"
+    (out / "results.json").mkdir(parents=True)
+    (out / "results.json" / "mine.txt").write_text("the user's")
+    assert _study(out) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith("parity study: ")
+        and "results.json is a directory" in err
+        and len(err.splitlines()) == 1
+    )
+    assert (out / "results.json" / "mine.txt").read_text() == "the user's"
+    with pytest.raises(StudyError, match="is a directory"):
+        outputs.write_outputs(trained, out)
+    assert (out / "results.json" / "mine.txt").read_text() == "the user's"
+
+
+_TRAIN_VARIANT = study_driver._train_variant  # the real one, whatever a test patched
+
+
+def _interrupt_at(variant: str, monkeypatch) -> list[str]:
+    """Make the driver raise KeyboardInterrupt when it starts ``variant``; returns the variants
+    it trained (started), in order."""
+    trained, real = [], _TRAIN_VARIANT
+
+    def train(name, *a, **k):
+        trained.append(name)
+        if name == variant:
+            raise KeyboardInterrupt
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(study_driver, "_train_variant", train)
+    return trained
+
+
+def _seeds(results: dict) -> dict:
+    return {v: json.loads(json.dumps(json_safe(r["seeds"]))) for v, r in results["variants"].items()}
+
+
+def test_an_interrupted_study_keeps_its_finished_variants_and_resumes_them(tiny, tmp_path, monkeypatch):
+    # before: Ctrl-C threw away every finished variant
+    _interrupt_at("torch_seed_bug", monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(StudyConfig(**TINY), progress=False, keep=tmp_path)
+    assert sorted(p.name for p in (tmp_path / PARTIAL_DIR).iterdir()) == ["torch_correct.json"]
+    trained = _interrupt_at("none", monkeypatch)
+    results = run_study(StudyConfig(**TINY), progress=False, keep=tmp_path)
+    assert trained == ["torch_seed_bug"] and results["resumed_variants"] == ["torch_correct"]
+    assert _seeds(results) == _seeds(tiny)  # the numbers of an uninterrupted run
+    other = _interrupt_at("none", monkeypatch)  # another configuration resumes nothing
+    run_study(StudyConfig(**{**TINY, "epochs": 1}), progress=False, keep=tmp_path)
+    assert other == ["torch_correct", "torch_seed_bug"]
+
+
+def test_ctrl_c_in_the_command_names_what_it_kept_and_the_next_run_clears_it(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    _interrupt_at("torch_seed_bug", monkeypatch)
+    assert _study(out) == 130
+    err = capsys.readouterr().err
+    assert "finished variants kept in" in err and "torch_correct" in err and "resume" in err
+    assert (out / PARTIAL_DIR / "torch_correct.json").is_file() and not (out / "results.json").exists()
+    _interrupt_at("none", monkeypatch)
+    assert _study(out) == 0
+    assert "resumed torch_correct" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["resumed_variants"] == ["torch_correct"]
+    assert not (out / PARTIAL_DIR).exists()
+
+
+def test_report_names_the_cpu_and_its_isa_and_no_other_machines_timings(tiny, tmp_path):
+    report = outputs.write_outputs(tiny, tmp_path)["report"].read_text()
+    env = tiny["environment"]
+    assert f"- CPU: {env['cpu']}; torch CPU capability" in report
+    assert f"capability (the vector ISA its float32 kernels use) {env['torch_cpu_capability']}" in report
+    assert env["torch_cpu_capability"] in ("DEFAULT", "VSX", "Z VECTOR", "NO AVX", "AVX2", "AVX512", "SVE256")
+    assert "dev box" not in report  # the developers' timings stay in docs/STUDY.md

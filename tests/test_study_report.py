@@ -3,17 +3,14 @@ hand-made results where it must appear and where it must not."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from parity.study.report import (
-    fisher_exact_p,
-    fits_more_generalises_less,
-    markdown_table,
-    reading,
-    summarize,
-    versus_paper,
-)
-from parity.study.runners import VARIANTS
+from parity.study.config import VARIANTS
+from parity.study.reading import fits_more_generalises_less, reading, versus_paper
+from parity.study.report import markdown_table
+from parity.study.stats import fisher_exact_p, summarize
 
 
 def _results(curves: dict[str, list[dict]], dataset: str = "digits") -> dict:
@@ -96,7 +93,7 @@ def test_the_comparison_with_the_published_cnn_holds_for_the_number(acc, says, n
 
 
 def test_external_check_of_a_short_run_below_94_does_not_claim_a_few_points_above():
-    from parity.study.report import external_check
+    from parity.study.reading import external_check
 
     res = _results({"torch_correct": _seeds([0.935, 0.93, 0.94], [0.1] * 3)}, dataset="mnist1d")
     res["model"] = {"params": 89962}
@@ -105,12 +102,21 @@ def test_external_check_of_a_short_run_below_94_does_not_claim_a_few_points_abov
     assert "a few points above" not in text and "within a point of theirs" in text
 
 
-def test_fisher_exact_matches_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    for table in [(1, 24, 0, 24), (5, 24, 0, 24), (3, 8, 1, 8), (0, 8, 0, 8), (8, 8, 0, 8)]:
-        fb, nb, fc, nc = table
-        expected = stats.fisher_exact([[fb, nb - fb], [fc, nc - fc]])[1]
-        assert fisher_exact_p(*table) == pytest.approx(expected, rel=1e-9)
+def _fisher_by_hand(fa: int, na: int, fb: int, nb: int) -> float:
+    """Two-sided Fisher p from its definition: the hypergeometric probabilities of every table with
+    the same margins that is no more likely than the observed one, summed (exact integers)."""
+    k, n = fa + fb, na + nb
+    prob = {x: math.comb(na, x) * math.comb(nb, k - x) for x in range(max(0, k - nb), min(k, na) + 1)}
+    return sum(p for p in prob.values() if p <= prob[fa]) / math.comb(n, k)
+
+
+def test_fisher_exact_has_the_published_value_and_the_hand_computed_ones():
+    # Fisher's lady tasting tea, [[3, 1], [1, 3]]: two-sided p = 34/70 = 0.4857 (Fisher 1935)
+    assert fisher_exact_p(3, 4, 1, 4) == pytest.approx(34 / 70, rel=1e-9)
+    for table in [(1, 24, 0, 24), (5, 24, 0, 24), (3, 8, 1, 8), (0, 8, 0, 8), (8, 8, 0, 8), (13, 64, 0, 16)]:
+        assert fisher_exact_p(*table) == pytest.approx(_fisher_by_hand(*table), rel=1e-9), table
+    # 5/24 vs 0/24: only x = 5 and its mirror x = 0 are as unlikely: 2 C(24, 5) / C(48, 5) = 0.0496
+    assert fisher_exact_p(5, 24, 0, 24) == pytest.approx(2 * math.comb(24, 5) / math.comb(48, 5), rel=1e-9)
 
 
 def test_a_stability_cost_is_claimed_only_when_the_failure_rates_differ():
@@ -160,3 +166,15 @@ def test_frameworks_agree_up_to_seed_noise_only_where_the_interval_includes_zero
     assert "every interval includes zero" not in text
     text = _text(_results({"torch_correct": GOOD, "nnx_view": GOOD[1:] + GOOD[:1]}))
     assert "every interval includes zero" in text and "differs by more" not in text
+
+
+def test_an_interval_that_includes_zero_is_not_called_seed_noise_when_it_is_wide():
+    # 3 seeds whose paired differences are -12, +9, -2 points: mean -1.67, 95% CI about [-28, +25]
+    wide = _results({"torch_correct": GOOD[:3], "torch_seed_bug": _seeds([0.83, 1.05, 0.92], [0.01] * 3)})
+    text = _text(wide)
+    assert "not distinguishable from zero" in text and "points are all consistent with these seeds" in text
+    assert "seed noise" not in text.split("**Frameworks.**")[0]
+    # differences of -0.1, +0.1, 0.0 points: a CI of about +-0.25 points bounds the effect
+    narrow = _results({"torch_correct": GOOD[:3], "torch_seed_bug": _seeds([0.949, 0.961, 0.94], [0.01] * 3)})
+    text = _text(narrow)
+    assert "not distinguishable from zero; any effect at the last epoch is under 0.2" in text

@@ -20,7 +20,7 @@ from parity.study.runners import VARIANTS, StudyConfig
 from parity.sweep import runner
 from parity.sweep.grid import SweepConfig, cell_id
 from parity.sweep.outputs import write_summary_files
-from parity.sweep.report import effect_sentences, render
+from parity.sweep.report import distinct_sentence, effect_sentences, render
 from parity.sweep.summary import binomial_ci, cell_summary
 
 GRID = SweepConfig(
@@ -125,13 +125,57 @@ def test_collapse_counting_on_a_constructed_case_with_exact_binomial_intervals(t
     assert nnx["collapse"]["k"] == 2 and nnx["collapse"]["n"] == 4
     assert nnx["collapse"]["ci"] == pytest.approx((expected.low, expected.high))
     assert cell["variants"]["torch_correct"]["collapse"]["k"] == 0
-    document = runner.run_sweep(GRID, tmp_path, progress=False, train=fake_train)
-    totals = document["collapse_totals"]
-    assert (totals["nnx_seed_bug"]["k"], totals["nnx_seed_bug"]["n"]) == (8, 16)
-    assert totals["torch_correct"]["ci"][0] == 0.0 and totals["torch_correct"]["ci"][1] == pytest.approx(
-        1 - 0.025 ** (1 / 16)
-    )
     assert binomial_ci(0, 0)["ci"] is None
+    assert binomial_ci(0, 8)["ci"][1] == pytest.approx(1 - 0.025 ** (1 / 8))  # Clopper-Pearson, k = 0
+
+
+def test_the_headline_counts_each_distinct_run_once(tmp_path):
+    # 2 models x (epoch, end) x 4 seeds. torch_correct trains one run per model and seed, whatever
+    # the schedule (8 runs, not 16); under `end` torch_seed_bug is that same run (its paired
+    # differences are exactly zero), so it is not a second one; nnx_seed_bug's seeds 1 and 3
+    # collapse in every cell: 4/8 leaking (epoch) + torch_seed_bug 0/8 leaking, 4/8 in the control.
+    document = runner.run_sweep(GRID, tmp_path, progress=False, train=fake_train)
+    got = {g: (c["k"], c["n"]) for g, c in document["distinct_collapses"].items()}
+    assert got == {"seed_bug_leaking": (4, 16), "correct": (0, 8), "seed_bug_control": (4, 8)}
+    # Fisher's exact test on [[4, 12], [0, 8]] by hand: P(X = x) = C(16, x) C(8, 4 - x) / C(24, 4)
+    # = (70, 896, 3360, 4480, 1820) / 10626 for x = 0..4; two-sided p sums the tables no likelier
+    # than the observed x = 4: (1820 + 896 + 70) / 10626 = 0.2622
+    sentence = distinct_sentence(document["distinct_collapses"])
+    assert (
+        "collapsed 4/16, correct runs 0/8, seed-bug runs that no evaluation reached (the control) 4/8"
+        in sentence
+    )
+    assert f"p = {2786 / 10626:.2g}" in sentence and "cannot tell" in sentence
+    # the old count, 8/16 seed-bug vs 0/16 correct, counted torch_correct once per schedule
+    assert document["collapse_totals"]["torch_correct"]["n"] == 8 * len(GRID.schedules)
+
+
+def test_a_seed_bug_run_under_end_is_a_run_of_its_own_when_it_differs_from_torch_correct(tmp_path):
+    def shifted(config: StudyConfig) -> dict:  # the `end` torch_seed_bug run differs by one point
+        results = fake_train(config)
+        if config.eval_every == "end":
+            for seed in results["variants"]["torch_seed_bug"]["seeds"]:
+                seed["epochs"][-1]["test_acc"] -= 0.01
+        return results
+
+    document = runner.run_sweep(GRID, tmp_path, progress=False, train=shifted)
+    got = {g: (c["k"], c["n"]) for g, c in document["distinct_collapses"].items()}
+    assert got == {"seed_bug_leaking": (4, 16), "correct": (0, 8), "seed_bug_control": (4, 16)}
+
+
+def test_a_significant_difference_over_distinct_runs_is_claimed():
+    # 13/64 leaking vs 0/32 correct: p = 0.0040 by the hypergeometric sums
+    distinct = {
+        "seed_bug_leaking": binomial_ci(13, 64),
+        "correct": binomial_ci(0, 32),
+        "seed_bug_control": binomial_ci(0, 0),
+    }
+    sentence = distinct_sentence(distinct)
+    assert "collapse more often than the correct runs" in sentence and "the control" not in sentence
+    none = {g: binomial_ci(0, 6) for g in distinct}
+    assert distinct_sentence(none).endswith(
+        "no run collapsed, so there is no difference in collapse rate to test."
+    )
 
 
 def test_a_finished_cell_is_not_trained_again(tmp_path):
@@ -197,7 +241,10 @@ def test_the_reading_writes_a_sentence_only_where_the_interval_excludes_zero(tmp
     )
     text = render(document)
     assert "shows no last-epoch effect distinguishable from zero in any of its 2 cells" in text
-    assert "Fisher's exact p" in text and "`nnx_seed_bug` 8/16" in text
+    assert (
+        "Fisher's exact test of leaking seed-bug against correct runs" in text
+        and "`nnx_seed_bug` 8/16" in text
+    )
     paths = write_summary_files(document, tmp_path)
     assert (
         paths["png"].stat().st_size > 0
@@ -222,3 +269,18 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_only_the_sweeps_own_temporary_files_are_removed(tmp_path):
+    # before: every `.*.tmp` in --out and --out/cells was deleted, the user's own files included
+    (tmp_path / "cells").mkdir()
+    mine = [tmp_path / ".notes.tmp", tmp_path / "cells" / ".draft.tmp", tmp_path / ".sweep.json.mine.tmp"]
+    leftovers = [
+        tmp_path / ".sweep.json.ab12cd_3.tmp",
+        tmp_path / "cells" / ".signal1d-eval-end.json.zz9y8x7w.tmp",
+    ]
+    for path in mine + leftovers:
+        path.write_text("x")
+    runner.run_sweep(GRID, tmp_path, progress=False, train=fake_train)
+    assert all(p.read_text() == "x" for p in mine)
+    assert not any(p.exists() for p in leftovers)

@@ -38,6 +38,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from parity.defaults import LEARNING_RATE
 from torch_impl import train as torch_train
 from torch_impl.models import build_model
 
@@ -83,7 +84,7 @@ class RunSpec:
     model: str = "digits"
     config: dict = field(default_factory=lambda: {"channels": (4, 8), "hidden": 16, "dropout": 0.0})
     seed: int = 0
-    lr: float = 0.05
+    lr: float = LEARNING_RATE
     dtype: str = "float32"
 
 

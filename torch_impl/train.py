@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from parity.defaults import LEARNING_RATE, MOMENTUM
+from parity.schedule import EvalSchedule
+
 Batches = Callable[
     [int], Iterable[tuple[np.ndarray, np.ndarray]] | Iterable[tuple[torch.Tensor, torch.Tensor]]
 ]
@@ -27,7 +30,9 @@ Batches = Callable[
 OnEpoch = Callable[[dict], None]
 
 
-def make_optimizer(model: nn.Module, lr: float = 0.05, momentum: float = 0.9) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, lr: float = LEARNING_RATE, momentum: float = MOMENTUM
+) -> torch.optim.Optimizer:
     """SGD with heavy-ball momentum, the same update as ``optax.sgd(lr, momentum)``."""
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
 
@@ -79,45 +84,6 @@ def train_step(
     loss.backward()
     optimizer.step()
     return loss.detach()
-
-
-class EvalSchedule:
-    """When a loop evaluates inside training, and what each evaluation measured.
-
-    ``every``: ``"epoch"`` (after each epoch's last step: the default, as the blog does),
-    an ``int`` N (after every N-th training step, counted over the whole run), or ``"end"``
-    (only after the last epoch: the control, where no evaluation can leak a mode into training).
-    ``points`` holds one ``{'step', 'test_loss', 'test_acc'}`` per evaluation, ``step`` being the
-    number of training steps done before it. Mirrors ``flax_impl.linen_train.EvalSchedule``.
-    """
-
-    def __init__(self, every: int | str, epochs: int) -> None:
-        if not (every in ("epoch", "end") or (isinstance(every, int) and every >= 1)):
-            raise ValueError(f"eval_every must be 'epoch', 'end' or a step count >= 1, got {every!r}")
-        self.every, self.epochs, self.step = every, epochs, 0
-        self.points: list[dict] = []
-
-    def due_after_step(self) -> bool:
-        """Count one training step; whether the loop evaluates now (integer schedules only)."""
-        self.step += 1
-        return isinstance(self.every, int) and self.step % self.every == 0
-
-    def due_after_epoch(self, epoch: int) -> bool:
-        """Whether the loop evaluates after ``epoch`` (0-based) has finished."""
-        return self.every == "epoch" or (self.every == "end" and epoch == self.epochs - 1)
-
-    def record(self, test: tuple[float, float]) -> None:
-        """Keep what the evaluation after the current step measured."""
-        self.points.append({"step": self.step, "test_loss": test[0], "test_acc": test[1]})
-
-    def at_step(self) -> tuple[float, float] | None:
-        """``(loss, accuracy)`` of an evaluation after the current step, if one ran."""
-        last = self.points[-1] if self.points else None
-        return (last["test_loss"], last["test_acc"]) if last and last["step"] == self.step else None
-
-    def since(self, step: int) -> list[dict]:
-        """The evaluations after more than ``step`` training steps."""
-        return [p for p in self.points if p["step"] > step]
 
 
 def _run_epoch(

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from parity.bench.spec import DROPOUT_SPREAD_MIN, GATE_RTOL, GATE_STEPS, Runner, make_runner
-from parity.bench.workload import Workload
+from parity.bench.spec import DROPOUT_SPREAD_MIN, GATE_RTOL, GATE_STEPS, Runner
+from parity.bench.workload import Workload, make_runner
 
 
 def to_numpy(losses: Any) -> np.ndarray:

@@ -24,10 +24,9 @@ from parity.bench.spec import (
     BenchError,
     Runner,
     default_steps,
-    make_runner,
     skip_reason,
 )
-from parity.bench.workload import Workload, make_workload, model_dropout, train_flops_per_example
+from parity.bench.workload import Workload, make_runner, make_workload, model_dropout, train_flops_per_example
 from parity.progress import Progress
 
 

@@ -10,8 +10,9 @@ import os
 import platform
 from typing import Any
 
+from parity.bench.plot import fmt_rate
 from parity.bench.spec import GPU_TARGETS, BenchError
-from parity.device import cpu_model
+from parity.device import cpu_kernels
 from parity.registry import FRAMEWORKS
 
 #: chart formats ``--plot`` accepts (matplotlib writes each from the file's extension)
@@ -42,9 +43,10 @@ def check_output_paths(json_path: str | None, plot_path: str | None) -> None:
 
 
 def machine(runtime: Any) -> dict:
-    """The machine the run used: CPU model, cores, platform, Python, GPU name (cuda only)."""
+    """The machine the run used: CPU model, torch's CPU capability (the vector ISA its float32
+    kernels use), cores, platform, Python, GPU name (cuda only)."""
     return {
-        "cpu": cpu_model(),
+        **cpu_kernels(),
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -126,16 +128,10 @@ def check_targets(report: dict) -> list[dict]:
     ]
 
 
-def fmt_rate(x: float | None) -> str:
-    """A rate with 3 significant digits at most, thousands separated; ``-`` for None."""
-    if x is None:
-        return "-"
-    return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}" if x >= 10 else f"{x:.2f}"
-
-
 def _header(report: dict) -> list[str]:
     v, m = report["versions"], report["machine"]
-    where = m["gpu"] or f"{m['cpu']}, {m['cores']} cores"
+    isa = m.get("torch_cpu_capability", "not recorded")
+    where = m["gpu"] or f"{m['cpu']}, torch CPU capability {isa}, {m['cores']} cores"
     load = report["load_average"]
     return [
         f"parity bench: device {report['device']} ({where}), precision {report['precision']}, "

@@ -6,7 +6,6 @@ import io
 import math
 import os
 
-from parity.bench.output import fmt_rate
 from parity.bench.spec import STYLES
 
 COLORS = {
@@ -19,6 +18,13 @@ COLORS = {
     "nnx_jit": "#95d5b2",
     "nnx_split": "#2d6a4f",
 }
+
+
+def fmt_rate(x: float | None) -> str:
+    """A rate with 3 significant digits at most, thousands separated; ``-`` for None."""
+    if x is None:
+        return "-"
+    return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}" if x >= 10 else f"{x:.2f}"
 
 
 def _bar(ax, xpos: float, row: dict, width: float) -> None:

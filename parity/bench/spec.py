@@ -12,16 +12,13 @@ import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from parity.device import DEVICES, PRECISIONS
 from parity.errors import ParityError
 from parity.registry import MODELS
-
-if TYPE_CHECKING:
-    from parity.bench.workload import Workload
 
 #: Per-example input shape of each model, channels-first (NCHW / NCW without the N).
 INPUT_SHAPES: dict[str, tuple[int, ...]] = {"digits": (1, 8, 8), "signal1d": (1, 40)}
@@ -137,30 +134,6 @@ def runner_class(style: str) -> type[Runner]:
     return getattr(importlib.import_module(f"parity.bench.{module}"), name)
 
 
-def make_runner(
-    style: str,
-    wl: Workload,
-    steps: int,
-    dropout: float | None,
-    gate: bool = False,
-    idx: np.ndarray | None = None,
-) -> Runner:
-    """A runner of ``style`` on ``wl``'s first ``steps`` batches, from ``wl``'s initial weights.
-
-    ``dropout=None`` keeps the model's dropout; the gate passes ``0.0``. With ``gate=True`` the
-    vmap style gives every seed seed 0's batches, so each of its models must match the reference.
-    ``idx`` ``(seeds, steps, batch)`` replaces the workload's batch order (the dropout probe).
-    """
-    s = STYLES.get(style)
-    cls = runner_class(style)
-    idx = (wl.idx if idx is None else idx)[:, :steps]
-    if not s.vmapped:
-        idx = idx[0]
-    elif gate:
-        idx = np.broadcast_to(idx[0], idx.shape)
-    return cls(wl, idx, dropout, **dict(s.options))
-
-
 def skip_reason(
     style: str, device: str, quick: bool, batch_size: int = 128, explicit: bool = False
 ) -> str | None:
@@ -271,3 +244,17 @@ class BenchConfig:
             raise BenchError(f"peak_sample_s must be > 0, got {self.peak_sample_s}")
         if "dropout" in self.config:
             raise BenchError("config sets dropout itself: the benchmark trains with the model's dropout")
+
+
+def check_runnable(cfg: BenchConfig) -> None:
+    """Refuse (:class:`BenchError`) a configuration in which :func:`skip_reason` skips every
+    style at every batch size (e.g. ``--styles torch_cudagraph --device cpu``): a run that would
+    measure nothing. ``cfg.device`` must be resolved (``cpu`` or ``cuda``)."""
+    reasons = {
+        style: skip_reason(style, cfg.device, cfg.quick, batch, cfg.explicit_styles)
+        for style in cfg.styles
+        for batch in cfg.batch_sizes
+    }
+    if all(reasons.values()):
+        why = "; ".join(f"{style}: {reason}" for style, reason in reasons.items())
+        raise BenchError(f"nothing to measure on {cfg.device}: every style is skipped ({why})")

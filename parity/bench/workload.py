@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from parity.bench.spec import INPUT_SHAPES, SEEDS, BenchError
+from parity.bench.spec import INPUT_SHAPES, SEEDS, STYLES, BenchError, Runner, runner_class
+from parity.defaults import LEARNING_RATE, MOMENTUM
 from parity.registry import MODELS
 
 
@@ -33,8 +34,8 @@ class Workload:
     y: np.ndarray
     idx: np.ndarray
     config: dict = field(default_factory=dict)
-    lr: float = 0.05
-    momentum: float = 0.9
+    lr: float = LEARNING_RATE
+    momentum: float = MOMENTUM
 
     @property
     def seeds(self) -> int:
@@ -65,8 +66,8 @@ def make_workload(
     device: str = "cpu",
     seeds: int = SEEDS,
     config: dict | None = None,
-    lr: float = 0.05,
-    momentum: float = 0.9,
+    lr: float = LEARNING_RATE,
+    momentum: float = MOMENTUM,
 ) -> Workload:
     """Build the :class:`Workload` for ``model`` at ``batch_size``.
 
@@ -153,3 +154,27 @@ def model_dropout(wl: Workload) -> float:
 
     rates = [m.p for m in build_model(wl.model, **wl.config).modules() if isinstance(m, nn.Dropout)]
     return max(rates, default=0.0)
+
+
+def make_runner(
+    style: str,
+    wl: Workload,
+    steps: int,
+    dropout: float | None,
+    gate: bool = False,
+    idx: np.ndarray | None = None,
+) -> Runner:
+    """A runner of ``style`` on ``wl``'s first ``steps`` batches, from ``wl``'s initial weights.
+
+    ``dropout=None`` keeps the model's dropout; the gate passes ``0.0``. With ``gate=True`` the
+    vmap style gives every seed seed 0's batches, so each of its models must match the reference.
+    ``idx`` ``(seeds, steps, batch)`` replaces the workload's batch order (the dropout probe).
+    """
+    s = STYLES.get(style)
+    cls = runner_class(style)
+    idx = (wl.idx if idx is None else idx)[:, :steps]
+    if not s.vmapped:
+        idx = idx[0]
+    elif gate:
+        idx = np.broadcast_to(idx[0], idx.shape)
+    return cls(wl, idx, dropout, **dict(s.options))

@@ -11,7 +11,6 @@ from parity.bench import (
     SEEDS,
     STYLES,
     BenchConfig,
-    BenchError,
     benchmark,
     check_output_paths,
     format_report,
@@ -77,7 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch intra-op threads on CPU (default: torch's own, one per core)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="a short run (under a minute on the 2-core CPU dev box)"
+        "--quick",
+        action="store_true",
+        help="a shorter run: fewer batch sizes, repeats and steps, no scan styles on CPU "
+        "(7 min 39 s on the 2-core AVX2 dev box, BENCHMARKS.md)",
     )
     parser.add_argument("--json", metavar="FILE.json", help="write the full report as JSON (atomically)")
     parser.add_argument(
@@ -121,18 +123,15 @@ def _config(args: argparse.Namespace) -> BenchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark; exit 0, 1 if a style failed its gate or checks or raised, 2 for bad
-    input (one line on stderr; nothing is measured or written)."""
-    from parity.device import DeviceError
+    """Run the benchmark; exit 0, 1 if a style failed its gate or checks or raised. Bad input
+    (:class:`BenchError`, :class:`parity.device.DeviceError`, a configuration that would measure
+    nothing) reaches :mod:`parity.cli`: one line, exit 2, nothing measured or written."""
+    from parity.bench.spec import check_runnable
     from parity.progress import Progress
 
-    err = lambda msg: print(f"parity bench: error: {msg}", file=sys.stderr)
-    try:
-        check_output_paths(args.json, args.plot)
-        cfg = _config(args)
-    except (BenchError, DeviceError) as e:
-        err(e)
-        return 2
+    check_output_paths(args.json, args.plot)
+    cfg = _config(args)
+    check_runnable(cfg)
     total = len(cfg.models) * len(cfg.batch_sizes) * len(cfg.styles)
     with Progress("units", total) as bar:
         report = benchmark(cfg, bar)
@@ -140,5 +139,8 @@ def run(args: argparse.Namespace) -> int:
     write_outputs(report, args.json, args.plot)
     bad = [r for r in report["results"] if r["status"] in ("failed", "error")]
     for r in bad:
-        err(f"{r['model']} batch {r['batch_size']} {r['style']}: {r['status']}: {r['reason']}")
+        print(
+            f"parity bench: {r['model']} batch {r['batch_size']} {r['style']}: {r['status']}: {r['reason']}",
+            file=sys.stderr,
+        )
     return 1 if bad else 0

@@ -1,14 +1,9 @@
-"""``parity study``: the misplacement study from the command line (a thin layer over
-:mod:`parity.study.runners` and :mod:`parity.study.report`).
+"""``parity study``: the options become a frozen, validated :class:`StudyOptions` over
+:func:`parity.study.driver.run_study`; nothing below this module sees the ``Namespace``.
 
-The options become a frozen, validated :class:`StudyOptions`; nothing below this module sees
-the argparse ``Namespace``.
-
-Exit codes: 0 done; 1 done but a mode audit contradicted its expectation, or the outputs could
-not be written (``results.json`` is then saved elsewhere and the place printed); 2 bad input
-(unknown dataset or variant, batch size below 2, unusable device, empty or unwritable ``--out``;
-all checked before any training); 130 interrupted (during training: nothing written; while
-writing: the output directory holds the previous set of files or the new one, never a mix).
+Exit codes: 0 done; 1 a mode audit contradicted its expectation, or the outputs could not be
+written (``results.json`` saved elsewhere); 2 bad input, checked before any training; 130
+interrupted (finished variants kept for a rerun, the previous outputs unchanged).
 """
 
 from __future__ import annotations
@@ -19,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from parity.registry import STUDY_MODEL_DATASET
-from parity.study.runners import (
+from parity.study.config import (
     EVAL_SCHEDULES,
     LINEN_PATHS,
     QUICK,
@@ -27,6 +22,7 @@ from parity.study.runners import (
     STUDY_MODELS,
     VARIANT_NAMES,
     StudyConfig,
+    StudyError,
 )
 
 DEFAULTS = StudyConfig()
@@ -192,11 +188,11 @@ class StudyOptions:
     progress: bool = True
 
     def validate(self) -> None:
-        """Raise ``ValueError`` for a bad study field (see :meth:`StudyConfig.validate`) or an
-        empty ``out``."""
+        """Raise :class:`StudyError` for a bad study field (see :meth:`StudyConfig.validate`) or
+        an empty ``out``."""
         self.study.validate()
         if not self.out.strip():
-            raise ValueError("--out is empty; name the output directory (default ./study-out)")
+            raise StudyError("--out is empty; name the output directory (default ./study-out)")
 
 
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
@@ -225,15 +221,10 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
 
 
 def options_from_args(args: argparse.Namespace) -> StudyOptions:
-    """The validated :class:`StudyOptions` of the parsed arguments (``ValueError`` if invalid)."""
+    """The validated :class:`StudyOptions` of the parsed arguments (:class:`StudyError` if invalid)."""
     options = StudyOptions(config_from_args(args), args.out, progress=not args.no_progress)
     options.validate()
     return options
-
-
-def _fail(message: str, code: int = 2) -> int:
-    print(f"parity study: error: {message}", file=sys.stderr)
-    return code
 
 
 def _warn(message: str) -> None:
@@ -243,42 +234,49 @@ def _warn(message: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the study the options describe; print the table; write the outputs."""
     from parity.io import ensure_writable_dir
+    from parity.study.outputs import check_output_names
 
+    options = options_from_args(args)
     try:
-        options = options_from_args(args)
         out = ensure_writable_dir(options.out)  # before any training
-    except (ValueError, OSError) as e:
-        return _fail(str(e))
+    except OSError as e:
+        raise StudyError(str(e)) from e
+    check_output_names(out)
     return run_options(options, out)
 
 
 def run_options(options: StudyOptions, out: Path) -> int:
-    """Train, print the table, write the outputs into ``out`` (an existing, writable directory)."""
-    from parity.device import DeviceError
-    from parity.study.devices import DeviceWorkerError
+    """Train, print the table, write the outputs into ``out`` (an existing, writable directory).
+    Each finished variant is kept in ``out`` until the outputs are written, so an interrupted
+    run resumes (:mod:`parity.study.partial`)."""
+    from parity.study.driver import run_study
     from parity.study.outputs import clean_stale
-    from parity.study.report import summarize
-    from parity.study.runners import configure_runtime, run_study
+    from parity.study.partial import PARTIAL_DIR
+    from parity.study.runners import configure_runtime
+    from parity.study.stats import summarize
 
     clean_stale(out)  # what a killed run left behind
     config = options.study
-    try:
-        if config.devices > 1 and config.device != "cuda":  # simulated CPU devices: before jax starts
-            from parity.replicas import ensure_jax_cpu_devices
+    if config.devices > 1 and config.device != "cuda":  # simulated CPU devices: before jax starts
+        from parity.replicas import ensure_jax_cpu_devices
 
+        try:
             ensure_jax_cpu_devices(config.devices)
-        runtime = configure_runtime(config.device, config.precision, warn=_warn)
-    except (DeviceError, ValueError) as e:
-        return _fail(str(e))
+        except ValueError as e:  # parity.replicas speaks ValueError
+            raise StudyError(str(e)) from e
+    runtime = configure_runtime(config.device, config.precision, warn=_warn)
     try:
-        results = run_study(config, progress=options.progress, runtime=runtime)
-    except ValueError as e:  # e.g. batch size larger than the data
-        return _fail(str(e))
-    except DeviceWorkerError as e:  # a --devices worker died, raised or hung: named, nothing written
-        return _fail(str(e), code=1)
+        results = run_study(config, progress=options.progress, runtime=runtime, keep=out)
     except KeyboardInterrupt:
-        print(f"parity study: interrupted; nothing was written to {out}", file=sys.stderr)
+        kept = sorted(p.stem for p in (out / PARTIAL_DIR).glob("*.json"))
+        print(
+            f"parity study: interrupted; {_kept_text(kept, out / PARTIAL_DIR)}; the outputs in {out} "
+            "are unchanged. Run the same command again to resume.",
+            file=sys.stderr,
+        )
         return 130
+    if results.get("resumed_variants"):
+        print(f"parity study: resumed {', '.join(results['resumed_variants'])} from {out / PARTIAL_DIR}")
     summary = summarize(results)
     _print_table(results, summary, runtime)  # first: the numbers are shown whatever happens next
     code = _write(results, out)
@@ -289,6 +287,12 @@ def run_options(options: StudyOptions, out: Path) -> int:
         print(f"parity study: mode audit contradicts the expectation for {', '.join(bad)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _kept_text(kept: list[str], folder: Path) -> str:
+    if not kept:
+        return "no variant had finished"
+    return f"finished variants kept in {folder}: {', '.join(kept)}"
 
 
 def _print_table(results: dict, summary: dict, runtime) -> None:
@@ -305,13 +309,15 @@ def _print_table(results: dict, summary: dict, runtime) -> None:
 def _write(results: dict, out: Path) -> int:
     """Write the outputs; 0 when written, else the exit code after saving what can be saved."""
     from parity.study.outputs import save_results_elsewhere, write_outputs
+    from parity.study.partial import PARTIAL_DIR
 
     try:
         paths = write_outputs(results, out)
     except KeyboardInterrupt:
         print(
             f"parity study: interrupted while writing; {out} holds one complete set of files "
-            "(the previous run's or this one's), never a mix",
+            f"(the previous run's or this one's), never a mix; the finished variants are kept in "
+            f"{out / PARTIAL_DIR}",
             file=sys.stderr,
         )
         return 130
@@ -319,6 +325,12 @@ def _write(results: dict, out: Path) -> int:
         saved, failed = save_results_elsewhere(results)
         where = f"results.json saved to {saved}" if saved else "results.json could not be saved anywhere"
         tried = f" (also failed: {'; '.join(failed)})" if failed else ""
-        return _fail(f"could not write the outputs to {out}: {e}; {where}{tried}", code=1)
+        raise StudyWriteError(f"could not write the outputs to {out}: {e}; {where}{tried}") from e
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+class StudyWriteError(StudyError):
+    """The study trained but its outputs could not be written (results.json saved elsewhere)."""
+
+    exit_code = 1

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from parity.commands.study import eval_schedule
-from parity.study.runners import LINEN_PATHS, STUDY_MODELS, VARIANT_NAMES
+from parity.study.config import LINEN_PATHS, STUDY_MODELS, VARIANT_NAMES
 from parity.sweep.grid import QUICK, SweepConfig, with_overrides
 
 DEFAULTS = SweepConfig()
@@ -32,8 +32,6 @@ def _names(choices: tuple[str, ...]):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``parity sweep``: the grid, the per-cell training, where the files go."""
-    from parity.device import DEVICES, PRECISIONS
-
     parser.add_argument(
         "--models",
         nargs="+",
@@ -59,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="VARIANT",
         help=f"variants per cell, torch_correct included (default: {' '.join(DEFAULTS.variants)})",
     )
+    _add_run_options(parser)
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """How each cell trains and where the files go."""
+    from parity.device import DEVICES, PRECISIONS
+
     parser.add_argument(
         "--seeds",
         type=int,
@@ -125,29 +130,22 @@ def _flat(tokens: list[list[str]] | None) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(n for t in tokens for n in t)) if tokens else None
 
 
-def _fail(message: str, code: int = 2) -> int:
-    print(f"parity sweep: error: {message}", file=sys.stderr)
-    return code
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the grid, resuming finished cells; write sweep.json, sweep.md, sweep.png."""
-    from parity.device import DeviceError
     from parity.io import ensure_writable_dir
+    from parity.sweep.grid import SweepError
 
+    config = config_from_args(args)
+    config.validate()
     try:
-        config = config_from_args(args)
-        config.validate()
         out = ensure_writable_dir(args.out)
-    except (ValueError, OSError) as e:
-        return _fail(str(e))
+    except OSError as e:
+        raise SweepError(str(e)) from e
     from parity.sweep.outputs import write_summary_files
     from parity.sweep.runner import run_sweep
 
     try:
         document = run_sweep(config, out, progress=not args.no_progress)
-    except (DeviceError, ValueError) as e:
-        return _fail(str(e))
     except KeyboardInterrupt:
         print(
             f"parity sweep: interrupted; finished cells are kept in {out / 'cells'} and resumed next time",
@@ -162,5 +160,6 @@ def run(args: argparse.Namespace) -> int:
         if any(s["audit_as_expected"] is False for s in c["variants"].values())
     ]
     if bad:
-        return _fail(f"mode audit contradicts the expectation in {', '.join(bad)}", code=1)
+        print(f"parity sweep: mode audit contradicts the expectation in {', '.join(bad)}", file=sys.stderr)
+        return 1
     return 0

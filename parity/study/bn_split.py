@@ -1,18 +1,9 @@
 """Where a run's BatchNorm running statistics and batch statistics part ways, epoch by epoch.
 
-For one seed of one variant, the run is trained again with the study's own set-up (same initial
-weights, same batches) and after every epoch its weights and running statistics are taken as a
-torch model (an NNX model through :mod:`parity.convert`; torch and NNX variants). The harness's recorded forward
-(:func:`parity.harness.sides.run_torch`, every leaf call's input) on a fixed set of training
-examples gives each BN layer's input; its per-channel mean and biased variance are the *batch
-statistics*, compared with the layer's running mean and variance by
-:func:`parity.harness.compare.rel_l2`.
-
-A layer's statistics *part ways* at the first epoch whose gap (:func:`bn_gaps`: variance
-relative to the batch variance, mean in batch standard deviations; the larger) exceeds
-:data:`PART_WAYS` = 0.5: the running estimate is off by half of what the layer actually sees,
-beyond the momentum lag and batch noise of a run in training mode (docs/STUDY.md shows a
-correct run's gaps next to a collapsed one's).
+One seed of a torch or NNX variant is retrained with the study's set-up; after every epoch each
+BN layer's running mean and variance are compared with the batch statistics of its input on
+fixed training examples (:func:`bn_gaps`). A layer *parts ways* at the first epoch whose gap
+exceeds :data:`PART_WAYS` (docs/STUDY.md shows a correct run's gaps next to a collapsed one's).
 """
 
 from __future__ import annotations
@@ -22,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from parity.study.runners import CPU_TORCH_THREADS, StudyConfig, configure_runtime, study_context
+from parity.study.config import CPU_TORCH_THREADS, StudyConfig
+from parity.study.runners import configure_runtime, study_context
 
 #: relative L2 gap between running and batch statistics taken as "parted" (see the module doc)
 PART_WAYS = 0.5

@@ -1,30 +1,11 @@
 """``parity study --devices N``: the study's seeds spread over N devices, same numbers as one.
 
-Two mechanisms, one per kind of execution path (:data:`parity.study.runners.RUNNERS`):
-
-* **Linen vmap-over-seeds** (``--linen-path vmap``; the default on GPUs): the seed axis of the
-  stacked training states, dropout keys and batch orders is sharded over a 1-D mesh ``("seeds",)``
-  with ``NamedSharding``, so ``jit`` runs each device's seeds there. Seeds are padded to a
-  multiple of N by repeating the last one (its copies' results are dropped). On CPU the N
-  devices are simulated (:func:`parity.replicas.ensure_jax_cpu_devices`, set by the command
-  before jax starts).
-* **per-seed paths** (torch, the Linen loop, NNX): N worker processes (``forkserver``, modules
-  imported once in the server) take whole ``(variant, seed)`` tasks from one queue, longest
-  path first (torch, NNX, Linen loop), and run the same one-seed trainer as the single process
-  (:data:`parity.study.runners.SEED_TRAINERS`) with the same torch thread count. Workers get
-  the parent's study context (data, initial weights; the arrays with the parent's strides,
-  :func:`with_strides`) instead of rebuilding it (5.6 s each on the 2-core box). Worker ``r``
-  sees only GPU ``r`` (``CUDA_VISIBLE_DEVICES``) on a GPU machine; on CPU it is one process.
-
-Every seed's training depends only on its seed, so ``--devices N`` gives the numbers of
-``--devices 1``: bit-identical for the per-seed paths (same code, same thread count), and for
-the sharded vmap path to float32 rounding (XLA may compile a different vmap width per device).
-
-Timing with workers: a variant's ``wall_time_s`` and per-epoch ``timing`` sum its seeds' own
-times (worker seconds, as the single process sums them), ``cpu_s`` their CPU seconds
-(workers' CPU time is not their parent's, so ``time`` misses it); ``total_wall_time_s`` is the wall.
-A worker that dies or raises stops the study with :class:`DeviceWorkerError` naming it and its
-task (the others are stopped; nothing is written); one silent for :data:`STALL_S` too.
+The Linen vmap-over-seeds path shards the seed axis over a 1-D mesh (simulated CPU devices on
+CPU); the per-seed paths (torch, Linen loop, NNX) run whole ``(variant, seed)`` tasks in N
+``forkserver`` worker processes with the parent's study context. Per-seed paths give the
+numbers of ``--devices 1`` bit for bit; the sharded vmap path to float32 rounding
+(docs/DATA_PARALLEL.md). A worker that dies, raises or hangs stops the study with
+:class:`DeviceWorkerError`.
 """
 
 from __future__ import annotations
@@ -34,6 +15,7 @@ import os
 import queue
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -43,6 +25,7 @@ from parity import replicas
 from parity.errors import ParityError
 from parity.progress import Progress
 from parity.study import runners
+from parity.study.config import StudyError, config_items
 
 #: a worker that reports nothing (no epoch finished) for this long is taken as hung: the
 #: slowest epoch measured is a few seconds (a torch epoch of mnist1d at one thread)
@@ -58,11 +41,16 @@ PATH_ORDER = ("torch", "nnx", "loop")
 class DeviceWorkerError(ParityError, RuntimeError):
     """A study worker died, raised or hung; the message names it and its task."""
 
+    exit_code = 1
 
-def train_variants(ctx: Any, linen_path: str, progress: bool, steps_per_epoch: int) -> dict[str, dict]:
-    """:func:`parity.study.runners.run_study`'s variant loop over ``ctx.config.devices`` devices:
+
+def train_variants(
+    ctx: Any, linen_path: str, progress: bool, steps_per_epoch: int, on_variant: Callable[[str, dict], None]
+) -> dict[str, dict]:
+    """:func:`parity.study.driver.run_study`'s variant loop over ``ctx.config.devices`` devices:
     the vmap variants sharded in this process, then every per-seed variant in the worker pool.
-    Returns ``{variant: entry}`` in ``config.variants`` order (entries as with one device)."""
+    Returns ``{variant: entry}`` in ``config.variants`` order (entries as with one device);
+    ``on_variant(name, entry)`` is called as each variant finishes."""
     config = ctx.config
     paths = {v: runners.variant_path(v, linen_path) for v in config.variants}
     check_devices(config.devices, ctx.runtime.device, "vmap" in paths.values())
@@ -71,10 +59,11 @@ def train_variants(ctx: Any, linen_path: str, progress: bool, steps_per_epoch: i
         ctx.progress = bar
         for variant in (v for v in config.variants if paths[v] == "vmap"):
             done[variant] = _train_sharded(variant, ctx, steps_per_epoch)
+            on_variant(variant, done[variant])
             _log(bar, variant, done[variant], config.devices)
         per_seed = [v for v in config.variants if paths[v] != "vmap"]
         if per_seed:
-            for variant, entry in WorkerPool(ctx, per_seed, paths, steps_per_epoch).run().items():
+            for variant, entry in WorkerPool(ctx, per_seed, paths, steps_per_epoch, on_variant).run().items():
                 done[variant] = entry
                 _log(bar, variant, entry, config.devices)
     return {v: done[v] for v in config.variants}
@@ -89,12 +78,15 @@ def _log(bar: Progress, variant: str, entry: dict, devices: int) -> None:
 
 
 def check_devices(n: int, device: str, sharded: bool) -> None:
-    """Refuse (``ValueError``, before any training) ``n`` devices that ``device`` cannot hold,
+    """Refuse (:class:`StudyError`, before any training) ``n`` devices that ``device`` cannot hold,
     or, for the ``sharded`` vmap path on CPU, a jax that already started with fewer than ``n``
     CPU devices (:mod:`parity.replicas`)."""
-    replicas.check_replicas(n, device, "--devices")
-    if sharded and device == "cpu":
-        replicas.ensure_jax_cpu_devices(n)
+    try:
+        replicas.check_replicas(n, device, "--devices")
+        if sharded and device == "cpu":
+            replicas.ensure_jax_cpu_devices(n)
+    except ValueError as e:  # parity.replicas speaks ValueError; the study's users get one line
+        raise StudyError(str(e)) from e
 
 
 # ------------------------------------------------------------------ sharded vmap over seeds
@@ -122,7 +114,7 @@ def _train_sharded(variant: str, ctx: Any, steps_per_epoch: int) -> dict:
     platform = "gpu" if ctx.runtime.device == "cuda" else "cpu"
     sharding = NamedSharding(Mesh(np.array(jax.devices(platform)[:n]), ("seeds",)), P("seeds"))
     fit = linen_train.fit_seeds if variant == "linen" else linen_train.fit_bug_emulated_seeds
-    module = study_models.linen_module(c.model_name, runners.config_items(c))
+    module = study_models.linen_module(c.model_name, config_items(c))
     tx = linen_train.make_optimizer(c.lr, c.momentum)
     states = linen_train.create_seed_states(module, [ctx.linen_init[s] for s in seeds], tx)
     orders = [ctx.orders(s) for s in seeds]
@@ -216,8 +208,15 @@ def _train_task(ctx: Any, task: tuple[str, str, int], index: int, events) -> tup
 class WorkerPool:
     """``config.devices`` worker processes over the ``(variant, seed)`` tasks of ``variants``."""
 
-    def __init__(self, ctx: Any, variants: list[str], paths: dict[str, str], steps_per_epoch: int) -> None:
-        self.ctx, self.config, self.steps = ctx, ctx.config, steps_per_epoch
+    def __init__(
+        self,
+        ctx: Any,
+        variants: list[str],
+        paths: dict[str, str],
+        steps_per_epoch: int,
+        on_variant: Callable[[str, dict], None] = lambda variant, entry: None,
+    ) -> None:
+        self.ctx, self.config, self.steps, self.on_variant = ctx, ctx.config, steps_per_epoch, on_variant
         order = sorted(variants, key=lambda v: PATH_ORDER.index(paths[v]))
         self.tasks = [(v, paths[v], s) for v in order for s in self.config.seed_list]
         self.paths = paths
@@ -299,6 +298,8 @@ class WorkerPool:
         for epoch, s in seconds:
             clock.seconds[epoch] = clock.seconds.get(epoch, 0.0) + s
             clock.steps[epoch] = clock.steps.get(epoch, 0) + self.steps
+        if len(self.runs[variant]) == len(self.config.seed_list):
+            self.on_variant(variant, self._entry(variant))
 
     def _entry(self, variant: str) -> dict:
         seeds = self.config.seed_list

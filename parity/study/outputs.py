@@ -1,16 +1,9 @@
 """Writing a study's outputs as one set: ``results.json``, ``curves.png``, ``report.md``.
 
-The three files are first written into a staging directory inside the output directory
-(``.study-staging-<pid>-*``, each file atomically with :mod:`parity.io`), then moved over the
-previous ones in one short step with SIGINT and SIGTERM held back, so an interrupt leaves
-either the previous set or the new one, never a mix; an ``OSError`` while moving puts the
-previous files back. Staging directories of processes that no longer run and the temporary
-files of :func:`parity.io.atomic_open` (``.results.json.*.tmp`` ...) are what a killed run
-leaves behind; :func:`clean_stale` removes them, and every write starts with it.
-
-When the output directory fails after training, :func:`save_results_elsewhere` keeps the run:
-``results.json`` goes to a fresh directory under the system temp directory, or else the
-current directory.
+The files are staged in ``--out`` and moved over the previous ones in one short step with
+SIGINT/SIGTERM held back, so an interrupt leaves the previous set or the new one, never a mix;
+:func:`clean_stale` removes what a killed run left. When ``--out`` fails after training,
+:func:`save_results_elsewhere` keeps ``results.json``.
 """
 
 from __future__ import annotations
@@ -26,7 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from parity.io import atomic_write_text, ensure_writable_dir
-from parity.study.report import render_report, summarize, to_json
+from parity.study.config import StudyError
+from parity.study.partial import PARTIAL_DIR
+from parity.study.report import render_report, to_json
+from parity.study.stats import summarize
 
 #: output key -> file name, in the order they are written
 OUTPUT_FILES = {"results": "results.json", "curves": "curves.png", "report": "report.md"}
@@ -41,6 +37,19 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # it exists, owned by someone else
         return True
     return True
+
+
+def check_output_names(out: Path) -> None:
+    """Refuse (:class:`StudyError`) an output directory where one of the three output names is
+    taken by something other than a regular file (a directory, a FIFO, a device): replacing it
+    would delete or break what the user keeps there."""
+    for name in OUTPUT_FILES.values():
+        path = out / name
+        if path.exists() and not path.is_file():
+            kind = "a directory" if path.is_dir() else "not a regular file"
+            raise StudyError(
+                f"{path} is {kind}; the study writes a file of that name: move it or choose another --out"
+            )
 
 
 def clean_stale(out: Path) -> list[Path]:
@@ -90,7 +99,7 @@ def _commit(staged: dict[str, Path], out: Path, backup: Path) -> dict[str, Path]
     with _signals_held():
         try:
             for src in staged.values():
-                if (out / src.name).exists():
+                if (out / src.name).is_file():
                     os.replace(out / src.name, backup / src.name)
                     kept.append(src.name)
                 os.replace(src, out / src.name)
@@ -108,10 +117,13 @@ def _commit(staged: dict[str, Path], out: Path, backup: Path) -> dict[str, Path]
 
 def write_outputs(results: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``results.json`` (with the summary), ``curves.png`` and ``report.md`` into
-    ``out_dir`` as one set (see the module doc); return their paths."""
+    ``out_dir`` as one set (see the module doc); return their paths. Refuses an output name
+    taken by a directory or special file (:func:`check_output_names`); the finished variants
+    kept for a resume (:mod:`parity.study.partial`) are removed once the set is in place."""
     from parity.study.plots import plot_curves
 
     out = ensure_writable_dir(out_dir)
+    check_output_names(out)
     clean_stale(out)
     summary = summarize(results)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
@@ -120,9 +132,11 @@ def write_outputs(results: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
         atomic_write_text(staged["results"], to_json(results | {"summary": summary}))
         plot_curves(results, summary, staged["curves"])
         atomic_write_text(staged["report"], render_report(results, summary))
-        return _commit(staged, out, staging / "previous")
+        paths = _commit(staged, out, staging / "previous")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
+    return paths
 
 
 def save_results_elsewhere(results: dict) -> tuple[Path | None, list[str]]:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from parity.io import atomic_open
-from parity.study.report import epoch_arrays, nanmean, nanstd
+from parity.study.stats import epoch_arrays, nanmean, nanstd
 
 #: line colour per framework
 COLOURS = {"torch": "#1f77b4", "linen": "#d62728", "nnx": "#2ca02c"}

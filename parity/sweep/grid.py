@@ -9,8 +9,15 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
+from parity.defaults import LEARNING_RATE
+from parity.errors import ParityError
 from parity.registry import STUDY_MODEL_DATASET
-from parity.study.runners import StudyConfig
+from parity.study.config import StudyConfig
+
+
+class SweepError(ParityError, ValueError):
+    """A sweep that cannot run as asked (an empty or repeated axis, an unknown model)."""
+
 
 #: variants the sweep trains unless told otherwise: the seed's bug in torch and in NNX, and the
 #: reference both are paired with; a subset of the six so the default grid fits the CPU budget
@@ -30,7 +37,7 @@ class SweepConfig:
     epochs: int = 6
     variants: tuple[str, ...] = SWEEP_VARIANTS
     batch_size: int = 128
-    lr: float = 0.05
+    lr: float = LEARNING_RATE
     train_subset: int | None = None
     device: str = "auto"
     precision: str = "strict"
@@ -62,17 +69,17 @@ class SweepConfig:
         for name in ("models", "schedules"):
             axis = getattr(self, name)
             if not axis:
-                raise ValueError(f"the sweep needs at least one of {name}")
+                raise SweepError(f"the sweep needs at least one of {name}")
             if len(set(axis)) != len(axis):
-                raise ValueError(f"{name} repeat: {', '.join(map(str, axis))}")
+                raise SweepError(f"{name} repeat: {', '.join(map(str, axis))}")
         if "torch_correct" not in self.variants:
-            raise ValueError("the sweep pairs every variant with torch_correct: include it")
+            raise SweepError("the sweep pairs every variant with torch_correct: include it")
         for model, every in self.cells():
             if model not in STUDY_MODEL_DATASET:
-                raise ValueError(f"unknown model {model!r}; choose from {', '.join(STUDY_MODEL_DATASET)}")
+                raise SweepError(f"unknown model {model!r}; choose from {', '.join(STUDY_MODEL_DATASET)}")
             self.study(model, every).validate()
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+            raise SweepError(f"lr must be a positive number, got {self.lr}")
 
     def to_dict(self) -> dict:
         """JSON-ready configuration."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from parity.study.report import eval_schedule_text, fisher_exact_p
+from parity.study.report import eval_schedule_text
+from parity.study.stats import fisher_exact_p
 from parity.sweep.grid import cell_id
 
 
@@ -110,15 +111,13 @@ def control_sentence(document: dict) -> str | None:
 
 
 def collapse_sentence(document: dict) -> str:
-    """Collapse counts per variant over the grid, and Fisher's exact test seed-bug vs correct."""
+    """Collapse counts per variant and cell, then the comparison over distinct runs (each run
+    counted once, :func:`parity.sweep.summary.distinct_collapses`) with Fisher's exact test."""
     totals = document["collapse_totals"]
-    correct = {v for c in document["cells"] for v, s in c["variants"].items() if s["correct"]}
     parts = [f"`{v}` {_rate(t)}" for v, t in totals.items()]
-    bug = [t for v, t in totals.items() if v not in correct]
-    good = [t for v, t in totals.items() if v in correct]
-    kb, nb = sum(t["k"] for t in bug), sum(t["n"] for t in bug)
-    kg, ng = sum(t["k"] for t in good), sum(t["n"] for t in good)
-    text = "Collapsed runs over the whole grid (exact 95% binomial CI): " + ", ".join(parts) + "."
+    text = (
+        "Collapsed runs per variant, summed over the cells (exact 95% binomial CI): " + ", ".join(parts) + "."
+    )
     diverged = [
         f"{c['model']}-eval-{c['eval_every']} `{v}` seed {', '.join(map(str, s['diverged_seeds']))}"
         for c in document["cells"]
@@ -127,15 +126,35 @@ def collapse_sentence(document: dict) -> str:
     ]
     if diverged:
         text += " Diverged (non-finite training loss; not counted as collapsed): " + "; ".join(diverged) + "."
-    if nb and ng:
-        p = fisher_exact_p(kb, nb, kg, ng)
-        verdict = (
-            "the seed-bug variants collapse more often than the correct ones"
-            if p < 0.05 and kb / nb > kg / ng
-            else "the grid cannot tell the seed-bug variants' collapse rate from the correct variants'"
-        )
-        text += f" Seed-bug {kb}/{nb} vs correct {kg}/{ng}: Fisher's exact p = {p:.3g}, so {verdict}."
-    return text
+    distinct = document.get("distinct_collapses")
+    return text + (" " + distinct_sentence(distinct) if distinct else "")
+
+
+def distinct_sentence(distinct: dict) -> str:
+    """The headline: leaking seed-bug runs against correct runs, each distinct run once."""
+    bug, good, control = (distinct[g] for g in ("seed_bug_leaking", "correct", "seed_bug_control"))
+    text = (
+        "Counting each distinct run once (a correct loop trains the same run under every schedule, and "
+        "under `end` `torch_seed_bug` is the `torch_correct` run itself): seed-bug runs whose "
+        f"evaluation leaked eval mode into training collapsed {bug['k']}/{bug['n']}, correct runs "
+        f"{good['k']}/{good['n']}"
+    )
+    if control["n"]:
+        text += f", seed-bug runs that no evaluation reached (the control) {control['k']}/{control['n']}"
+    if not (bug["n"] and good["n"]):
+        return text + "."
+    if bug["k"] + good["k"] == 0:
+        return text + ": no run collapsed, so there is no difference in collapse rate to test."
+    p = fisher_exact_p(bug["k"], bug["n"], good["k"], good["n"])
+    verdict = (
+        "the leaking seed-bug runs collapse more often than the correct runs"
+        if p < 0.05 and bug["k"] / bug["n"] > good["k"] / good["n"]
+        else "at the 5% level the grid cannot tell the leaking seed-bug runs' collapse rate from the correct runs'"
+    )
+    return text + (
+        f". Fisher's exact test of leaking seed-bug against correct runs (two-sided; it takes the runs as "
+        f"independent, though runs of one seed share their initial weights): p = {p:.2g}, so {verdict}."
+    )
 
 
 def render(document: dict, figure: str | None = "sweep.png") -> str:

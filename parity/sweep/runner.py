@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,9 +25,10 @@ from typing import Any
 
 from parity.io import atomic_write_json, ensure_writable_dir, json_safe
 from parity.progress import Progress
-from parity.study.runners import StudyConfig, run_study
+from parity.study.config import StudyConfig
+from parity.study.driver import run_study
 from parity.sweep.grid import SweepConfig, cell_id
-from parity.sweep.summary import cell_summary, collapse_totals
+from parity.sweep.summary import cell_summary, collapse_totals, distinct_collapses
 
 CELLS_DIR = "cells"
 SWEEP_JSON = "sweep.json"
@@ -56,14 +58,28 @@ def load_finished(path: Path, config: StudyConfig) -> dict | None:
     return cell if "summary" in cell and "results" in cell else None
 
 
-def clean_partial(out: Path) -> list[Path]:
-    """Remove the temporary files an interrupted atomic write left in ``out/cells`` and ``out``."""
+def _atomic_temp(name: str) -> re.Pattern:
+    """The temporary file :func:`parity.io.atomic_open` makes for ``name``: ``.NAME.XXXXXXXX.tmp``
+    (``tempfile.mkstemp``'s 8 random characters)."""
+    return re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}\.tmp")
+
+
+def clean_partial(out: Path, config: SweepConfig) -> list[Path]:
+    """Remove the temporary files an interrupted atomic write of this sweep left: those of
+    ``sweep.json``, ``sweep.md``, ``sweep.png`` in ``out`` and of ``config``'s cell files in ``out/cells``. Any other file,
+    a user's own ``*.tmp`` included, is left alone."""
+    names = {
+        out: [SWEEP_JSON, "sweep.md", "sweep.png"],
+        out / CELLS_DIR: [f"{cell_id(m, e)}.json" for m, e in config.cells()],
+    }
     removed = []
-    for folder in (out, out / CELLS_DIR):
+    for folder, files in names.items():
+        patterns = [_atomic_temp(f) for f in files]
         for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-                removed.append(tmp)
+            if any(p.fullmatch(tmp.name) for p in patterns) and tmp.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                    removed.append(tmp)
     return removed
 
 
@@ -91,6 +107,7 @@ def sweep_document(config: SweepConfig, cells: list[dict], wall_s: float, resume
         "resumed_cells": resumed,
         "cells": summaries,
         "collapse_totals": collapse_totals(summaries),
+        "distinct_collapses": distinct_collapses(summaries, config.epochs),
     }
 
 
@@ -105,7 +122,7 @@ def run_sweep(
     config.validate()
     out = ensure_writable_dir(out_dir)
     (out / CELLS_DIR).mkdir(exist_ok=True)
-    clean_partial(out)
+    clean_partial(out, config)
     train = train or (lambda study: run_study(study, progress=False))
     started, cells, resumed = time.perf_counter(), [], []
     with Progress("cells", len(config.cells()), enabled=progress) as bar:
