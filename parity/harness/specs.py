@@ -21,6 +21,7 @@ from torch import nn as tnn
 
 from parity import convert
 from parity.harness.dropout import SharedDropout, flax_dropout_hook
+from parity.harness.input_checks import check_input_rank, check_memory, small_run
 from parity.harness.localize import GradientOptions, LocalizeOptions, localize, localize_gradients
 from parity.harness.metrics import judged_forward
 from parity.harness.pair import ModelPair
@@ -61,11 +62,12 @@ class SpecInput:
     def is_float(self) -> bool:
         return np.dtype(self.dtype).kind == "f"
 
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """One batch in torch layout."""
+    def sample(self, rng: np.random.Generator, n: int | None = None) -> np.ndarray:
+        """One batch in torch layout (``n`` samples instead of ``shape[0]`` when given)."""
+        shape = self.shape if n is None else (n, *self.shape[1:])
         if self.is_float:
-            return rng.standard_normal(self.shape).astype(self.dtype)
-        return rng.integers(0, self.high, size=self.shape).astype(self.dtype)
+            return rng.standard_normal(shape).astype(self.dtype)
+        return rng.integers(0, self.high, size=shape).astype(self.dtype)
 
 
 def _one_line(e: BaseException) -> str:
@@ -117,6 +119,10 @@ def build_pair(spec: SpecModels, device: str) -> ModelPair:
     inp = spec.input
     torch_model, _ = build(spec.torch, ("torch",))
     flax_model, kind = build(spec.flax, ("linen", "nnx"))
+    # before any full-size tensor: the rank the first layer takes, the memory the batch needs
+    run = small_run(torch_model, lambda n: inp.sample(np.random.default_rng(0), n), inp.shape[0])
+    check_input_rank(inp.shape, run)
+    check_memory(inp.shape, np.dtype(inp.dtype).itemsize, run)
     options = {
         "user_map": spec.user_map,
         "flatten_shapes": dict(spec.flatten_shapes) if spec.flatten_shapes else None,
