@@ -55,7 +55,7 @@ class SpecInput:
 
     @property
     def layout(self) -> str:
-        """``'channels_first'`` or ``'same'`` (:data:`parity.harness.sides.Layout`)."""
+        """``'channels_first'`` or ``'same'`` (:data:`parity.layout.Layout`)."""
         return "channels_first" if self.channels_last else "same"
 
     @property

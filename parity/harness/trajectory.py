@@ -23,6 +23,7 @@ import torch
 from torch import nn as tnn
 
 from parity import convert
+from parity.defaults import FLOAT64_REL_TOL
 from parity.harness.dropout import SharedDropout, flax_dropout_hook, torch_shared_dropout
 from parity.harness.metrics import REF_FACTOR, unbiased_running_var
 from parity.harness.optim import (
@@ -73,9 +74,9 @@ __all__ = [
 TRAJECTORY_TOL = {"loss": 1e-4, "param": 1e-4, "bn_state": 1e-4, "optimizer_state": 1e-3}
 #: The same bounds for ``dtype='float64'`` runs: rounding is 2**-53 ~ 1.1e-16 instead of
 #: 2**-24 ~ 6e-8, and the measured 50-step envelopes stay below ~1e-12 (docs/HARNESS.md).
-TRAJECTORY_TOL_FLOAT64 = {"loss": 1e-9, "param": 1e-9, "bn_state": 1e-9, "optimizer_state": 1e-9}
+TRAJECTORY_TOL_FLOAT64 = dict.fromkeys(("loss", "param", "bn_state", "optimizer_state"), FLOAT64_REL_TOL)
 #: With ``float64_reference=True`` a metric passes at a step when it is at most ``REF_FACTOR``
-#: (:data:`parity.harness.compare.REF_FACTOR`, 10) times torch float32's own distance from the
+#: (:data:`parity.harness.metrics.REF_FACTOR`, 10) times torch float32's own distance from the
 #: float64 trajectory (or within ``tol``).
 
 
@@ -127,7 +128,7 @@ class _BnVariance:
     """The Flax running variances of each BN, step by step, in torch's unbiased convention.
 
     ``counts[bn]`` (values per channel of the last forward) is filled by a torch pre-hook; the
-    correction is exact algebra (:func:`parity.harness.compare.unbiased_running_var`).
+    correction is exact algebra (:func:`parity.harness.metrics.unbiased_running_var`).
     """
 
     def __init__(
