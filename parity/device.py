@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from parity.defaults import FLOAT32_REL_TOL
 from parity.errors import ParityError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -200,7 +201,7 @@ PROBE_VALUE = 1.0 + 2.0**-12
 TF32_REL_GAP = 2.0**-12
 # float32 results are exact for direct algorithms; Winograd / FFT convolutions add a few float32
 # ulps (~1e-7 each), far below this and far below the 2.4e-4 TF32 gap.
-FLOAT32_MATCH_TOL = 1e-5
+FLOAT32_MATCH_TOL = FLOAT32_REL_TOL
 # What each framework's ``default`` policy is expected to give on a GPU with TF32 (compute
 # capability >= 8): torch keeps matmul in float32 by default and lets cuDNN use TF32.
 DEFAULT_POLICY_EXPECTED = {

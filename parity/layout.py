@@ -6,11 +6,16 @@ kernels ``(in, out)``. Flattening a feature map therefore enumerates features in
 order (torch ``c*H*W + h*W + w``, Flax ``h*W*C + w*C + c``), which is why the first dense layer
 after a flatten needs its input rows permuted, not just transposed.
 
-All functions are pure numpy and exact: they only move elements, so every round trip is
-bit-exact.
+All functions are exact: they only move elements, so every round trip is bit-exact. The
+activation rules at the end (:func:`layout_hint`, :func:`torch_to_flax_layout`) read torch
+module types and accept jax arrays; torch and jax are imported only when they are used.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from typing import Any, Literal
 
 import numpy as np
 
@@ -109,3 +114,90 @@ def heads_kernel_to_flax(w: np.ndarray, num_heads: int) -> np.ndarray:
 def heads_kernel_to_torch(k: np.ndarray) -> np.ndarray:
     """Inverse of :func:`heads_kernel_to_flax`: ``(E_in, heads, head_dim)`` -> ``(E_out, E_in)``."""
     return np.ascontiguousarray(k.reshape(k.shape[0], -1).T)
+
+
+# ---------------------------------------------------------------------- activation layouts
+
+#: How a torch activation is laid out: ``channels_first`` (torch ``(N, C, *spatial)``, Flax
+#: ``(N, *spatial, C)``) or ``same`` (one layout in both frameworks: tokens ``(N, L, D)``,
+#: features ``(N, F)``, token ids).
+Layout = Literal["channels_first", "same"]
+LAYOUTS = ("channels_first", "same")
+
+
+@cache
+def _module_layouts() -> tuple[tuple, tuple]:
+    """``(channels-first module types, same-layout module types)`` of torch leaf modules."""
+    from torch import nn
+
+    from parity.convert.flatten import POOLING_MODULES
+
+    channels_first = (
+        nn.modules.conv._ConvNd,
+        nn.modules.batchnorm._BatchNorm,
+        nn.modules.instancenorm._InstanceNorm,
+        nn.GroupNorm,
+        nn.Upsample,
+        *POOLING_MODULES,
+    )
+    # modules that act on the last dimension: their output is laid out alike in both frameworks
+    same = (nn.Linear, nn.Bilinear, nn.LayerNorm, nn.RMSNorm, nn.Embedding, nn.MultiheadAttention)
+    return channels_first, same
+
+
+def layout_hint(module: Any) -> Layout | None:
+    """The layout of torch ``module``'s output known from its type (``None`` for element-wise
+    and unknown modules, whose output is laid out like their input)."""
+    channels_first, same = _module_layouts()
+    if isinstance(module, same):
+        return "same"
+    return "channels_first" if isinstance(module, channels_first) else None
+
+
+def _move_channels_last(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return to_channels_last(x)
+    import jax.numpy as jnp
+
+    return jnp.moveaxis(x, 1, -1)
+
+
+def torch_to_flax_layout(x: Any, flax_shape: Sequence[int] | None, hint: Layout | None = None) -> Any:
+    """A torch activation ``x`` (numpy or jax) in the layout of its Flax counterpart.
+
+    The Flax shape decides: ``x`` is moved channels-first -> channels-last when only the moved
+    shape is ``flax_shape``, kept when only its own shape is. When both are (``C`` equal to
+    every spatial size) or neither is (a mismatch the caller reports), ``hint`` decides, and
+    without one an ``ndim >= 3`` activation is read channels-first.
+    """
+    shape = tuple(np.shape(x))
+    moved = (shape[0], *shape[2:], shape[1]) if len(shape) >= 3 else shape
+    target = None if flax_shape is None else tuple(flax_shape)
+    if len(shape) < 3 or (target == shape and target != moved):
+        return x
+    if target == moved and target != shape:
+        return _move_channels_last(x)
+    return x if hint == "same" else _move_channels_last(x)
+
+
+def activation_to_flax(
+    x: np.ndarray, flatten_shape: Sequence[int] | None = None, layout: Layout = "channels_first"
+) -> np.ndarray:
+    """A torch activation in Flax layout.
+
+    ``ndim >= 3`` and ``layout='channels_first'``: channels-first -> channels-last;
+    ``layout='same'`` (tokens): unchanged. With ``flatten_shape`` (the channels-first
+    ``(C, *spatial)`` that was flattened into a 2-D ``(N, C*prod(spatial))`` input), the
+    features are re-ordered from torch's flatten order to Flax's. Otherwise unchanged.
+    """
+    x = np.asarray(x)
+    if flatten_shape:
+        n = x.shape[0]
+        return to_channels_last(x.reshape(n, *flatten_shape)).reshape(n, -1)
+    return to_channels_last(x) if x.ndim >= 3 and layout == "channels_first" else x
+
+
+def torch_shape_of(flax_shape: Sequence[int]) -> tuple[int, ...]:
+    """The torch (channels-first) shape of a Flax activation shape (``ndim >= 3`` moves C)."""
+    s = tuple(flax_shape)
+    return (s[0], s[-1], *s[1:-1]) if len(s) >= 3 else s

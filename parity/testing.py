@@ -2,10 +2,11 @@
 
 ::
 
-    from parity.testing import assert_parity
+    from parity.testing import LocalizeOptions, ModelPair, assert_parity
 
     def test_port_matches_torch():
-        assert_parity(torch_model, linen_model, x, variables=variables, mode="train")
+        pair = ModelPair(torch_model, linen_model, variables)
+        assert_parity(pair, x, LocalizeOptions(mode="train"))
 
 On failure the ``AssertionError`` message is the localisation report: the first diverging
 layer (or parameter, or step), its value and the tolerance, then the per-layer table.
@@ -13,49 +14,50 @@ layer (or parameter, or step), its value and the tolerance, then the per-layer t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
-from torch import nn as tnn
 
-from parity.harness.localize import LocalizationReport, localize, localize_gradients
-from parity.harness.trajectory import TrajectoryReport, trajectory
+from parity.harness.localize import (
+    GradientOptions,
+    LocalizationReport,
+    LocalizeOptions,
+    localize,
+    localize_gradients,
+)
+from parity.harness.pair import ModelPair
+from parity.harness.trajectory import TrajectoryOptions, TrajectoryReport, trajectory
+
+__all__ = [
+    "GradientOptions",
+    "LocalizeOptions",
+    "ModelPair",
+    "TrajectoryOptions",
+    "assert_parity",
+    "assert_trajectory_parity",
+]
 
 
 def assert_parity(
-    torch_model: tnn.Module,
-    flax_model: Any,
+    pair: ModelPair,
     x: np.ndarray,
-    *,
-    variables: Mapping | None = None,
-    mode: str = "eval",
-    tol: float = 1e-5,
+    options: LocalizeOptions | None = None,
     y: np.ndarray | None = None,
-    **kwargs,
+    loss: str = "cross_entropy",
 ) -> list[LocalizationReport]:
-    """Assert that every layer of ``flax_model`` matches ``torch_model`` on ``x`` within ``tol``.
+    """Assert that every layer of ``pair``'s Flax model matches its torch model on ``x`` (torch
+    layout) within ``options.tol``.
 
-    Runs :func:`parity.harness.localize.localize` (``kwargs`` go to it: ``layer_map``, ``reinject``,
-    ``dropout_masks``, ``seed``, ``flatten_shapes``, ``call_kwargs``); with labels ``y`` also
-    :func:`parity.harness.localize.localize_gradients` (``loss`` and ``param_map`` may be passed).
-    Returns the reports when everything is within tolerance; raises ``AssertionError`` whose
-    message is the failing report(s) otherwise.
+    Runs :func:`parity.harness.localize.localize`; with labels ``y`` also
+    :func:`parity.harness.localize.localize_gradients` (same mode, tolerance, masks and
+    ``loss``). Returns the reports when everything is within tolerance; raises
+    ``AssertionError`` whose message is the failing report(s) otherwise.
     """
-    grad_keys = {"loss", "param_map"}
-    loc_kwargs = {k: v for k, v in kwargs.items() if k not in grad_keys}
-    reports = [localize(torch_model, flax_model, x, variables=variables, mode=mode, tol=tol, **loc_kwargs)]
+    o = options or LocalizeOptions()
+    reports = [localize(pair, x, o)]
     if y is not None:
-        g_kwargs = {
-            k: v
-            for k, v in kwargs.items()
-            if k in grad_keys | {"dropout_masks", "seed", "step", "layer_map", "call_kwargs"}
-        }
-        reports.append(
-            localize_gradients(
-                torch_model, flax_model, x, y, variables=variables, mode=mode, tol=tol, **g_kwargs
-            )
-        )
+        grad = GradientOptions(o.mode, o.tol, loss, o.dropout_masks, o.seed, o.step)
+        reports.append(localize_gradients(pair, x, y, grad))
     failed = [r for r in reports if not r.passed]
     if failed:
         raise AssertionError("\n\n".join(r.format() for r in failed))
@@ -63,16 +65,16 @@ def assert_parity(
 
 
 def assert_trajectory_parity(
-    torch_model: tnn.Module, flax_model: Any, batches: Iterable[tuple[np.ndarray, np.ndarray]], **kwargs
+    pair: ModelPair,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    options: TrajectoryOptions | None = None,
 ) -> TrajectoryReport:
-    """Assert that training both sides stays within tolerance at every step.
-
-    ``kwargs`` go to :func:`parity.harness.trajectory.trajectory` (``variables``, ``optimizer``,
-    ``steps``, ``tol``, ``float64_reference``, ...). Returns the report; raises
+    """Assert that training both sides of ``pair`` stays within tolerance at every step
+    (:func:`parity.harness.trajectory.trajectory`). Returns the report; raises
     ``AssertionError`` with the per-step report (first divergent step, metric, tensor, value,
     tolerance) otherwise.
     """
-    report = trajectory(torch_model, flax_model, batches, **kwargs)
+    report = trajectory(pair, batches, options or TrajectoryOptions())
     if not report.passed:
         raise AssertionError(report.format())
     return report

@@ -138,17 +138,17 @@ def test_gpu_both_precision_policies(tmp_path, capsys):
     policy's own tolerances. The numbers are printed for the closing note."""
     from parity.data import load
     from parity.device import configure
-    from parity.harness.compare import Pair
-    from parity.harness.localize import localize_gradients
+    from parity.harness.compare import zoo_pair
+    from parity.harness.localize import GradientOptions, localize_gradients
 
     ds = load("digits")
     x, y = ds.x_test[:128], ds.y_test[:128]
     first_conv = {}
     for precision in ("strict", "default"):
         rt = configure("cuda", precision)
-        pair = Pair("digits", "linen", 0, dropout=0.0)
+        pair = zoo_pair("digits", "linen", 0, dropout=0.0)
         pair.torch.to(rt.torch_device)
-        rep = localize_gradients(pair.torch, pair.linen, x, y, variables=pair.variables, tol=1e-5)
+        rep = localize_gradients(pair, x, y, GradientOptions(tol=1e-5))
         first_conv[precision] = rep.row("conv1.weight").rel_l2
     print(f"first-conv gradient rel L2 on {torch.cuda.get_device_name(0)}: {first_conv}")
     assert first_conv["strict"] < 1e-5

@@ -20,7 +20,7 @@ def check(*argv: str) -> int:
 
 def one_line_error(capsys) -> str:
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("parity check: error: "), err
+    assert err.count("\n") == 1 and err.startswith("parity check: "), err
     return err
 
 
@@ -123,7 +123,7 @@ def test_the_flax_shape_and_then_the_module_type_decide_an_activation_layout():
     import numpy as np
     from torch import nn
 
-    from parity.harness.sides import layout_hint, torch_to_flax_layout
+    from parity.layout import layout_hint, torch_to_flax_layout
 
     tokens = np.zeros((2, 5, 8))  # (N, L, D): the same in both frameworks
     assert torch_to_flax_layout(tokens, (2, 5, 8)).shape == (2, 5, 8)

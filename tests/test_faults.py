@@ -30,9 +30,15 @@ import pytest
 from flax_impl import linen_models, nnx_models
 from parity import convert, layout
 from parity.data import iterate_batches, load
-from parity.harness.compare import ModelPair
-from parity.harness.localize import localize, localize_gradients
-from parity.harness.trajectory import OptimizerPair, make_optimizer_pair, optimizer_differences, trajectory
+from parity.harness.compare import zoo_pair
+from parity.harness.localize import LocalizeOptions, localize, localize_gradients
+from parity.harness.trajectory import (
+    OptimizerPair,
+    TrajectoryOptions,
+    make_optimizer_pair,
+    optimizer_differences,
+    trajectory,
+)
 from parity.testing import assert_trajectory_parity
 
 SMALL = {"channels": (4, 8), "hidden": 16}
@@ -52,10 +58,10 @@ def with_params(variables: dict, **layers) -> dict:
 
 def test_flatten_order_not_permuted(digits):
     x, _ = digits
-    pair = ModelPair("digits", "linen", 0, **SMALL)
+    pair = zoo_pair("digits", "linen", 0, **SMALL)
     w = pair.torch.fc1.weight.detach().numpy()
     wrong = with_params(pair.variables, fc1={"kernel": layout.dense_kernel_to_flax(w)})  # transposed only
-    rep = localize(pair.torch, pair.linen, x, variables=wrong)
+    rep = localize(pair.replace(variables=wrong), x)
     assert (rep.first_divergent.name, rep.first_divergent.kind) == ("fc1", "output"), rep.format()
     assert all(r.passed for r in rep.rows[:4])  # conv1, bn1, conv2, bn2 still match
     assert rep.row("fc1").rel_l2 > 0.1
@@ -64,14 +70,15 @@ def test_flatten_order_not_permuted(digits):
 @pytest.mark.parametrize("framework", ["linen", "nnx"])
 def test_conv_kernel_not_transposed(digits, framework):
     x, _ = digits
-    pair = ModelPair("digits", framework, 0, **SMALL)
+    pair = zoo_pair("digits", "linen", 0, **SMALL)
     w = pair.torch.conv1.weight.detach().numpy()  # OIHW (4, 1, 3, 3)
     wrong = with_params(pair.variables, conv1={"kernel": w.reshape(3, 3, 1, 4)})  # reshaped to HWIO
     if framework == "nnx":
-        fm, var = convert.load_nnx_variables(nnx_models.build_model("digits", **SMALL), wrong), None
+        nm = convert.load_nnx_variables(nnx_models.build_model("digits", **SMALL), wrong)
+        broken = pair.replace(flax=nm, variables=None)
     else:
-        fm, var = pair.linen, wrong
-    rep = localize(pair.torch, fm, x, variables=var)
+        broken = pair.replace(variables=wrong)
+    rep = localize(broken, x)
     assert rep.first_divergent.name == "conv1", rep.format()
 
 
@@ -80,9 +87,9 @@ def test_bn_momentum_flax_default(digits, monkeypatch):
     the running statistics after a train-mode pass differ."""
     x, _ = digits
     monkeypatch.setattr(linen_models, "BN_MOMENTUM", 0.99)
-    pair = ModelPair("digits", "linen", 0, **SMALL)
-    assert localize(pair.torch, pair.linen, x, variables=pair.variables, mode="eval").passed
-    rep = localize(pair.torch, pair.linen, x, variables=pair.variables, mode="train")
+    pair = zoo_pair("digits", "linen", 0, **SMALL)
+    assert localize(pair, x, LocalizeOptions(mode="eval")).passed
+    rep = localize(pair, x, LocalizeOptions(mode="train"))
     assert (rep.first_divergent.name, rep.first_divergent.kind) == ("bn1", "running_mean"), rep.format()
     assert rep.first_divergent.rel_l2 == pytest.approx(0.9, rel=1e-3)  # (0.1 - 0.01) / 0.1
     assert all(r.passed for r in rep.rows if r.kind == "output")
@@ -92,8 +99,8 @@ def test_bn_momentum_flax_default(digits, monkeypatch):
 def test_bn_eps(digits, monkeypatch, mode):
     x, _ = digits
     monkeypatch.setattr(linen_models, "BN_EPSILON", 1e-3)
-    pair = ModelPair("digits", "linen", 0, **SMALL)
-    rep = localize(pair.torch, pair.linen, x, variables=pair.variables, mode=mode)
+    pair = zoo_pair("digits", "linen", 0, **SMALL)
+    rep = localize(pair, x, LocalizeOptions(mode=mode))
     assert (rep.first_divergent.name, rep.first_divergent.kind) == ("bn1", "output"), rep.format()
     assert rep.row("conv1").passed
 
@@ -103,31 +110,29 @@ def test_running_var_copied_without_correction_after_training(digits):
     exported) as is, it differs from torch's at the first BN; brought to torch's convention
     (``report.corrected_batch_stats``), it matches."""
     x, _ = digits
-    pair = ModelPair("digits", "linen", 0, **SMALL)
+    pair = zoo_pair("digits", "linen", 0, **SMALL)
     ds = load("digits")
     batches = list(iterate_batches(ds.x_train, ds.y_train, 16, 0, 0))[:3]  # n = 16*8*8 per conv BN channel
-    raw = trajectory(pair.torch, pair.linen, batches, variables=pair.variables, bn_var="raw")
+    raw = trajectory(pair, batches, TrajectoryOptions(bn_var="raw"))
     step, metric, tensor, _ = raw.first_divergent
     assert (step, metric) == (0, "bn_state") and tensor.endswith(".running_var"), raw.format()
     assert all(r.param_rel < 1e-5 for r in raw.rows)  # the weights themselves agree
     copied = {"params": raw.flax_variables["params"], "batch_stats": raw.flax_variables["batch_stats"]}
-    rep = localize(raw.torch_model, pair.linen, x, variables=copied, mode="eval")
+    rep = localize(pair.replace(torch=raw.torch_model, variables=copied), x)
     assert (rep.first_divergent.name, rep.first_divergent.kind) == ("bn1", "output"), rep.format()
     fixed = {"params": raw.flax_variables["params"], "batch_stats": raw.corrected_batch_stats}
-    assert localize(raw.torch_model, pair.linen, x, variables=fixed, mode="eval").passed
+    assert localize(pair.replace(torch=raw.torch_model, variables=fixed), x).passed
 
 
 def test_adam_eps_inside_the_sqrt(digits):
     """optax.adam(eps=0, eps_root=eps) puts eps under the square root; torch adds it outside."""
     good = make_optimizer_pair("adam", 1e-3)
     bad = OptimizerPair("adam", good.torch, optax.adam(1e-3, eps=0.0, eps_root=1e-8), {})
-    pair = ModelPair("digits", "linen", 0, **SMALL)
+    pair = zoo_pair("digits", "linen", 0, **SMALL)
     ds = load("digits")
     batches = list(iterate_batches(ds.x_train, ds.y_train, 48, 0, 0))[:2]
     with pytest.raises(AssertionError) as err:  # the pytest helper other projects would call
-        assert_trajectory_parity(
-            pair.torch, pair.linen, batches, variables=pair.variables, optimizer=bad, tol=1e-5
-        )
+        assert_trajectory_parity(pair, batches, TrajectoryOptions(optimizer=bad, tol=1e-5))
     summary = str(err.value).splitlines()[0]
     found = re.search(
         r"first divergent step (\d+): (\w+) ([0-9.e+-]+) > tol 1.0e-05 \(worst tensor ([\w.]+):", summary
@@ -149,9 +154,8 @@ def test_adam_eps_inside_the_sqrt(digits):
 @pytest.mark.parametrize("framework", ["linen", "nnx"])
 def test_dropout_mask_not_shared(digits, framework):
     x, _ = digits
-    pair = ModelPair("digits", framework, 0, **SMALL)
-    fm, var = (pair.nnx, None) if framework == "nnx" else (pair.linen, pair.variables)
-    rep = localize(pair.torch, fm, x, variables=var, mode="train", dropout_masks="independent")
+    pair = zoo_pair("digits", framework, 0, **SMALL)
+    rep = localize(pair, x, LocalizeOptions(mode="train", dropout_masks="independent"))
     assert (rep.first_divergent.name, rep.first_divergent.kind) == ("dropout", "output"), rep.format()
     # ~42% of elements kept on one side only, of which the ReLU zeros (about half) do not show
     assert rep.first_divergent.outside > 0.05
@@ -162,9 +166,9 @@ def test_parameter_frozen_on_one_side(digits):
     """torch freezes bn2's scale (requires_grad=False), the port trains it: the gradients agree
     everywhere else, and backward-order localisation names bn2.weight."""
     x, y = digits
-    pair = ModelPair("digits", "linen", 0, **SMALL, dropout=0.0)
+    pair = zoo_pair("digits", "linen", 0, **SMALL, dropout=0.0)
     pair.torch.bn2.weight.requires_grad_(False)
-    rep = localize_gradients(pair.torch, pair.linen, x, y, variables=pair.variables)
+    rep = localize_gradients(pair, x, y)
     assert rep.first_divergent.name == "bn2.weight" and rep.first_divergent.note == "no torch grad", (
         rep.format()
     )
@@ -175,10 +179,10 @@ def test_float64_rejudgement_still_catches_a_small_gradient_bug(digits):
     """bn1's scale off by 1e-4 relative on the Flax side: every gradient it moves fails in float32
     and again in float64 (the port computes another function), so the re-judgement excuses none."""
     x, y = digits
-    pair = ModelPair("digits", "linen", 0, **SMALL, dropout=0.0)
+    pair = zoo_pair("digits", "linen", 0, **SMALL, dropout=0.0)
     bn1 = dict(pair.variables["params"]["bn1"])
     bn1["scale"] = np.asarray(bn1["scale"]) * np.float32(1 + 1e-4)
-    rep = localize_gradients(pair.torch, pair.linen, x, y, variables=with_params(pair.variables, bn1=bn1))
+    rep = localize_gradients(pair.replace(variables=with_params(pair.variables, bn1=bn1)), x, y)
     failed = [r for r in rep.rows if not r.passed]
     assert failed and not rep.passed, rep.format()
     assert all(r.port_float64_rel_l2 is not None and r.port_float64_rel_l2 > 1e-6 for r in failed), (
@@ -194,10 +198,8 @@ def test_float64_rejudgement_clears_a_float32_decision_flip():
     from parity.data import load
 
     ds = load("digits")
-    pair = ModelPair("digits", "linen", 4, dropout=0.0)
-    rep = localize_gradients(
-        pair.torch, pair.linen, ds.x_test[:128], ds.y_test[:128], variables=pair.variables
-    )
+    pair = zoo_pair("digits", "linen", 4, dropout=0.0)
+    rep = localize_gradients(pair, ds.x_test[:128], ds.y_test[:128])
     row = rep.row("bn1.bias")
     assert row.rel_l2 > 1e-3 and row.float64_rel_l2 > 1e-3, rep.format()  # torch f32 is the far one
     assert row.passed and row.port_float64_rel_l2 < 1e-12, rep.format()

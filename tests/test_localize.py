@@ -14,9 +14,12 @@ from torch import nn
 
 from parity import layout
 from parity.data import load
-from parity.harness.compare import ModelPair
+from parity.harness.compare import zoo_pair
 from parity.harness.localize import (
     FlaxSide,
+    GradientOptions,
+    LocalizeOptions,
+    ModelPair,
     SharedDropout,
     activation_to_flax,
     compare_tensor,
@@ -40,18 +43,13 @@ def digits():
     return ds.x_test[:48], ds.y_test[:48]
 
 
-def flax_of(pair):
-    return (pair.nnx, None) if pair.framework == "nnx" else (pair.linen, pair.variables)
-
-
 @pytest.mark.parametrize("framework", ["linen", "nnx"])
 def test_matching_models_pass_in_both_modes(digits, framework):
     x, y = digits
-    pair = ModelPair("digits", framework, 0, **SMALL)  # dropout 0.3: on in train mode
-    fm, var = flax_of(pair)
+    pair = zoo_pair("digits", framework, 0, **SMALL)  # dropout 0.3: on in train mode
     running_mean = pair.torch.bn1.running_mean.clone()
-    ev = localize(pair.torch, fm, x, variables=var, mode="eval", float64_reference=True)
-    tr = localize(pair.torch, fm, x, variables=var, mode="train")
+    ev = localize(pair, x, LocalizeOptions(mode="eval", float64_reference=True))
+    tr = localize(pair, x, LocalizeOptions(mode="train"))
     assert ev.passed and tr.passed, ev.format() + "\n" + tr.format()
     assert [r.name for r in ev.rows] == ORDER  # torch execution order, NCHW outputs aligned to NHWC
     assert ev.row("conv1").shape == (48, 8, 8, 4)
@@ -65,9 +63,9 @@ def test_matching_models_pass_in_both_modes(digits, framework):
     # the models were not touched: torch stats, NNX stats, NNX classes
     assert torch.equal(pair.torch.bn1.running_mean, running_mean)
     if framework == "nnx":
-        assert np.array_equal(np.asarray(pair.nnx.bn1.mean[...]), running_mean.numpy())
+        assert np.array_equal(np.asarray(pair.flax.bn1.mean[...]), running_mean.numpy())
         assert not hasattr(nnx.Conv.__call__, "_parity_wrapped")
-    grads = localize_gradients(pair.torch, fm, x, y, variables=var)
+    grads = localize_gradients(pair, x, y)
     assert grads.passed, grads.format()
     names = [r.name for r in grads.rows]
     assert names[0] == "fc2.bias" and names[-1] == "conv1.weight"  # backward order
@@ -77,13 +75,13 @@ def test_reinject_isolates_the_faulty_layer(digits):
     """A wrong conv2 kernel: without reinjection every later layer differs too; with it, only
     conv2 does, because each Flax layer gets the torch layer's input."""
     x, _ = digits
-    pair = ModelPair("digits", "linen", 0, **SMALL)
+    pair = zoo_pair("digits", "linen", 0, **SMALL)
     variables = {"params": dict(pair.variables["params"]), "batch_stats": pair.variables["batch_stats"]}
     k = pair.variables["params"]["conv2"]["kernel"].copy()
     k[..., 0] *= 1.5  # one output channel scaled
     variables["params"]["conv2"] = {"kernel": k}
-    chained = localize(pair.torch, pair.linen, x, variables=variables)
-    isolated = localize(pair.torch, pair.linen, x, variables=variables, reinject=True)
+    chained = localize(pair.replace(variables=variables), x)
+    isolated = localize(pair.replace(variables=variables), x, LocalizeOptions(reinject=True))
     assert chained.first_divergent.name == isolated.first_divergent.name == "conv2"
     assert [r.name for r in chained.rows if not r.passed] == ["conv2", "bn2", "fc1", "bn3", "dropout", "fc2"]
     assert [r.name for r in isolated.rows if not r.passed] == ["conv2"]
@@ -155,42 +153,37 @@ def test_user_model_with_different_names_and_stateless_layers():
         }
     }
     x = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
-    rep = localize(tm, Mlp(), x, variables=variables, layer_map={"0": "Dense_0", "2": "Dense_1"})
+    rep = localize(ModelPair(tm, Mlp(), variables, layer_map={"0": "Dense_0", "2": "Dense_1"}), x)
     assert rep.passed, rep.format()
     assert [r.flax_name for r in rep.rows] == ["Dense_0", "Dense_1"]
     assert rep.meta["unmatched_stateless_torch_layers"] == ["1"]
     # without the map, the layers with parameters are reported as missing on the Flax side
-    bad = localize(tm, Mlp(), x, variables=variables)
+    bad = localize(ModelPair(tm, Mlp(), variables), x)
     assert bad.first_divergent.name == "0" and "missing on the Flax side" in bad.first_divergent.note
     # gradients of a model outside the converter's rules: param_map
     y = np.array([0, 1, 2, 0, 1], np.int32)
+    param_map = lambda t: {  # noqa: E731
+        "0.weight": t["Dense_0"]["kernel"].T,
+        "0.bias": t["Dense_0"]["bias"],
+        "2.weight": t["Dense_1"]["kernel"].T,
+        "2.bias": t["Dense_1"]["bias"],
+    }
     g = localize_gradients(
-        tm,
-        Mlp(),
-        x,
-        y,
-        variables=variables,
-        mode="eval",
-        param_map=lambda t: {
-            "0.weight": t["Dense_0"]["kernel"].T,
-            "0.bias": t["Dense_0"]["bias"],
-            "2.weight": t["Dense_1"]["kernel"].T,
-            "2.bias": t["Dense_1"]["bias"],
-        },
+        ModelPair(tm, Mlp(), variables, param_map=param_map), x, y, GradientOptions(mode="eval")
     )
     assert g.passed and [r.name for r in g.rows] == ["2.bias", "2.weight", "0.bias", "0.weight"]
 
 
 def test_assert_parity_passes_and_fails_with_the_report(digits):
     x, y = digits
-    pair = ModelPair("digits", "linen", 0, **SMALL)
-    reports = assert_parity(pair.torch, pair.linen, x, variables=pair.variables, mode="train", y=y)
+    pair = zoo_pair("digits", "linen", 0, **SMALL)
+    reports = assert_parity(pair, x, LocalizeOptions(mode="train"), y=y)
     assert [r.passed for r in reports] == [True, True]
     # a converter that forgot the flatten permutation (plain transpose of fc1)
     params = dict(pair.variables["params"])
     params["fc1"] = {"kernel": layout.dense_kernel_to_flax(pair.torch.fc1.weight.detach().numpy())}
     with pytest.raises(AssertionError) as err:
-        assert_parity(pair.torch, pair.linen, x, variables={**pair.variables, "params": params})
+        assert_parity(pair.replace(variables={**pair.variables, "params": params}), x)
     msg = str(err.value)
     first = msg.splitlines()[0]
     assert "first divergent: fc1 (output" in first and "> tol 1.0e-05" in first
@@ -201,13 +194,13 @@ def test_assert_parity_passes_and_fails_with_the_report(digits):
 
 def test_bad_inputs(digits):
     x, _ = digits
-    pair = ModelPair("digits", "linen", 0, **SMALL)
+    pair = zoo_pair("digits", "linen", 0, **SMALL)
     with pytest.raises(ValueError, match="variables"):
-        localize(pair.torch, pair.linen, x)
+        localize(pair.replace(variables=None), x)
     with pytest.raises(ValueError, match="mode"):
-        localize(pair.torch, pair.linen, x, variables=pair.variables, mode="training")
+        localize(pair, x, LocalizeOptions(mode="training"))
     with pytest.raises(TypeError, match="flax"):
-        localize(pair.torch, object(), x)
+        localize(pair.replace(flax=object()), x)
 
 
 # runs MIGRATION.md's code end to end: 11 s on the idle box (2026-11-30); .ci/run runs it with -m slow

@@ -60,7 +60,7 @@ def test_map_lists_unmatched_keys_and_exits_1(tmp_path, capsys):
 def test_bad_specs_are_one_line_exit_1(capsys, spec, expected):
     assert main(["map", "--torch", spec, "--flax", NNX]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("parity map: error: ")
+    assert err.count("\n") == 1 and err.startswith("parity map: ")
     assert __import__("re").search(expected, err), err
 
 

@@ -16,10 +16,12 @@ from parity.data import load
 from parity.harness.compare import (
     MODEL_DATASET,
     TOLERANCES,
-    ModelPair,
     bn_state_after_passes,
+    flax_forward,
     gradient_differences,
     rel_l2,
+    torch_forward,
+    zoo_pair,
 )
 from parity.layout import to_channels_last
 
@@ -34,27 +36,28 @@ def _data(model, n=128):
 @pytest.mark.parametrize("model,framework", CASES)
 def test_eval_forward(model, framework):
     _, x, _ = _data(model)
-    pair = ModelPair(model, framework, seed=1)
+    pair = zoo_pair(model, framework, seed=1)
     assert (
-        rel_l2(pair.flax_forward(x, train=False), pair.torch_forward(x, train=False)) <= TOLERANCES["forward"]
+        rel_l2(flax_forward(pair, x, train=False), torch_forward(pair, x, train=False))
+        <= TOLERANCES["forward"]
     )
 
 
 @pytest.mark.parametrize("model,framework", CASES)
 def test_train_forward_batch_stats_dropout_off(model, framework):
     _, x, _ = _data(model)
-    pair = ModelPair(model, framework, seed=2, dropout=0.0)
-    train_t, train_f = pair.torch_forward(x, train=True), pair.flax_forward(x, train=True)
+    pair = zoo_pair(model, framework, seed=2, dropout=0.0)
+    train_t, train_f = torch_forward(pair, x, train=True), flax_forward(pair, x, train=True)
     assert rel_l2(train_f, train_t) <= TOLERANCES["forward"]
     # and train mode really differs from eval mode here, so the comparison means something
-    assert rel_l2(pair.torch_forward(x, train=False), train_t) > 100 * TOLERANCES["forward"]
+    assert rel_l2(torch_forward(pair, x, train=False), train_t) > 100 * TOLERANCES["forward"]
 
 
 @pytest.mark.parametrize("model,framework", CASES)
 def test_bn_state_after_training_mode_passes(model, framework):
     ds, _, _ = _data(model)
     batches = [ds.x_train[i * 64 : (i + 1) * 64] for i in range(5)]
-    bn = bn_state_after_passes(ModelPair(model, framework, seed=3, dropout=0.0), batches)
+    bn = bn_state_after_passes(zoo_pair(model, framework, seed=3, dropout=0.0), batches)
     tol = TOLERANCES["bn_state"]
     for name, d in bn.items():
         assert d["mean"] <= tol, name
@@ -69,7 +72,7 @@ def test_bn_state_after_training_mode_passes(model, framework):
 @pytest.mark.parametrize("model,framework", CASES)
 def test_gradients_per_parameter(model, framework):
     _, x, y = _data(model)
-    diffs = gradient_differences(ModelPair(model, framework, seed=4, dropout=0.0), x, y)
+    diffs = gradient_differences(zoo_pair(model, framework, seed=4, dropout=0.0), x, y)
     assert set(diffs) == {
         "conv1.weight",
         "bn1.weight",
@@ -88,8 +91,8 @@ def test_gradients_per_parameter(model, framework):
 
 
 def _linen_digits():
-    pair = ModelPair("digits", "linen", seed=0)
-    return pair.linen, pair.variables, jnp.asarray(to_channels_last(load("digits").x_test[:8]))
+    pair = zoo_pair("digits", "linen", seed=0)
+    return pair.flax, pair.variables, jnp.asarray(to_channels_last(load("digits").x_test[:8]))
 
 
 def test_linen_train_without_mutable_is_loud():

@@ -13,11 +13,12 @@ import torch
 
 from parity import convert
 from parity.data import iterate_batches, load
-from parity.harness.compare import ModelPair
+from parity.harness.compare import zoo_pair
 from parity.harness.trajectory import (
     TRAJECTORY_TOL,
     TRAJECTORY_TOL_FLOAT64,
     OptimizerPair,
+    TrajectoryOptions,
     make_optimizer_pair,
     optimizer_differences,
     trajectory,
@@ -45,14 +46,9 @@ def batches(dataset: str, n: int, batch_size: int = 64, seed: int = 0):
     "model,dataset,optimizer", [("signal1d", "mnist1d", "sgd"), ("digits", "digits", "adam")]
 )
 def test_fifty_steps_with_dropout_within_tolerance(model, dataset, optimizer):
-    pair = ModelPair(model, "linen", 0, **SMALL)  # dropout 0.2 / 0.3: on
+    pair = zoo_pair(model, "linen", 0, **SMALL)  # dropout 0.2 / 0.3: on
     rep = trajectory(
-        pair.torch,
-        pair.linen,
-        batches(dataset, 50),
-        variables=pair.variables,
-        optimizer=optimizer,
-        float64_reference=True,
+        pair, batches(dataset, 50), TrajectoryOptions(optimizer=optimizer, float64_reference=True)
     )
     assert rep.passed, rep.format()
     assert len(rep.rows) == 50
@@ -85,15 +81,8 @@ def test_float64_parity_at_full_width_with_adam():
     ReLU input of fc1/bn3 sits within rounding distance of zero at step 10 and switches on the
     Flax side only; docs/HARNESS.md). In float64 on both sides no decision sits that close, and
     the two frameworks agree to ~1e-15, far inside 1e-9: that is what says the port is right."""
-    pair = ModelPair("signal1d", "linen", 0)
-    rep = trajectory(
-        pair.torch,
-        pair.linen,
-        batches("mnist1d", 20),
-        variables=pair.variables,
-        optimizer="adam",
-        dtype="float64",
-    )
+    pair = zoo_pair("signal1d", "linen", 0)
+    rep = trajectory(pair, batches("mnist1d", 20), TrajectoryOptions(optimizer="adam", dtype="float64"))
     assert rep.passed, rep.format()
     assert rep.tol == TRAJECTORY_TOL_FLOAT64 and rep.meta["dtype"] == "float64"
     assert max(max(r.param_rel, r.opt_rel, r.bn_rel, r.loss_rel) for r in rep.rows) < 1e-12
@@ -189,17 +178,15 @@ def test_momentum_and_nesterov(problem):
 
 
 def test_bad_arguments():
-    pair = ModelPair("digits", "linen", 0, **SMALL)
+    pair = zoo_pair("digits", "linen", 0, **SMALL)
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer_pair("rmsprop")
     with pytest.raises(ValueError, match="only 2 batches"):
-        trajectory(pair.torch, pair.linen, batches("digits", 2), variables=pair.variables, steps=5)
+        trajectory(pair, batches("digits", 2), TrajectoryOptions(steps=5))
     with pytest.raises(ValueError, match="dropout_masks"):
-        trajectory(
-            pair.torch, pair.linen, batches("digits", 2), variables=pair.variables, dropout_masks="off"
-        )
+        TrajectoryOptions(dropout_masks="off")
     with pytest.raises(ValueError, match="variables"):
-        trajectory(pair.torch, pair.linen, batches("digits", 2))
+        trajectory(pair.replace(variables=None), batches("digits", 2))
 
 
 # --------------------------------------------------- float64 twins: the per-step re-judgement
@@ -208,16 +195,10 @@ def test_bad_arguments():
 def test_float64_twins_rejudge_steps_that_float32_cannot_resolve():
     """A float32 bound of 1e-12 (below float32's reach) fails every step in float32; the float64
     twins of both sides agree to ~1e-15, so each step passes on their verdict, and says so."""
-    pair = ModelPair("digits", "nnx", 0, **SMALL)
-    rep = trajectory(
-        pair.torch,
-        pair.nnx,
-        batches("digits", 3),
-        optimizer="adam",
-        tol=1e-12,
-        float64_reference=True,
-        ref_factor=0.0,  # the float32 bound stays 1e-12 (no widening by torch's own drift)
-    )
+    pair = zoo_pair("digits", "nnx", 0, **SMALL)
+    # ref_factor 0: the float32 bound stays 1e-12 (no widening by torch's own drift)
+    options = TrajectoryOptions(optimizer="adam", tol=1e-12, float64_reference=True, ref_factor=0.0)
+    rep = trajectory(pair, batches("digits", 3), options)
     assert all(r.param_rel > 1e-12 for r in rep.rows)  # float32 alone fails every step...
     assert all(r.port64_over_bound is not None and r.port64_over_bound <= 1.0 for r in rep.rows)
     assert rep.passed, rep.format()  # ...and the float64 port verdict passes it
@@ -228,15 +209,9 @@ def test_float64_twins_do_not_excuse_a_real_fault():
     the float64 verdict fails too and the step is flagged."""
     good = make_optimizer_pair("adam", 1e-3)
     bad = OptimizerPair("adam", good.torch, optax.adam(1e-3, eps=0.0, eps_root=1e-8), {})
-    pair = ModelPair("digits", "linen", 0, **SMALL)
+    pair = zoo_pair("digits", "linen", 0, **SMALL)
     rep = trajectory(
-        pair.torch,
-        pair.linen,
-        batches("digits", 2),
-        variables=pair.variables,
-        optimizer=bad,
-        tol=1e-5,
-        float64_reference=True,
+        pair, batches("digits", 2), TrajectoryOptions(optimizer=bad, tol=1e-5, float64_reference=True)
     )
     assert not rep.passed, rep.format()
     assert rep.rows[0].port64_over_bound > 1.0, rep.format()

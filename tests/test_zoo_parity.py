@@ -33,7 +33,7 @@ from torch import nn
 from flax_impl import linen_resnet, linen_vit, nnx_resnet, nnx_vit
 from parity import convert
 from parity.harness.compare import rel_l2
-from parity.harness.localize import leaf_modules, localize, localize_gradients
+from parity.harness.localize import LocalizeOptions, ModelPair, leaf_modules, localize, localize_gradients
 from parity.harness.trajectory import trajectory
 from torch_impl import resnet as torch_resnet
 from torch_impl import vit as torch_vit
@@ -89,8 +89,10 @@ class Port:
             self.variables, self.layer_map = None, None
 
     @property
-    def kwargs(self) -> dict:
-        return {"variables": self.variables, "layer_map": self.layer_map}
+    def pair(self) -> ModelPair:
+        return ModelPair(
+            self.torch, self.flax, self.variables, layer_map=self.layer_map or {}, param_map=self.param_map
+        )
 
     def param_map(self, tree) -> dict[str, np.ndarray]:
         """A Flax params-shaped tree (gradients, parameters, moments) -> ``{torch name: array}``."""
@@ -150,7 +152,7 @@ def flax_logits(port: Port, x: np.ndarray, train: bool = False) -> np.ndarray:
 def test_resnet_forward_in_both_modes(name, framework):
     port, x = resnet_port(name, framework)
     for mode in ("eval", "train"):  # train also compares every BN's running mean and variance
-        rep = localize(port.torch, port.flax, x, mode=mode, **port.kwargs)
+        rep = localize(port.pair, x, LocalizeOptions(mode=mode))
         assert rep.passed, rep.format()
         assert len([r for r in rep.rows if r.kind == "output"]) >= 8
     assert any(r.kind == "running_var" for r in rep.rows)
@@ -160,9 +162,7 @@ def test_resnet_forward_in_both_modes(name, framework):
 @pytest.mark.parametrize("name", ["basic_cifar", "bottleneck_imagenet"])
 def test_resnet_gradients(name, framework):
     port, x = resnet_port(name, framework)
-    rep = localize_gradients(
-        port.torch, port.flax, x, labels(len(x)), param_map=port.param_map, **port.kwargs
-    )
+    rep = localize_gradients(port.pair, x, labels(len(x)))
     assert rep.passed, rep.format()
     assert len(rep.rows) == len(list(port.torch.parameters()))
 
@@ -172,7 +172,7 @@ def test_resnet_trajectory_20_steps(framework):
     port, _ = resnet_port("basic_cifar", framework)
     rng = np.random.default_rng(3)
     batches = [(rng.normal(size=(4, 3, 8, 8)).astype(np.float32), labels(4, k)) for k in range(20)]
-    rep = trajectory(port.torch, port.flax, batches, param_map=port.param_map, **port.kwargs)
+    rep = trajectory(port.pair, batches)
     assert rep.passed and len(rep.rows) == 20, rep.format()
 
 
@@ -192,7 +192,7 @@ def test_gotcha_stride_two_same_padding_in_resnet(monkeypatch):
     port, x = resnet_port("basic_cifar", "linen")
     same = lambda kernel, stride, dims: "SAME" if stride == 2 else ((kernel // 2, kernel // 2),) * dims
     monkeypatch.setattr(linen_resnet, "conv_padding", same)
-    rep = localize(port.torch, linen_resnet.ResNet(**RESNETS["basic_cifar"][0]), x, **port.kwargs)
+    rep = localize(port.pair.replace(flax=linen_resnet.ResNet(**RESNETS["basic_cifar"][0])), x)
     first = rep.first_divergent
     assert (first.name, first.flax_name) == ("layer2.0.conv1", "layer2_0.conv1"), rep.format()
     assert rep.row("layer2.0.downsample.0").passed  # a 1x1 kernel needs no padding either way
@@ -212,9 +212,7 @@ def test_vit_eval_forward(framework):
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_vit_gradients_in_train_mode_without_dropout(framework):
     port, x = vit_port(framework, dropout=0.0)
-    rep = localize_gradients(
-        port.torch, port.flax, x, labels(len(x)), param_map=port.param_map, **port.kwargs
-    )
+    rep = localize_gradients(port.pair, x, labels(len(x)))
     assert rep.passed, rep.format()
     assert rep.row("encoder.layers.encoder_layer_0.self_attention.in_proj_weight").rel_l2 <= TOL
 
@@ -224,7 +222,7 @@ def test_vit_trajectory_without_dropout(framework):
     port, _ = vit_port(framework, dropout=0.0)
     rng = np.random.default_rng(3)
     batches = [(rng.normal(size=(4, 3, 8, 8)).astype(np.float32), labels(4, k)) for k in range(20)]
-    rep = trajectory(port.torch, port.flax, batches, optimizer="sgd", param_map=port.param_map, **port.kwargs)
+    rep = trajectory(port.pair, batches)  # sgd, the default
     assert rep.passed and len(rep.rows) == 20, rep.format()
 
 
@@ -235,7 +233,7 @@ def test_vit_trajectory_with_shared_dropout_masks(framework):
     port, _ = vit_port(framework, dropout=0.1)
     rng = np.random.default_rng(3)
     batches = [(rng.normal(size=(4, 3, 8, 8)).astype(np.float32), labels(4, k)) for k in range(20)]
-    rep = trajectory(port.torch, port.flax, batches, optimizer="sgd", param_map=port.param_map, **port.kwargs)
+    rep = trajectory(port.pair, batches)  # sgd, the default
     assert rep.passed and len(rep.rows) == 20, rep.format()
 
 
@@ -244,7 +242,7 @@ def test_vit_layers_in_train_mode_with_shared_dropout_masks(framework):
     """Every layer, dropout on: token rows ``(N, S, D)`` compared as they are, the patch
     embedding's ``(N, D, 2, 2)`` map channels-last."""
     port, x = vit_port(framework, dropout=0.1)
-    rep = localize(port.torch, port.flax, x, mode="train", **port.kwargs)
+    rep = localize(port.pair, x, LocalizeOptions(mode="train"))
     assert rep.passed, rep.format()
     assert rep.row("encoder.dropout").shape == (4, 5, 16) and rep.row("conv_proj").shape == (4, 2, 2, 16)
 
@@ -315,14 +313,14 @@ def with_attention(variables: dict, **replace) -> dict:
 
 def test_attention_port_matches():
     tm, variables, x = attention_port()
-    assert localize(tm, LinenAttention(), x, variables=variables).passed
+    assert localize(ModelPair(tm, LinenAttention(), variables), x).passed
 
 
 def test_gotcha_qkv_split_order():
     tm, variables, x = attention_port()
     att = variables["params"]["self_attention"]
     wrong = with_attention(variables, query=att["value"], value=att["query"])  # rows read v, k, q
-    rep = localize(tm, LinenAttention(), x, variables=wrong)
+    rep = localize(ModelPair(tm, LinenAttention(), wrong), x)
     assert rep.first_divergent.name == "dropout", rep.format()  # the layer reading self_attention
 
 
@@ -335,12 +333,12 @@ def test_gotcha_head_layout():
         variables,
         **{q: {**att[q], "kernel": interleave(att[q]["kernel"])} for q in ("query", "key", "value")},
     )
-    rep = localize(tm, LinenAttention(), x, variables=wrong)
+    rep = localize(ModelPair(tm, LinenAttention(), wrong), x)
     assert rep.first_divergent.name == "dropout", rep.format()
 
 
 def test_gotcha_attention_mask_polarity():
     tm, variables, x = attention_port()
-    rep = localize(tm, LinenAttention(torch_mask=True), x, variables=variables)
+    rep = localize(ModelPair(tm, LinenAttention(torch_mask=True), variables), x)
     assert rep.first_divergent.name == "dropout", rep.format()
     assert rep.first_divergent.rel_l2 > 0.1

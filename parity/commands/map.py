@@ -3,13 +3,13 @@
 Prints one row per pairing (torch key and shape -> Flax path and shape, the rule used), then
 every unmatched torch key and Flax leaf and every problem (a layer with no rule, a shape or
 dtype mismatch), one line each. ``--json FILE`` writes the same atomically. Exit 0 when
-everything is paired, 1 otherwise, 2 for usage errors.
+everything is paired, 1 otherwise or when the models do not load (a one-line
+:class:`parity.errors.ParityError` for :mod:`parity.cli`), 2 for usage errors.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from parity.spec import parse_shape
 
@@ -114,30 +114,42 @@ def _report(pairing, rows) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Print the pairing; exit 0 when all paired, 1 otherwise."""
+def _pairing(args: argparse.Namespace):
+    """``(pairing, rows)`` of the models; a model that does not load or convert, or a file that
+    cannot be read or written, is one :class:`parity.harness.results.ModelsError` (exit 1)."""
     from parity.convert import ConversionError, map_models
+    from parity.harness.results import ModelsError
     from parity.spec import SpecError
 
     try:
         torch_model, target, options = load_models(args, shapes_only=True)
-        pairing, rows = map_models(torch_model, target, **options)
-        if args.json:
-            from parity.io import atomic_write_json
-
-            atomic_write_json(
-                args.json,
-                {
-                    "ok": pairing.ok,
-                    "pairs": rows,
-                    "unmatched_torch": pairing.unmatched_torch,
-                    "unmatched_flax": pairing.unmatched_flax,
-                    "problems": pairing.problems,
-                    "flatten": {"method": pairing.flatten.method, "shapes": pairing.flatten.shapes},
-                },
-            )
+        return map_models(torch_model, target, **options)
     except (ConversionError, SpecError, OSError) as e:
-        print(f"parity map: error: {e}", file=sys.stderr)
-        return 1
+        raise ModelsError(str(e)) from None
+
+
+def _write_json(path: str, pairing, rows) -> None:
+    from parity.harness.results import ModelsError
+    from parity.io import atomic_write_json
+
+    doc = {
+        "ok": pairing.ok,
+        "pairs": rows,
+        "unmatched_torch": pairing.unmatched_torch,
+        "unmatched_flax": pairing.unmatched_flax,
+        "problems": pairing.problems,
+        "flatten": {"method": pairing.flatten.method, "shapes": pairing.flatten.shapes},
+    }
+    try:
+        atomic_write_json(path, doc)
+    except OSError as e:
+        raise ModelsError(str(e)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the pairing; exit 0 when all paired, 1 otherwise."""
+    pairing, rows = _pairing(args)
+    if args.json:
+        _write_json(args.json, pairing, rows)
     print(_report(pairing, rows))
     return 0 if pairing.ok else 1

@@ -70,7 +70,9 @@ _CHANNEL_KEEPING_FUNCS = _ELEMENTWISE_FUNCS | {
     operator.add,
     torch.add,
 }
-_CHANNEL_KEEPING_MODULES = _ELEMENTWISE_MODULES + (
+#: Pooling modules: channels-first in, channels-first out (also read by
+#: :func:`parity.layout.layout_hint`).
+POOLING_MODULES = (
     nn.MaxPool1d,
     nn.MaxPool2d,
     nn.MaxPool3d,
@@ -80,10 +82,18 @@ _CHANNEL_KEEPING_MODULES = _ELEMENTWISE_MODULES + (
     nn.AdaptiveAvgPool1d,
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
+    nn.AdaptiveMaxPool3d,
+)
+_CHANNEL_KEEPING_MODULES = (
+    _ELEMENTWISE_MODULES
+    + POOLING_MODULES
+    + (
+        nn.Dropout1d,
+        nn.Dropout2d,
+        nn.Dropout3d,
+    )
 )
 
 

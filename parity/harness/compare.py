@@ -1,25 +1,16 @@
-"""The parity comparisons behind ``parity check`` and the CPU parity suite.
+"""The foundation checks of ``parity check`` on the project's own models (the zoo).
 
-Every comparison starts from one torch model, converts its weights with :mod:`parity.convert`
-and feeds the same real data to torch (NCHW / NCW) and to Flax (NHWC / NWC, via
-:mod:`parity.layout`). Values are relative L2 differences, ``||flax - torch|| / ||torch||``.
-
-Tolerances (float32, CPU; :data:`TOLERANCES`):
-
-* Forward logits and per-parameter gradients: ``1e-5``. Two float32 kernels that sum the same
-  products in a different order differ by a few ulps per output (float32 eps is 1.2e-7); through
-  four conv/dense layers and three BatchNorms we measure 1e-7 to 1e-6. A layout bug (a flatten
-  order not permuted, a kernel not transposed) gives differences of order 1.
-* BN running statistics after training-mode passes: ``1e-5``, same reasoning; ``running_var``
-  only after correcting for PyTorch's unbiased update (see :func:`unbiased_running_var`).
+:func:`zoo_pair` builds a :class:`~parity.harness.pair.ModelPair` from a registry model;
+:func:`run_checks` compares, on real data, the eval and train forward, the BN running
+statistics after training-mode passes, the per-parameter gradients and the round trip.
+Values are relative L2 differences (:mod:`parity.harness.metrics`), judged against
+:data:`TOLERANCES` (float32, CPU; :mod:`parity.defaults`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
 from functools import partial
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,53 +18,74 @@ import numpy as np
 import torch
 from flax import nnx
 
-from flax_impl import BN_MOMENTUM, linen_models, nnx_models
+from flax_impl import linen_models, nnx_models
 from parity import convert
+from parity.harness.localize import GradientOptions, localize_gradients
+from parity.harness.metrics import (
+    GRADIENT_TOL_FLOAT64,
+    REF_FACTOR,
+    TOLERANCES,
+    judged_forward,
+    judged_rel_l2,
+    rel_l2,
+    unbiased_running_var,
+)
+from parity.harness.pair import ModelPair
+from parity.harness.results import Check, CheckError
+from parity.harness.sides import TorchSide, torch_device
 from parity.layout import to_channels_last
 from parity.registry import FLAX_FRAMEWORKS, MODEL_DATASET
 from torch_impl import models as torch_models
 
-TOLERANCES = {"forward": 1e-5, "gradient": 1e-5, "bn_state": 1e-5}
-#: Bound on a gradient's relative L2 difference when both sides are recomputed in float64,
-#: for the parameters float32 cannot resolve (docs/HARNESS.md): float64 rounding is 2**-53 ~
-#: 1.1e-16; measured agreement on these models is ~1e-15, so 1e-9 leaves a wide margin while
-#: any port defect (order 1e-3 and above) stays far outside it.
-GRADIENT_TOL_FLOAT64 = 1e-9
-#: How much farther than torch float32 a float32 Flax value may be from the float64 result
-#: (:func:`forward_difference`, and the trajectory's float64-reference bound).
-REF_FACTOR = 10.0
+#: Re-exported: the metrics live in :mod:`parity.harness.metrics`, the rows in
+#: :mod:`parity.harness.results`.
+__all__ = [
+    "GRADIENT_TOL_FLOAT64",
+    "REF_FACTOR",
+    "TOLERANCES",
+    "Check",
+    "ModelPair",
+    "Pair",
+    "bn_pass_batches",
+    "bn_state_after_passes",
+    "check_batch_size",
+    "forward_difference",
+    "gradient_differences",
+    "judged_rel_l2",
+    "rel_l2",
+    "roundtrip_max_abs",
+    "run_checks",
+    "torch_bn_state",
+    "unbiased_running_var",
+    "values_per_channel",
+    "zoo_pair",
+]
 
 
-def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
-    """``||a - b|| / ||b||`` in float64 (``0`` when both are zero)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    denom = np.linalg.norm(b)
-    diff = np.linalg.norm(a - b)
-    return float(diff / denom) if denom > 0 else float(diff)
+def zoo_pair(model: str, framework: str, seed: int = 0, device: str = "cpu", **config) -> ModelPair:
+    """The torch registry ``model`` (seeded) and its converted Linen or NNX twin.
+
+    ``config`` overrides architecture widths (e.g. ``dropout=0.0`` for train-mode parity).
+    ``device`` is where torch runs (``'cpu'`` or ``'cuda'``); jax runs on its default device,
+    which :func:`parity.device.configure` sets to the same place.
+    """
+    if framework not in FLAX_FRAMEWORKS:
+        raise CheckError(f"unknown framework {framework!r}; choose one of {', '.join(FLAX_FRAMEWORKS)}")
+    tm = torch_models.build_model(model, seed=seed, **config)
+    variables = convert.torch_to_linen(tm.state_dict(), tm)
+    tm.to(torch.device(device))
+    if framework == "nnx":
+        nm = convert.load_nnx_variables(nnx_models.build_model(model, **config), variables)
+        return ModelPair(tm, nm, name=model)
+    return ModelPair(tm, linen_models.build_model(model, **config), variables, name=model)
 
 
-@dataclass(frozen=True)
-class Check:
-    """One row of ``parity check``: ``passed`` is ``value <= tolerance``."""
-
-    model: str
-    framework: str
-    check: str
-    value: float
-    tolerance: float
-    passed: bool
-
-    def as_dict(self) -> dict:
-        """The JSON form: ``{"model", "framework", "check", "value", "tolerance", "passed"}``."""
-        return asdict(self)
-
-
-def _check(model: str, framework: str, name: str, value: float, tol: float) -> Check:
-    return Check(model, framework, name, float(value), float(tol), bool(value <= tol))
+#: The former name of :func:`zoo_pair`, kept for callers written against it.
+Pair = zoo_pair
 
 
 # Jitted once per architecture (Linen modules are hashable configs; NNX graphdefs are cached),
-# so the many Pairs of a test session share compilations instead of dispatching op by op.
+# so the many pairs of a test session share compilations instead of dispatching op by op.
 @partial(jax.jit, static_argnums=(0, 3))
 def _linen_apply(module, variables: dict, x: jax.Array, train: bool):
     if train:
@@ -81,135 +93,40 @@ def _linen_apply(module, variables: dict, x: jax.Array, train: bool):
     return module.apply(variables, x, train=False), None
 
 
-@partial(jax.jit, static_argnums=0)
-def _linen_grad(module, params: dict, batch_stats: dict, x: jax.Array, y: jax.Array):
-    from flax_impl.linen_train import loss_fn
-
-    def f(p):
-        out, _ = module.apply(
-            {"params": p, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
-        )
-        return loss_fn(out, y)
-
-    return jax.grad(f)(params)
-
-
 @nnx.jit
 def _nnx_forward(model, x: jax.Array) -> jax.Array:
     return model(x)
 
 
-@nnx.jit
-def _nnx_grad(model, x: jax.Array, y: jax.Array):
-    from flax_impl.linen_train import loss_fn
+def torch_forward(pair: ModelPair, x: np.ndarray, train: bool) -> np.ndarray:
+    """Logits ``(N, classes)`` from torch in train or eval mode (updates BN stats if train)."""
+    pair.torch.train(train)
+    with torch.no_grad():
+        return pair.torch(torch.from_numpy(x).to(torch_device(pair.torch))).cpu().numpy()
 
-    return nnx.grad(lambda m: loss_fn(m(x), y))(model)
+
+def flax_forward(pair: ModelPair, x: np.ndarray, train: bool) -> np.ndarray:
+    """Logits from Linen or NNX in the same mode; in train mode the BN stats are stored."""
+    xl = jnp.asarray(to_channels_last(x))
+    if pair.kind == "nnx":
+        pair.flax.train() if train else pair.flax.eval()
+        return np.asarray(_nnx_forward(pair.flax, xl))
+    out, upd = _linen_apply(pair.flax, pair.variables, xl, train)
+    if train:
+        pair.variables = {"params": pair.variables["params"], "batch_stats": upd["batch_stats"]}
+    return np.asarray(out)
 
 
-class ModelPair:
-    """A torch model and its converted Flax twin (Linen variables or an NNX module).
-
-    ``x`` batches are channels-first numpy (NCHW / NCW); Flax receives them channels-last.
-    ``config`` overrides architecture widths (e.g. ``dropout=0.0`` for train-mode parity).
-    ``device`` is where torch runs (``'cpu'`` or ``'cuda'``); jax runs on its default device,
-    which :func:`parity.device.configure` sets to the same place.
-    """
-
-    def __init__(self, model: str, framework: str, seed: int = 0, device: str = "cpu", **config) -> None:
-        if framework not in FLAX_FRAMEWORKS:
-            raise ValueError(f"unknown framework {framework!r}; choose one of {', '.join(FLAX_FRAMEWORKS)}")
-        self.model, self.framework = model, framework
-        self.torch = torch_models.build_model(model, seed=seed, **config)
-        self.variables = convert.torch_to_linen(self.torch.state_dict(), self.torch)
-        self.linen = linen_models.build_model(model, **config)
-        self.device = torch.device(device)
-        self.torch.to(self.device)
-        self.nnx = None
-        if framework == "nnx":
-            self.nnx = convert.load_nnx_variables(nnx_models.build_model(model, **config), self.variables)
-
-    def flax_model(self) -> tuple[Any, dict | None]:
-        """``(flax model, variables)`` as the harness takes them: ``(nnx module, None)`` or
-        ``(linen module, variables)``."""
-        return (self.nnx, None) if self.framework == "nnx" else (self.linen, self.variables)
-
-    # -- forward ---------------------------------------------------------------------------
-    def torch_forward(self, x: np.ndarray, train: bool) -> np.ndarray:
-        """Logits ``(N, classes)`` from torch in train or eval mode (updates BN stats if train)."""
-        self.torch.train(train)
-        with torch.no_grad():
-            return self.torch(torch.from_numpy(x).to(self.device)).cpu().numpy()
-
-    def flax_forward(self, x: np.ndarray, train: bool) -> np.ndarray:
-        """Logits from Linen or NNX in the same mode; in train mode the BN stats are stored."""
-        xl = jnp.asarray(to_channels_last(x))
-        if self.framework == "nnx":
-            self.nnx.train() if train else self.nnx.eval()
-            return np.asarray(_nnx_forward(self.nnx, xl))
-        out, upd = _linen_apply(self.linen, self.variables, xl, train)
-        if train:
-            self.variables = {"params": self.variables["params"], "batch_stats": upd["batch_stats"]}
-        return np.asarray(out)
-
-    def flax_batch_stats(self) -> dict:
-        """Current Flax running statistics as a Linen-style ``batch_stats`` tree of numpy arrays."""
-        if self.framework == "nnx":
-            return convert.nnx_variables(self.nnx)["batch_stats"]
-        return jax.tree.map(np.asarray, self.variables["batch_stats"])
-
-    # -- gradients --------------------------------------------------------------------------
-    def gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Per-parameter gradients of the mean cross-entropy in train mode, both in torch layout.
-
-        Returns ``(torch_grads, flax_grads)`` keyed by torch parameter name. Use a model with
-        ``dropout=0.0`` so both sides compute the same function.
-        """
-        self.torch.train()
-        self.torch.zero_grad(set_to_none=True)
-        logits = self.torch(torch.from_numpy(x).to(self.device))
-        torch.nn.functional.cross_entropy(logits, torch.from_numpy(y).long().to(self.device)).backward()
-        tg = {n: p.grad.cpu().numpy() for n, p in self.torch.named_parameters()}
-        xl, yj = jnp.asarray(to_channels_last(x)), jnp.asarray(y)
-
-        if self.framework == "nnx":
-            self.nnx.train()
-            fg_tree = nnx.to_pure_dict(_nnx_grad(self.nnx, xl, yj))
-        else:
-            fg_tree = _linen_grad(self.linen, self.variables["params"], self.variables["batch_stats"], xl, yj)
-        return tg, convert.params_to_torch(jax.tree.map(np.asarray, fg_tree), self.torch)
+def flax_batch_stats(pair: ModelPair) -> dict:
+    """Current Flax running statistics as a Linen-style ``batch_stats`` tree of numpy arrays."""
+    if pair.kind == "nnx":
+        return convert.nnx_variables(pair.flax)["batch_stats"]
+    return jax.tree.map(np.asarray, pair.variables["batch_stats"])
 
 
 def torch_bn_state(model: torch.nn.Module) -> dict[str, dict[str, np.ndarray]]:
     """``{bn_name: {'mean', 'var'}}`` of a torch model's running statistics."""
-    return {
-        n: {"mean": m.running_mean.cpu().numpy(), "var": m.running_var.cpu().numpy()}
-        for n, m in model.named_modules()
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-    }
-
-
-def unbiased_running_var(
-    flax_vars: list[np.ndarray], n: int | Sequence[int], momentum: float = BN_MOMENTUM
-) -> np.ndarray:
-    """PyTorch's ``running_var`` implied by a history of Flax running variances.
-
-    Flax updates ``v_k = m v_{k-1} + (1 - m) s2_k`` with the biased batch variance ``s2_k``;
-    PyTorch uses the unbiased ``s2_k * n / (n - 1)``, ``n`` being the number of values per
-    channel (``N`` for a dense BN, ``N*H*W`` for a conv BN). Both start from ``flax_vars[0]``.
-    The batch variance is recovered from each Flax step, so the correction is exact algebra.
-    ``n`` is one count for every step, or one per step (batches of different sizes).
-    """
-    steps = len(flax_vars) - 1
-    counts = [int(n)] * steps if isinstance(n, (int, np.integer)) else [int(c) for c in n]
-    if len(counts) != steps:
-        raise ValueError(f"{len(counts)} values-per-channel counts for {steps} steps")
-    if any(c < 2 for c in counts):
-        raise ValueError("the unbiased variance needs at least 2 values per channel in every batch")
-    t = np.asarray(flax_vars[0], np.float64)
-    for prev, cur, c in zip(flax_vars, flax_vars[1:], counts):
-        batch_var = (np.asarray(cur, np.float64) - momentum * np.asarray(prev, np.float64)) / (1 - momentum)
-        t = momentum * t + (1 - momentum) * batch_var * c / (c - 1)
-    return t
+    return TorchSide(model).bn_stats()
 
 
 def values_per_channel(model: torch.nn.Module, batch: np.ndarray) -> dict[str, int]:
@@ -241,14 +158,13 @@ def bn_state_after_passes(pair: ModelPair, batches: Iterable[np.ndarray]) -> dic
     """
     batches = list(batches)
     counts = [values_per_channel(pair.torch, x) for x in batches]  # per pass: sizes may differ
-    history = [pair.flax_batch_stats()]
+    history = [flax_batch_stats(pair)]
     for x in batches:
-        pair.torch_forward(x, train=True)
-        pair.flax_forward(x, train=True)
-        history.append(pair.flax_batch_stats())
-    tstate = torch_bn_state(pair.torch)
+        torch_forward(pair, x, train=True)
+        flax_forward(pair, x, train=True)
+        history.append(flax_batch_stats(pair))
     out = {}
-    for bn, ts in tstate.items():
+    for bn, ts in torch_bn_state(pair.torch).items():
         fvars = [h[bn]["var"] for h in history]
         corrected = unbiased_running_var(fvars, [c[bn] for c in counts])
         predicted_gap = corrected - fvars[-1]
@@ -263,73 +179,25 @@ def bn_state_after_passes(pair: ModelPair, batches: Iterable[np.ndarray]) -> dic
 
 
 def gradient_differences(pair: ModelPair, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """The judged gradient difference of each parameter, keyed by torch parameter name.
-
-    Float32 relative L2 difference, Flax against torch, when it is within
-    ``TOLERANCES['gradient']``. A parameter above it is recomputed on both sides in float64
-    (:func:`parity.harness.localize.rejudge_in_float64`); its value is then the float64
-    relative L2 difference on the float32 scale, ``rel64 * TOLERANCES['gradient'] /
-    GRADIENT_TOL_FLOAT64``, so ``value <= TOLERANCES['gradient']`` is the verdict in both cases
-    (docs/HARNESS.md, "gradients float32 cannot resolve").
-    """
-    from parity.harness.localize import localize_gradients
-
-    model, variables = pair.flax_model()
-    rep = localize_gradients(pair.torch, model, x, y, variables=variables, tol=TOLERANCES["gradient"])
+    """The judged gradient difference of each parameter, keyed by torch parameter name
+    (:func:`parity.harness.metrics.judged_rel_l2` of :func:`localize_gradients`' rows at
+    ``TOLERANCES['gradient']``; docs/HARNESS.md, "gradients float32 cannot resolve")."""
+    rep = localize_gradients(pair, x, y, GradientOptions(tol=TOLERANCES["gradient"]))
     return {r.name: judged_rel_l2(r, rep.tol) for r in rep.rows}
 
 
-def _float64_forward(pair: ModelPair, x: np.ndarray, train: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``(torch logits, flax logits)`` with both sides in float64 (torch ``.double()`` copy, Flax
-    under ``jax.enable_x64``), same weights and statistics, no state changed."""
-    import copy
-
-    from parity.harness.sides import FlaxSide, float_cast
-
-    t64 = copy.deepcopy(pair.torch).double().train(train)
-    with torch.no_grad():
-        out_t = t64(torch.from_numpy(x).to(pair.device).double()).cpu().numpy()
-    model, variables = pair.flax_model()
-    side = FlaxSide(model, variables)
-    with jax.enable_x64(True):
-        cast = float_cast(jnp.float64)
-        params, bstats, rest = (jax.tree.map(cast, t) for t in (side.params, side.batch_stats, side.rest))
-        xf = jnp.asarray(to_channels_last(x), jnp.float64)
-        out_f, _, _ = side.apply(params, bstats, rest, xf, train=train)
-        return out_t, np.asarray(out_f)
-
-
 def forward_difference(pair: ModelPair, x: np.ndarray, train: bool) -> float:
-    """The judged relative L2 difference of the logits (``x`` channels-first, a model with
-    dropout 0 in train mode).
-
-    Float32 first: ``rel_l2(flax, torch)`` when it is within ``TOLERANCES['forward']``. Above
-    it, both sides are recomputed in float64 (docs/HARNESS.md, "Gradients float32 cannot
-    resolve", which the forward shares): the value becomes the float64 difference on the
-    float32 scale (``rel64 * tol / GRADIENT_TOL_FLOAT64``) when the float64 logits agree within
-    ``GRADIENT_TOL_FLOAT64`` *and* Flax float32 is no farther from the float64 logits than
-    ``REF_FACTOR`` times torch float32 is (the forward is continuous: no decision flips, so a
-    Flax float32 that is less accurate than torch's is a defect and keeps the float32 value).
-    """
-    tol = TOLERANCES["forward"]
-    before = _float64_forward(pair, x, train)
-    torch32, flax32 = pair.torch_forward(x, train), pair.flax_forward(x, train)
-    rel = rel_l2(flax32, torch32)
-    if rel <= tol:
-        return rel
-    torch64, flax64 = before
-    port = rel_l2(flax64, torch64)
-    as_accurate = rel_l2(flax32, torch64) <= max(tol, REF_FACTOR * rel_l2(torch32, torch64))
-    return port * tol / GRADIENT_TOL_FLOAT64 if (port <= GRADIENT_TOL_FLOAT64 and as_accurate) else rel
-
-
-def judged_rel_l2(row: Any, tol: float) -> float:
-    """The value a gradient row is judged by, on the float32 scale: ``rel_l2``, or for a row
-    re-judged in float64 its ``port_float64_rel_l2 * tol / GRADIENT_TOL_FLOAT64``; ``<= tol``
-    exactly when the row passed."""
-    if row.port_float64_rel_l2 is None:
-        return row.rel_l2
-    return row.port_float64_rel_l2 * tol / GRADIENT_TOL_FLOAT64
+    """The judged relative L2 difference of the logits at ``TOLERANCES['forward']`` (``x``
+    channels-first, a model with dropout 0 in train mode): float32, or above the tolerance the
+    float64 verdict (:func:`parity.harness.metrics.judged_forward`). The float64 outputs are
+    computed first, from the statistics before the (stateful) float32 passes."""
+    xf = to_channels_last(x)
+    before = (
+        TorchSide(pair.torch).forward(x, train, float64=True)[0],
+        pair.flax_side().forward(xf, train, float64=True),
+    )
+    torch32, flax32 = torch_forward(pair, x, train), flax_forward(pair, x, train)
+    return judged_forward(torch32, flax32, TOLERANCES["forward"], lambda: before)
 
 
 def roundtrip_max_abs(model: str, framework: str, seed: int = 0) -> float:
@@ -357,12 +225,12 @@ def roundtrip_max_abs(model: str, framework: str, seed: int = 0) -> float:
 
 
 def check_batch_size(batch_size: int, model: str, test_size: int) -> None:
-    """Raise ``ValueError`` unless ``2 <= batch_size <= test_size`` (the checks compare one
+    """Raise :class:`~parity.harness.results.CheckError` unless ``2 <= batch_size <= test_size`` (the checks compare one
     batch of the test split; BatchNorm needs two samples)."""
     if batch_size < 2:
-        raise ValueError(f"batch size {batch_size} is below 2 (BatchNorm needs two samples)")
+        raise CheckError(f"batch size {batch_size} is below 2 (BatchNorm needs two samples)")
     if batch_size > test_size:
-        raise ValueError(f"batch size {batch_size} is larger than {model}'s test split ({test_size} samples)")
+        raise CheckError(f"batch size {batch_size} is larger than {model}'s test split ({test_size} samples)")
 
 
 def bn_pass_batches(x_train: np.ndarray, batch_size: int, passes: int) -> list[np.ndarray]:
@@ -373,30 +241,37 @@ def bn_pass_batches(x_train: np.ndarray, batch_size: int, passes: int) -> list[n
 
 
 def framework_checks(
-    model: str, framework: str, x: np.ndarray, y: np.ndarray, passes: list[np.ndarray], seed: int, device: str
+    model: str,
+    framework: str,
+    data: tuple[np.ndarray, np.ndarray, list[np.ndarray]],
+    seed: int,
+    device: str,
+    tols: dict[str, float],
 ) -> list[Check]:
-    """The six foundation checks of one model and Flax style on batch ``x`` (NCHW / NCW) with
-    labels ``y`` and the BN ``passes``: eval and train forward, BN running mean and corrected
-    variance, worst judged gradient (:func:`gradient_differences`), round trip."""
+    """The six foundation checks of one model and Flax style on ``data = (x, y, BN passes)``
+    (NCHW / NCW): eval and train forward, BN running mean and corrected variance, worst judged
+    gradient (:func:`gradient_differences`), round trip. Values are judged at
+    :data:`TOLERANCES` and the rows hold ``tols`` (a precision policy's)."""
+    x, y, passes = data
 
     def check(name: str, value: float, kind: str | None) -> Check:
-        return _check(model, framework, name, value, 0.0 if kind is None else TOLERANCES[kind])
+        return Check.judged(model, framework, name, value, 0.0 if kind is None else tols[kind])
 
+    fresh = partial(zoo_pair, model, framework, seed, device, dropout=0.0)
     out = [
         check(
             "forward_eval_rel_l2",
-            forward_difference(ModelPair(model, framework, seed, device), x, False),
+            forward_difference(zoo_pair(model, framework, seed, device), x, False),
             "forward",
         )
     ]
-    pair = ModelPair(model, framework, seed, device, dropout=0.0)
-    out.append(check("forward_train_rel_l2", forward_difference(pair, x, True), "forward"))
-    bn = bn_state_after_passes(ModelPair(model, framework, seed, device, dropout=0.0), passes)
+    out.append(check("forward_train_rel_l2", forward_difference(fresh(), x, True), "forward"))
+    bn = bn_state_after_passes(fresh(), passes)
     out.append(check("bn_running_mean_rel_l2", max(v["mean"] for v in bn.values()), "bn_state"))
     out.append(
         check("bn_running_var_corrected_rel_l2", max(v["var_corrected"] for v in bn.values()), "bn_state")
     )
-    grads = gradient_differences(ModelPair(model, framework, seed, device, dropout=0.0), x, y)
+    grads = gradient_differences(fresh(), x, y)
     out.append(check("gradient_max_rel_l2", max(grads.values()), "gradient"))
     out.append(check("roundtrip_max_abs", roundtrip_max_abs(model, framework, seed), None))
     return out
@@ -407,30 +282,26 @@ def run_checks(
     frameworks: Iterable[str] = FLAX_FRAMEWORKS,
     seed: int = 0,
     batch_size: int = 128,
-    bn_passes: int = 5,
     device: str = "cpu",
+    tols: dict[str, float] | None = None,
 ) -> list[Check]:
     """All foundation parity checks on real data (the test split), float32; torch on ``device``
-    (jax on its default device, see :func:`parity.device.configure`).
+    (jax on its default device, see :func:`parity.device.configure`); rows judged against
+    ``tols`` (default :data:`TOLERANCES`).
 
     Per model and framework: eval forward, train forward (batch statistics, dropout off), BN
-    running mean / corrected running variance after ``bn_passes`` training-mode passes, the
-    worst per-parameter gradient, and the bit-exact round trip.
+    running mean / corrected running variance after 5 training-mode passes, the worst
+    per-parameter gradient, and the bit-exact round trip.
     """
     from parity.data import load
 
     checks: list[Check] = []
     for model in models:
         if model not in MODEL_DATASET:
-            raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODEL_DATASET)}")
+            raise CheckError(f"unknown model {model!r}; choose one of {', '.join(MODEL_DATASET)}")
         ds = load(MODEL_DATASET[model])
         check_batch_size(batch_size, model, len(ds.x_test))
-        x, y = ds.x_test[:batch_size], ds.y_test[:batch_size]
-        passes = bn_pass_batches(ds.x_train, batch_size, bn_passes)
+        data = (ds.x_test[:batch_size], ds.y_test[:batch_size], bn_pass_batches(ds.x_train, batch_size, 5))
         for fw in frameworks:
-            checks += framework_checks(model, fw, x, y, passes, seed, device)
+            checks += framework_checks(model, fw, data, seed, device, tols or TOLERANCES)
     return checks
-
-
-#: The former name of :class:`ModelPair`, kept for callers written against it.
-Pair = ModelPair

@@ -1,28 +1,18 @@
-"""The two sides of every comparison: a torch model and a Flax model, each seen one way.
+"""The two sides of every comparison, with the same method names: :class:`TorchSide` and
+:class:`FlaxSide` each offer ``forward``, ``activations``, ``gradients`` and ``bn_stats``.
 
-Torch side: :func:`run_torch` records every leaf-module call of one forward pass
-(:class:`TorchRun`); :func:`torch_gradients` differentiates a loss; :func:`torch_shared_dropout`
-makes ``nn.Dropout`` use masks drawn by :class:`SharedDropout`. Torch tensors are channels-first
-(NCHW / NCW).
-
-Flax side: :class:`FlaxSide` turns a Linen module + variables, or an NNX module, into one pure
-function ``apply(params, batch_stats, rest, x)``; :func:`nnx_intercept` and
-:func:`flax_dropout_hook` route submodule calls through a hook; :func:`flax_gradients`
-differentiates a loss, in float32 or float64. Flax arrays are channels-last (NHWC / NWC);
-:func:`activation_to_flax` converts torch activations.
-
-Used by :mod:`parity.harness.localize` (per layer) and :mod:`parity.harness.trajectory` (per
-step); nothing here compares anything.
+Torch tensors are channels-first (NCHW / NCW), Flax arrays channels-last (NHWC / NWC); the
+layout rules are :mod:`parity.layout`'s. Nothing here compares anything.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,173 +20,20 @@ import numpy as np
 import torch
 from torch import nn as tnn
 
-from parity.layout import to_channels_last
-
-#: ``hook(name, module, call_next, args, kwargs) -> output``: sees one Flax submodule call.
-FlaxHook = Callable[[str, Any, Callable, tuple, dict], Any]
-
-
-#: How a torch activation is laid out: ``channels_first`` (torch ``(N, C, *spatial)``, Flax
-#: ``(N, *spatial, C)``) or ``same`` (one layout in both frameworks: tokens ``(N, L, D)``,
-#: features ``(N, F)``, token ids).
-Layout = Literal["channels_first", "same"]
-LAYOUTS = ("channels_first", "same")
-
-#: Leaf modules whose output is channels-first in torch (when it has ``ndim >= 3``).
-_CHANNELS_FIRST_MODULES = (
-    tnn.modules.conv._ConvNd,
-    tnn.modules.batchnorm._BatchNorm,
-    tnn.modules.instancenorm._InstanceNorm,
-    tnn.GroupNorm,
-    tnn.MaxPool1d,
-    tnn.MaxPool2d,
-    tnn.MaxPool3d,
-    tnn.AvgPool1d,
-    tnn.AvgPool2d,
-    tnn.AvgPool3d,
-    tnn.AdaptiveAvgPool1d,
-    tnn.AdaptiveAvgPool2d,
-    tnn.AdaptiveAvgPool3d,
-    tnn.AdaptiveMaxPool1d,
-    tnn.AdaptiveMaxPool2d,
-    tnn.AdaptiveMaxPool3d,
-    tnn.Upsample,
+from parity.harness.dropout import (
+    FlaxHook,
+    SharedDropout,
+    flax_dropout_active,
+    flax_dropout_hook,
+    is_flax_dropout,
+    torch_shared_dropout,
 )
-#: Leaf modules that act on the last dimension: their output is laid out alike in both frameworks.
-_SAME_MODULES = (tnn.Linear, tnn.Bilinear, tnn.LayerNorm, tnn.RMSNorm, tnn.Embedding, tnn.MultiheadAttention)
-
-
-def layout_hint(module: tnn.Module) -> Layout | None:
-    """The layout of ``module``'s output known from its type (``None`` for element-wise and
-    unknown modules, whose output is laid out like their input)."""
-    if isinstance(module, _SAME_MODULES):
-        return "same"
-    return "channels_first" if isinstance(module, _CHANNELS_FIRST_MODULES) else None
-
-
-def torch_to_flax_layout(x: Any, flax_shape: Sequence[int] | None, hint: Layout | None = None) -> Any:
-    """A torch activation ``x`` (numpy or jax) in the layout of its Flax counterpart.
-
-    The Flax shape decides: ``x`` is moved channels-first -> channels-last when only the moved
-    shape is ``flax_shape``, kept when only its own shape is. When both are (``C`` equal to
-    every spatial size) or neither is (a mismatch the caller reports), ``hint`` decides, and
-    without one an ``ndim >= 3`` activation is read channels-first.
-    """
-    shape = tuple(np.shape(x))
-    moved = (shape[0], *shape[2:], shape[1]) if len(shape) >= 3 else shape
-    target = None if flax_shape is None else tuple(flax_shape)
-    if len(shape) < 3 or (target == shape and target != moved):
-        return x
-    if target == moved and target != shape:
-        return _move_channels_last(x)
-    return x if hint == "same" else _move_channels_last(x)
-
-
-def _move_channels_last(x: Any) -> Any:
-    if isinstance(x, np.ndarray):
-        return to_channels_last(x)
-    return jnp.moveaxis(x, 1, -1)
-
-
-def activation_to_flax(
-    x: np.ndarray, flatten_shape: Sequence[int] | None = None, layout: Layout = "channels_first"
-) -> np.ndarray:
-    """A torch activation in Flax layout.
-
-    ``ndim >= 3`` and ``layout='channels_first'``: channels-first -> channels-last;
-    ``layout='same'`` (tokens): unchanged. With ``flatten_shape`` (the channels-first
-    ``(C, *spatial)`` that was flattened into a 2-D ``(N, C*prod(spatial))`` input), the
-    features are re-ordered from torch's flatten order to Flax's. Otherwise unchanged.
-    """
-    x = np.asarray(x)
-    if flatten_shape:
-        n = x.shape[0]
-        return to_channels_last(x.reshape(n, *flatten_shape)).reshape(n, -1)
-    return to_channels_last(x) if x.ndim >= 3 and layout == "channels_first" else x
+from parity.layout import Layout, activation_to_flax
 
 
 def leaf_modules(model: tnn.Module) -> dict[str, tnn.Module]:
     """``{name: module}`` for every module without children (the root only if it is a leaf)."""
     return {n: m for n, m in model.named_modules() if not any(True for _ in m.children())}
-
-
-# --------------------------------------------------------------------------- shared dropout
-
-
-class SharedDropout:
-    """Identical dropout masks for torch and Flax, drawn from one numpy seed.
-
-    :meth:`uniform` returns the same ``U[0, 1)`` float32 array, in torch layout, for the same
-    ``(step, name, call, shape)``; :func:`mask_scale` turns it into the kept-and-scaled mask.
-    Only for parity runs: the models themselves keep their own dropout.
-    """
-
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = int(seed)
-
-    def uniform(self, step: int, name: str, call: int, shape: Sequence[int]) -> np.ndarray:
-        """Uniform draws for dropout layer ``name``'s ``call``-th call at ``step`` (torch layout)."""
-        rng = np.random.default_rng([self.seed, int(step), zlib.crc32(name.encode()), int(call)])
-        return rng.random(tuple(shape), dtype=np.float32)
-
-
-def mask_scale(u, rate: float, xp=np):
-    """``(u >= rate) * float32(1 / (1 - rate))``: the kept-and-scaled mask, computed the same
-    way in numpy (torch side) and jax.numpy (Flax side) so both multiply by identical values."""
-    if rate >= 1.0:
-        return xp.zeros_like(u)
-    return (u >= rate).astype(xp.float32) * xp.float32(1.0 / (1.0 - rate))
-
-
-@contextlib.contextmanager
-def torch_shared_dropout(
-    model: tnn.Module,
-    masks: SharedDropout,
-    step: int,
-    record: dict[str, list[np.ndarray]] | None = None,
-    given: Mapping[str, Sequence[np.ndarray]] | None = None,
-) -> Iterator[dict]:
-    """Forward hooks that make every ``nn.Dropout`` of ``model`` use the shared masks.
-
-    In train mode each call's output becomes ``input * mask_scale(u, p)``; ``u`` is taken from
-    ``given`` (``{name: [u per call]}``, torch layout) when present, else drawn from ``masks``.
-    The ``u`` used are appended to the yielded dict (``{name: [u, ...]}``). Hooks are removed on
-    exit. ``nn.Dropout1d/2d/3d`` (channel masks) and ``AlphaDropout`` are not supported.
-    """
-    record = {} if record is None else record
-    handles = []
-
-    def hook(name):
-        def fn(module, args, output):
-            if not module.training or module.p == 0:
-                return None
-            calls = record.setdefault(name, [])
-            k = len(calls)
-            x = args[0]
-            if given is not None and name in given and k < len(given[name]):
-                u = np.asarray(given[name][k], np.float32)
-            else:
-                u = masks.uniform(step, name, k, tuple(x.shape))
-            calls.append(u)
-            m = torch.from_numpy(mask_scale(u, float(module.p))).to(device=x.device, dtype=x.dtype)
-            return x * m
-
-        return fn
-
-    for name, m in model.named_modules():
-        if type(m) is tnn.Dropout:
-            handles.append(m.register_forward_hook(hook(name)))
-        elif isinstance(m, (tnn.Dropout1d, tnn.Dropout2d, tnn.Dropout3d, tnn.AlphaDropout)):
-            for h in handles:
-                h.remove()
-            raise NotImplementedError(
-                f"shared dropout masks support nn.Dropout only; {name!r} is {type(m).__name__}"
-            )
-    try:
-        yield record
-    finally:
-        for h in handles:
-            h.remove()
 
 
 # ------------------------------------------------------------------------------ Flax side
@@ -333,20 +170,8 @@ class FlaxSide:
             "batch_stats": self.pure(self.batch_stats if batch_stats is None else batch_stats),
         }
 
-    @staticmethod
-    def is_dropout(module: Any) -> bool:
-        """True for a Linen or NNX ``Dropout`` module."""
-        import flax.linen as nn
-        from flax import nnx
-
-        return isinstance(module, (nn.Dropout, nnx.Dropout))
-
-    @staticmethod
-    def dropout_active(module: Any, kwargs: dict) -> bool:
-        """Whether a Flax ``Dropout`` call would drop (not deterministic, rate > 0)."""
-        det = kwargs.get("deterministic")
-        det = module.deterministic if det is None else det
-        return not bool(det) and float(module.rate) > 0.0
+    is_dropout = staticmethod(is_flax_dropout)
+    dropout_active = staticmethod(flax_dropout_active)
 
     # -- the function --------------------------------------------------------------------
     def apply(
@@ -397,37 +222,68 @@ class FlaxSide:
         _, _, new_bs, new_rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
         return out, new_bs, new_rest
 
+    # -- the shared interface (same names as TorchSide) ---------------------------------
+    def forward(self, x: np.ndarray, train: bool, hook: FlaxHook | None = None, float64: bool = False):
+        """The output (numpy) of one pass on ``x`` (Flax layout) from the stored weights and
+        statistics, nothing updated; ``float64``: everything cast to float64 under
+        ``jax.enable_x64``."""
+        with jax.enable_x64(True) if float64 else contextlib.nullcontext():
+            cast = float_cast(jnp.float64 if float64 else None)
+            p, b, r = (jax.tree.map(cast, t) for t in (self.params, self.batch_stats, self.rest))
+            out, _, _ = self.apply(p, b, r, cast(jnp.asarray(x)), train=train, hook=hook)
+            return np.asarray(out)
 
-def flax_dropout_hook(
-    uniforms: Mapping[str, Sequence[jax.Array]], inner: FlaxHook | None = None, *, torch_layout: bool = False
-) -> FlaxHook:
-    """A :data:`FlaxHook` that applies shared masks to Flax ``Dropout`` calls.
+    def activations(self, x: np.ndarray, plan: FlaxCapture, train: bool, rng: jax.Array | None):
+        """Run once on ``x`` (Flax layout), capturing every submodule call that has a torch
+        counterpart in ``plan.run``: ``({(torch name, call): output}, new batch_stats)``."""
+        from parity.layout import torch_to_flax_layout
 
-    ``uniforms`` is ``{flax name: [u per call]}`` in Flax layout, or with ``torch_layout`` as
-    torch drew them, each brought to the layout of the Flax dropout's input when it is called
-    (:func:`torch_to_flax_layout`: channels-first maps are moved, tokens ``(N, L, D)`` are not).
-    Other calls go to ``inner`` (or straight through). Works at trace time inside ``jit``.
-    """
-    counters: dict[str, int] = {}
+        trun, to_flax, fshapes = plan.run, plan.to_flax, plan.flatten_shapes
+        from_flax = {to_flax(n): n for n, _ in trun.order}
+        fouts: dict[tuple[str, int], np.ndarray] = {}
+        fcounts: dict[str, int] = {}
 
-    def hook(name, module, call_next, args, kwargs):
-        if FlaxSide.is_dropout(module) and FlaxSide.dropout_active(module, kwargs) and name in uniforms:
-            k = counters.get(name, 0)
-            counters[name] = k + 1
-            if k >= len(uniforms[name]):
-                raise ValueError(
-                    f"Flax dropout {name!r} was called {k + 1} times but torch drew masks for "
-                    f"{len(uniforms[name])} call(s); a hook serves one forward pass"
-                )
-            u = jnp.asarray(uniforms[name][k])
-            if torch_layout and args:
-                u = torch_to_flax_layout(u, np.shape(args[0]))
-            m = mask_scale(u, float(module.rate), jnp)
-            masked = lambda x, *a, **kw: x * m.astype(x.dtype)
-            return inner(name, module, masked, args, kwargs) if inner else masked(*args, **kwargs)
-        return inner(name, module, call_next, args, kwargs) if inner else call_next(*args, **kwargs)
+        def capture(name, module, call_next, args, kwargs):
+            tname = from_flax.get(name)
+            k = fcounts.get(name, 0)
+            fcounts[name] = k + 1
+            if plan.reinject and tname is not None and (tname, k) in trun.inputs and args:
+                xin = trun.inputs[(tname, k)]
+                flat = fshapes.get(tname)
+                xin = activation_to_flax(xin, flat) if flat else torch_to_flax_layout(xin, np.shape(args[0]))
+                args = (jnp.asarray(xin, dtype=args[0].dtype), *args[1:])
+            out = call_next(*args, **kwargs)
+            if tname is not None:
+                fouts[(tname, k)] = np.asarray(out)
+            return out
 
-    return hook
+        uniforms = {to_flax(n): [jnp.asarray(u) for u in us] for n, us in trun.uniforms.items()}
+        hook = flax_dropout_hook(uniforms, capture, torch_layout=True) if plan.shared_masks else capture
+        xf = jnp.asarray(x)
+        _, new_bs, _ = self.apply(
+            self.params, self.batch_stats, self.rest, xf, train=train, hook=hook, rng=rng
+        )
+        return fouts, new_bs
+
+    def gradients(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        loss: str,
+        train: bool,
+        uniforms: Mapping | None,
+        rng: jax.Array | None,
+        float64: bool = False,
+        input_layout: Layout = "channels_first",
+    ) -> dict:
+        """:func:`flax_gradients` of this side (``x`` torch layout, masks as torch drew them)."""
+        return flax_gradients(
+            self, x, y, loss, train, uniforms, rng, float64, input_layout=input_layout, torch_layout=True
+        )
+
+    def bn_stats(self, batch_stats: Any = None) -> dict:
+        """The running statistics (stored, or ``batch_stats``) as a pure Linen-style tree."""
+        return self.pure(self.batch_stats if batch_stats is None else batch_stats)
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -451,6 +307,7 @@ class TorchRun:
     outputs: dict[tuple[str, int], np.ndarray]
     bn_counts: dict[str, int]
     uniforms: dict[str, list[np.ndarray]]
+    model: tnn.Module | None = None
 
 
 def run_torch(
@@ -462,7 +319,7 @@ def run_torch(
     step: int = 0,
 ) -> TorchRun:
     """Run ``model`` (modified: stats update in train mode) and record every leaf call."""
-    run = TorchRun([], {}, {}, {}, {})
+    run = TorchRun([], {}, {}, {}, {}, model)
     counts: dict[str, int] = {}
     leaves = leaf_modules(model)
 
@@ -612,3 +469,92 @@ def float_cast(dtype) -> Callable:
         return jnp.asarray(a, dtype)
 
     return cast
+
+
+@dataclass(frozen=True)
+class FlaxCapture:
+    """What :meth:`FlaxSide.activations` captures: the torch run to align with, the name map,
+    the flatten shapes of dense layers fed by a flatten, whether each Flax layer gets the torch
+    layer's input (``reinject``) and whether torch's dropout masks are replayed."""
+
+    run: TorchRun
+    to_flax: Callable[[str], str]
+    flatten_shapes: Mapping[str, Sequence[int]]
+    reinject: bool
+    shared_masks: bool
+
+
+class TorchSide:
+    """A torch model seen through the same methods as :class:`FlaxSide`; every method works on
+    a private copy, so the model is never modified. Inputs are channels-first numpy."""
+
+    kind = "torch"
+
+    def __init__(self, model: tnn.Module) -> None:
+        self.model = model
+
+    def copy(self, train: bool, float64: bool = False) -> tnn.Module:
+        """A private copy in ``train`` or eval mode (float64 on request)."""
+        tm = copy.deepcopy(self.model).train(train)
+        return tm.double() if float64 else tm
+
+    def forward(
+        self,
+        x: np.ndarray,
+        train: bool,
+        masks: SharedDropout | None = None,
+        given: Mapping | None = None,
+        float64: bool = False,
+    ) -> tuple[np.ndarray, dict]:
+        """``(output, dropout uniforms)`` of one pass (shared masks when ``masks``; ``given``
+        replays earlier ones)."""
+        tm = self.copy(train, float64)
+        with contextlib.ExitStack() as stack:
+            record = stack.enter_context(torch_shared_dropout(tm, masks, 0, given=given)) if masks else {}
+            stack.enter_context(torch.no_grad())
+            xt = torch.from_numpy(x).to(torch_device(tm))
+            out = tm(xt.to(next(tm.parameters()).dtype) if xt.is_floating_point() else xt)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"the torch model returned {type(out).__name__}, not a tensor")
+        return to_numpy(out), record
+
+    def activations(
+        self,
+        x: np.ndarray,
+        train: bool,
+        masks: SharedDropout | None,
+        given: Mapping | None = None,
+        step: int = 0,
+        float64: bool = False,
+    ) -> TorchRun:
+        """Every leaf call of one pass on a private copy (:func:`run_torch`); ``run.model`` is
+        the copy, with its statistics updated in train mode."""
+        if float64:
+            x = x.astype(np.float64) if x.dtype.kind == "f" else x
+            return run_torch(
+                copy.deepcopy(self.model).double(), x, train, masks, given_uniforms=given, step=step
+            )
+        return run_torch(copy.deepcopy(self.model), x, train, masks, given_uniforms=given, step=step)
+
+    def gradients(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        loss: str,
+        train: bool,
+        masks: SharedDropout | None,
+        step: int,
+        given: Mapping | None = None,
+        float64: bool = False,
+    ) -> tuple[dict[str, np.ndarray], set[str], list[str], dict, tnn.Module]:
+        """:func:`torch_gradients` on a private copy, and that copy."""
+        tm = self.copy(train, float64)
+        return (*torch_gradients(tm, x, y, loss, masks, step, given=given), tm)
+
+    def bn_stats(self) -> dict[str, dict[str, np.ndarray]]:
+        """``{bn_name: {'mean', 'var'}}`` of the running statistics."""
+        return {
+            n: {"mean": to_numpy(m.running_mean), "var": to_numpy(m.running_var)}
+            for n, m in self.model.named_modules()
+            if isinstance(m, tnn.modules.batchnorm._BatchNorm)
+        }

@@ -1,21 +1,22 @@
 """The check suite behind ``parity check``, driven by one frozen :class:`CheckConfig`.
 
-:func:`run_suite` runs, per precision policy, the foundation comparisons
-(:func:`parity.harness.compare.run_checks`), and optionally the per-layer / per-gradient reports
-(``localize``) and the float64 + float32 trajectories (``trajectory``); :func:`write_outputs`
-writes the JSON document and the plot atomically. Nothing here parses arguments: the command
-(:mod:`parity.commands.check`) builds the config, and every bad setting is refused by
-:meth:`CheckConfig.__post_init__` or :func:`validate_outputs` before any work starts.
+:func:`run_suite` runs, per precision policy, one policy (:func:`run_policy`) for either kind
+of model (:class:`ZooModels`, :class:`parity.harness.specs.SpecModels`): the foundation rows,
+then the ``localize`` and ``trajectory`` sections; :func:`write_outputs` writes the JSON and
+the plot atomically. Nothing here parses arguments (:mod:`parity.commands.check` does).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
+from parity.defaults import FLOAT32_REL_TOL
 from parity.device import DEVICES
+from parity.harness.results import Case, CaseInput, Check, CheckError, PolicyResult
 from parity.registry import FLAX_FRAMEWORKS, MODELS, OPTIMIZERS
 from parity.table import format_table
 
@@ -23,7 +24,13 @@ from parity.table import format_table
 #: of ``localize``; ``trajectory`` multiplies :data:`parity.harness.trajectory.TRAJECTORY_TOL` for
 #: the float32 trajectory (the float64 one is unaffected by TF32 and keeps its 1e-9). See
 #: docs/HARNESS.md.
-_FLOAT32 = {"forward": 1e-5, "gradient": 1e-5, "bn_state": 1e-5, "layers": 1e-5, "trajectory": 1.0}
+_FLOAT32 = {
+    "forward": FLOAT32_REL_TOL,
+    "gradient": FLOAT32_REL_TOL,
+    "bn_state": FLOAT32_REL_TOL,
+    "layers": FLOAT32_REL_TOL,
+    "trajectory": 1.0,
+}
 POLICY_TOLERANCES = {
     ("cpu", "strict"): dict(_FLOAT32),
     ("cpu", "default"): dict(_FLOAT32),
@@ -54,7 +61,7 @@ def policy_tolerances(device: str, precision: str) -> dict[str, float]:
 def _one_of(values: tuple[str, ...], allowed: tuple[str, ...], what: str) -> None:
     bad = [v for v in values if v not in allowed]
     if bad or not values:
-        raise ValueError(
+        raise CheckError(
             f"unknown {what} {', '.join(bad) or '(none given)'}; choose from {', '.join(allowed)}"
         )
 
@@ -90,9 +97,9 @@ class CheckConfig:
         if self.precision is not None:
             _one_of((self.precision,), PRECISION_CHOICES, "precision")
         if self.trajectory < 0:
-            raise ValueError("--trajectory STEPS must be >= 0")
+            raise CheckError("--trajectory STEPS must be >= 0")
         if self.batch_size < 2:
-            raise ValueError("--batch-size must be >= 2 (BatchNorm needs two samples)")
+            raise CheckError("--batch-size must be >= 2 (BatchNorm needs two samples)")
         if self.plot is not None and not (self.localize or self.trajectory):
             object.__setattr__(self, "localize", True)
 
@@ -110,9 +117,9 @@ def validate_outputs(config: CheckConfig) -> None:
         if path is None:
             continue
         if path.is_dir():
-            raise ValueError(f"--{what} {str(path)!r} is a directory; give a file name")
+            raise CheckError(f"--{what} {str(path)!r} is a directory; give a file name")
         if path.suffix.lower() != OUTPUT_SUFFIX[what]:
-            raise ValueError(
+            raise CheckError(
                 f"--{what} {str(path)!r}: unknown extension {path.suffix or '(none)'!r}; "
                 f"use {OUTPUT_SUFFIX[what]}"
             )
@@ -121,7 +128,7 @@ def validate_outputs(config: CheckConfig) -> None:
         try:
             ensure_writable_dir(path.resolve().parent)
         except OSError as e:
-            raise ValueError(str(e)) from e
+            raise CheckError(str(e)) from None
 
 
 def validate_batch_size(config: CheckConfig) -> None:
@@ -142,88 +149,71 @@ def training_batches(x, y, batch_size: int, seed: int, steps: int) -> list:
     while len(out) < steps:
         epoch_batches = list(iterate_batches(x, y, batch_size, seed, epoch))
         if not epoch_batches:
-            raise ValueError(f"batch size {batch_size} is larger than the training set ({len(x)})")
+            raise CheckError(f"batch size {batch_size} is larger than the training set ({len(x)})")
         out += epoch_batches
         epoch += 1
     return out[:steps]
 
 
-@dataclass
-class PolicyResult:
-    """What one precision policy produced: check rows, JSON sections and plot inputs."""
+class Models(Protocol):
+    """What :func:`run_policy` checks: :class:`ZooModels` or
+    :class:`parity.harness.specs.SpecModels`."""
 
-    checks: list = field(default_factory=list)
-    layers: list[dict] = field(default_factory=list)
-    trajectory: list[dict] = field(default_factory=list)
-    plot_layers: list[tuple] = field(default_factory=list)
-    plot_traj: list[tuple] = field(default_factory=list)
-
-    def extend(self, other: PolicyResult) -> None:
-        """Append ``other``'s rows to this one's (checks included)."""
-        for name in ("checks", "layers", "trajectory", "plot_layers", "plot_traj"):
-            getattr(self, name).extend(getattr(other, name))
+    def foundation(
+        self, config: CheckConfig, device: str, precision: str, tols: dict
+    ) -> tuple[list[Check], list[CaseInput]]: ...
 
 
 @dataclass(frozen=True)
-class Case:
-    """One model x framework under one precision policy."""
+class ZooModels:
+    """The project's models (``config.models`` x ``config.frameworks``) on their real data."""
 
-    model: str
-    framework: str
-    precision: str
-    device: str
-    tols: dict
+    def foundation(
+        self, config: CheckConfig, device: str, precision: str, tols: dict
+    ) -> tuple[list[Check], list[CaseInput]]:
+        """:func:`parity.harness.compare.run_checks` judged at ``tols``, and one case per model
+        and framework (the test batch, the training batches of ``--trajectory``)."""
+        from functools import partial
 
-    def pair(self, config: CheckConfig):
-        """A fresh :class:`parity.harness.compare.ModelPair` (dropout per the config)."""
-        from parity.harness.compare import ModelPair
+        from parity.data import load
+        from parity.harness.compare import run_checks, zoo_pair
+        from parity.registry import MODEL_DATASET
 
+        checks = run_checks(config.models, config.frameworks, config.seed, config.batch_size, device, tols)
         dropout = {} if config.dropout_masks == "shared" else {"dropout": 0.0}
-        return ModelPair(self.model, self.framework, config.seed, self.device, **dropout)
+        cases = []
+        for model in config.models:
+            ds = load(MODEL_DATASET[model])
+            x, y = ds.x_test[: config.batch_size], ds.y_test[: config.batch_size]
+            train = (
+                training_batches(ds.x_train, ds.y_train, config.batch_size, config.seed, config.trajectory)
+                if config.trajectory
+                else []
+            )
+            for fw in config.frameworks:
+                make = partial(zoo_pair, model, fw, config.seed, device, **dropout)
+                cases.append(CaseInput(Case(model, fw, precision, device, tols), make, x, y, train))
+        return checks, cases
 
 
-def _kind_of_check(name: str) -> str | None:
-    for prefix, kind in (("forward", "forward"), ("gradient", "gradient"), ("bn_", "bn_state")):
-        if name.startswith(prefix):
-            return kind
-    return None  # round trip: exact on every device
+def localize_section(config: CheckConfig, ci: CaseInput, log: Callable[[str], None]) -> PolicyResult:
+    """Per-layer reports (eval, train) and the per-parameter gradient report of one case
+    (those the foundation rows already computed are reused)."""
+    from parity.harness.localize import GradientOptions, LocalizeOptions, localize, localize_gradients
 
-
-def foundation_checks(config: CheckConfig, device: str, tols: dict) -> list:
-    """:func:`parity.harness.compare.run_checks` with this policy's tolerances."""
-    from parity.harness.compare import run_checks
-
-    checks = []
-    for c in run_checks(
-        config.models, config.frameworks, seed=config.seed, batch_size=config.batch_size, device=device
-    ):
-        kind = _kind_of_check(c.check)
-        if kind is not None:
-            c = replace(c, tolerance=tols[kind], passed=bool(c.value <= tols[kind]))
-        checks.append(c)
-    return checks
-
-
-def localize_section(config: CheckConfig, case: Case, x, y, log: Callable[[str], None]) -> PolicyResult:
-    """Per-layer reports (eval, train) and the per-parameter gradient report of one case."""
-    from parity.harness.localize import localize, localize_gradients
-
-    pair, tol = case.pair(config), case.tols["layers"]
-    fm, var = pair.flax_model()
-    reports = {
-        f"layers_{mode}": localize(pair.torch, fm, x, variables=var, mode=mode, tol=tol, seed=config.seed)
-        for mode in ("eval", "train")
-    }
-    reports["gradients_train"] = localize_gradients(
-        pair.torch, fm, x, y, variables=var, tol=tol, seed=config.seed
+    pair, tol, seed = ci.make_pair(), ci.case.tols["layers"], config.seed
+    reports = {}
+    for mode in ("eval", "train"):
+        name = f"layers_{mode}"
+        reports[name] = ci.reports.get(name) or localize(pair, ci.x, LocalizeOptions(mode, tol, seed=seed))
+    reports["gradients_train"] = ci.reports.get("gradients_train") or localize_gradients(
+        pair, ci.x, ci.y, GradientOptions(tol=tol, seed=seed)
     )
-    return layer_reports_section(case, reports, log)
+    return layer_reports_section(ci.case, reports, log)
 
 
 def layer_reports_section(case: Case, reports: dict, log: Callable[[str], None]) -> PolicyResult:
     """Check rows, JSON rows and plot inputs of ``{report name: LocalizationReport}``."""
-    from parity.harness.compare import Check
-
     out = PolicyResult()
     for name, rep in reports.items():
         out.checks.append(
@@ -244,33 +234,22 @@ def _worst_over_bound(rep) -> float:
     )
 
 
-def trajectory_section(config: CheckConfig, case: Case, batches, log: Callable[[str], None]) -> PolicyResult:
-    """The float64 trajectory (the check) and the float32 one (reported) of one case."""
+def trajectory_section(config: CheckConfig, ci: CaseInput, log: Callable[[str], None]) -> PolicyResult:
+    """The float64 trajectory (the check) and the float32 one (reported) of one case, each
+    from a pair of :meth:`CaseInput.make_pair`."""
+    from parity.harness.trajectory import (
+        TRAJECTORY_TOL,
+        TRAJECTORY_TOL_FLOAT64,
+        TrajectoryOptions,
+        trajectory,
+    )
 
-    def sides():
-        pair = case.pair(config)
-        fm, var = pair.flax_model()
-        return pair.torch, fm, {"variables": var}
-
-    return trajectory_rows(config, case, sides, batches, log)
-
-
-def trajectory_rows(config: CheckConfig, case: Case, sides: Callable, batches, log: Callable[[str], None]):
-    """:func:`trajectory_section` for any pair: ``sides() -> (torch model, flax model, keyword
-    arguments of trajectory)`` gives fresh sides for each run."""
-    from parity.harness.compare import Check
-    from parity.harness.trajectory import TRAJECTORY_TOL, TRAJECTORY_TOL_FLOAT64, trajectory
-
+    case = ci.case
     out, label = PolicyResult(), f"{case.model}/{case.framework} {case.precision}"
     for dtype in ("float64", "float32"):
-        tm, fm, kwargs = sides()
         scale = 1.0 if dtype == "float64" else case.tols["trajectory"]
         base = TRAJECTORY_TOL_FLOAT64 if dtype == "float64" else TRAJECTORY_TOL
-        rep = trajectory(
-            tm,
-            fm,
-            batches,
-            **kwargs,
+        options = TrajectoryOptions(
             optimizer=config.optimizer,
             seed=config.seed,
             tol={k: v * scale for k, v in base.items()},
@@ -278,6 +257,7 @@ def trajectory_rows(config: CheckConfig, case: Case, sides: Callable, batches, l
             float64_reference=dtype == "float32",
             progress=True,
         )
+        rep = trajectory(ci.make_pair(), ci.batches, options)
         if dtype == "float64":
             # the parity check: float64 on both sides, where rounding cannot flip a decision
             name = f"trajectory_{config.optimizer}_{config.trajectory}_float64_worst_over_bound"
@@ -298,27 +278,19 @@ def trajectory_rows(config: CheckConfig, case: Case, sides: Callable, batches, l
     return out
 
 
-def run_policy(config: CheckConfig, device: str, precision: str, log: Callable[[str], None]) -> PolicyResult:
-    """Everything for one precision policy: check rows, layer rows, trajectory rows."""
-    from parity.data import load
-    from parity.registry import MODEL_DATASET
-
+def run_policy(
+    config: CheckConfig, models: Models, device: str, precision: str, log: Callable[[str], None]
+) -> PolicyResult:
+    """Everything for one precision policy: the foundation rows, then per case the layer
+    reports (``config.localize``) and the trajectories (``config.trajectory``)."""
     tols = policy_tolerances(device, precision)
-    out = PolicyResult(checks=foundation_checks(config, device, tols))
-    for model in config.models:
-        ds = load(MODEL_DATASET[model])
-        x, y = ds.x_test[: config.batch_size], ds.y_test[: config.batch_size]
-        batches = (
-            training_batches(ds.x_train, ds.y_train, config.batch_size, config.seed, config.trajectory)
-            if config.trajectory
-            else []
-        )
-        for fw in config.frameworks:
-            case = Case(model, fw, precision, device, tols)
-            if config.localize:
-                out.extend(localize_section(config, case, x, y, log))
-            if config.trajectory:
-                out.extend(trajectory_section(config, case, batches, log))
+    checks, cases = models.foundation(config, device, precision, tols)
+    out = PolicyResult(checks=checks)
+    for ci in cases:
+        if config.localize:
+            out.extend(localize_section(config, ci, log))
+        if config.trajectory:
+            out.extend(trajectory_section(config, ci, log))
     return out
 
 
@@ -358,9 +330,9 @@ def resolve_device(config: CheckConfig) -> str:
     return configure(config.device, "strict").device
 
 
-def run_suite(config: CheckConfig, log: Callable[[str], None], policy: Callable | None = None) -> SuiteResult:
-    """Run every precision policy of ``config`` (after :func:`resolve_device`); ``policy(config,
-    device, precision, log) -> PolicyResult`` replaces :func:`run_policy` (user models)."""
+def run_suite(config: CheckConfig, log: Callable[[str], None], models: Models | None = None) -> SuiteResult:
+    """Run every precision policy of ``config`` (after :func:`resolve_device`) on ``models``
+    (default :class:`ZooModels`)."""
     from parity.device import configure, library_versions, precision_probe
 
     checks, sections, device, probes = {}, PolicyResult(), config.device, {}
@@ -369,7 +341,7 @@ def run_suite(config: CheckConfig, log: Callable[[str], None], policy: Callable 
         device = runtime.device
         log(f"# device {device} ({runtime.settings['torch_device_name']}), precision {precision}")
         probes[precision] = precision_probe(runtime)
-        result = (policy or run_policy)(config, device, precision, log)
+        result = run_policy(config, models or ZooModels(), device, precision, log)
         checks[precision] = result.checks
         result.checks = []
         sections.extend(result)
