@@ -138,6 +138,8 @@ class ScopeMixin:
             inner = self._branch_constant(test.operand, frame)
             return UNKNOWN_CONSTANT if inner is UNKNOWN_CONSTANT else not inner
         if isinstance(test, ast.Compare) and len(test.ops) == 1:
+            if isinstance(test.ops[0], (ast.In, ast.NotIn)):
+                return self._membership(test, frame)
             if isinstance(test.ops[0], (ast.Eq, ast.NotEq, ast.Is, ast.IsNot)):
                 left = self._branch_constant(test.left, frame)
                 right = self._branch_constant(test.comparators[0], frame)
@@ -149,6 +151,17 @@ class ScopeMixin:
             if all(value is not UNKNOWN_CONSTANT for value in values):
                 return all(values) if isinstance(test.op, ast.And) else any(values)
         return UNKNOWN_CONSTANT
+
+    def _membership(self, test: ast.Compare, frame: Frame) -> object:
+        """``mode in ("eval", "test")`` with ``mode`` fixed by the call site and a literal container."""
+        container = test.comparators[0]
+        left = self._branch_constant(test.left, frame)
+        if left is UNKNOWN_CONSTANT or not isinstance(container, (ast.Tuple, ast.List, ast.Set)):
+            return UNKNOWN_CONSTANT
+        items = [self._constant(elt, frame) for elt in container.elts]
+        if any(item is UNKNOWN_CONSTANT for item in items):
+            return UNKNOWN_CONSTANT
+        return (left in items) == isinstance(test.ops[0], ast.In)
 
     def _const_bool(self, node: ast.AST | None, frame: Frame) -> bool | None:
         """``True`` / ``False`` when ``node`` is a known boolean constant, else None."""
