@@ -282,6 +282,9 @@ class ExpressionMixin:
     def _function_call(self, node: ast.Call, name: str, frame: Frame, state: ModeState) -> Value:
         """``f(...)``: inline a known function or class, or record a forward pass of a model."""
         positional, keywords = self._args(node, frame, state)
+        bound = self._lookup_callable(frame, name)
+        if bound is not None:  # a parameter or local name that holds a known function
+            return self._call_bound(bound, node, frame, state, positional, keywords, label=f"{name}()")
         ref = self._lookup_func(frame, name)
         if ref is not None:
             return self._inline(ref, node, frame, state, positional, keywords, None, label=f"{name}()")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import os
 import stat
 import sys
@@ -14,6 +15,7 @@ from parity.lint._analyzer import ModuleAnalyzer
 from parity.lint._findings import Finding, selected
 from parity.lint._noqa import without_suppressed
 from parity.lint._project import ProjectIndex
+from parity.lint._roots import ProjectRoot, project_files, roots_of
 from parity.lint._rules import functional_mode_findings
 
 STDIN = "-"  # the path that reads the source from standard input
@@ -164,8 +166,38 @@ def _lint_in_project(
     tree = parse_source(source, name)
     if isinstance(tree, Finding):
         return [tree]
-    findings = [finding for finding in analyse_tree(tree, name, project) if selected(finding.code, select)]
+    findings = [
+        finding for finding in _analyse_variants(tree, name, project) if selected(finding.code, select)
+    ]
     return [finding for finding in findings if not _noqa_in_file(finding, sources)]
+
+
+def _analyse_variants(tree: ast.Module, name: str, project: ProjectIndex) -> list[Finding]:
+    """Analyse a file; where an import of it stays ambiguous (two copies of one module path),
+    analyse it once per candidate and report each finding once, with a note naming them."""
+    project.met.clear()
+    findings = analyse_tree(tree, name, project)
+    met = sorted(project.met, key=str)
+    if not met:
+        return findings
+    width = max(len(project.ambiguous[key]) for key in met)
+    for variant in range(1, width):
+        project.set_variant(variant)
+        try:
+            findings += analyse_tree(tree, name, project)
+        finally:
+            project.set_variant(0)
+    note = "; ".join(
+        f"`{module}` is ambiguous: {', '.join(project.ambiguous[(module, folder)])}" for module, folder in met
+    )
+    unique: dict[tuple[str, int, int, str], Finding] = {}
+    for finding in findings:
+        if finding.code == "MODE001":
+            finding = dataclasses.replace(
+                finding, message=f"{finding.message} (import {note}; each was analysed)"
+            )
+        unique.setdefault((finding.path, finding.line, finding.col, finding.code), finding)
+    return sorted(unique.values())
 
 
 def _noqa_in_file(finding: Finding, sources: dict[str, str]) -> bool:
@@ -178,6 +210,24 @@ def _noqa_in_file(finding: Finding, sources: dict[str, str]) -> bool:
     return not without_suppressed([finding], sources[finding.path])
 
 
+def project_roots(paths: Iterable[str | os.PathLike[str]]) -> list[ProjectRoot]:
+    """The project roots of the files ``paths`` name (see :mod:`parity.lint._roots`), in order."""
+    files = [file for file in iter_python_files(paths) if str(file) != STDIN]
+    found = [root for root in roots_of(files).values() if root is not None]
+    return list({str(root.folder): root for root in found}.values())
+
+
+def _indexed_files(files: Iterable[Path]) -> list[tuple[Path, Path]]:
+    """(file, project root) for every module below the project roots of the files checked."""
+    out: list[tuple[Path, Path]] = []
+    seen: set[Path] = set()
+    for root in roots_of(files).values():
+        if root is not None and root.folder not in seen:
+            seen.add(root.folder)
+            out.extend((file, root.folder) for file in project_files(root.folder))
+    return out
+
+
 def lint_paths(paths: Iterable[str | os.PathLike[str]], select: Sequence[str] | None = None) -> list[Finding]:
     """Check files and directory trees as one project; findings grouped per file in walk order.
 
@@ -185,7 +235,8 @@ def lint_paths(paths: Iterable[str | os.PathLike[str]], select: Sequence[str] | 
     reached from several files is reported once, in the file where its eval call is.
     """
     entries = _files_with_roots(paths)
-    project = ProjectIndex([(file, root) for file, root in entries if str(file) != STDIN], load_tree)
+    checked = [(file, root) for file, root in entries if str(file) != STDIN]
+    project = ProjectIndex(checked, load_tree, _indexed_files(file for file, _ in checked))
     sources: dict[str, str] = {}
     found: dict[tuple[str, int, int, str], Finding] = {}
     for file, _ in entries:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from parity.lint._frames import Frame, FuncRef
+from parity.lint._frames import BoundCallable, Frame, FuncRef
 from parity.lint._state import ModeState, Value
 from parity.lint._syntax import FunctionNode, ScopeNames, function_scope_names
 
@@ -76,6 +76,17 @@ class ScopeMixin:
             scope = scope.parent
         return None
 
+    def _lookup_callable(self, frame: Frame, name: str) -> BoundCallable | None:
+        """The function value a local name or parameter holds (``loss_fn = my_loss``), if known."""
+        scope: Frame | None = frame
+        while scope is not None:
+            if name in scope.callables:
+                return scope.callables[name]
+            if name in scope.env or name in scope.funcs:
+                return None
+            scope = scope.parent
+        return None
+
     def _bind(self, frame: Frame, name: str, value: Value, const: object = UNKNOWN_CONSTANT) -> None:
         """Bind ``name`` in the frame that owns it (``global`` / ``nonlocal`` honoured)."""
         target = frame
@@ -95,6 +106,7 @@ class ScopeMixin:
         if target.parent is None:
             self.bindings += 1  # a module-level name can change what a later call reaches
         target.param_consts.pop(name, None)
+        target.callables.pop(name, None)
         if const is UNKNOWN_CONSTANT:
             target.consts.pop(name, None)
         else:
