@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from parity.lint._analyzer import ModuleAnalyzer
+from parity.lint._config import LintConfig, load_config
 from parity.lint._findings import Finding, selected
 from parity.lint._noqa import without_suppressed
 from parity.lint._project import ProjectIndex
@@ -211,38 +212,85 @@ def _noqa_in_file(finding: Finding, sources: dict[str, str]) -> bool:
 
 
 def project_roots(paths: Iterable[str | os.PathLike[str]]) -> list[ProjectRoot]:
-    """The project roots of the files ``paths`` name (see :mod:`parity.lint._roots`), in order."""
-    files = [file for file in iter_python_files(paths) if str(file) != STDIN]
+    """The project roots of the files ``paths`` name (see :mod:`parity.lint._roots`), in order;
+    paths that do not exist are skipped."""
+    existing = [raw for raw in paths if str(raw) == STDIN or os.path.lexists(raw)]
+    files = [file for file in iter_python_files(existing) if str(file) != STDIN]
     found = [root for root in roots_of(files).values() if root is not None]
     return list({str(root.folder): root for root in found}.values())
 
 
-def _indexed_files(files: Iterable[Path]) -> list[tuple[Path, Path]]:
+def _indexed_files(roots: Iterable[ProjectRoot | None]) -> list[tuple[Path, Path]]:
     """(file, project root) for every module below the project roots of the files checked."""
     out: list[tuple[Path, Path]] = []
     seen: set[Path] = set()
-    for root in roots_of(files).values():
+    for root in roots:
         if root is not None and root.folder not in seen:
             seen.add(root.folder)
             out.extend((file, root.folder) for file in project_files(root.folder))
     return out
 
 
-def lint_paths(paths: Iterable[str | os.PathLike[str]], select: Sequence[str] | None = None) -> list[Finding]:
+def lint_paths(
+    paths: Iterable[str | os.PathLike[str]], select: Sequence[str] | None = None, use_config: bool = True
+) -> list[Finding]:
     """Check files and directory trees as one project; findings grouped per file in walk order.
 
-    Imports between the files given are followed (see :mod:`parity.lint._project`); a finding
-    reached from several files is reported once, in the file where its eval call is.
+    Imports between the files given, and into the other modules of their project roots, are
+    followed (see :mod:`parity.lint._project` and :mod:`parity.lint._roots`); a finding reached
+    from several files is reported once, in the file where its eval call is.  A path that does
+    not exist is a MODE000 finding; the other paths are still checked.  ``use_config`` reads
+    ``[tool.parity.lint]`` from each project root's ``pyproject.toml`` (``select`` given here
+    replaces the configured one).
     """
-    entries = _files_with_roots(paths)
+    paths = list(paths)
+    missing = [str(raw) for raw in paths if str(raw) != STDIN and not os.path.lexists(raw)]
+    entries = _files_with_roots([raw for raw in paths if str(raw) not in missing])
+    roots = roots_of(file for file, _ in entries if str(file) != STDIN)
+    configs = _configs(roots.values()) if use_config else {}
+    entries = [(file, root) for file, root in entries if not _excluded(file, root, roots, configs)]
     checked = [(file, root) for file, root in entries if str(file) != STDIN]
-    project = ProjectIndex(checked, load_tree, _indexed_files(file for file, _ in checked))
+    project = ProjectIndex(checked, load_tree, _indexed_files(roots.values()))
     sources: dict[str, str] = {}
     found: dict[tuple[str, int, int, str], Finding] = {}
+    for raw in missing:
+        found[(raw, 1, 1, "MODE000")] = Finding(
+            raw, 1, 1, "MODE000", "could not read file: no such file or directory"
+        )
     for file, _ in entries:
-        for finding in _lint_in_project(file, select, project, sources):
-            found.setdefault((finding.path, finding.line, finding.col, finding.code), finding)
-    order = {
-        str(file) if str(file) != STDIN else STDIN_NAME: index for index, (file, _) in enumerate(entries)
-    }
+        config = configs.get(_root_key(roots.get(file)), LintConfig())
+        if select:  # --select on the command line replaces the configured select
+            config = dataclasses.replace(config, select=tuple(select))
+        for finding in _lint_in_project(file, config.select or None, project, sources):
+            if config.reports(finding.path, finding.code):
+                found.setdefault((finding.path, finding.line, finding.col, finding.code), finding)
+    order: dict[str, int] = {}
+    for raw in paths:  # the order given: a missing path between the files around it
+        walked = [] if str(raw) in missing else _files_with_roots([raw])
+        for name in [str(raw)] if str(raw) in missing else [str(file) for file, _ in walked]:
+            order.setdefault(STDIN_NAME if name == STDIN else name, len(order))
     return sorted(found.values(), key=lambda f: (order.get(f.path, len(order)), f.line, f.col, f.code))
+
+
+def _root_key(root: ProjectRoot | None) -> str | None:
+    return None if root is None else str(root.folder)
+
+
+def _configs(roots: Iterable[ProjectRoot | None]) -> dict[str | None, LintConfig]:
+    """Each project root's ``[tool.parity.lint]`` (ParityError for an invalid one)."""
+    out: dict[str | None, LintConfig] = {}
+    for root in roots:
+        if _root_key(root) not in out:
+            out[_root_key(root)] = load_config(root.folder if root is not None else None)
+    return out
+
+
+def _excluded(
+    file: Path, found_under: Path | None, roots: dict[Path, ProjectRoot | None], configs: dict
+) -> bool:
+    """A file found by walking a folder that an ``exclude`` glob of its project names (a file
+    given by name is always checked, as in ruff)."""
+    if found_under is None or str(file) == STDIN:
+        return False
+    config = configs.get(_root_key(roots.get(file)))
+    return config is not None and config.excludes(str(file))
