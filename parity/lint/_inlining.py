@@ -238,6 +238,9 @@ class InliningMixin:
         for extra in (spec.vararg, spec.kwarg):
             if extra is not None:
                 frame.env[extra.arg] = f"param@{frame.tag}{fnode.lineno}:{extra.arg}"
+        rest = values[len(params) :]
+        if spec.vararg is not None and rest and all(value is not None for value, _ in rest):
+            frame.env[spec.vararg.arg] = tuple(value for value, _ in rest)  # set_mode("eval", g, d)
 
     def _pass_flag(self, frame: Frame, name: str, expr: ast.expr | None, caller: Frame) -> None:
         """A saved ``model.training`` flag passed as an argument stays a saved flag."""
