@@ -102,6 +102,8 @@ class ModuleAnalyzer(StatementMixin, ExpressionMixin, InliningMixin, RuleMixin, 
                     self_val = f"self@{cname}"
                     self.obj_class[self_val] = cname
                     self._entry(lambda f=fnode, c=cname, s=self_val: self._call_entry(f, c, s))
+        if self.project is not None:  # an ambiguous import matters only where training is reached
+            self.project.steps_seen_last = self.steps_seen
         trained = self._trained_models()
         out = [
             finding

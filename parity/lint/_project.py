@@ -51,6 +51,7 @@ class ProjectIndex:
         self.ambiguous: dict[tuple[str, str | None], tuple[str, ...]] = {}
         self.met: set[tuple[str, str | None]] = set()  # ambiguous imports met since cleared
         self.variant = 0
+        self.steps_seen_last = 0  # training steps the last file's analysis interpreted
         self._load = load
         self._trees: dict[str, ast.Module | None] = {}
         self._resolved: dict[tuple[str, str | None], str | None] = {}
@@ -93,11 +94,17 @@ class ProjectIndex:
 
     def _resolve(self, name: str, importer: str | None) -> str | None:
         if importer is not None:  # the importing file's own package root first, nearest folder up
-            for folder in Path(importer).parents:
-                base = folder.joinpath(*name.split("."))
-                for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-                    if str(candidate) in self.name_of:
-                        return str(candidate)
+            relative = name.replace(".", os.sep)
+            folder = os.path.dirname(importer)
+            while True:
+                base = os.path.join(folder, relative)
+                for candidate in (base + ".py", os.path.join(base, "__init__.py")):
+                    if candidate in self.name_of:
+                        return candidate
+                parent = os.path.dirname(folder)
+                if parent == folder:
+                    break
+                folder = parent
         if name in self.by_name:
             return self.by_name[name]
         matches = sorted(self.by_suffix.get(name, set()))
