@@ -7,7 +7,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-from parity.lint import FORMATS, RULES, lint_paths
+from parity.errors import ParityError
+from parity.lint import FORMATS, RULES, lint_paths, project_roots
 
 STDIN = "-"
 
@@ -45,33 +46,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list-rules", action="store_true", help="print the rule codes and exit")
 
 
-def _options(args: argparse.Namespace) -> LintOptions | str:
-    """The validated options, or the usage error to print."""
+def _options(args: argparse.Namespace) -> LintOptions:
+    """The validated options; ParityError for a usage error."""
     paths = tuple(args.paths or [])
     if not paths:
-        return "no paths given"
-    missing = [path for path in paths if path != STDIN and not os.path.lexists(path)]
-    if missing:
-        return "; ".join(f"no such file or directory: {path}" for path in missing)
+        raise ParityError("no paths given")
     select: list[str] = []
     for chunk in args.select or []:
         select.extend(code.strip().upper() for code in chunk.split(",") if code.strip())
     unknown = [prefix for prefix in select if not any(code.startswith(prefix) for code in RULES)]
     if unknown:
-        return f"unknown rule code(s): {', '.join(unknown)}"
+        raise ParityError(f"unknown rule code(s): {', '.join(unknown)}")
     return LintOptions(paths, tuple(select), getattr(args, "output_format", "text"))
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``parity lint``: 0 clean, 1 findings (or files not fully checked), 2 usage error."""
+    """Run ``parity lint``: 0 clean, 1 findings (or files not fully checked), 2 usage error.
+
+    A path that does not exist does not hide the others' findings: they are printed (the
+    missing path is a MODE000 finding in every format), then the error, exit 2."""
     if getattr(args, "list_rules", False):
         for code, text in RULES.items():
             print(f"{code}  {text}")
         return 0
     options = _options(args)
-    if isinstance(options, str):
-        print(f"parity lint: error: {options}", file=sys.stderr)
-        return 2
+    for root in project_roots(options.paths):
+        print(f"parity lint: project root {root.describe()}", file=sys.stderr)
     findings = lint_paths(options.paths, options.select or None)
     sys.stdout.write(FORMATS[options.output_format](findings))
+    missing = [path for path in options.paths if path != STDIN and not os.path.lexists(path)]
+    if missing:
+        raise ParityError("; ".join(f"no such file or directory: {path}" for path in missing))
     return 1 if findings else 0

@@ -47,6 +47,7 @@ from parity.lint._files import iter_python_files as iter_python_files
 from parity.lint._files import lint_file as lint_file
 from parity.lint._files import lint_paths as lint_paths
 from parity.lint._files import lint_source as lint_source
+from parity.lint._files import project_roots as project_roots
 from parity.lint._findings import RULES as RULES
 from parity.lint._findings import Finding as Finding
 from parity.lint._formats import FORMATS as FORMATS
@@ -61,4 +62,5 @@ __all__ = [
     "lint_file",
     "lint_paths",
     "lint_source",
+    "project_roots",
 ]

@@ -38,6 +38,7 @@ class ModuleAnalyzer(StatementMixin, ExpressionMixin, InliningMixin, RuleMixin, 
         self.obj_class: dict[str, str] = {}
         self.frozen: set[str] = set()
         self.trained: set[str] = set()
+        self.train_sites: dict[str, tuple[str, int]] = {}  # object -> where train() last ran on it
         shared = project if project is not None else ProjectIndex([], lambda path: None)
         self.defs_cache = shared.defs_cache  # syntax facts, shared by every file of a project
         self.scope_cache = shared.scope_cache
@@ -101,13 +102,25 @@ class ModuleAnalyzer(StatementMixin, ExpressionMixin, InliningMixin, RuleMixin, 
                     self_val = f"self@{cname}"
                     self.obj_class[self_val] = cname
                     self._entry(lambda f=fnode, c=cname, s=self_val: self._call_entry(f, c, s))
+        if self.project is not None:  # an ambiguous import matters only where training is reached
+            self.project.steps_seen_last = self.steps_seen
+        trained = self._trained_models()
         out = [
             finding
             for finding, oid in self.candidates.values()
-            if (finding.code != "MODE001" or (oid not in self.frozen and oid in self.trained))
+            if (finding.code != "MODE001" or (oid not in self.frozen and oid in trained))
             and (finding.code != "MODE002" or not self.steps_seen)
         ]
         return sorted(out + self._incomplete_findings())
+
+    def _trained_models(self) -> set[str]:
+        """Trained objects, and every object whose submodule is trained: an optimizer over
+        ``model.encoder.parameters()`` trains ``model`` (and ``self.model`` for ``self.model.head``)."""
+        out = set(self.trained)
+        for oid in self.trained:
+            parts = oid.split(".")
+            out.update(".".join(parts[:end]) for end in range(1, len(parts)))
+        return out
 
     def _entry(self, run: Callable[[], object]) -> None:
         if self.total_steps > FILE_BUDGET:

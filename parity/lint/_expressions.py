@@ -254,6 +254,9 @@ class ExpressionMixin:
             return self._method_call(node, func, frame, state)
         if isinstance(func, ast.Name):
             return self._function_call(node, func.id, frame, state)
+        dispatched = self._getattr_method(node, frame)
+        if dispatched is not None:  # getattr(model, mode)() with mode fixed by the call site
+            return self._method_call(dispatched, dispatched.func, frame, state)  # type: ignore[arg-type]
         # Calls of calls, subscripts, lambdas: evaluate the parts; models[name](x) is a forward.
         callee = self._expr(func, frame, state)
         positional, keywords = self._args(node, frame, state)
@@ -263,9 +266,25 @@ class ExpressionMixin:
         self._touch(positional, keywords, state)
         return None
 
+    def _getattr_method(self, node: ast.Call, frame: Frame) -> ast.Call | None:
+        """``getattr(m, name)(...)`` with ``name`` a known string: the call ``m.<name>(...)``."""
+        func = node.func
+        if not (isinstance(func, ast.Call) and isinstance(func.func, ast.Name) and func.func.id == "getattr"):
+            return None
+        if len(func.args) != 2 or func.keywords:
+            return None
+        name = self._constant(func.args[1], frame)
+        if not isinstance(name, str) or not name.isidentifier():
+            return None
+        attribute = ast.copy_location(ast.Attribute(value=func.args[0], attr=name, ctx=ast.Load()), func)
+        return ast.copy_location(ast.Call(func=attribute, args=node.args, keywords=node.keywords), node)
+
     def _function_call(self, node: ast.Call, name: str, frame: Frame, state: ModeState) -> Value:
         """``f(...)``: inline a known function or class, or record a forward pass of a model."""
         positional, keywords = self._args(node, frame, state)
+        bound = self._lookup_callable(frame, name)
+        if bound is not None:  # a parameter or local name that holds a known function
+            return self._call_bound(bound, node, frame, state, positional, keywords, label=f"{name}()")
         ref = self._lookup_func(frame, name)
         if ref is not None:
             return self._inline(ref, node, frame, state, positional, keywords, None, label=f"{name}()")

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import dataclasses
+import gc
 import os
 import stat
 import sys
 import tokenize
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from parity.lint._analyzer import ModuleAnalyzer
+from parity.lint._config import LintConfig, load_config
 from parity.lint._findings import Finding, selected
 from parity.lint._noqa import without_suppressed
 from parity.lint._project import ProjectIndex
+from parity.lint._roots import ProjectRoot, project_files, roots_of
 from parity.lint._rules import functional_mode_findings
 
 STDIN = "-"  # the path that reads the source from standard input
@@ -164,8 +169,38 @@ def _lint_in_project(
     tree = parse_source(source, name)
     if isinstance(tree, Finding):
         return [tree]
-    findings = [finding for finding in analyse_tree(tree, name, project) if selected(finding.code, select)]
+    findings = [
+        finding for finding in _analyse_variants(tree, name, project) if selected(finding.code, select)
+    ]
     return [finding for finding in findings if not _noqa_in_file(finding, sources)]
+
+
+def _analyse_variants(tree: ast.Module, name: str, project: ProjectIndex) -> list[Finding]:
+    """Analyse a file; where an import of it stays ambiguous (two copies of one module path),
+    analyse it once per candidate and report each finding once, with a note naming them."""
+    project.met.clear()
+    findings = analyse_tree(tree, name, project)
+    met = sorted(project.met, key=str)
+    if not met or not project.steps_seen_last:  # no training step reached: nothing to report
+        return findings
+    width = max(len(project.ambiguous[key]) for key in met)
+    for variant in range(1, width):
+        project.set_variant(variant)
+        try:
+            findings += analyse_tree(tree, name, project)
+        finally:
+            project.set_variant(0)
+    note = "; ".join(
+        f"`{module}` is ambiguous: {', '.join(project.ambiguous[(module, folder)])}" for module, folder in met
+    )
+    unique: dict[tuple[str, int, int, str], Finding] = {}
+    for finding in findings:
+        if finding.code == "MODE001":
+            finding = dataclasses.replace(
+                finding, message=f"{finding.message} (import {note}; each was analysed)"
+            )
+        unique.setdefault((finding.path, finding.line, finding.col, finding.code), finding)
+    return sorted(unique.values())
 
 
 def _noqa_in_file(finding: Finding, sources: dict[str, str]) -> bool:
@@ -178,20 +213,131 @@ def _noqa_in_file(finding: Finding, sources: dict[str, str]) -> bool:
     return not without_suppressed([finding], sources[finding.path])
 
 
-def lint_paths(paths: Iterable[str | os.PathLike[str]], select: Sequence[str] | None = None) -> list[Finding]:
+def project_roots(paths: Iterable[str | os.PathLike[str]]) -> list[ProjectRoot]:
+    """The project roots of the files ``paths`` name (see :mod:`parity.lint._roots`), in order;
+    paths that do not exist are skipped."""
+    existing = [raw for raw in paths if str(raw) == STDIN or os.path.lexists(raw)]
+    files = [file for file in iter_python_files(existing) if str(file) != STDIN]
+    found = [root for root in roots_of(files).values() if root is not None]
+    return list({str(root.folder): root for root in found}.values())
+
+
+def _indexed_files(roots: Iterable[ProjectRoot | None]) -> list[tuple[Path, Path]]:
+    """(file, project root) for every module below the project roots of the files checked."""
+    out: list[tuple[Path, Path]] = []
+    seen: set[Path] = set()
+    for root in roots:
+        if root is not None and root.folder not in seen:
+            seen.add(root.folder)
+            out.extend((file, root.folder) for file in project_files(root.folder))
+    return out
+
+
+def lint_paths(
+    paths: Iterable[str | os.PathLike[str]], select: Sequence[str] | None = None, use_config: bool = True
+) -> list[Finding]:
     """Check files and directory trees as one project; findings grouped per file in walk order.
 
-    Imports between the files given are followed (see :mod:`parity.lint._project`); a finding
-    reached from several files is reported once, in the file where its eval call is.
+    Imports between the files given, and into the other modules of their project roots, are
+    followed (see :mod:`parity.lint._project` and :mod:`parity.lint._roots`); a finding reached
+    from several files is reported once, in the file where its eval call is.  A path that does
+    not exist is a MODE000 finding; the other paths are still checked.  ``use_config`` reads
+    ``[tool.parity.lint]`` from each project root's ``pyproject.toml`` (``select`` given here
+    replaces the configured one).
     """
-    entries = _files_with_roots(paths)
-    project = ProjectIndex([(file, root) for file, root in entries if str(file) != STDIN], load_tree)
+    paths = list(paths)
+    missing = [str(raw) for raw in paths if str(raw) != STDIN and not os.path.lexists(raw)]
+    entries = _files_with_roots([raw for raw in paths if str(raw) not in missing])
+    roots = roots_of(file for file, _ in entries if str(file) != STDIN)
+    configs = _configs(roots.values()) if use_config else {}
+    entries = [(file, root) for file, root in entries if not _excluded(file, root, roots, configs)]
+    checked = [(file, root) for file, root in entries if str(file) != STDIN]
+    freeze = not gc.get_freeze_count()  # see _frozen_between_files
+    project = ProjectIndex(checked, _load_frozen if freeze else load_tree, _indexed_files(roots.values()))
     sources: dict[str, str] = {}
     found: dict[tuple[str, int, int, str], Finding] = {}
-    for file, _ in entries:
-        for finding in _lint_in_project(file, select, project, sources):
-            found.setdefault((finding.path, finding.line, finding.col, finding.code), finding)
-    order = {
-        str(file) if str(file) != STDIN else STDIN_NAME: index for index, (file, _) in enumerate(entries)
-    }
+    for raw in missing:
+        found[(raw, 1, 1, "MODE000")] = Finding(
+            raw, 1, 1, "MODE000", "could not read file: no such file or directory"
+        )
+    with _frozen_between_files(freeze) as file_done:
+        for file, _ in entries:
+            _lint_entry(
+                file, select, configs.get(_root_key(roots.get(file)), LintConfig()), project, sources, found
+            )
+            file_done()
+    order: dict[str, int] = {}
+    for raw in paths:  # the order given: a missing path between the files around it
+        walked = [] if str(raw) in missing else _files_with_roots([raw])
+        for name in [str(raw)] if str(raw) in missing else [str(file) for file, _ in walked]:
+            order.setdefault(STDIN_NAME if name == STDIN else name, len(order))
     return sorted(found.values(), key=lambda f: (order.get(f.path, len(order)), f.line, f.col, f.code))
+
+
+def _lint_entry(
+    file: Path,
+    select: Sequence[str] | None,
+    config: LintConfig,
+    project: ProjectIndex,
+    sources: dict[str, str],
+    found: dict[tuple[str, int, int, str], Finding],
+) -> None:
+    """Check one file under its project's configuration; add its findings to ``found``."""
+    if select:  # --select on the command line replaces the configured select
+        config = dataclasses.replace(config, select=tuple(select))
+    for finding in _lint_in_project(file, config.select or None, project, sources):
+        if config.reports(finding.path, finding.code):
+            found.setdefault((finding.path, finding.line, finding.col, finding.code), finding)
+
+
+def _load_frozen(path: str) -> ast.Module | None:
+    """:func:`load_tree`, its new syntax tree moved out of the collector's scans at once."""
+    tree = load_tree(path)
+    gc.freeze()
+    return tree
+
+
+@contextlib.contextmanager
+def _frozen_between_files(freeze: bool) -> Iterator[Callable[[], None]]:
+    """Keep the cyclic garbage collector off what earlier files left alive (syntax trees, caches).
+
+    Each full collection scans every tracked object; with thousands of parsed modules kept for
+    the run, those scans were most of the run time.  After each file, one collection frees its
+    garbage and :func:`gc.freeze` moves the survivors out of later scans; at the end they are
+    handed back (skipped when the caller already froze objects of its own)."""
+    if not freeze:
+        yield lambda: None
+        return
+
+    def file_done() -> None:
+        gc.collect()
+        gc.freeze()
+
+    try:
+        yield file_done
+    finally:
+        gc.unfreeze()
+
+
+def _root_key(root: ProjectRoot | None) -> str | None:
+    return None if root is None else str(root.folder)
+
+
+def _configs(roots: Iterable[ProjectRoot | None]) -> dict[str | None, LintConfig]:
+    """Each project root's ``[tool.parity.lint]`` (ParityError for an invalid one)."""
+    out: dict[str | None, LintConfig] = {}
+    for root in roots:
+        if _root_key(root) not in out:
+            out[_root_key(root)] = load_config(root.folder if root is not None else None)
+    return out
+
+
+def _excluded(
+    file: Path, found_under: Path | None, roots: dict[Path, ProjectRoot | None], configs: dict
+) -> bool:
+    """A file found by walking a folder that an ``exclude`` glob of its project names (a file
+    given by name is always checked, as in ruff)."""
+    if found_under is None or str(file) == STDIN:
+        return False
+    config = configs.get(_root_key(roots.get(file)))
+    return config is not None and config.excludes(str(file))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import urllib.parse
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from parity.lint._findings import RULES, Finding
 
@@ -28,6 +31,15 @@ def format_json(findings: Sequence[Finding]) -> str:
     return json.dumps(rows, indent=2) + "\n"
 
 
+def artifact_uri(path: str) -> str:
+    """A SARIF ``artifactLocation.uri``: a percent-encoded relative reference for a relative
+    path (``my dir/a%b.py`` -> ``my%20dir/a%25b.py``), a ``file://`` URI for an absolute one."""
+    posix = path.replace("\\", "/")
+    if os.path.isabs(path):
+        return Path(path).absolute().as_uri()
+    return urllib.parse.quote(posix, safe="/")
+
+
 def _sarif_result(finding: Finding) -> dict:
     """One SARIF ``result``: rule, level, message and the 1-based start line and column."""
     return {
@@ -38,7 +50,7 @@ def _sarif_result(finding: Finding) -> dict:
         "locations": [
             {
                 "physicalLocation": {
-                    "artifactLocation": {"uri": finding.path.replace("\\", "/")},
+                    "artifactLocation": {"uri": artifact_uri(finding.path)},
                     "region": {"startLine": finding.line, "startColumn": finding.col},
                 }
             }

@@ -25,6 +25,16 @@ class Argument(NamedTuple):
     expr: ast.expr | None
 
 
+class BoundCallable(NamedTuple):
+    """A function value known at a call site: a function, a bound method, or a ``partial`` of
+    either, with the receiver and the arguments it was bound with."""
+
+    ref: FuncRef
+    self_val: str | None = None
+    positional: tuple[Argument, ...] = ()
+    keywords: tuple[tuple[str, Argument], ...] = ()
+
+
 class SavedFlag(NamedTuple):
     """``was_training = model.training``: whose mode the name holds, and the facts at the save."""
 
@@ -48,6 +58,7 @@ class Frame:
         self.consts: dict[str, object] = {}  # names bound to a known bool/str/int constant
         self.param_consts: dict[str, object] = {}  # parameters fixed by the call site, not rebound
         self.funcs: dict[str, FuncRef] = {}
+        self.callables: dict[str, BoundCallable] = {}  # names bound to a known function value
         self.flags: dict[str, SavedFlag] = {}  # local names that hold a saved ``model.training``
         self.locals: set[str] = set()
         self.globals: set[str] = set()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import ast
 
-from parity.lint._frames import Argument, CallRecord, ClassInfo, Frame, FuncRef
+from parity.lint._frames import Argument, BoundCallable, CallRecord, ClassInfo, Frame, FuncRef
 from parity.lint._scope import UNKNOWN_CONSTANT, root_frame
 from parity.lint._state import ModeState, Value, join_states
-from parity.lint._syntax import FunctionNode, decorator_names, direct_defs
+from parity.lint._syntax import FunctionNode, decorator_names, direct_defs, last_name
 
 MAX_CALL_DEPTH = 16  # inlined calls deeper than this are treated as opaque (and reported: MODE009)
 #: statements interpreted in other files' code per checked file; calls into other files after
@@ -232,11 +232,64 @@ class InliningMixin:
                 frame.consts[name] = const
                 frame.param_consts[name] = const
             self._pass_flag(frame, name, expr if name in bound else None, caller)
+            passed = self._callable_of(expr, caller) if name in bound and expr is not None else None
+            if passed is not None:  # fit(model, loss_function=my_loss): calls of it are followed
+                frame.callables[name] = passed
         for extra in (spec.vararg, spec.kwarg):
             if extra is not None:
                 frame.env[extra.arg] = f"param@{frame.tag}{fnode.lineno}:{extra.arg}"
+        rest = values[len(params) :]
+        if spec.vararg is not None and rest and all(value is not None for value, _ in rest):
+            frame.env[spec.vararg.arg] = tuple(value for value, _ in rest)  # set_mode("eval", g, d)
 
     def _pass_flag(self, frame: Frame, name: str, expr: ast.expr | None, caller: Frame) -> None:
         """A saved ``model.training`` flag passed as an argument stays a saved flag."""
         if isinstance(expr, ast.Name) and expr.id in caller.flags:
             frame.flags[name] = caller.flags[expr.id]
+
+    def _callable_of(self, node: ast.expr, frame: Frame) -> BoundCallable | None:
+        """The function value of an expression, without evaluating it: a function or method of
+        the analysed code (``my_loss``, ``self.compute_loss``, ``losses.my_loss``), or
+        ``functools.partial`` of one with the arguments it binds."""
+        if isinstance(node, ast.Name):
+            held = self._lookup_callable(frame, node.id)
+            if held is not None:
+                return held
+            ref = self._lookup_func(frame, node.id)
+            return BoundCallable(ref) if ref is not None else None
+        if isinstance(node, ast.Attribute):
+            base = self._resolve_static(node.value, frame)
+            if base is None:
+                return None
+            if base.startswith("module:"):
+                member = self._module_member(base, node.attr)
+                return BoundCallable(member) if isinstance(member, FuncRef) else None
+            ref = self._method_ref(base, node.attr, node)
+            return BoundCallable(ref, base) if ref is not None else None
+        if isinstance(node, ast.Call) and last_name(node.func) == "partial" and node.args:
+            inner = self._callable_of(node.args[0], frame)
+            if inner is None or any(isinstance(arg, ast.Starred) for arg in node.args):
+                return None
+            extra = tuple(Argument(self._resolve_static(arg, frame), arg) for arg in node.args[1:])
+            keywords = tuple(
+                (keyword.arg, Argument(self._resolve_static(keyword.value, frame), keyword.value))
+                for keyword in node.keywords
+                if keyword.arg is not None
+            )
+            return inner._replace(positional=inner.positional + extra, keywords=inner.keywords + keywords)
+        return None
+
+    def _call_bound(
+        self,
+        bound: BoundCallable,
+        node: ast.Call,
+        frame: Frame,
+        state: ModeState,
+        positional: list[Argument],
+        keywords: dict[str, Argument],
+        label: str,
+    ) -> Value:
+        """Call a function value: the arguments it was bound with come first."""
+        merged = {**dict(bound.keywords), **keywords}
+        arguments = [*bound.positional, *positional]
+        return self._inline(bound.ref, node, frame, state, arguments, merged, bound.self_val, label=label)

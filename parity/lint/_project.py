@@ -35,10 +35,23 @@ def module_names(file: Path, root: Path | None) -> list[str]:
 class ProjectIndex:
     """Dotted module name -> file, for the files of one ``parity lint`` run."""
 
-    def __init__(self, files: Iterable[tuple[Path, Path | None]], load: TreeLoader) -> None:
+    def __init__(
+        self,
+        files: Iterable[tuple[Path, Path | None]],
+        load: TreeLoader,
+        indexed: Iterable[tuple[Path, Path]] = (),
+    ) -> None:
+        """``files``: the files checked, with the folder each was found under (names relative to
+        it, and by dotted-name suffix); ``indexed``: (file, project root) pairs that imports may
+        reach by their exact name relative to the project root (they are not checked)."""
         self.by_name: dict[str, str] = {}
         self.name_of: dict[str, str] = {}
         self.by_suffix: dict[str, set[str]] = {}  # "b.c" -> files of the modules named "*.b.c"
+        #: a module name that stays ambiguous -> its candidates; ``variant`` picks among them
+        self.ambiguous: dict[tuple[str, str | None], tuple[str, ...]] = {}
+        self.met: set[tuple[str, str | None]] = set()  # ambiguous imports met since cleared
+        self.variant = 0
+        self.steps_seen_last = 0  # training steps the last file's analysis interpreted
         self._load = load
         self._trees: dict[str, ast.Module | None] = {}
         self._resolved: dict[tuple[str, str | None], str | None] = {}
@@ -58,6 +71,16 @@ class ProjectIndex:
             parts = name.split(".")
             for start in range(1, len(parts)):
                 self.by_suffix.setdefault(".".join(parts[start:]), set()).add(path)
+        for file, root in indexed:
+            for name in module_names(file, root)[:1]:
+                self.by_name.setdefault(name, str(file))
+                self.name_of.setdefault(str(file), name)
+
+    def set_variant(self, variant: int) -> None:
+        """Analyse with the ``variant``-th candidate of every ambiguous import (cache cleared)."""
+        if variant != self.variant:
+            self.variant = variant
+            self._resolved.clear()
 
     def resolve(self, name: str, importer: str | None = None) -> str | None:
         """The file of module ``name``: next to the importing script (Python puts a script's folder
@@ -65,18 +88,44 @@ class ProjectIndex:
         key = (name, os.path.dirname(importer) if importer is not None else None)
         if key not in self._resolved:
             self._resolved[key] = self._resolve(name, importer)
+        if key in self.ambiguous:
+            self.met.add(key)
         return self._resolved[key]
 
     def _resolve(self, name: str, importer: str | None) -> str | None:
-        if importer is not None:
-            folder = Path(importer).parent.joinpath(*name.split("."))
-            for candidate in (folder.with_suffix(".py"), folder / "__init__.py"):
-                if str(candidate) in self.name_of:
-                    return str(candidate)
+        if importer is not None:  # the importing file's own package root first, nearest folder up
+            relative = name.replace(".", os.sep)
+            folder = os.path.dirname(importer)
+            while True:
+                base = os.path.join(folder, relative)
+                for candidate in (base + ".py", os.path.join(base, "__init__.py")):
+                    if candidate in self.name_of:
+                        return candidate
+                parent = os.path.dirname(folder)
+                if parent == folder:
+                    break
+                folder = parent
         if name in self.by_name:
             return self.by_name[name]
-        matches = self.by_suffix.get(name, set())
-        return next(iter(matches)) if len(matches) == 1 else None
+        matches = sorted(self.by_suffix.get(name, set()))
+        if len(matches) <= 1:
+            return matches[0] if matches else None
+        return self._closest(name, matches, importer)
+
+    def _closest(self, name: str, matches: list[str], importer: str | None) -> str:
+        """Of several files named ``*.name``, the one sharing the longest folder prefix with the
+        importer; a tie is an ambiguous import: ``variant`` picks, and the candidates are kept."""
+
+        def shared(path: str) -> int:
+            if importer is None:
+                return 0
+            return len(os.path.commonpath([os.path.abspath(path), os.path.abspath(importer)]))
+
+        best = max(shared(path) for path in matches)
+        tied = tuple(path for path in matches if shared(path) == best)
+        if len(tied) > 1:
+            self.ambiguous[(name, os.path.dirname(importer) if importer is not None else None)] = tied
+        return tied[self.variant % len(tied)]
 
     def absolute(self, importer: str, module: str | None, level: int) -> str | None:
         """The dotted name ``from <level dots><module> import ...`` refers to, seen from ``importer``."""

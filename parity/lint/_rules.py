@@ -24,6 +24,7 @@ class RuleMixin:
     sites: dict[tuple[str, int, int], tuple[str, str]]
     candidates: dict[tuple, tuple[Finding, str]]
     trained: set[str]
+    train_sites: dict[str, tuple[str, int]]
     touches: int
     train_facts = TRAIN_FACTS
 
@@ -63,6 +64,8 @@ class RuleMixin:
             # An eval does not undo an earlier eval: both still need a train() afterwards.
             state.set_mode(oid, only_evals(state.mode(oid)) | facts)
             return
+        if facts == TRAIN_FACTS:
+            self.train_sites[oid] = (frame.file, node.lineno)
         state.set_mode(oid, facts)
 
     def _anchor(self, loop: LoopRun) -> tuple[int, int] | None:
@@ -83,8 +86,10 @@ class RuleMixin:
                     state.pending[oid] = PendingForward(
                         node.lineno, source_text(callee), evals, self.current.file
                     )
-                else:
-                    state.pending[oid] = old._replace(evals=old.evals | evals)
+                else:  # name the latest forward pass: the training step's, not the eval routine's
+                    state.pending[oid] = PendingForward(
+                        node.lineno, source_text(callee), old.evals | evals, self.current.file
+                    )
         in_this_file = self.current.file == self.path
         if (
             direct
@@ -121,7 +126,9 @@ class RuleMixin:
         """``line N`` in the linted file, ``path:N`` in another file of the project."""
         return f"line {line}" if file == self.path else f"{file}:{line}"
 
-    def _leak_message(self, forward: PendingForward, fact: ModeFact, loop: LoopRun, step: ast.Call) -> str:
+    def _leak_message(
+        self, oid: str, forward: PendingForward, fact: ModeFact, loop: LoopRun, step: ast.Call
+    ) -> str:
         """Name the eval site, the chain of calls from the loop to it, and the training step."""
         text, func = self.sites[fact.site]
         where = f" in {func}()" if func != "<module>" else ""
@@ -137,11 +144,15 @@ class RuleMixin:
             step_at += " in " + " -> ".join(
                 f"{call.label} at {self._at(call.file, call.line)}" for call in outer
             )
+        last_train = self.train_sites.get(oid)
+        trained_at = (
+            f"last set to train at {self._at(*last_train)}" if last_train else "never set to train before it"
+        )
         return (
             f"`{forward.text}` is left in eval mode inside the training loop at {self._at(loop.file, loop.line)}: "
             f"`{text}` at {fact.file}:{fact.line}{where}{via} is not undone by "
             f"`{forward.text}.train()` before the training step at {step_at} "
-            f"(forward pass at {self._at(forward.file, forward.line)})"
+            f"(forward pass at {self._at(forward.file, forward.line)}; {trained_at})"
         )
 
     def _report_leak(
@@ -154,7 +165,7 @@ class RuleMixin:
             anchor = loop.anchors.get(fact.site)
             location = None if anchor is None else ModeFact("eval", anchor[0], anchor[1], self.path)
         if location is not None:
-            message = self._leak_message(forward, fact, loop, step)
+            message = self._leak_message(oid, forward, fact, loop, step)
             self._add(("MODE001", fact.site), oid, location, "MODE001", message)
 
     def _add(self, key: tuple, oid: str, where: ast.AST | ModeFact, code: str, message: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from parity.lint._frames import Frame, FuncRef
+from parity.lint._frames import BoundCallable, Frame, FuncRef
 from parity.lint._state import ModeState, Value
 from parity.lint._syntax import FunctionNode, ScopeNames, function_scope_names
 
@@ -76,6 +76,17 @@ class ScopeMixin:
             scope = scope.parent
         return None
 
+    def _lookup_callable(self, frame: Frame, name: str) -> BoundCallable | None:
+        """The function value a local name or parameter holds (``loss_fn = my_loss``), if known."""
+        scope: Frame | None = frame
+        while scope is not None:
+            if name in scope.callables:
+                return scope.callables[name]
+            if name in scope.env or name in scope.funcs:
+                return None
+            scope = scope.parent
+        return None
+
     def _bind(self, frame: Frame, name: str, value: Value, const: object = UNKNOWN_CONSTANT) -> None:
         """Bind ``name`` in the frame that owns it (``global`` / ``nonlocal`` honoured)."""
         target = frame
@@ -95,6 +106,7 @@ class ScopeMixin:
         if target.parent is None:
             self.bindings += 1  # a module-level name can change what a later call reaches
         target.param_consts.pop(name, None)
+        target.callables.pop(name, None)
         if const is UNKNOWN_CONSTANT:
             target.consts.pop(name, None)
         else:
@@ -138,6 +150,8 @@ class ScopeMixin:
             inner = self._branch_constant(test.operand, frame)
             return UNKNOWN_CONSTANT if inner is UNKNOWN_CONSTANT else not inner
         if isinstance(test, ast.Compare) and len(test.ops) == 1:
+            if isinstance(test.ops[0], (ast.In, ast.NotIn)):
+                return self._membership(test, frame)
             if isinstance(test.ops[0], (ast.Eq, ast.NotEq, ast.Is, ast.IsNot)):
                 left = self._branch_constant(test.left, frame)
                 right = self._branch_constant(test.comparators[0], frame)
@@ -149,6 +163,17 @@ class ScopeMixin:
             if all(value is not UNKNOWN_CONSTANT for value in values):
                 return all(values) if isinstance(test.op, ast.And) else any(values)
         return UNKNOWN_CONSTANT
+
+    def _membership(self, test: ast.Compare, frame: Frame) -> object:
+        """``mode in ("eval", "test")`` with ``mode`` fixed by the call site and a literal container."""
+        container = test.comparators[0]
+        left = self._branch_constant(test.left, frame)
+        if left is UNKNOWN_CONSTANT or not isinstance(container, (ast.Tuple, ast.List, ast.Set)):
+            return UNKNOWN_CONSTANT
+        items = [self._constant(elt, frame) for elt in container.elts]
+        if any(item is UNKNOWN_CONSTANT for item in items):
+            return UNKNOWN_CONSTANT
+        return (left in items) == isinstance(test.ops[0], ast.In)
 
     def _const_bool(self, node: ast.AST | None, frame: Frame) -> bool | None:
         """``True`` / ``False`` when ``node`` is a known boolean constant, else None."""

@@ -69,10 +69,13 @@ class StatementMixin:
         return state
 
     def _assign_stmt(self, stmt: ast.Assign, frame: Frame, state: ModeState) -> Outcome:
+        held = self._callable_of(stmt.value, frame)
         value = self._expr(stmt.value, frame, state)
         const = self._constant(stmt.value, frame)
         for target in stmt.targets:
             self._assign(target, value, frame, state, const)
+            if held is not None and isinstance(target, ast.Name) and target.id not in frame.globals:
+                frame.callables[target.id] = held  # step = functools.partial(my_loss, scale=2)
         self._saved_flag(stmt, frame, state)
         return state
 
