@@ -25,7 +25,8 @@ from parity.convert.general import (
     params_to_torch_fn,
     torch_to_flax,
 )
-from parity.convert.rules import RuleContext, Transfer, register_rule, rule_for
+from parity.convert.rules import RuleContext, Transfer, register_rule, rename_rule, rule_for
+from parity.convert.shared import tied_gradient_cause, tied_keys
 from parity.convert.template import (
     Layer,
     expected_flax_shapes,
@@ -51,6 +52,9 @@ __all__ = [
     "pair_models",
     "params_to_torch_fn",
     "register_rule",
+    "rename_rule",
+    "tied_gradient_cause",
+    "tied_keys",
     "rule_for",
     "torch_to_flax",
     "Layer",

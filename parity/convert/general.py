@@ -309,7 +309,7 @@ def map_models(
                 _checked(pt, pt.flax_keys, arrays, leaves)
         except ConversionError as e:
             pairing.problems.append(str(e))
-        how = pt.transfer.how + (f" (copy of {pt.copy_of})" if pt.copy_of else "")
+        how = pt.transfer.how + (f" (a second Flax copy of {pt.copy_of})" if pt.copy_of else "")
         for i in range(max(len(pt.torch_keys), len(pt.flax_keys))):
             t = pt.torch_keys[i] if i < len(pt.torch_keys) else ""
             f = pt.flax_keys[i] if i < len(pt.flax_keys) else ""
