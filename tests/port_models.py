@@ -152,30 +152,47 @@ def make_resnet() -> nn.Module:
 
 
 class ResNetBlock(fnn.Module):
-    """The Flax examples' style: every submodule unnamed (``Conv_0``, ``BatchNorm_0``, ...)."""
+    """The Flax examples' style: submodules unnamed (``Conv_0``, ``BatchNorm_0``, ...); with
+    ``named`` the projection is ``conv_proj``/``norm_proj`` as in the Flax ImageNet example."""
 
     features: int
     strides: int = 1
+    named: bool = False
 
     @fnn.compact
     def __call__(self, x):
-        norm = lambda: fnn.BatchNorm(use_running_average=True, epsilon=1e-5)  # noqa: E731
+        norm = lambda **kw: fnn.BatchNorm(use_running_average=True, epsilon=1e-5, **kw)  # noqa: E731
         s = (self.strides, self.strides)
         y = fnn.relu(norm()(fnn.Conv(self.features, (3, 3), s, padding=1, use_bias=False)(x)))
         y = norm()(fnn.Conv(self.features, (3, 3), padding=1, use_bias=False)(y))
         if x.shape[-1] != self.features or self.strides != 1:
-            x = norm()(fnn.Conv(self.features, (1, 1), s, use_bias=False)(x))
+            names = ("conv_proj", "norm_proj") if self.named else (None, None)
+            x = fnn.Conv(self.features, (1, 1), s, use_bias=False, name=names[0])(x)
+            x = norm(name=names[1])(x)
         return fnn.relu(x + y)
 
 
 class LinenResNet(fnn.Module):
+    """``named``: the stem and the projections named as in the Flax ImageNet example
+    (``conv_init``, ``bn_init``, ``conv_proj``, ``norm_proj``); the rest auto-named."""
+
+    named: bool = False
+
     @fnn.compact
     def __call__(self, x):
-        x = fnn.Conv(4, (3, 3), padding=1, use_bias=False)(x)
-        x = fnn.relu(fnn.BatchNorm(use_running_average=True, epsilon=1e-5)(x))
+        stem = ("conv_init", "bn_init") if self.named else (None, None)
+        x = fnn.Conv(4, (3, 3), padding=1, use_bias=False, name=stem[0])(x)
+        x = fnn.relu(fnn.BatchNorm(use_running_average=True, epsilon=1e-5, name=stem[1])(x))
         for features, strides in ((4, 1), (4, 1), (8, 2), (8, 1)):
-            x = ResNetBlock(features, strides)(x)
+            x = ResNetBlock(features, strides, named=self.named)(x)
         return fnn.Dense(5)(x.mean((1, 2)))
+
+
+NAMED_RESNET_MAP = r"""conv1 -> conv_init
+bn1 -> bn_init
+downsample\.0 -> conv_proj
+downsample\.1 -> norm_proj
+"""
 
 
 # -------------------------------------------------- bare parameters, RMSNorm, head-split, shared LN

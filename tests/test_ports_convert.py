@@ -39,6 +39,13 @@ from parity.harness.compare import rel_l2
 TOL = 1e-5
 
 
+def _init(module, *args):
+    """Variables of the right shapes (zeros), without compiling an init: the converter
+    overwrites every one of them."""
+    shapes = jax.eval_shape(module.init, *args)
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
 def _ids():
     return np.random.default_rng(0).integers(0, VOCAB, TOKENS)
 
@@ -49,7 +56,7 @@ def gpt(tmp_path_factory):
     rules.write_text(GPT_MAP)
     ids = jnp.asarray(_ids())
     return {
-        tied: (LinenGPT(tied=tied), jax.jit(LinenGPT(tied=tied).init)(jax.random.key(0), ids))
+        tied: (LinenGPT(tied=tied), _init(LinenGPT(tied=tied), jax.random.key(0), ids))
         for tied in (True, False)
     }, str(rules)
 
@@ -171,7 +178,7 @@ def _nhwc(x):
 def test_auto_named_linen_resnet_needs_no_map():
     tm, fm = make_resnet(), LinenResNet()
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
-    variables = jax.jit(fm.init)(jax.random.key(0), _nhwc(x))
+    variables = _init(fm, jax.random.key(0), _nhwc(x))
     pairing, rows = map_models(tm, variables)
     assert pairing.ok, pairing.problems
     pairs = {r["torch"]: r["flax"] for r in rows}
@@ -189,7 +196,7 @@ def test_auto_named_linen_resnet_needs_no_map():
 
 def test_auto_names_pair_nothing_when_the_counts_differ():
     tm, fm = make_resnet(), LinenResNet()
-    variables = jax.tree.map(np.asarray, jax.jit(fm.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
+    variables = jax.tree.map(np.asarray, _init(fm, jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
     for col in variables.values():
         col.pop("ResNetBlock_3")
     pairing, rows = map_models(tm, variables)
@@ -207,7 +214,7 @@ def bare(tmp_path_factory):
     rules.write_text(BARE_VIT_MAP)
     x = np.random.default_rng(0).standard_normal((2, 4, 3)).astype(np.float32)
     fm = LinenBareViT()
-    return fm, jax.jit(fm.init)(jax.random.key(0), jnp.asarray(x)), x, str(rules)
+    return fm, _init(fm, jax.random.key(0), jnp.asarray(x)), x, str(rules)
 
 
 def test_bare_parameters_rmsnorm_and_head_split_kernels(bare):
@@ -250,3 +257,26 @@ def test_one_layernorm_applied_twice_feeds_two_flax_layernorms(bare):
     copies = params_to_torch_fn(tm, out, user_map=rules, copies=True)(grads)
     cause = tied_gradient_cause("ln.weight", tm.ln.weight.grad.numpy(), copies["ln.weight"], TOL)
     assert cause and "params/ln_a/scale + params/ln_b/scale" in cause
+
+
+def test_named_stem_and_projections_need_four_rules_not_one_per_block(tmp_path):
+    """The Flax ImageNet example's naming: ``conv_init``/``bn_init`` at the root, auto-named
+    blocks, ``conv_proj``/``norm_proj`` inside them; rules on names relative to an auto-named
+    block reach below the computed index."""
+    from port_models import NAMED_RESNET_MAP
+
+    tm, fm = make_resnet(), LinenResNet(named=True)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    variables = _init(fm, jax.random.key(0), _nhwc(x))
+    assert not map_models(tm, variables)[0].ok
+    rules = tmp_path / "resnet.map"
+    rules.write_text(NAMED_RESNET_MAP)
+    pairing, rows = map_models(tm, variables, user_map=str(rules))
+    assert pairing.ok, pairing.problems
+    pairs = {r["torch"]: r["flax"] for r in rows}
+    assert pairs["conv1.weight"] == "params/conv_init/kernel"
+    assert pairs["layer2.0.downsample.1.running_mean"] == "batch_stats/ResNetBlock_2/norm_proj/mean"
+    assert pairs["layer2.0.conv2.weight"] == "params/ResNetBlock_2/Conv_1/kernel"
+    out = torch_to_flax(tm.state_dict(), tm, variables, user_map=str(rules))
+    ref = tm(torch.from_numpy(x)).detach().numpy()
+    assert rel_l2(np.asarray(jax.jit(fm.apply)(out, _nhwc(x))), ref) <= TOL

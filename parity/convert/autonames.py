@@ -10,7 +10,9 @@ usual ``__init__``/``forward``); the auto-named Flax children are grouped by cla
 order. Groups pair when their classes correspond (the same name, or ``Conv2d``/``Conv``,
 ``Linear``/``Dense``, ... below) and their sizes are equal, or, for the user's own classes
 (``BasicBlock``/``ResNetBlock``), when exactly one unpaired group on each side has that size.
-Nothing is paired when the counts differ.
+Nothing is paired when the counts differ. Inside an auto-named module, a map rule may match the
+name relative to it (``downsample\\.0 -> conv_proj``): the one place a rule can reach below a
+computed index.
 """
 
 from __future__ import annotations
@@ -127,6 +129,9 @@ def auto_name_paths(
             if found is not None:
                 return found
             rel = full[len(tname) + 1 :] if tname else full
+            mapped = user_map(rel) if user_map is not None and tname else None
+            if mapped and f"{fpath}/{mapped.strip('/')}" in flax_modules:  # a rule on the relative name
+                return f"{fpath}/{mapped.strip('/')}"
             found = [f"{fpath}/{s}".strip("/") for s in flax_spellings(rel)]
             found = [f for f in dict.fromkeys(found) if f in flax_modules]
             return found[0] if len(found) == 1 else None
