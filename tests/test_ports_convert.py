@@ -280,3 +280,23 @@ def test_named_stem_and_projections_need_four_rules_not_one_per_block(tmp_path):
     out = torch_to_flax(tm.state_dict(), tm, variables, user_map=str(rules))
     ref = tm(torch.from_numpy(x)).detach().numpy()
     assert rel_l2(np.asarray(jax.jit(fm.apply)(out, _nhwc(x))), ref) <= TOL
+
+
+def test_module_pairs_gives_the_harness_auto_named_layers_dropout_included():
+    from parity.convert import module_pairs
+    from parity.convert.naming import module_paths
+
+    tm, fm = make_resnet(), LinenResNet()
+    variables = _init(fm, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    pairs = module_pairs(tm, module_paths(_paths(variables)))
+    assert pairs["layer2.0.downsample.0"] == "ResNetBlock_2/Conv_2" and pairs["fc"] == "Dense_0"
+    assert pairs["layer1.1"] == "ResNetBlock_1"
+    mlp = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.ReLU(), nn.Linear(4, 2))
+    called = {"Dense_0", "Dropout_0", "Dense_1"}  # what a Linen forward pass calls
+    assert module_pairs(mlp, called) == {"0": "Dense_0", "1": "Dropout_0", "3": "Dense_1"}
+
+
+def _paths(variables):
+    from parity.convert import flatten_tree
+
+    return list(flatten_tree(variables))

@@ -13,6 +13,7 @@ Files: :func:`read_checkpoint`, :func:`write_checkpoint`, :func:`convert_file`
 (:mod:`parity.convert.checkpoint`).
 """
 
+from parity.convert.autonames import module_pairs
 from parity.convert.checkpoint import read_checkpoint, write_checkpoint
 from parity.convert.common import ConversionError, flatten_tree, unflatten_tree
 from parity.convert.files import convert_file
@@ -49,6 +50,7 @@ __all__ = [
     "flax_leaves",
     "flax_to_torch",
     "map_models",
+    "module_pairs",
     "pair_models",
     "params_to_torch_fn",
     "register_rule",

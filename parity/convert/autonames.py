@@ -22,7 +22,8 @@ from collections import defaultdict
 
 from torch import nn
 
-from parity.convert.naming import UserMap, find_flax_path, flax_spellings
+from parity.convert.common import ConversionError
+from parity.convert.naming import UserMap, find_flax_path, flax_spellings, resolve_path
 from parity.convert.rules import rule_for
 
 _AUTO = re.compile(r"([A-Z]\w*?)_(\d+)")
@@ -46,6 +47,23 @@ _LINEN_CLASSES = {
 }
 
 
+def module_pairs(model: nn.Module, flax_modules: set[str], user_map: UserMap | None = None) -> dict[str, str]:
+    """``{torch module name: Flax module path}`` for every torch module that pairs with one of
+    ``flax_modules`` (``/``-joined paths, e.g. the modules a Flax forward pass called): by the
+    user map, the naming conventions, or Linen auto-name order (stateless modules such as
+    ``Dropout`` included). What the harness needs to hook the same layer on both sides."""
+    out = auto_name_paths(model, flax_modules, user_map, stateless=True)
+    pairs = {}
+    for name, _ in model.named_modules():
+        try:
+            found = resolve_path(name, flax_modules, user_map) or out.get(name)
+        except ConversionError:
+            found = None
+        if found and found[0] in flax_modules:
+            pairs[name] = found[0]
+    return pairs
+
+
 def _children(flax_modules: set[str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = defaultdict(list)
     for path in flax_modules:
@@ -59,19 +77,19 @@ def _stateful(module: nn.Module) -> bool:
     return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
 
 
-def _frontier(module: nn.Module, name: str, resolve) -> tuple[list, list]:
-    """``(resolved, pending)`` stateful descendants of ``module`` reached through unresolved
-    containers: ``[(name, module, flax path)]`` and ``[(name, module)]``."""
+def _frontier(module: nn.Module, name: str, resolve, stateless: bool = False) -> tuple[list, list]:
+    """``(resolved, pending)`` stateful (or all, ``stateless``) descendants of ``module`` reached
+    through unresolved containers: ``[(name, module, flax path)]`` and ``[(name, module)]``."""
     resolved, pending = [], []
     for child_name, child in module.named_children():
         full = f"{name}.{child_name}" if name else child_name
-        if not _stateful(child):
+        if not (stateless or _stateful(child)):
             continue
         path = resolve(full)
         if path is not None:
             resolved.append((full, child, path))
         elif isinstance(child, _CONTAINERS):
-            more = _frontier(child, full, resolve)
+            more = _frontier(child, full, resolve, stateless)
             resolved += more[0]
             pending += more[1]
         else:
@@ -97,7 +115,8 @@ def _pair_groups(torch_groups: dict[str, list], flax_groups: dict[str, list[str]
     """``[(torch class, Flax class)]``: by corresponding class names, then by unique sizes."""
     pairs, free_t, free_f = [], dict(torch_groups), dict(flax_groups)
     for t, members in torch_groups.items():
-        named = [f for f in (t, *_LINEN_CLASSES.get(t, ())) if len(free_f.get(f, ())) == len(members)]
+        names = dict.fromkeys((t, *_LINEN_CLASSES.get(t, ())))
+        named = [f for f in names if len(free_f.get(f, ())) == len(members)]
         if len(named) == 1:
             pairs.append((t, named[0]))
             free_t.pop(t)
@@ -112,10 +131,11 @@ def _pair_groups(torch_groups: dict[str, list], flax_groups: dict[str, list[str]
 
 
 def auto_name_paths(
-    model: nn.Module, flax_modules: set[str], user_map: UserMap | None
+    model: nn.Module, flax_modules: set[str], user_map: UserMap | None, stateless: bool = False
 ) -> dict[str, tuple[str]]:
     """``{torch module name: (Flax path,)}`` for the torch modules that pair only through Linen
-    auto-names (and those below them, by the usual spellings); ``{}`` when the Flax model has none."""
+    auto-names (and those below them, by the usual spellings); ``{}`` when the Flax model has none.
+    ``stateless``: modules without tensors take part too (``Dropout`` <-> ``Dropout_0``)."""
     children = _children(flax_modules)
     if not any(_AUTO.fullmatch(c) for cs in children.values() for c in cs):
         return {}
@@ -136,7 +156,7 @@ def auto_name_paths(
             found = [f for f in dict.fromkeys(found) if f in flax_modules]
             return found[0] if len(found) == 1 else None
 
-        resolved, pending = _frontier(tmod, tname, resolve)
+        resolved, pending = _frontier(tmod, tname, resolve, stateless)
         for full, _child, path in resolved:
             if path != find_flax_path(full, flax_modules, None) and full not in out:
                 out[full] = (path,)
