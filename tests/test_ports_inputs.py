@@ -195,3 +195,28 @@ def test_bfloat16_checkpoints_convert_both_ways(tmp_path, capsys, suffix):
     assert main([*f32, str(src), str(tmp_path / "f32.msgpack")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "expected dtype float32, got bfloat16" in err
+
+
+class _SquareProj(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Parameter(torch.arange(16.0).reshape(4, 4))
+        self.norm = nn.RMSNorm(4)
+
+    def forward(self, x):
+        return self.norm(x @ self.proj)
+
+
+def test_a_square_bare_parameter_is_copied_and_torch_rmsnorm_has_a_rule():
+    tm = _SquareProj()
+    v = {
+        "params": {
+            "proj": {"kernel": np.zeros((4, 4), np.float32)},
+            "norm": {"scale": np.zeros(4, np.float32)},
+        }
+    }
+    out = torch_to_flax(tm.state_dict(), tm, v)
+    np.testing.assert_array_equal(out["params"]["proj"]["kernel"], tm.proj.detach().numpy())  # not transposed
+    rows = {r["torch"]: (r["flax"], r["rule"]) for r in map_models(tm, v)[1]}
+    assert rows["proj"] == ("params/proj/kernel", "copy (parameter)")
+    assert rows["norm.weight"] == ("params/norm/scale", "copy")
