@@ -163,7 +163,9 @@ def test_a_buffer_updated_in_the_forward_pass_is_not_taken_for_a_constant():
     v = {"params": {"fc": {"kernel": np.zeros((3, 2), np.float32), "bias": np.zeros(2, np.float32)}}}
     pairing, _ = map_models(tm, v)
     assert pairing.ok and pairing.constants == ["avg"]  # without an input nothing can be run
+    rng = torch.get_rng_state()
     pairing, _ = map_models(tm, v, input_shape=(4, 3))
+    assert torch.equal(torch.get_rng_state(), rng)  # the dry run drew from a forked RNG
     assert pairing.problems == [
         "avg: a buffer that a train-mode forward pass updates, not a constant; no rule "
         "converts it (add one with register_rule)"

@@ -43,14 +43,14 @@ def updated_buffers(
     model: nn.Module, keys: Sequence[str], input_shape: tuple[int, ...], dtype: torch.dtype = torch.float32
 ) -> list[str] | None:
     """Which of the buffers ``keys`` one train-mode forward pass on a normal input of
-    ``input_shape`` (torch layout) changes; ``None`` when the pass fails. Every buffer and the
-    mode are restored afterwards."""
+    ``input_shape`` (torch layout) changes; ``None`` when the pass fails. Every buffer, the mode
+    and torch's global RNG state are restored afterwards."""
     state = dict(model.named_buffers())
     before = {k: v.detach().clone() for k, v in state.items()}
     training = model.training
     x = torch.randn(input_shape, generator=torch.Generator().manual_seed(0)).to(dtype)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # dropout draws leave the caller's RNG alone
             model.train()(x)
         return [k for k in keys if k in state and not torch.equal(state[k], before[k])]
     except Exception:  # user code: a failed dry run only means "not verified"
