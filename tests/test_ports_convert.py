@@ -110,6 +110,12 @@ def test_a_port_that_did_not_tie_is_named_from_its_gradients(gpt):
     out = torch_to_flax(tm.state_dict(), tm, variables, user_map=rules)
     ref = tm(torch.from_numpy(_ids())).detach().numpy()
     assert rel_l2(np.asarray(jax.jit(fm.apply)(out, jnp.asarray(_ids()))), ref) <= TOL  # same forward
+    trained_apart = jax.tree.map(np.array, out)
+    trained_apart["params"]["lm_head"]["kernel"] += 1
+    with pytest.raises(
+        ConversionError, match=r"params/lm_head/kernel differs .*\(lm_head\.weight is wte\.weight\)"
+    ):
+        flax_to_torch(trained_apart, tm, user_map=rules)
     torch_grads = _torch_grads(tm, w)
     grads = _flax_grads(fm, out, w)
     plain = params_to_torch_fn(tm, out, user_map=rules)(grads)

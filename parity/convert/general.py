@@ -228,14 +228,30 @@ def flax_to_torch(
     template = torch_model.state_dict()
     out: dict[str, np.ndarray] = {}
     for pt in pairing.transfers:
-        if not pt.torch_keys or pt.copy_of:
-            continue
-        arrays = pt.transfer.to_torch([np.asarray(leaves[k]) for k in pt.flax_keys])
-        out.update(zip(pt.torch_keys, _checked(pt, pt.torch_keys, arrays, template), strict=True))
+        if pt.torch_keys and not pt.copy_of:
+            arrays = pt.transfer.to_torch([np.asarray(leaves[k]) for k in pt.flax_keys])
+            out.update(zip(pt.torch_keys, _checked(pt, pt.torch_keys, arrays, template), strict=True))
+    for pt in pairing.transfers:
+        if pt.copy_of:
+            _same_copies(pt, leaves, out, pairing.ties)
     # no second copy: the rules return fresh C-ordered arrays (np.array keeps 0-d counters 0-d)
     tensors = {k: numpy_to_torch(v) for k, v in out.items()}
     tensors.update((alias, tensors[first]) for alias, first in pairing.ties.items())
     return OrderedDict((k, tensors[k]) for k in template)
+
+
+def _same_copies(pt: PairedTransfer, leaves: Mapping, out: Mapping, ties: Mapping[str, str]) -> None:
+    """Torch holds one tensor where the port holds copies: refuse copies that differ, so that
+    converting back never drops the port's values silently."""
+    arrays = pt.transfer.to_torch([np.asarray(leaves[k]) for k in pt.flax_keys])
+    for key, arr in zip(pt.torch_keys, arrays, strict=True):
+        first = ties.get(key, key)
+        if not np.array_equal(arr, out[first]):
+            raise ConversionError(
+                f"{', '.join(pt.flax_keys)} differs from the Flax leaf converted to {first}: torch holds one "
+                f"tensor ({key}{' is ' + first if first != key else ''}), the port holds copies that "
+                "were changed apart (trained untied?); tie them in the port or convert one of them"
+            )
 
 
 def params_to_torch_fn(
