@@ -220,3 +220,11 @@ def test_a_square_bare_parameter_is_copied_and_torch_rmsnorm_has_a_rule():
     rows = {r["torch"]: (r["flax"], r["rule"]) for r in map_models(tm, v)[1]}
     assert rows["proj"] == ("params/proj/kernel", "copy (parameter)")
     assert rows["norm.weight"] == ("params/norm/scale", "copy")
+
+
+def test_tied_tensors_are_written_to_safetensors_once_per_key(tmp_path):
+    shared = torch.arange(6.0).reshape(2, 3)
+    path = str(tmp_path / "tied.safetensors")
+    write_checkpoint(path, {"wte.weight": shared, "lm_head.weight": shared})  # safetensors alone refuses this
+    back = read_checkpoint(path)
+    np.testing.assert_array_equal(back["lm_head.weight"], back["wte.weight"])
