@@ -13,6 +13,7 @@ Files: :func:`read_checkpoint`, :func:`write_checkpoint`, :func:`convert_file`
 (:mod:`parity.convert.checkpoint`).
 """
 
+from parity.convert.autonames import module_pairs
 from parity.convert.checkpoint import read_checkpoint, write_checkpoint
 from parity.convert.common import ConversionError, flatten_tree, unflatten_tree
 from parity.convert.files import convert_file
@@ -25,7 +26,8 @@ from parity.convert.general import (
     params_to_torch_fn,
     torch_to_flax,
 )
-from parity.convert.rules import RuleContext, Transfer, register_rule, rule_for
+from parity.convert.rules import RuleContext, Transfer, register_rule, rename_rule, rule_for
+from parity.convert.shared import tied_gradient_cause, tied_keys
 from parity.convert.template import (
     Layer,
     expected_flax_shapes,
@@ -48,9 +50,13 @@ __all__ = [
     "flax_leaves",
     "flax_to_torch",
     "map_models",
+    "module_pairs",
     "pair_models",
     "params_to_torch_fn",
     "register_rule",
+    "rename_rule",
+    "tied_gradient_cause",
+    "tied_keys",
     "rule_for",
     "torch_to_flax",
     "Layer",

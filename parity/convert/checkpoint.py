@@ -5,7 +5,7 @@ suffix               content                                      read with
 ===================  ===========================================  ===========================
 ``.pt`` / ``.pth``   torch ``state_dict`` (or ``{"state_dict":``  ``torch.load(weights_only=
                      ``...}``), torch key names                   True)``: never runs code
-``.safetensors``     torch key names, flat                        ``safetensors.numpy``
+``.safetensors``     torch key names, flat                        ``safetensors.torch``
 ``.msgpack``         Flax ``{'params': ..., 'batch_stats': ...}``  ``flax.serialization``
 ===================  ===========================================  ===========================
 
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from parity.convert.common import ConversionError, flatten_tree, torch_tensor_to_numpy
+from parity.convert.common import ConversionError, flatten_tree, numpy_to_torch, torch_tensor_to_numpy
 
 TORCH_SUFFIXES = (".pt", ".pth", ".safetensors")
 FLAX_SUFFIXES = (".msgpack",)
@@ -79,12 +79,13 @@ def read_torch_state(path: str) -> dict[str, np.ndarray]:
     ``{torch key: numpy array}``; sparse, meta, quantized tensors and non-string keys raise."""
     data = _read_bytes(path)
     if Path(path).suffix.lower() == ".safetensors":
-        from safetensors.numpy import load as st_load
+        from safetensors.torch import load as st_load  # torch's reader knows bfloat16; numpy's does not
 
         try:
-            return dict(st_load(data))
+            tensors = st_load(data)
         except Exception as e:
             raise ConversionError(f"{path}: not a readable safetensors file ({str(e)[:120]})") from None
+        return {k: torch_tensor_to_numpy(k, v) for k, v in tensors.items()}
     obj = _torch_load(path, data)
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]  # a training checkpoint {"state_dict": ..., "epoch": ...}
@@ -128,12 +129,19 @@ def read_checkpoint(path: str) -> dict:
 
 def _torch_bytes(path: str, tree: Mapping) -> bytes:
     tensors = OrderedDict(
-        (k, torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v) for k, v in tree.items()
+        (k, numpy_to_torch(np.asarray(v)) if not isinstance(v, torch.Tensor) else v) for k, v in tree.items()
     )
     if Path(path).suffix.lower() == ".safetensors":
         from safetensors.torch import save
 
-        return save({k: v.contiguous() for k, v in tensors.items()})
+        # safetensors refuses tensors sharing memory (tied weights): each key gets its own copy
+        seen: set[int] = set()
+        flat = {}
+        for k, v in tensors.items():
+            ptr = v.untyped_storage().data_ptr() if v.numel() else -1 - len(seen)
+            flat[k] = v.clone().contiguous() if ptr in seen else v.contiguous()
+            seen.add(ptr)
+        return save(flat)
     buf = io.BytesIO()
     torch.save(tensors, buf)
     return buf.getvalue()

@@ -31,7 +31,15 @@ def torch_tensor_to_numpy(key: str, value: Any) -> np.ndarray:
             raise ConversionError(f"{key}: a meta tensor has no data (was the model built on 'meta'?)")
         if value.is_quantized:
             raise ConversionError(f"{key}: quantized tensors are not supported; dequantize it first")
-        return value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16:  # numpy has no bfloat16: ml_dtypes' (jax's) has the same bits
+            import ml_dtypes
+
+            return value.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        try:
+            return value.numpy()
+        except TypeError as e:
+            raise ConversionError(f"{key}: {value.dtype} tensors cannot be converted ({e})") from None
     try:
         arr = np.asarray(value)
     except Exception as e:
@@ -39,6 +47,23 @@ def torch_tensor_to_numpy(key: str, value: Any) -> np.ndarray:
     if arr.dtype == object:
         raise ConversionError(f"{key}: holds a {type(value).__name__}, not an array")
     return arr
+
+
+def numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    """The numpy dtype of a torch dtype (``bfloat16``: ml_dtypes' bfloat16, as jax uses)."""
+    if dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return torch.empty((), dtype=dtype).numpy().dtype
+
+
+def numpy_to_torch(arr: np.ndarray) -> torch.Tensor:
+    """A C-ordered numpy array (bfloat16 included) as a torch tensor sharing its memory when it can."""
+    arr = arr if arr.flags.c_contiguous else np.array(arr, order="C")
+    if arr.dtype.name == "bfloat16":
+        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(arr)
 
 
 def check_array(key: str, got: np.ndarray, expected_shape: tuple, expected_dtype: np.dtype) -> None:

@@ -145,12 +145,17 @@ def _linear_flattens(gm: torch.fx.GraphModule, have_shapes: bool) -> dict[str, t
 
 
 def _conv_before_linear(model: nn.Module) -> bool:
-    seen_conv = False
+    """Whether the first Linear registered after a convolution could take its flattened map:
+    ``in_features`` a multiple ``C*S`` (``S > 1``) of the convolution's ``C`` channels. A
+    Linear over ``C`` features (a ViT's patch tokens, a ConvNeXt's pointwise layers) is not."""
+    channels = None
     for m in model.modules():
         if isinstance(m, nn.modules.conv._ConvNd):
-            seen_conv = True
-        elif isinstance(m, nn.Linear) and seen_conv:
-            return True
+            channels = m.out_channels
+        elif isinstance(m, nn.Linear) and channels is not None:
+            if m.in_features % channels == 0 and m.in_features // channels > 1:
+                return True
+            channels = None
     return False
 
 

@@ -14,12 +14,20 @@ None existing leaves the module unmatched; two existing is an ambiguity error. N
 paired by position.
 
 A **user map** is a callable ``torch module name -> Flax module path or None``, or a text file
-of rules, one per line, ``REGEX -> REPLACEMENT`` (``re.fullmatch`` on the torch module name,
-``\\1`` groups allowed; the result is a ``/``-joined Flax path; ``#`` starts a comment)::
+of rules, one per line, ``REGEX -> REPLACEMENT`` (``re.fullmatch`` on the torch module name, or
+on the full key of a parameter that is not inside a layer; ``\\1`` groups allowed; ``#``
+starts a comment). A result with ``/`` is a Flax path as it is; a result with dots is a torch-style
+name, spelled in Flax by the conventions above; several results separated by commas pair one
+torch module with several Flax modules (its tensors are copied to each)::
 
     # torch name              -> Flax path
     backbone\\.stem\\.(\\d+)     -> stem/conv_\\1
     head                      -> classifier
+    transformer\\.(.*)         -> \\1            # strip a prefix
+    cls                       -> cls_token      # rename a bare parameter
+    block\\.norm               -> block/norm_a, block/norm_b
+
+A rule that matches no torch name is reported (:meth:`RuleMap.unused`).
 """
 
 from __future__ import annotations
@@ -59,12 +67,38 @@ def module_paths(leaf_paths: Iterable[str]) -> set[str]:
     return out
 
 
+def _spelled(result: str, candidates: set[str]) -> str | None:
+    """A map result as a Flax path: ``/`` paths as they are, dotted names spelled."""
+    result = result.strip().strip("/")
+    if "/" in result or "." not in result:
+        return result
+    found = [p for p in dict.fromkeys(flax_spellings(result)) if p in candidates]
+    if len(found) > 1:
+        raise ConversionError(f"map result {result!r}: ambiguous, the Flax model has {' and '.join(found)}")
+    return found[0] if found else result.replace(".", "/")
+
+
+def resolve_path(
+    torch_name: str, flax_modules: set[str], user_map: UserMap | None, leaf: bool = False
+) -> tuple[str, ...] | None:
+    """The Flax path(s) of torch module ``torch_name`` (several when a map rule names several),
+    or ``None``. ``leaf``: ``torch_name`` is a parameter key and only the user map is asked."""
+    if user_map is not None:
+        mapped = user_map(torch_name)
+        if mapped is not None:
+            return tuple(_spelled(part, flax_modules) for part in mapped.split(","))
+    if leaf:
+        return None
+    found = find_flax_path(torch_name, flax_modules, None)
+    return None if found is None else (found,)
+
+
 def find_flax_path(torch_name: str, flax_modules: set[str], user_map: UserMap | None) -> str | None:
     """The Flax module path of torch module ``torch_name``, or ``None`` when it has none."""
     if user_map is not None:
         mapped = user_map(torch_name)
         if mapped is not None:
-            return mapped.strip("/")
+            return _spelled(mapped.split(",")[0], flax_modules)
     found = [p for p in dict.fromkeys(flax_spellings(torch_name)) if p in flax_modules]
     if len(found) > 1:
         raise ConversionError(
@@ -75,14 +109,18 @@ def find_flax_path(torch_name: str, flax_modules: set[str], user_map: UserMap | 
 
 
 def load_user_map(source: str | Path | UserMap | None) -> UserMap | None:
-    """A user map from a callable, a rules file path, or ``None``."""
+    """A user map from a callable, a rules file path (a :class:`RuleMap`), or ``None``."""
     if source is None or callable(source):
         return source
     path = Path(source)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_bytes().decode("utf-8").splitlines()
     except OSError as e:
         raise ConversionError(f"{path}: cannot read the map file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConversionError(
+            f"{path}: the map file is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})"
+        ) from None
     rules = []
     for n, raw in enumerate(lines, 1):
         line = raw.split("#", 1)[0].strip()
@@ -92,17 +130,30 @@ def load_user_map(source: str | Path | UserMap | None) -> UserMap | None:
             raise ConversionError(f"{path}:{n}: expected 'REGEX -> REPLACEMENT', got {line!r}")
         pattern, repl = (s.strip() for s in line.split("->", 1))
         try:
-            rules.append((re.compile(pattern), repl))
+            rules.append((re.compile(pattern), repl, f"{path}:{n}"))
         except re.error as e:
             raise ConversionError(f"{path}:{n}: bad regex {pattern!r}: {e}") from None
-    return _rules_map(rules)
+    return RuleMap(rules)
 
 
-def _rules_map(rules: list[tuple[re.Pattern, str]]) -> UserMap:
-    def mapped(name: str) -> str | None:
-        for pattern, repl in rules:
+class RuleMap:
+    """The rules of a map file as a user map; remembers which rules matched a name."""
+
+    def __init__(self, rules: list[tuple[re.Pattern, str, str]]) -> None:
+        self.rules = rules
+        self.used: set[int] = set()
+
+    def __call__(self, name: str) -> str | None:
+        for i, (pattern, repl, _) in enumerate(self.rules):
             if pattern.fullmatch(name):
+                self.used.add(i)
                 return pattern.sub(repl, name, count=1)
         return None
 
-    return mapped
+    def unused(self) -> list[str]:
+        """One line per rule that matched no name so far (``FILE:LINE: 'REGEX -> REPL'``)."""
+        return [
+            f"{where}: map rule '{p.pattern} -> {r}' matches no torch module or parameter"
+            for i, (p, r, where) in enumerate(self.rules)
+            if i not in self.used
+        ]

@@ -77,6 +77,19 @@ def register_rule(*module_types: type) -> Callable[[RuleFn], RuleFn]:
     return deco
 
 
+def rename_rule(**names: str) -> RuleFn:
+    """A rule that copies each torch tensor to the Flax leaf named for it, for a layer whose
+    tensors only differ in name (``gain="scale"``: ``gain`` -> ``params/scale``; give
+    ``"batch_stats/mean"`` for another collection). One line in a factory file::
+
+        register_rule(MyRMSNorm)(rename_rule(gain="scale"))
+    """
+    pairs = [(t, f if "/" in f else f"params/{f}") for t, f in names.items()]
+    return lambda module, ctx: [
+        Transfer((t,), (f,), f"copy ({t} -> {f.rsplit('/', 1)[1]})") for t, f in pairs
+    ]
+
+
 def rule_for(module: nn.Module) -> RuleFn | None:
     """The rule registered for ``type(module)`` or its nearest base class, or ``None``."""
     for klass in type(module).__mro__:
@@ -163,6 +176,14 @@ def norm_rule(module: nn.LayerNorm, ctx: RuleContext) -> list[Transfer]:
     if getattr(module, "weight", None) is not None:
         out.append(Transfer(("weight",), ("params/scale",)))
     return out + _bias(module)
+
+
+if hasattr(nn, "RMSNorm"):  # torch >= 2.4
+
+    @register_rule(nn.RMSNorm)
+    def rms_norm_rule(module: nn.Module, ctx: RuleContext) -> list[Transfer]:
+        """``weight`` -> ``scale`` (Flax ``RMSNorm``; absent when not elementwise-affine)."""
+        return [Transfer(("weight",), ("params/scale",))] if module.weight is not None else []
 
 
 @register_rule(nn.Embedding)
