@@ -57,9 +57,25 @@ class Runtime:
     @property
     def jax_device(self):
         """The jax device (the first GPU for ``cuda``)."""
-        import jax
+        return jax_device("gpu" if self.device == "cuda" else "cpu")
 
-        return jax.devices("gpu" if self.device == "cuda" else "cpu")[0]
+
+def jax_device(platform: str):
+    """The first jax device of ``platform`` (``'cpu'`` or ``'gpu'``); a backend jax cannot start
+    (no CUDA build, or ``JAX_PLATFORMS`` leaving it out) raises :class:`DeviceError`, one line."""
+    import jax
+
+    try:
+        return jax.devices(platform)[0]
+    except (RuntimeError, AssertionError) as e:  # jax asserts when JAX_PLATFORMS names no usable backend
+        env = os.environ.get("JAX_PLATFORMS")
+        why = (str(e).splitlines() or [""])[0] or type(e).__name__
+        if env is not None:
+            raise DeviceError(
+                f"jax has no usable {platform} backend with JAX_PLATFORMS={env!r} ({why}); "
+                f"unset JAX_PLATFORMS or include {platform!r} in it"
+            ) from None
+        raise DeviceError(f"jax has no usable {platform} backend ({why})") from None
 
 
 def cuda_available() -> bool:
@@ -93,14 +109,13 @@ def configure(device: str = "auto", precision: str = "strict") -> Runtime:
     resolved = "cuda" if device == "cuda" or (device == "auto" and has_cuda) else "cpu"
     if resolved == "cuda":
         try:
-            jax_dev = jax.devices("gpu")[0]
-        except RuntimeError as e:
+            jax_dev = jax_device("gpu")
+        except DeviceError as e:
             raise DeviceError(
-                f"torch sees a CUDA GPU but jax does not ({e}); install a CUDA "
-                "build of jax or use --device cpu"
-            ) from e
+                f"torch sees a CUDA GPU but jax does not ({e}); install a CUDA build of jax or use --device cpu"
+            ) from None
     else:
-        jax_dev = jax.devices("cpu")[0]
+        jax_dev = jax_device("cpu")
     jax.config.update("jax_default_device", jax_dev)
 
     strict = precision == "strict"

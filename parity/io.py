@@ -1,4 +1,8 @@
-"""Atomic file output: a file is either absent, or complete. Nothing half-written."""
+"""Atomic file output: a file is either absent, or complete. Nothing half-written.
+
+Only a regular file or a new path is ever replaced; a symlink is written through to its target,
+and a device, FIFO, socket or directory is refused (:class:`OutputError`, naming the user's path).
+"""
 
 from __future__ import annotations
 
@@ -6,33 +10,86 @@ import contextlib
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from parity.errors import ParityError
+
+_KINDS = {
+    stat.S_ISDIR: "a directory",
+    stat.S_ISFIFO: "a FIFO",
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+    stat.S_ISSOCK: "a socket",
+}
+
+
+class OutputError(ParityError, OSError):
+    """An output path that cannot be written, named as the user gave it (one line).
+
+    Also an :class:`OSError`, so callers that catch ``OSError`` around a write still do.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str, errno: int = 0) -> None:
+        OSError.__init__(self, errno, reason, os.fspath(path))
+
+    def __str__(self) -> str:
+        return f"{self.filename}: cannot write: {self.strerror}"
+
+
+def output_target(path: str | os.PathLike) -> tuple[Path, int | None]:
+    """The file a write to ``path`` replaces, and that file's permission bits (None: a new file).
+
+    A symlink (chain) resolves to its final target, so the link survives and its target gets the
+    new content. Anything that exists and is not a regular file raises :class:`OutputError`.
+    """
+    target = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return target, None
+    except OSError as e:
+        raise OutputError(path, e.strerror or type(e).__name__, e.errno or 0) from None
+    if stat.S_ISREG(st.st_mode):
+        return target, stat.S_IMODE(st.st_mode)
+    kind = next((name for test, name in _KINDS.items() if test(st.st_mode)), "not a regular file")
+    raise OutputError(path, f"it is {kind}; only a regular file or a new path is replaced")
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success rename it over ``path``.
+    """Open a temporary file beside ``path``'s target; on success rename it over the target.
 
     On any exception (including KeyboardInterrupt) the temporary file is removed and ``path``
-    is left as it was. ``mode`` is ``"w"`` (text, UTF-8) or ``"wb"``.
+    is left as it was. ``mode`` is ``"w"`` (text, UTF-8) or ``"wb"``. The target is
+    :func:`output_target`: a symlink is written through, a special file refused. A replaced file
+    keeps its permission bits; a new one gets ``0o666 & ~umask``. An ``OSError``
+    of the write becomes :class:`OutputError` naming ``path``, never the temporary file.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    target, keep_mode = output_target(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise OutputError(path, e.strerror or type(e).__name__, e.errno or 0) from None
     umask = os.umask(0)
     os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+    # mkstemp makes 0600; give the file the usual permissions, or those of the file it replaces
+    os.fchmod(fd, 0o666 & ~umask if keep_mode is None else keep_mode)
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        os.replace(tmp, target)
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        # an OSError of the write itself (no file name, or the temporary's) names the user's path
+        if isinstance(e, OSError) and not isinstance(e, OutputError) and e.filename in (None, tmp):
+            raise OutputError(path, e.strerror or type(e).__name__, e.errno or 0) from None
         raise
 
 

@@ -1,8 +1,9 @@
 """Models from user code: ``SPEC`` is ``package.module:factory`` or ``path/to/file.py:factory``.
 
 A factory takes no arguments and returns a ``torch.nn.Module``, a Flax Linen ``Module`` or an
-NNX ``Module``. Every failure (the module does not import, the factory is missing, raises, or
-returns the wrong type) raises :class:`SpecError` with one line naming the SPEC.
+NNX ``Module``. Every failure (the module does not import, the factory is missing, raises, calls ``sys.exit``
+or returns the wrong type) raises :class:`SpecError` with one line naming the
+SPEC.
 
 A Linen module has no weights until initialised: :func:`linen_variables` calls ``init`` on
 zeros of the given input shape, given in torch layout (``N, C, *spatial``) and moved to
@@ -14,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,24 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if not shape or min(shape) < 1:
         raise ValueError(f"expected comma-separated positive integers, got {text!r}")
     return shape
+
+
+def parse_dtype(text: str) -> str:
+    """``'float32'``, ``'int32'``, ``'bfloat16'``, ... (a numeric or bool dtype jax knows) -> its
+    canonical name; anything else raises :class:`SpecError` naming ``--input-dtype``."""
+    import jax.numpy as jnp
+
+    try:
+        dtype = jnp.dtype(text)
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype is None or not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
+        raise SpecError(f"--input-dtype {text!r}: not a numeric dtype (e.g. float32, int32, bfloat16)")
+    return dtype.name
+
+
+def _exit_text(e: SystemExit) -> str:
+    return f"called sys.exit({e.code!r})"
 
 
 def _import_module(spec: str, where: str) -> Any:
@@ -63,6 +83,8 @@ def load_factory(spec: str) -> Callable[[], Any]:
         module = _import_module(spec, where)
     except SpecError:
         raise
+    except SystemExit as e:  # user code that exits while importing: not our exit, not silent
+        raise SpecError(f"{spec}: cannot import {where}: it {_exit_text(e)}") from None
     except Exception as e:  # user code: any import-time failure
         raise SpecError(f"{spec}: cannot import {where}: {type(e).__name__}: {e}") from None
     factory = getattr(module, attr, None)
@@ -91,6 +113,8 @@ def build(spec: str, allowed: Sequence[str]) -> tuple[Any, str]:
     factory = load_factory(spec)
     try:
         model = factory()
+    except SystemExit as e:  # user code that exits: not our exit, not silent
+        raise SpecError(f"{spec}: the factory {_exit_text(e)} instead of returning a model") from None
     except Exception as e:  # user code
         raise SpecError(f"{spec}: the factory raised {type(e).__name__}: {e}") from None
     kind = _kind_of(model)
@@ -120,18 +144,22 @@ def linen_variables(
     import jax
     import jax.numpy as jnp
 
-    x = jax.ShapeDtypeStruct(flax_input_shape(torch_shape, channels_last), jnp.dtype(dtype))
+    x = jax.ShapeDtypeStruct(flax_input_shape(torch_shape, channels_last), jnp.dtype(parse_dtype(dtype)))
     key = jax.random.key(0)
     init = (lambda *a, **k: jax.eval_shape(module.init, *a, **k)) if shapes_only else module.init
-    if not shapes_only:
-        x = jnp.zeros(x.shape, x.dtype)
     try:
-        try:
-            return init(key, x)
-        except TypeError as e:
-            if "train" not in str(e):
-                raise
-            return init(key, x, train=False)
+        with warnings.catch_warnings():
+            # float64 without jax_enable_x64 is truncated to float32: the init's weights are the
+            # same, and the warning would only come before whatever the real outcome is
+            warnings.filterwarnings("ignore", "Explicitly requested dtype", UserWarning)
+            if not shapes_only:
+                x = jnp.zeros(x.shape, x.dtype)
+            try:
+                return init(key, x)
+            except TypeError as e:
+                if "train" not in str(e):
+                    raise
+                return init(key, x, train=False)
     except Exception as e:  # user code
         msg = (str(e).splitlines() or [""])[0][:200]
         raise SpecError(

@@ -26,7 +26,8 @@ compiles six step functions: 220 s wall, so every test that uses it is marked ``
 (4 gloo ranks oversubscribing 2 cores, one more jax child) and Flax float64 (one more jax child):
 223 s and 220 s wall in the full run (686 s for all 16 tests, 171 s CPU); with the NNX
 ``shard_map`` runs added to the N = 4 child, that test took 287 s wall, 91 s CPU.
-The unsynchronised-twins check has the thinnest margin: 6.7e-6 (a gradient) against ``TOL``.
+The unsynchronised-twins check had the thinnest float32 margin, 6.7e-6 (a gradient) against
+``TOL``: it is judged in float64 now, where no CPU's rounding comes near its bound.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import pytest
 
 from flax_impl import BN_MOMENTUM
 from flax_impl import data_parallel as flax_dp
+from parity.defaults import FLOAT64_REL_TOL
 from parity.harness import data_parallel as dp
 from torch_impl import data_parallel as torch_dp
 
@@ -71,6 +73,22 @@ def single(batches):
 def ranks(batches):
     x, y, _ = batches
     return torch_dp.run_ddp(SPEC, VARIANTS, x, y, N, timeout_s=300, available=N)
+
+
+SPEC64 = torch_dp.RunSpec(dtype="float64")
+
+
+@pytest.fixture(scope="module")
+def ranks64(batches):
+    """DDP in float64, with and without sync BN: where rounding cannot decide a comparison."""
+    x, y, _ = batches
+    return torch_dp.run_ddp(SPEC64, VARIANTS[:2], x, y, N, timeout_s=300, available=N)
+
+
+@pytest.fixture(scope="module")
+def flax_out64(batches):
+    """The Flax runs in float64 (one more jax child, with jax_enable_x64)."""
+    return dp.run_flax(SPEC, *batches, N, dtype="float64", timeout_s=600)
 
 
 #: Tests that use ``flax_out`` are marked slow: its jax child compiles six step functions (measured
@@ -174,14 +192,24 @@ def test_shard_map_without_axis_name_keeps_per_replica_statistics(flax_out):
 
 
 @SLOW_JAX_CHILD
-def test_the_unsynchronised_twins_match_through_the_converter(ranks, flax_out, batches):
+def test_the_unsynchronised_twins_match_through_the_converter(ranks, flax_out, ranks64, flax_out64, batches):
     """Rows 10 and 12 are one behaviour: DDP without sync BN (no buffer broadcast) == Linen
-    ``shard_map`` without ``axis_name``, rank r's statistics == replica r's (counted per shard)."""
-    gaps = dp.compare_torch_flax(
-        ranks, "plain", flax_out, "shard_map_no_axis", SPEC, batches[0][0], per_replica=True
+    ``shard_map`` without ``axis_name``, rank r's statistics == replica r's (counted per shard).
+
+    Judged in float64: in float32 the gap (6.7e-6 on the AVX2 dev box, a gradient) is only 1.5x
+    inside ``TOL``, and another CPU's kernels round differently. In float64 the two sides agree
+    to ~1e-15 whatever the CPU (``FLOAT64_REL_TOL`` = 1e-9 leaves six orders); a wrong port is
+    as far off in float64 as in float32 (the ``> 100 * TOL`` checks above). The float32 gap is
+    printed."""
+    x0 = batches[0][0]
+    gaps64 = dp.compare_torch_flax(
+        ranks64, "plain", flax_out64, "shard_map_no_axis", SPEC, x0, per_replica=True
     )
-    _report("DDP without sync BN vs shard_map without axis_name", gaps)
-    assert max(gaps.values()) < TOL, gaps
+    gaps32 = dp.compare_torch_flax(ranks, "plain", flax_out, "shard_map_no_axis", SPEC, x0, per_replica=True)
+    _report("DDP without sync BN vs shard_map without axis_name, float64", gaps64)
+    _report("the same in float32 (not judged: CPU-dependent rounding)", gaps32)
+    assert max(gaps64.values()) < FLOAT64_REL_TOL, gaps64
+    assert max(gaps32.values()) < 100 * TOL, gaps32  # rounding, not a behaviour (those are > 100 TOL)
 
 
 @SLOW_JAX_CHILD
@@ -212,13 +240,11 @@ def test_eval_left_on_by_one_rank_inside_the_loop(ranks, single):
     assert min(gaps[k] for k in ("logits", "grad", "running_mean")) > 100 * TOL
 
 
-def test_reduction_order_effect_is_float32_rounding(batches, ranks, single):
+def test_reduction_order_effect_is_float32_rounding(batches, ranks, single, ranks64):
     """The tolerance's justification, re-measured: DDP vs one process is as far apart as one
     float32 process is from float64, and nothing at all in float64."""
     x, y, _ = batches
-    spec64 = torch_dp.RunSpec(dtype="float64")
-    single64 = torch_dp.run_single(spec64, x, y)
-    ranks64 = torch_dp.run_ddp(spec64, (torch_dp.Variant("sync"),), x, y, N, timeout_s=300, available=N)
+    single64 = torch_dp.run_single(SPEC64, x, y)
     f32 = dp.compare_records([single], "single", single64, "single")
     ddp32 = dp.compare_records(ranks, "sync", single, "single")
     ddp64 = dp.compare_records(ranks64, "sync", single64, "single")
@@ -301,8 +327,8 @@ def test_checks_1_to_4_with_four_ranks(batches, single):
 
 
 @pytest.mark.slow  # one more jax child, with jax_enable_x64
-def test_flax_reduction_order_effect_in_float64(batches, flax_out):
-    out64 = dp.run_flax(SPEC, *batches, N, dtype="float64", timeout_s=600)
+def test_flax_reduction_order_effect_in_float64(batches, flax_out, flax_out64):
+    out64 = flax_out64
     f32 = dp.compare_records([flax_out], "single", out64, "single", False)
     jit64 = dp.compare_flax(out64, "jit")
     jit32 = dp.compare_flax(flax_out, "jit")

@@ -153,3 +153,52 @@ def test_check_data_parallel_end_to_end(tmp_path):
     assert [r["check"][:2] for r in mismatches] == ["10", "11", "12", "13", "14"]
     assert all(max(r["gaps"].values()) < TOL for r in checks)
     assert all(min(r["gaps"].values()) > 100 * TOL for r in mismatches)
+
+
+def _smallest_max_pool_gap(monkeypatch, seed: int, batch: int, steps: int = 3) -> float:
+    """The smallest relative gap between the two largest values of any digits max-pool window
+    (after bn2 and ReLU; exact ties left out) over the ``steps`` steps of the check's one-process
+    run, computed in float64 (no CPU's float32 kernels involved)."""
+    import torch.nn.functional as F
+
+    gaps: list[float] = []
+    build = torch_dp.build
+
+    def hooked(spec, device="cpu"):
+        model = build(spec, device)
+
+        def record(module, args, out):
+            a = F.relu(out.detach()).numpy()  # (B, C, 8, 8) -> (B, C, 4, 4, 4): 2x2 windows
+            b, c, h, w = a.shape
+            win = np.sort(
+                a.reshape(b, c, h // 2, 2, w // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(b, c, -1, 4)
+            )
+            top, second = win[..., -1], win[..., -2]
+            real = (top > 0) & (top > second)
+            gaps.append(float(((top - second)[real] / top[real]).min()))
+
+        model.bn2.register_forward_hook(record)
+        return model
+
+    monkeypatch.setattr(torch_dp, "build", hooked)
+    spec = torch_dp.RunSpec(model="digits", config={"dropout": 0.0}, seed=seed, dtype="float64")
+    x, y, _ = dp.model_batches("digits", steps, batch)
+    torch_dp.run_single(spec, x, y)
+    return min(gaps)
+
+
+def test_why_seed_0_batch_96_can_fail_check_1_on_some_cpus(monkeypatch):
+    """``check --data-parallel 3 --batch-size 96`` failed check 1 with 1.08e-02 on an AVX-512 CPU,
+    deterministically; on the AVX2 dev box it passes (grad 1.5e-6, 2026-12-07), as do ``--seed 1``
+    and N = 2 there. Not a DDP or SyncBN difference: 96 rows split evenly (32 per rank), the first
+    3 x 96 training rows are used and nothing is dropped. The cause this test shows: at seed 0,
+    batch 96, a max-pool window's two largest values differ by 3.5e-7 relative in float64 (step 2;
+    5.5e-7 at step 0), 3-5 float32 ulps, within the rounding of conv2's 144-term float32 sums. A CPU
+    whose kernels round the 32-row shards differently from the 96-row batch can route that window's
+    gradient to the other element, and the cancelling BN-bias gradients amplify such a flip to
+    ~1e-2 (8e-3 for digits seed 4 in MIGRATION.md). The settings that pass have no window closer
+    than 4.9e-6 (seed 1) and 9.9e-6 (batch 128). The data-parallel checks are judged in float32
+    only, so this is a false alarm of the check, not a port or DDP bug."""
+    assert _smallest_max_pool_gap(monkeypatch, 0, 96) < 1e-6
+    assert _smallest_max_pool_gap(monkeypatch, 1, 96) > 1e-6
+    assert _smallest_max_pool_gap(monkeypatch, 0, 128) > 1e-6

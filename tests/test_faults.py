@@ -23,15 +23,20 @@ The float64 re-judgement of gradients (docs/HARNESS.md) excuses only what float6
 
 import re
 
+import flax.linen as fnn
 import numpy as np
 import optax
 import pytest
+import torch
+import torch.nn as tnn
+import torch.nn.functional as F
 
 from flax_impl import linen_models, nnx_models
 from parity import convert, layout
 from parity.data import iterate_batches, load
 from parity.harness.compare import zoo_pair
 from parity.harness.localize import LocalizeOptions, localize, localize_gradients
+from parity.harness.pair import ModelPair
 from parity.harness.trajectory import (
     OptimizerPair,
     TrajectoryOptions,
@@ -190,17 +195,71 @@ def test_float64_rejudgement_still_catches_a_small_gradient_bug(digits):
     )
 
 
-def test_float64_rejudgement_clears_a_float32_decision_flip():
-    """digits, seed 4, batch 128 (the CPU suite's gradient case): torch float32 routes one
-    max-pool gradient to the other element of a window whose two values differ by ~3e-6
-    relative, so bn1.bias (a sum whose terms cancel to ~1% of their absolute sum) is ~8e-3 from
-    float64 in torch float32 itself. In float64 both sides agree to ~1e-14."""
-    from parity.data import load
+# The decision flip, built on purpose: three float32 values a1, b1, a2 whose exact sums order as
+# a1 + b1 < a2 (by ~1e-7 relative), but where the torch order of operations, 3.75 * a1 + 3.75 * b1
+# (each product rounded, then the sum), comes out ABOVE 3.75 * a2. The port computes 3.75 * (a1 + b1)
+# (sum rounded, then the product), which keeps the true order. Every step is one correctly rounded
+# IEEE float32 operation on fixed operands (a conv of two taps with unit weights sums exactly two
+# exact products), so this holds on any IEEE float32 CPU, whatever kernel either framework picks;
+# found by a search over random float32 triples, checked with numpy in the test.
+FLIP_A1, FLIP_B1, FLIP_A2, FLIP_SCALE = (
+    np.float32(1.2383925),
+    np.float32(0.6924576),
+    np.float32(1.9308501),
+    3.75,
+)
 
-    ds = load("digits")
-    pair = zoo_pair("digits", "linen", 4, dropout=0.0)
-    rep = localize_gradients(pair, ds.x_test[:128], ds.y_test[:128])
-    row = rep.row("bn1.bias")
-    assert row.rel_l2 > 1e-3 and row.float64_rel_l2 > 1e-3, rep.format()  # torch f32 is the far one
+
+class ScaleThenConv(tnn.Module):
+    """``fc(flatten(maxpool2(conv1x1(x * 3.75))))``: scales the input, then convolves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = tnn.Conv2d(2, 1, 1, bias=False)
+        self.fc = tnn.Linear(1, 2)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.max_pool2d(self.conv(x * FLIP_SCALE), 2), 1))
+
+
+class ConvThenScale(fnn.Module):
+    """The same function with the scale after the conv: ``fc(flatten(maxpool2(conv1x1(x) * 3.75)))``."""
+
+    @fnn.compact
+    def __call__(self, x):
+        h = fnn.max_pool(fnn.Conv(1, (1, 1), use_bias=False, name="conv")(x) * FLIP_SCALE, (2, 2), (2, 2))
+        return fnn.Dense(2, name="fc")(h.reshape(h.shape[0], -1))
+
+
+def test_float64_rejudgement_clears_a_float32_decision_flip():
+    """One 2x2 max-pool window holds p1 = a1 + b1 (both channels, first position) and p2 = a2
+    (channel 0, second position): torch float32 routes the gradient to p1, the port and float64
+    to p2, so conv.weight's gradient differs by ~0.7 relative in float32 (torch f32 is the far
+    one: ~0.5 from float64), while in float64 both sides agree to ~1e-16 and the row passes."""
+    f32, a1, b1, a2, c = np.float32, FLIP_A1, FLIP_B1, FLIP_A2, np.float32(FLIP_SCALE)
+    assert (np.float64(a1) + np.float64(b1)) * 3.75 < np.float64(a2) * 3.75  # the true order
+    assert (a1 + b1) * c < a2 * c  # the port's float32 keeps it
+    assert a1 * c + b1 * c > a2 * c  # torch's float32 order of operations reverses it
+
+    torch_model = ScaleThenConv()
+    with torch.no_grad():
+        torch_model.conv.weight.fill_(1.0)  # unit taps: the conv adds two exact products
+        torch_model.fc.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        torch_model.fc.bias.zero_()
+    variables = {
+        "params": {
+            "conv": {"kernel": np.ones((1, 1, 2, 1), f32)},
+            "fc": {"kernel": np.array([[1.0, -1.0]], f32), "bias": np.zeros(2, f32)},
+        }
+    }
+    x = np.zeros((2, 2, 2, 2), f32)  # N, C, H, W: one pooling window per sample
+    x[:, 0, 0, 0], x[:, 1, 0, 0], x[:, 0, 0, 1] = a1, b1, a2
+    pair = ModelPair(torch_model, ConvThenScale(), variables)
+    rep = localize_gradients(pair, x, np.array([0, 1]))
+    row = rep.row("conv.weight")
+    assert row.rel_l2 > 0.1 and row.float64_rel_l2 > 0.1, rep.format()  # torch f32 is the far one
     assert row.passed and row.port_float64_rel_l2 < 1e-12, rep.format()
+    assert all(r.passed and r.float64_rel_l2 is None for r in rep.rows if r.name != "conv.weight"), (
+        rep.format()
+    )
     assert rep.passed and rep.worst_judged() <= rep.tol

@@ -77,3 +77,54 @@ def test_bn_defaults_are_converted_not_flax_defaults():
 
     assert nn.BatchNorm.momentum == 0.99  # the Flax default that a naive port would inherit
     # The running statistics then agree step by step: tests/test_parity.py::test_bn_state_after_training_mode_passes
+
+
+def _mode_flags(model) -> list:
+    """``(path, flag value)`` of every NNX BatchNorm ``use_running_average`` and Dropout
+    ``deterministic`` in ``model``."""
+    from flax import nnx
+
+    flags = []
+    for path, m in nnx.iter_modules(model):
+        if isinstance(m, nnx.BatchNorm):
+            flags.append((path, m.use_running_average))
+        elif isinstance(m, nnx.Dropout):
+            flags.append((path, m.deterministic))
+    return flags
+
+
+@pytest.mark.parametrize("name", ["digits", "signal1d"])
+def test_nnx_models_start_in_train_mode_with_explicit_flags(name):
+    """Flax typed both flags ``bool | None`` and announced a change of their default from False to
+    None (then a call before ``.train()`` / ``.eval()`` raises). Our NNX models take the default, so
+    this fails on the release that changes it: fresh models are in train mode with explicit flags,
+    as torch's are (``training=True``), and the study's NNX variants rely on that."""
+    model = nnx_models.build_model(name, channels=(4, 8), hidden=16)
+    flags = _mode_flags(model)
+    assert len(flags) == 4 and all(v is False for _, v in flags), flags  # 3 BatchNorms, 1 Dropout
+
+
+def test_nnx_mode_under_a_none_default():
+    """What the NNX variants do when the flags are None (the announced default): the plain call
+    raises, and ``.train()`` / ``.eval()`` and ``nnx.view`` still set every flag, so the loops in
+    flax_impl/nnx_train.py (which always set the mode first) keep working."""
+    from flax import nnx
+
+    model = nnx_models.build_model("digits", channels=(4, 8), hidden=16)
+    for _, m in nnx.iter_modules(model):
+        if isinstance(m, nnx.BatchNorm):
+            m.use_running_average = None
+        elif isinstance(m, nnx.Dropout):
+            m.deterministic = None
+    x = jnp.zeros((2, 8, 8, 1))
+    with pytest.raises(ValueError, match="No `use_running_average` argument"):
+        model(x)
+    eval_view = nnx.view(model, deterministic=True, use_running_average=True)
+    assert all(v is True for _, v in _mode_flags(eval_view))
+    assert all(v is None for _, v in _mode_flags(model))  # a view leaves the model as it was
+    assert eval_view(x).shape == (2, 10)
+    model.train()
+    assert all(v is False for _, v in _mode_flags(model))
+    assert model(x).shape == (2, 10)
+    model.eval()
+    assert all(v is True for _, v in _mode_flags(model))

@@ -19,11 +19,40 @@ loss gap grows with the steps. Measured on the 2-core CPU dev box (2026-11-27) f
 set-up (8x8 digits, widths (4, 8)/16, batch 32, lr 0.01, 3 epochs = 90 steps), over seeds 0-7
 and with torch on 1 or 2 intra-op threads: max relative loss difference 1.4e-5 for the correct
 pair (seed 1, 1 thread; <= 7.4e-7 for every other case) and 1.0e-5 for the seed-bug pair (seed 5;
-epochs 2-3 train without batch normalisation, which amplifies differences). ``RTOL = 1e-4`` is
-7x above the worst case; the buggy and correct trajectories differ by > 0.8 relative, four orders
-of magnitude above it, so the test can fail. The tests run the worst seed of each pair. With lr 0.05 and these
-tiny widths some seeds' trajectories are chaotic (gaps reach 1e-2 within 60 steps through ReLU
-and max-pool switches), which is why the test uses lr 0.01: it checks the loops, not chaos.
+epochs 2-3 train without batch normalisation, which amplifies differences). ``RTOL = 1e-4``; the
+buggy and correct trajectories differ by > 0.8 relative, four orders of magnitude above it, so
+the test can fail.
+
+Which seeds. Those gaps depend on the CPU: a float32 kernel that rounds differently (AVX2 vs
+AVX-512) can move a ReLU or max-pool input across its decision, and a seed whose trajectory
+passes near such a decision then jumps. The test therefore runs seeds chosen for being far from
+any, measured by moving every initial torch weight one float32 ulp (a change of the size of one
+kernel's rounding against another's) and rerunning the same loop: the largest relative loss
+change over 90 steps, with torch on 2 or 1 intra-op threads (the suite uses 1; tests/conftest.py),
+seeds 0-7 (2-core AMD EPYC dev box, AVX2, 2026-12-07):
+
+====  =================  =================
+seed  correct, 2 / 1 th  seed-bug, 2 / 1 th
+====  =================  =================
+0     3.6e-7 / 3.4e-7    3.6e-6 / 5.1e-6
+1     1.3e-5 / 5.1e-7    9.2e-2 / 9.2e-2
+2     3.7e-7 / 3.3e-7    1.3e-6 / 1.2e-4
+3     4.7e-7 / 3.7e-7    3.1e-6 / 5.6e-6
+4     4.2e-7 / 3.4e-7    2.9e-6 / 3.0e-6
+5     3.9e-7 / 2.6e-7    7.5e-6 / 4.1e-6
+6     4.6e-7 / 4.6e-7    1.3e-6 / 6.7e-6
+7     4.8e-7 / 4.3e-7    2.9e-6 / 3.1e-6
+====  =================  =================
+
+The seed-bug loop trains in eval mode (no batch normalisation) and is the fragile one. Seed 1,
+which an earlier version ran because it had the largest cross-framework gap here, sits on a
+decision (9.2e-2); seed 2 does under one thread only: the same rounding change that a thread
+count makes, another CPU's kernels can make. Seeds 4 and 7 move by <= 3.1e-6 under both, ~30x
+inside RTOL; ``test_the_seeds_are_well_conditioned`` asserts <= RTOL / 10 on the CPU it runs on,
+so a CPU on which a seed did become fragile fails there, naming the cause, and not in a parity
+test. With lr 0.05 and these tiny widths many seeds' trajectories are chaotic (gaps reach 1e-2
+within 60 steps through ReLU and max-pool switches), which is why the test uses lr 0.01: it
+checks the loops, not chaos.
 
 One known, documented difference is removed in the seed-bug pair: PyTorch stores the
 *unbiased* batch variance (``n / (n - 1)``) in ``running_var``, Flax the biased one
@@ -55,7 +84,9 @@ from torch_impl.models import build_model
 RTOL = 1e-4
 CONFIG = {"channels": (4, 8), "hidden": 16, "dropout": 0.0}
 N_TRAIN, BATCH, LR, EPOCHS = 960, 32, 0.01, 3  # 30 steps per epoch, 90 steps
-SEEDS = (1, 5)  # the largest gap of seeds 0-7: correct pair, bug pair
+# Well-conditioned seeds (test_the_seeds_are_well_conditioned): a rounding-sized change of the
+# start moves their loss trajectories ~1e-6, so any CPU's float32 kernels stay far inside RTOL.
+SEEDS = (4, 7)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +121,14 @@ def _running_var_as_flax(model: torch.nn.Module, sizes: dict[str, int]) -> None:
                 m.running_var.copy_(d + (m.running_var - d) * (n - 1) / n)
 
 
-def _torch_losses(loop, seed: int, digits, match_flax_running_var: bool = False) -> np.ndarray:
+def _torch_losses(
+    loop, seed: int, digits, match_flax_running_var: bool = False, perturb: bool = False
+) -> np.ndarray:
     model = build_model("digits", seed=seed, **CONFIG)
+    if perturb:  # every initial weight one float32 ulp up: a rounding-sized change, nothing more
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.nextafter(p, torch.full_like(p, np.inf)))
     sizes = values_per_channel(model, digits["x"][:BATCH])  # n per BN layer for a training batch
 
     def on_epoch(rec):
@@ -146,6 +183,15 @@ def _nnx_losses(fit, seed: int, digits) -> np.ndarray:
 def _max_rel(a: np.ndarray, b: np.ndarray) -> float:
     assert a.shape == b.shape
     return float(np.max(np.abs(a - b) / np.abs(a)))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_seeds_are_well_conditioned(seed, digits):
+    """Every initial weight one float32 ulp up moves neither torch loop's losses by RTOL / 10:
+    the trajectories pass no ReLU / max-pool decision within rounding distance (module doc)."""
+    for loop in (torch_train.fit, torch_train.fit_seed_bug):
+        moved = _max_rel(_torch_losses(loop, seed, digits), _torch_losses(loop, seed, digits, perturb=True))
+        assert 0 < moved < RTOL / 10, (loop.__name__, moved)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
