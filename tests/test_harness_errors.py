@@ -23,7 +23,7 @@ def test_data_parallel_zero_is_refused_not_the_ordinary_suite(n, capsys, monkeyp
 
     monkeypatch.setattr(suite, "run_suite", lambda *a: pytest.fail("the ordinary suite ran"))
     assert main(["check", "--device", "cpu", "--data-parallel", n]) == 2
-    assert "--data-parallel N needs N >= 1" in one_line(capsys)
+    assert f"--data-parallel must be at least 1, got {n}" in one_line(capsys)
 
 
 def test_an_input_rank_the_first_conv_does_not_take_blames_the_input(capsys):

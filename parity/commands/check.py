@@ -112,11 +112,6 @@ def data_parallel_config(args: argparse.Namespace):
     from parity.harness.data_parallel_suite import DEFAULT_STEPS, DataParallelConfig
     from parity.replicas import gpu_count
 
-    if args.data_parallel < 1:
-        raise ValueError(
-            f"--data-parallel N needs N >= 1 ranks, got {args.data_parallel}; "
-            "leave the option out for the single-device checks"
-        )
     for option, value in (
         ("--localize", args.localize),
         ("--plot", args.plot),
