@@ -198,7 +198,8 @@ def test_the_unsynchronised_twins_match_through_the_converter(ranks, flax_out, r
 
     Judged in float64: in float32 the gap (6.7e-6 on the AVX2 dev box, a gradient) is only 1.5x
     inside ``TOL``, and another CPU's kernels round differently. In float64 the two sides agree
-    to ~1e-15 whatever the CPU (``FLOAT64_REL_TOL`` = 1e-9 leaves six orders); a wrong port is
+    to 4.6e-14 (a gradient; AVX2 dev box, 2026-12-07) whatever the CPU (``FLOAT64_REL_TOL`` =
+    1e-9 leaves four orders); a wrong port is
     as far off in float64 as in float32 (the ``> 100 * TOL`` checks above). The float32 gap is
     printed."""
     x0 = batches[0][0]
