@@ -97,7 +97,8 @@ def test_a_map_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
     ):
         load_user_map(str(bad))
     args = ["map", "--torch", "tests/convert_user_models.py:make_torch", "--flax"]
-    assert main([*args, "tests/convert_user_models.py:make_nnx", "--map", str(bad)]) == 1
+    linen = ["tests/convert_user_models.py:make_linen", "--input-shape", "2,3,4,4"]
+    assert main([*args, *linen, "--map", str(bad)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not UTF-8 text" in err and "Traceback" not in err
 
