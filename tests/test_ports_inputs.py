@@ -97,7 +97,8 @@ def test_a_map_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
     ):
         load_user_map(str(bad))
     args = ["map", "--torch", "tests/convert_user_models.py:make_torch", "--flax"]
-    assert main([*args, "tests/convert_user_models.py:make_nnx", "--map", str(bad)]) == 1
+    linen = ["tests/convert_user_models.py:make_linen", "--input-shape", "2,3,4,4"]
+    assert main([*args, *linen, "--map", str(bad)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not UTF-8 text" in err and "Traceback" not in err
 
@@ -149,6 +150,8 @@ class _UntraceableViT(nn.Module):
 
 
 def test_no_spurious_flatten_error_for_a_model_that_never_flattens_into_a_linear():
+    """Given the input shape, a dry run with hooks sees tokens, not a flattened map, feed every
+    Linear (without it, ``head``'s 12 = 3 x 4 features could be a flatten: detection asks)."""
     tm = _UntraceableViT()
     v = {
         "params": {
@@ -157,8 +160,11 @@ def test_no_spurious_flatten_error_for_a_model_that_never_flattens_into_a_linear
             "head": {"kernel": np.zeros((12, 2), np.float32), "bias": np.zeros(2, np.float32)},
         }
     }
-    out = torch_to_flax(tm.state_dict(), tm, v)
+    with pytest.raises(ConversionError, match=r"give --input-shape \(a dry run finds it\)"):
+        torch_to_flax(tm.state_dict(), tm, v)
+    out = torch_to_flax(tm.state_dict(), tm, v, input_shape=(1, 3, 4, 4))
     np.testing.assert_array_equal(out["params"]["qkv"]["kernel"], tm.qkv.weight.detach().numpy().T)
+    np.testing.assert_array_equal(out["params"]["head"]["kernel"], tm.head.weight.detach().numpy().T)
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
@@ -228,3 +234,33 @@ def test_tied_tensors_are_written_to_safetensors_once_per_key(tmp_path):
     write_checkpoint(path, {"wte.weight": shared, "lm_head.weight": shared})  # safetensors alone refuses this
     back = read_checkpoint(path)
     np.testing.assert_array_equal(back["lm_head.weight"], back["wte.weight"])
+
+
+class _UntraceableCNN(_UntraceableViT):
+    """The same untraceable branch, with a real flatten into a Linear, and a token Linear
+    after a LayerNorm whose input must not be taken for a flattened map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4 * 2 * 2, 3)
+        self.norm = nn.LayerNorm(2)
+        self.tok = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.patch(x))
+        if y.abs().sum() > 0:
+            y = y * 1.0
+        flat = self.fc(torch.flatten(y, 1))
+        tokens = self.norm(y.flatten(2).transpose(1, 2)[..., :2])  # (N, 4, 2)
+        return flat + self.tok(tokens.reshape(x.shape[0], -1))
+
+
+def test_an_input_shape_finds_the_flatten_of_an_untraceable_model():
+    from parity.convert.flatten import detect_flattens
+
+    tm = _UntraceableCNN()
+    with pytest.raises(ConversionError, match=r"torch\.fx cannot trace it .*--flatten LAYER=C,H,W"):
+        detect_flattens(tm)
+    found = detect_flattens(tm, input_shape=(2, 3, 4, 4))
+    assert found.shapes == {"fc": (4, 2, 2)} and found.method.startswith("forward hooks")
+    assert tm.training  # the eval-mode dry run restored the mode

@@ -15,8 +15,11 @@ Sources, in order of preference:
   no forward pass is run. Where that walk cannot tell ``C`` and an ``input_shape`` (torch
   layout) is given, a dry run with ``ShapeProp`` gives the shapes.
 
-When tracing is impossible and the model has a convolution before a Linear, detection raises
-:class:`ConversionError` asking for ``--flatten``: it never guesses.
+When tracing is impossible and an ``input_shape`` is given, one eval-mode forward pass with hooks
+finds each Linear whose 2-D input has as many features as the previous leaf module's
+``(C, *spatial)`` output. Without an input shape, when the first Linear after a convolution takes
+``C*S`` features (``S > 1``), detection raises :class:`ConversionError` asking for
+``--flatten``: it never guesses.
 """
 
 from __future__ import annotations
@@ -97,6 +100,15 @@ _CHANNEL_KEEPING_MODULES = (
 )
 
 
+_CHANNELS_FIRST_MODULES = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    *_CHANNEL_KEEPING_MODULES,
+)
+
+
 def detect_flattens(
     model: nn.Module,
     input_shape: tuple[int, ...] | None = None,
@@ -109,11 +121,15 @@ def detect_flattens(
     try:
         gm = torch.fx.symbolic_trace(model)
     except Exception as e:  # any failure of tracing user code
+        hooked = _hook_flattens(model, input_shape, input_dtype) if input_shape is not None else None
+        if hooked is not None:
+            return FlattenInfo(hooked, "forward hooks on --input-shape (torch.fx cannot trace it)")
         if _conv_before_linear(model):
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ConversionError(
                 f"{type(model).__name__}: torch.fx cannot trace it ({reason[:160]}), so a flatten into a "
-                "Linear cannot be detected; pass --flatten LAYER=C,H,W (flatten_shapes=...)"
+                "Linear cannot be detected; give --input-shape (a dry run finds it) or pass "
+                "--flatten LAYER=C,H,W (flatten_shapes=...)"
             ) from None
         return FlattenInfo({}, "none (not traceable; no convolution before a Linear)")
     try:
@@ -133,6 +149,42 @@ def detect_flattens(
     return FlattenInfo(_linear_flattens(gm, True), "torch.fx + ShapeProp")
 
 
+def _hook_flattens(model: nn.Module, input_shape, input_dtype) -> dict[str, tuple[int, ...]] | None:
+    """``{linear: (C, *spatial)}`` from one eval-mode forward pass with hooks: a Linear whose
+    input is ``(N, F)`` after a channels-first module (conv, norm, pooling; activations pass
+    through) output ``(N, C, *spatial)`` with ``F = C*S``, ``S > 1``; ``None`` when the pass
+    fails. Nothing of the model changes."""
+    names = {m: n for n, m in model.named_modules()}
+    last: list[tuple[int, ...] | None] = [None]  # the latest channels-first map, None after tokens
+    found: dict[str, tuple[int, ...]] = {}
+
+    def hook(module, args, output):
+        if isinstance(module, nn.Linear) and args and isinstance(args[0], torch.Tensor):
+            shape, cs = tuple(args[0].shape), last[-1]
+            if len(shape) == 2 and cs and math.prod(cs) == shape[1] and math.prod(cs[1:]) > 1:
+                found[names[module]] = cs
+        leaf = not any(True for _ in module.children())
+        if not leaf or not isinstance(output, torch.Tensor) or output.dim() < 3:
+            return
+        if isinstance(module, _ELEMENTWISE_MODULES):
+            return  # an activation keeps whatever layout it was given
+        channels_first = isinstance(module, _CHANNELS_FIRST_MODULES)
+        last.append(tuple(output.shape[1:]) if channels_first else None)  # None: e.g. LayerNorm on tokens
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    training = model.training
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model.eval()(torch.zeros(input_shape, dtype=input_dtype))
+    except Exception:  # user code: the dry run only helps when it runs
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(training)
+    return found
+
+
 def _linear_flattens(gm: torch.fx.GraphModule, have_shapes: bool) -> dict[str, tuple[int, ...]]:
     modules = dict(gm.named_modules())
     shapes = {}
@@ -145,9 +197,10 @@ def _linear_flattens(gm: torch.fx.GraphModule, have_shapes: bool) -> dict[str, t
 
 
 def _conv_before_linear(model: nn.Module) -> bool:
-    """Whether the first Linear registered after a convolution could take its flattened map:
-    ``in_features`` a multiple ``C*S`` (``S > 1``) of the convolution's ``C`` channels. A
-    Linear over ``C`` features (a ViT's patch tokens, a ConvNeXt's pointwise layers) is not."""
+    """Whether a Linear registered after a convolution could take its flattened map:
+    ``in_features`` a multiple ``C*S`` (``S > 1``) of the latest convolution's ``C`` channels.
+    A model whose Linear layers all take ``C`` features (a ConvNeXt's pointwise layers, a
+    patch embedding's tokens in a one-layer head) cannot hold such a flatten."""
     channels = None
     for m in model.modules():
         if isinstance(m, nn.modules.conv._ConvNd):
@@ -155,7 +208,6 @@ def _conv_before_linear(model: nn.Module) -> bool:
         elif isinstance(m, nn.Linear) and channels is not None:
             if m.in_features % channels == 0 and m.in_features // channels > 1:
                 return True
-            channels = None
     return False
 
 
