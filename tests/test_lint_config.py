@@ -46,10 +46,8 @@ def test_select_and_ignore_and_command_line_select(tmp_path):
     root = _project(tmp_path, '[tool.parity.lint]\nselect = ["MODE002"]\n')
     assert _found(root) == {("notebooks/infer.py", "MODE002")}
     assert _found(root, ["MODE001"]) == {("train.py", "MODE001"), ("vendor/old_train.py", "MODE001")}
-    root = _project(
-        tmp_path / "b" if (tmp_path / "b").mkdir() is None else tmp_path,
-        '[tool.parity.lint]\nignore = ["MODE001"]\n',
-    )
+    (tmp_path / "b").mkdir()
+    root = _project(tmp_path / "b", '[tool.parity.lint]\nignore = ["MODE001"]\n')
     assert _found(root) == {("notebooks/infer.py", "MODE002")}
 
 
