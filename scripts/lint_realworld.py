@@ -7,13 +7,20 @@ fetches nothing: it reads a local folder laid out as ``ROOT/<owner>+<name>@<comm
 each (repo, commit) folder as one project, and counts a file as flagged when MODE001 is reported
 in it.  Label ``bug`` + flagged is a true positive, ``ok`` + flagged a false alarm.
 
-    python scripts/lint_realworld.py ROOT [--manifest docs/lint_realworld.csv]
+    python scripts/lint_realworld.py ROOT [--manifest docs/lint_realworld.csv] [--json OUT]
+
+``--json`` writes the score with the machine, the date and the load average next to each
+file's outcome (``docs/results/lint/realworld.json`` is such a run, cited by docs/LINT.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import datetime
+import os
+import platform
 import sys
 import time
 from collections import defaultdict
@@ -22,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's parity, not another installed copy
 
+from parity.io import atomic_write_json  # noqa: E402
 from parity.lint import lint_paths  # noqa: E402
 
 DEFAULT_MANIFEST = REPO / "docs" / "lint_realworld.csv"
@@ -41,7 +49,23 @@ def flagged_files(folder: Path) -> set[str]:
     }
 
 
-def measure(root: Path, manifest: Path) -> int:
+def machine() -> dict:
+    """The CPU model, core count, load average and Python version of this run."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "load_average": [round(value, 2) for value in os.getloadavg()],
+        "python": platform.python_version(),
+    }
+
+
+def measure(root: Path, manifest: Path, json_out: Path | None = None) -> int:
     """Print one line per miss / false alarm / missing file, then precision, recall and time."""
     with manifest.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -50,7 +74,9 @@ def measure(root: Path, manifest: Path) -> int:
         groups[(row["repo"], row["commit"])].append(row)
     counts = {"tp": 0, "fp": 0, "fn": 0, "tn": 0, "missing": 0}
     start, cpu_start = time.perf_counter(), time.process_time()
+    load_before = machine()["load_average"]
     checked = 0
+    outcomes: list[dict] = []
     for (repo, commit), group in groups.items():
         folder = folder_of(root, repo, commit)
         flagged = flagged_files(folder) if folder.is_dir() else set()
@@ -64,6 +90,7 @@ def measure(root: Path, manifest: Path) -> int:
             key = {("bug", True): "tp", ("bug", False): "fn", ("ok", True): "fp", ("ok", False): "tn"}
             outcome = key[(row["label"], hit)]
             counts[outcome] += 1
+            outcomes.append({key: row[key] for key in ("repo", "commit", "path", "label")} | {"flagged": hit})
             if outcome in ("fn", "fp"):
                 name = "miss" if outcome == "fn" else "false alarm"
                 print(f"{name:<12} {repo}@{commit[:10]} {row['path']}: {row['reason']}")
@@ -78,6 +105,24 @@ def measure(root: Path, manifest: Path) -> int:
         f"({len(groups)} project folders, {checked} files checked: {cpu:.1f} s CPU, {elapsed:.1f} s wall, "
         f"{checked / cpu if cpu else 0:.1f} files per CPU second)"
     )
+    if json_out is not None:
+        result = {
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine() | {"load_average_before": load_before},
+            "manifest": str(manifest.relative_to(REPO) if manifest.is_relative_to(REPO) else manifest),
+            "files": len(rows),
+            "counts": counts,
+            "precision": round(precision, 4),
+            "recall": round(recall, 4),
+            "project_folders": len(groups),
+            "files_checked": checked,
+            "cpu_s": round(cpu, 1),
+            "wall_s": round(elapsed, 1),
+            "files_per_cpu_s": round(checked / cpu, 1) if cpu else None,
+            "files_per_wall_s": round(checked / elapsed, 1) if elapsed else None,
+            "outcomes": outcomes,
+        }
+        atomic_write_json(json_out, result, indent=1)
     return 0
 
 
@@ -86,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="local folder with <owner>+<name>@<commit[:10]>/ subfolders")
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
+    parser.add_argument("--json", type=Path, default=None, help="also write the score and outcomes here")
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         print(f"lint_realworld: error: not a folder: {args.root}", file=sys.stderr)
@@ -93,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.manifest.is_file():
         print(f"lint_realworld: error: no manifest: {args.manifest}", file=sys.stderr)
         return 2
-    return measure(args.root, args.manifest)
+    return measure(args.root, args.manifest, args.json)
 
 
 if __name__ == "__main__":

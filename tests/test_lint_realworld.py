@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,8 +30,16 @@ def test_counts_hits_misses_false_alarms_and_missing_files(tmp_path, capsys):
         writer.writerow(["someone/project", commit, "clean.py", "ok", "", "", "r2"])
         writer.writerow(["someone/project", commit, "labelled_ok_but_buggy.py", "ok", "", "", "r3"])
         writer.writerow(["someone/project", commit, "absent.py", "bug", "", "", "r4"])
-    assert lint_realworld.main([str(tmp_path / "files"), "--manifest", str(manifest)]) == 0
+    result = tmp_path / "realworld.json"
+    assert (
+        lint_realworld.main([str(tmp_path / "files"), "--manifest", str(manifest), "--json", str(result)])
+        == 0
+    )
     out = capsys.readouterr().out
+    written = json.loads(result.read_text())
+    assert written["counts"] == {"tp": 1, "fp": 1, "fn": 0, "tn": 1, "missing": 1}
+    assert written["machine"]["cpu"] and len(written["machine"]["load_average"]) == 3 and written["date"]
+    assert [row["flagged"] for row in written["outcomes"]] == [True, False, True]
     assert "false alarm  someone/project@0123456789 labelled_ok_but_buggy.py: r3" in out
     assert "missing      someone/project@0123456789 absent.py" in out
     assert "tp=1 fp=1 fn=0 tn=1 precision=0.50 recall=1.00" in out
@@ -51,3 +61,24 @@ def test_manifest_rows_are_complete():
         assert row["reason"]
         if row["label"] == "bug":
             assert row["eval_line"] and row["loop_line"]
+
+
+RESULT = ROOT / "docs" / "results" / "lint" / "realworld.json"
+
+
+def test_committed_realworld_score_matches_the_manifest_and_the_docs():
+    """docs/results/lint/realworld.json is a run of the script on the whole manifest, and the
+    row that docs/LINT.md prints for this version quotes it."""
+    result = json.loads(RESULT.read_text())
+    with lint_realworld.DEFAULT_MANIFEST.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    keys = [(row["repo"], row["commit"], row["path"], row["label"]) for row in rows]
+    assert [(o["repo"], o["commit"], o["path"], o["label"]) for o in result["outcomes"]] == keys
+    counts = result["counts"]
+    flagged = {(o["label"], o["flagged"]) for o in result["outcomes"]}
+    assert counts["tp"] == sum(o["label"] == "bug" and o["flagged"] for o in result["outcomes"])
+    assert counts["fp"] == sum(o["label"] == "ok" and o["flagged"] for o in result["outcomes"])
+    assert flagged and counts["missing"] == 0
+    docs = (ROOT / "docs" / "LINT.md").read_text()
+    row = re.search(r"\| `parity lint` \(this version\) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \|", docs)
+    assert row and tuple(map(int, row.groups())) == (counts["tp"], counts["fp"], counts["fn"], counts["tn"])

@@ -8,7 +8,10 @@ import sys
 from dataclasses import dataclass
 
 from parity.errors import ParityError
-from parity.lint import FORMATS, RULES, lint_paths, project_roots
+from parity.io import atomic_write_text
+from parity.lint import FORMATS, RULES, Finding, lint_paths, project_roots
+from parity.lint._files import UnreadableSource, read_source
+from parity.lint._fix import diff, fix_source
 
 STDIN = "-"
 
@@ -20,6 +23,8 @@ class LintOptions:
     paths: tuple[str, ...]
     select: tuple[str, ...]
     output_format: str
+    fix: bool = False
+    diff: bool = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +49,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output format: text lines (default), json, sarif (2.1.0) or github (workflow annotations)",
     )
     parser.add_argument("--list-rules", action="store_true", help="print the rule codes and exit")
+    parser.add_argument(
+        "--fix",
+        action="store_true",
+        help="insert the missing model.train() where that is safe (re-linted clean), then report what is left",
+    )
+    parser.add_argument(
+        "--diff", action="store_true", help="print the safe fixes as a unified diff; change no file"
+    )
 
 
 def _options(args: argparse.Namespace) -> LintOptions:
@@ -57,7 +70,10 @@ def _options(args: argparse.Namespace) -> LintOptions:
     unknown = [prefix for prefix in select if not any(code.startswith(prefix) for code in RULES)]
     if unknown:
         raise ParityError(f"unknown rule code(s): {', '.join(unknown)}")
-    return LintOptions(paths, tuple(select), getattr(args, "output_format", "text"))
+    fix, diff = bool(getattr(args, "fix", False)), bool(getattr(args, "diff", False))
+    if (fix or diff) and STDIN in paths:
+        raise ParityError("--fix and --diff need files, not standard input")
+    return LintOptions(paths, tuple(select), getattr(args, "output_format", "text"), fix, diff)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,8 +89,33 @@ def run(args: argparse.Namespace) -> int:
     for root in project_roots(options.paths):
         print(f"parity lint: project root {root.describe()}", file=sys.stderr)
     findings = lint_paths(options.paths, options.select or None)
+    if options.diff:
+        return 1 if _apply_fixes(options, findings, write=False) else 0
+    if options.fix and _apply_fixes(options, findings, write=True):
+        findings = lint_paths(options.paths, options.select or None)  # what is left
     sys.stdout.write(FORMATS[options.output_format](findings))
     missing = [path for path in options.paths if path != STDIN and not os.path.lexists(path)]
     if missing:
         raise ParityError("; ".join(f"no such file or directory: {path}" for path in missing))
     return 1 if findings else 0
+
+
+def _apply_fixes(options: LintOptions, findings: list[Finding], write: bool) -> int:
+    """Fix (or, without ``write``, print the diff of) every file with a safe fix; the count fixed."""
+    fixed = files = 0
+    for path in sorted({finding.path for finding in findings if finding.hint is not None}):
+        try:
+            source = read_source(path)
+        except UnreadableSource:
+            continue
+        new, done = fix_source(source, path, findings, options.paths)
+        if not done:
+            continue
+        fixed, files = fixed + len(done), files + 1
+        if write:
+            atomic_write_text(path, new)
+        else:
+            sys.stdout.write(diff(path, source, new))
+    verb = "fixed" if write else "would fix"
+    print(f"parity lint: {verb} {fixed} finding(s) in {files} file(s)", file=sys.stderr)
+    return fixed

@@ -247,13 +247,8 @@ def lint_paths(
     """
     paths = list(paths)
     missing = [str(raw) for raw in paths if str(raw) != STDIN and not os.path.lexists(raw)]
-    entries = _files_with_roots([raw for raw in paths if str(raw) not in missing])
-    roots = roots_of(file for file, _ in entries if str(file) != STDIN)
-    configs = _configs(roots.values()) if use_config else {}
-    entries = [(file, root) for file, root in entries if not _excluded(file, root, roots, configs)]
-    checked = [(file, root) for file, root in entries if str(file) != STDIN]
     freeze = not gc.get_freeze_count()  # see _frozen_between_files
-    project = ProjectIndex(checked, _load_frozen if freeze else load_tree, _indexed_files(roots.values()))
+    entries, roots, configs, project = _project_for(paths, use_config, freeze)
     sources: dict[str, str] = {}
     found: dict[tuple[str, int, int, str], Finding] = {}
     for raw in missing:
@@ -272,6 +267,27 @@ def lint_paths(
         for name in [str(raw)] if str(raw) in missing else [str(file) for file, _ in walked]:
             order.setdefault(STDIN_NAME if name == STDIN else name, len(order))
     return sorted(found.values(), key=lambda f: (order.get(f.path, len(order)), f.line, f.col, f.code))
+
+
+def _project_for(paths: list, use_config: bool, freeze: bool = False) -> tuple:
+    """(entries, roots, configs, project) for the existing ``paths`` of one run."""
+    entries = _files_with_roots([raw for raw in paths if str(raw) == STDIN or os.path.lexists(raw)])
+    roots = roots_of(file for file, _ in entries if str(file) != STDIN)
+    configs = _configs(roots.values()) if use_config else {}
+    entries = [(file, root) for file, root in entries if not _excluded(file, root, roots, configs)]
+    checked = [(file, root) for file, root in entries if str(file) != STDIN]
+    project = ProjectIndex(checked, _load_frozen if freeze else load_tree, _indexed_files(roots.values()))
+    return entries, roots, configs, project
+
+
+def relint_text(text: str, path: str, paths: Sequence[str | os.PathLike[str]]) -> list[Finding]:
+    """The findings of ``path`` if its source were ``text``, in the project of ``paths`` (for
+    checking a fix before it is offered); a text that does not parse gives its MODE000."""
+    tree = parse_source(text, path)
+    if isinstance(tree, Finding):
+        return [tree]
+    _, _, _, project = _project_for(list(paths), use_config=False)
+    return without_suppressed(_analyse_variants(tree, path, project), text)
 
 
 def _lint_entry(

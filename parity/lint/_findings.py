@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 #: rule code -> one-line description
 RULES: dict[str, str] = {
@@ -21,6 +22,15 @@ RULES: dict[str, str] = {
 ALWAYS_REPORTED = frozenset({"MODE000", "MODE009"})
 
 
+class FixHint(NamedTuple):
+    """Where ``--fix`` may put a ``train()`` call for a MODE001 finding, all in the finding's
+    file: the training loop's line, the model's expression there, the training forward's line."""
+
+    loop_line: int
+    model: str
+    forward_line: int
+
+
 @dataclass(frozen=True, order=True)
 class Finding:
     """One reported problem; ``line`` and ``col`` are 1-based."""
@@ -30,6 +40,7 @@ class Finding:
     col: int
     code: str
     message: str
+    hint: FixHint | None = field(default=None, compare=False, repr=False)
 
     def format(self) -> str:
         """Return the ``path:line:col: CODE message`` line printed by the CLI."""

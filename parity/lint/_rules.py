@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 
-from parity.lint._findings import Finding
+from parity.lint._findings import Finding, FixHint
 from parity.lint._frames import Frame, LoopRun
 from parity.lint._state import TRAIN, UNKNOWN, ModeFact, ModeState, PendingForward, eval_fact, only_evals
 from parity.lint._syntax import dotted_name, keyword_value, source_text
@@ -166,16 +166,27 @@ class RuleMixin:
             location = None if anchor is None else ModeFact("eval", anchor[0], anchor[1], self.path)
         if location is not None:
             message = self._leak_message(oid, forward, fact, loop, step)
-            self._add(("MODE001", fact.site), oid, location, "MODE001", message)
+            hint = None
+            if loop.file == self.path and forward.file == self.path and forward.line >= loop.line:
+                hint = FixHint(loop.line, forward.text, forward.line)
+            self._add(("MODE001", fact.site), oid, location, "MODE001", message, hint)
 
-    def _add(self, key: tuple, oid: str, where: ast.AST | ModeFact, code: str, message: str) -> None:
+    def _add(
+        self,
+        key: tuple,
+        oid: str,
+        where: ast.AST | ModeFact,
+        code: str,
+        message: str,
+        hint: FixHint | None = None,
+    ) -> None:
         if key not in self.candidates:
             if isinstance(where, ModeFact):
                 path, line, col = where.site
             else:
                 path, line, col = self.path, where.lineno, where.col_offset
             self.touches += 1
-            self.candidates[key] = (Finding(path, line, col + 1, code, message), oid)
+            self.candidates[key] = (Finding(path, line, col + 1, code, message, hint), oid)
 
 
 _DEFAULT_ONLY = frozenset({ModeFact("default")})
