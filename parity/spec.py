@@ -17,6 +17,7 @@ import importlib.util
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,9 @@ def linen_variables(
 
     x = jax.ShapeDtypeStruct(flax_input_shape(torch_shape, channels_last), jnp.dtype(parse_dtype(dtype)))
     key = jax.random.key(0)
-    init = (lambda *a, **k: jax.eval_shape(module.init, *a, **k)) if shapes_only else module.init
+    # keyword arguments (the mode flag) stay static Python values: eval_shape traces only the
+    # positional ones, so `if train:` in the user's __call__ still sees a bool
+    init = (lambda *a, **k: jax.eval_shape(partial(module.init, **k), *a)) if shapes_only else module.init
     try:
         with warnings.catch_warnings():
             # float64 without jax_enable_x64 is truncated to float32: the init's weights are the

@@ -102,7 +102,7 @@ def test_on_several_gpus_the_check_runs_nccl_ranks_and_the_gpu_child(capsys, mon
     err = capsys.readouterr().err
     assert seen == {"n": 2, "available": 2, "device": "cuda"}
     assert "torch DDP over 2 nccl ranks" in err
-    assert err.strip().splitlines()[-1] == "parity check: error: rank 1 of 2 died (signal SIGKILL)"
+    assert err.strip().splitlines()[-1] == "parity check: rank 1 of 2 died (signal SIGKILL)"
     assert torch_dp.BACKENDS == {"cpu": "gloo", "cuda": "nccl"}
 
 

@@ -17,7 +17,7 @@ from flax_impl import linen_models, linen_train
 from parity import data
 from parity.convert import torch_to_linen
 from parity.device import configure, global_state, precision_probe
-from parity.harness.compare import TOLERANCES, Pair, run_checks
+from parity.harness.compare import TOLERANCES, flax_forward, run_checks, torch_forward, zoo_pair
 from parity.layout import to_channels_last
 from torch_impl import train as torch_train
 from torch_impl.models import build_model
@@ -86,16 +86,16 @@ def test_training_state_lives_on_the_gpu():
 @pytest.mark.parametrize("framework", ["linen", "nnx"])
 def test_harness_state_on_the_gpu_and_strict_meets_the_cpu_tolerances(framework):
     runtime = configure("cuda", "strict")
-    pair = Pair("digits", framework, 0, "cuda", dropout=0.0)
+    pair = zoo_pair("digits", framework, 0, "cuda", dropout=0.0)
     assert next(pair.torch.parameters()).is_cuda
     batch = data.load("digits").x_test[:32]
-    pair.flax_forward(batch, True)
+    flax_forward(pair, batch, True)
     # Linen params stay host numpy in the harness (copied in per call); what jax computed is on
     # the GPU: the NNX module's every leaf, Linen's updated batch statistics
-    tree = nnx.state(pair.nnx) if framework == "nnx" else pair.variables["batch_stats"]
+    tree = nnx.state(pair.flax) if framework == "nnx" else pair.variables["batch_stats"]
     leaves = jax.tree.leaves(tree)
     assert leaves and all(leaf.devices() == {runtime.jax_device} for leaf in leaves)
-    assert pair.torch_forward(batch, False).shape == (32, 10)
+    assert torch_forward(pair, batch, False).shape == (32, 10)
 
     checks = run_checks(models=("digits",), frameworks=(framework,), device="cuda")
     worst = {}

@@ -3,7 +3,6 @@
 a tracer under ``jax.eval_shape`` (issue 20, item 1)."""
 
 import flax.linen as fnn
-import pytest
 import torch
 from torch import nn
 
@@ -43,9 +42,8 @@ def make_linen() -> fnn.Module:
     return LinenNet()
 
 
-# parity/spec.py (outside this branch's files) still traces the keyword: the fix is
-# /work/notes/harness_spec_static_train.patch; applying it turns this into an XPASS: drop the mark
-@pytest.mark.xfail(strict=True, reason="linen_variables(shapes_only=True) traces train=False")
+# jax.eval_shape traced `train=False` into a tracer (issue 20 item 1): parity.spec.linen_variables
+# now passes keyword arguments statically, so `if train:` in a Linen __call__ sees a bool
 def test_map_passes_train_as_a_python_bool(capsys):
     rc = main(
         ["map", "--torch", f"{HERE}:make_torch", "--flax", f"{HERE}:make_linen", "--input-shape", "4,6"]

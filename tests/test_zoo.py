@@ -33,7 +33,8 @@ from torch import nn
 
 from flax_impl import linen_resnet, linen_vit, nnx_resnet, nnx_vit
 from parity import layout
-from parity.harness.localize import localize, localize_gradients
+from parity.harness.localize import GradientOptions, localize, localize_gradients
+from parity.harness.pair import ModelPair
 from torch_impl import resnet as torch_resnet
 from torch_impl import vit as torch_vit
 
@@ -225,9 +226,9 @@ def test_gotcha_stride_two_same_padding(monkeypatch):
         "params": {"conv1": {"kernel": layout.conv_kernel_to_flax(tm.conv1.weight.detach().numpy())}}
     }
     x = np.random.default_rng(0).normal(size=(2, 2, 8, 8)).astype(np.float32)
-    assert localize(tm, LinenStrided(), x, variables=variables).passed
+    assert localize(ModelPair(tm, LinenStrided(), variables), x).passed
     monkeypatch.setattr(linen_resnet, "conv_padding", lambda k, s, d: "SAME")
-    rep = localize(tm, LinenStrided(), x, variables=variables)
+    rep = localize(ModelPair(tm, LinenStrided(), variables), x)
     # same output shape (4x4), shifted window: pads (0, 1) instead of (1, 1)
     assert rep.first_divergent.name == "conv1" and rep.first_divergent.shape == (2, 4, 4, 4), rep.format()
     assert rep.first_divergent.rel_l2 > 0.1
@@ -274,9 +275,9 @@ def mlp_pair(x_scale: float):
 
 def test_gotcha_gelu_tanh_approximation(monkeypatch):
     tm, variables, x = mlp_pair(1.0)
-    assert localize(tm, LinenMLP(), x, variables=variables).passed
+    assert localize(ModelPair(tm, LinenMLP(), variables), x).passed
     monkeypatch.setattr(linen_vit, "GELU_APPROXIMATE", True)  # jax.nn.gelu's own default
-    rep = localize(tm, LinenMLP(), x, variables=variables)
+    rep = localize(ModelPair(tm, LinenMLP(), variables), x)
     assert rep.first_divergent.name == "act", rep.format()
     assert rep.row("ln").passed and rep.row("act").rel_l2 > 1e-5
 
@@ -285,9 +286,9 @@ def test_gotcha_layernorm_eps(monkeypatch):
     """eps enters as 1/sqrt(var + eps): the gap is ~(eps_a - eps_b) / (2 var), visible above the
     1e-5 tolerance only for small-variance inputs (var ~1e-4 here: gap ~5e-2)."""
     tm, variables, x = mlp_pair(0.01)
-    assert localize(tm, LinenMLP(), x, variables=variables).passed
+    assert localize(ModelPair(tm, LinenMLP(), variables), x).passed
     monkeypatch.setattr(linen_vit, "LN_EPSILON", 1e-5)  # torch nn.LayerNorm's default
-    rep = localize(tm, LinenMLP(), x, variables=variables)
+    rep = localize(ModelPair(tm, LinenMLP(), variables), x)
     assert rep.first_divergent.name == "ln", rep.format()
     assert rep.row("fc1").passed
 
@@ -321,8 +322,8 @@ class LinenPool(fnn.Module):
 
 def test_gotcha_count_include_pad():
     x = np.random.default_rng(0).normal(size=(2, 2, 6, 6)).astype(np.float32) + 1.0
-    assert localize(TorchPool(), LinenPool(False), x, variables={"params": {}}).passed
-    rep = localize(TorchPool(), LinenPool(True), x, variables={"params": {}})  # Flax's default
+    assert localize(ModelPair(TorchPool(), LinenPool(False), {"params": {}}), x).passed
+    rep = localize(ModelPair(TorchPool(), LinenPool(True), {"params": {}}), x)  # Flax's default
     assert rep.first_divergent.name == "pool", rep.format()
     # only the border differs: interior windows have no padding to count
     assert 0.3 < rep.first_divergent.outside < 0.9
@@ -365,9 +366,10 @@ def test_gotcha_embedding_padding_idx_gets_no_gradient():
     }
     ids = np.array([[1, 2, 0, 0, 0], [3, 4, 5, 6, 0]], np.int64)  # 0 = padding
     y = np.array([0, 2], np.int64)
-    kw = {"variables": {"params": params}, "mode": "eval", "param_map": to_torch, "call_kwargs": lambda t: {}}
-    assert localize_gradients(tm, LinenEmbed(True), ids, y, **kw).passed
-    rep = localize_gradients(tm, LinenEmbed(False), ids, y, **kw)
+    kw = {"variables": {"params": params}, "param_map": to_torch, "call_kwargs": lambda t: {}}
+    eval_mode = GradientOptions(mode="eval")
+    assert localize_gradients(ModelPair(tm, LinenEmbed(True), **kw), ids, y, eval_mode).passed
+    rep = localize_gradients(ModelPair(tm, LinenEmbed(False), **kw), ids, y, eval_mode)
     assert rep.first_divergent.name == "embedding.weight", rep.format()
     assert tm.embedding.weight[0].abs().max() == 0  # torch also initialises the padding row to 0
 
@@ -406,8 +408,8 @@ def test_gotcha_conv_transpose_padding():
     tm = TorchDeconv()
     variables = {"params": {"deconv": {"kernel": deconv_kernel_to_flax(tm.deconv.weight.detach().numpy())}}}
     x = np.random.default_rng(0).normal(size=(2, 2, 4, 4)).astype(np.float32)
-    assert localize(tm, LinenDeconv(((2, 2), (2, 2))), x, variables=variables).passed
-    rep = localize(tm, LinenDeconv(((1, 1), (1, 1))), x, variables=variables)  # torch's number copied
+    assert localize(ModelPair(tm, LinenDeconv(((2, 2), (2, 2))), variables), x).passed
+    rep = localize(ModelPair(tm, LinenDeconv(((1, 1), (1, 1))), variables), x)  # torch's number copied
     assert rep.first_divergent.name == "deconv" and "shape (2, 6, 6, 3)" in rep.first_divergent.note, (
         rep.format()
     )
