@@ -46,7 +46,7 @@ def _convert(tmp_path, capsys, src_bytes: bytes, suffix=".pt", dst="out.msgpack"
 
 
 def _assert_one_clean_line(err: str):
-    assert err.count("\n") == 1 and err.startswith("parity convert: error: ")
+    assert err.count("\n") == 1 and err.startswith("parity convert: ")
     assert "Traceback" not in err and "weights_only=False" not in err
     assert "weights_only` set to `False" not in err
 

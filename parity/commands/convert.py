@@ -8,9 +8,9 @@ comes from the suffixes. Exit 0 ok, 1 a conversion error (one line; nothing writ
 from __future__ import annotations
 
 import argparse
-import sys
 
 from parity.commands.map import add_model_arguments
+from parity.errors import ParityError
 from parity.registry import MODELS
 
 
@@ -34,6 +34,12 @@ def _convert(args: argparse.Namespace) -> str:
     return convert_models_file(torch_model, target, args.src, args.dst, **options)
 
 
+class ConvertFailed(ParityError):
+    """A conversion that could not be done; nothing was written (exit 1)."""
+
+    exit_code = 1
+
+
 def run(args: argparse.Namespace) -> int:
     """Convert; exit 0 on success, 1 on a conversion error (nothing is written then)."""
     if bool(args.model) == bool(args.torch or args.flax) or (
@@ -45,9 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         direction = _convert(args)
-    except (ConversionError, SpecError, OSError) as e:
-        print(f"parity convert: error: {e}", file=sys.stderr)
-        return 1
+    except (ConversionError, SpecError, OSError) as e:  # nothing was written: exit 1, as documented
+        raise ConvertFailed(str(e)) from e
     source = f"model {args.model}" if args.model else f"{args.torch} / {args.flax}"
     print(f"{args.src} -> {args.dst} ({direction}, {source})")
     return 0
