@@ -19,6 +19,7 @@ a one-GPU machine anything above 1).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 
 from parity import replicas
 from parity.harness import data_parallel as dp
+from parity.defaults import FLOAT64_REL_TOL
 from parity.harness.compare import TOLERANCES
 from parity.registry import MODELS
 from parity.table import format_table
@@ -86,6 +88,8 @@ class DataParallelRow:
     check: str
     gaps: dict[str, float]
     expect: str = "same"
+    #: the same comparison with both runs in float64, when float32 could not decide it
+    float64_gaps: dict[str, float] | None = None
 
     @property
     def threshold(self) -> float:
@@ -93,7 +97,12 @@ class DataParallelRow:
 
     @property
     def passed(self) -> bool:
+        """A "same" row passes within :data:`TOL` in float32, or, re-judged, within
+        :data:`parity.defaults.FLOAT64_REL_TOL` in float64 (a float32 decision flip, such as a
+        max-pool near-tie that the shards round differently, is not a difference of the code)."""
         if self.expect == "same":
+            if self.float64_gaps is not None:
+                return max(self.float64_gaps.values()) < FLOAT64_REL_TOL
             return max(self.gaps.values()) < self.threshold
         return min(self.gaps.values()) > self.threshold
 
@@ -104,6 +113,7 @@ class DataParallelRow:
             "expect": self.expect,
             "gaps": dict(self.gaps),
             "threshold": self.threshold,
+            "float64_gaps": None if self.float64_gaps is None else dict(self.float64_gaps),
             "passed": self.passed,
         }
 
@@ -204,7 +214,26 @@ def run_model(config: DataParallelConfig, model: str, log: Callable[[str], None]
     )
     out = dp.run_flax(spec, x, y, x_eval, n, timeout_s=config.timeout_s, device=device)
     rows = _check_rows(model, ranks, single, out, spec, x[0])
+    if not rows[0].passed:
+        rows[0] = _rejudge_in_float64(config, rows[0], spec, x, y, log)
     return rows + (_mismatch_rows(model, ranks, single, out) if config.mismatches else [])
+
+
+def _rejudge_in_float64(
+    config: DataParallelConfig, row: DataParallelRow, spec, x: np.ndarray, y: np.ndarray, log
+) -> DataParallelRow:
+    """Check 1 again with DDP + SyncBN and the one process both in float64: float32 can route a
+    max-pool gradient to the other element of a near-tied window when the shards round
+    differently (3.5e-7 relative apart: tests/test_data_parallel_cli.py), which BN's cancelling
+    bias gradients amplify to ~1e-2; float64 resolves such ties, so a real difference remains."""
+    log(f"# {row.model}: check 1 is {max(row.gaps.values()):.2e} in float32; judged again in float64")
+    spec64 = dataclasses.replace(spec, dtype="float64")
+    n, device = config.world_size, config.device
+    ranks = torch_dp.run_ddp(
+        spec64, (torch_dp.Variant("sync"),), x, y, n, config.timeout_s, replicas.max_replicas(device), device
+    )
+    single = torch_dp.run_single(spec64, x, y, device)
+    return dataclasses.replace(row, float64_gaps=dp.compare_records(ranks, "sync", single, "single"))
 
 
 def run_data_parallel(config: DataParallelConfig, log: Callable[[str], None]) -> DataParallelResult:
@@ -221,6 +250,16 @@ def _cell(gaps: dict[str, float], kind: str) -> str:
     return f"{gaps[kind]:.2e}" if kind in gaps else "-"
 
 
+def _float64_note(row: DataParallelRow) -> str:
+    if row.float64_gaps is None:
+        return ""
+    return (
+        f" (float64 {max(row.float64_gaps.values()):.1e} < {FLOAT64_REL_TOL:.0e})"
+        if row.passed
+        else " (float64 too)"
+    )
+
+
 def format_rows(rows: list[DataParallelRow]) -> str:
     """The text table: one line per row, one column per kind of tensor."""
     head = ["model", "check", *dp.KINDS, "expect", "pass"]
@@ -230,7 +269,7 @@ def format_rows(rows: list[DataParallelRow]) -> str:
             r.check,
             *(_cell(r.gaps, k) for k in dp.KINDS),
             f"{'<' if r.expect == 'same' else '>'} {r.threshold:.0e}",
-            "ok" if r.passed else "FAIL",
+            ("ok" if r.passed else "FAIL") + _float64_note(r),
         ]
         for r in rows
     ]
