@@ -33,8 +33,9 @@ EPSILONS: tuple[float, ...] = (1e-6, 1e-5, 1e-3, 1e-12)
 #: (FLOAT32_REL_TOL) *and* leaves at most a tenth of the unexplained difference: a candidate
 #: that only halves a difference is not the cause.
 SEPARATION: float = 10.0
-#: Two candidates whose residuals lie within this factor of each other cannot be told apart on
-#: this input: no cause is named rather than a guess.
+#: Two gotchas whose residuals lie within this factor of each other (plus 1e-3 * tol, float64
+#: rounding) cannot be told apart on this input: the best is named, the others listed as
+#: alternatives (``'SAME'`` padding and ``ceil_mode=True`` give the same pool on an odd size).
 AMBIGUITY: float = 2.0
 
 Output = Literal["output", "running_mean"]
@@ -47,7 +48,8 @@ class Cause:
     ``what``: the setting ("epsilon", "gelu approximate", "padding", ...); ``port`` / ``torch``:
     its value in the port and in the torch layer; ``rel_l2``: relative L2 difference between
     the port's output and the torch layer with the gotcha applied (float64); ``layer``: the
-    torch layer's name (filled by the caller, else ``""``); ``note``: a detail, e.g. a convention.
+    torch layer's name (filled by the caller, else ``""``); ``note``: a detail, e.g. a convention;
+    ``alternatives``: other gotchas that explain the output as well on this input.
     """
 
     layer: str
@@ -56,12 +58,19 @@ class Cause:
     torch: Any
     rel_l2: float
     note: str = ""
+    alternatives: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        text = f"{self.what} {_fmt(self.port)} in the port, {_fmt(self.torch)} in torch"
-        if self.note:
-            text += f" ({self.note})"
+        text = _describe(self.what, self.port, self.torch)
+        details = [self.note] if self.note else []
+        details += [f"or {alt}" for alt in self.alternatives]
+        if details:
+            text += f" ({'; '.join(details)})"
         return f"{self.layer}: {text}" if self.layer else text
+
+
+def _describe(what: str, port: Any, torch_value: Any) -> str:
+    return f"{what} {_fmt(port)} in the port, {_fmt(torch_value)} in torch"
 
 
 def _fmt(v: Any) -> str:
@@ -408,6 +417,15 @@ def _residual(port: np.ndarray, result: np.ndarray) -> float:
     return rel_l2(port, result)
 
 
+def _attempt(port: np.ndarray, t: _Try) -> float:
+    """The residual of one gotcha; infinite when torch refuses the faulty configuration (a
+    ``ceil_mode`` flip that leaves no output, a kernel a layer cannot take)."""
+    try:
+        return _residual(port, t.result())
+    except (RuntimeError, ValueError):
+        return math.inf
+
+
 def probable_cause(
     module: nn.Module,
     x: np.ndarray | Sequence[np.ndarray],
@@ -431,30 +449,25 @@ def probable_cause(
     Judgement: a float64 ``port_out`` matches a gotcha when their relative L2 difference is at
     most ``tol`` (correct ports agree to ~1e-12). A float32 (or narrower) one carries its own
     rounding: it matches when the difference is at most ``FLOAT32_REL_TOL`` and at most
-    1/:data:`SEPARATION` of the unexplained difference. None when the layer already matches,
-    when no gotcha explains it, or when two gotchas explain it equally well (:data:`AMBIGUITY`).
+    1/:data:`SEPARATION` of the unexplained difference. None when the layer already matches or
+    no gotcha explains it; gotchas that explain it equally well are listed in the cause's
+    ``alternatives`` (:data:`AMBIGUITY`).
     """
     port = np.asarray(port_out)
     wide = port.dtype == np.float64
     args = tuple(_as_float64(a) for a in (x if isinstance(x, (tuple, list)) else [x]))
     if isinstance(module, nn.MultiheadAttention) and len(args) == 1:
         args = args * 3
-    base = copy.deepcopy(module).double()
+    base = copy.deepcopy(module).cpu().double()
     ctx = _Layer(base, args, module.training if train is None else bool(train), output)
     unexplained = _residual(port, ctx.run())
     if unexplained <= tol:
         return None
     bound = tol if wide else min(FLOAT32_REL_TOL, unexplained / SEPARATION)
-    found = sorted(
-        (
-            (r, t)
-            for gotcha in _gotchas_for(module)
-            for t in gotcha(ctx)
-            if (r := _residual(port, t.result())) <= bound
-        ),
-        key=lambda rt: rt[0],
-    )
-    if not found or (len(found) > 1 and found[1][0] <= AMBIGUITY * found[0][0]):
+    tries = (t for gotcha in _gotchas_for(module) for t in gotcha(ctx))
+    found = sorted(((r, t) for t in tries if (r := _attempt(port, t)) <= bound), key=lambda rt: rt[0])
+    if not found:
         return None
     r, t = found[0]
-    return Cause(layer, t.what, t.port, t.torch, r, t.note)
+    alike = tuple(_describe(u.what, u.port, u.torch) for q, u in found[1:] if q <= AMBIGUITY * r + 1e-3 * tol)
+    return Cause(layer, t.what, t.port, t.torch, r, t.note, alike)
