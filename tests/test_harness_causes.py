@@ -108,11 +108,21 @@ def test_float32_port_output_is_judged_on_the_float32_scale():
     assert probable_cause(ln, x, _flax_layernorm(ln, x, 1e-5, jnp.float32)) is None
 
 
+def test_float32_rounding_is_not_taken_for_an_epsilon():
+    """On unit-variance inputs epsilon 1e-6 is within FLOAT32_REL_TOL (~4.5e-6) of a correct
+    float32 port, but leaves far more than its ~1e-7 rounding: no cause (SEPARATION)."""
+    ln = _layernorm()
+    x = _rng(5).normal(size=(4, 8, 16))
+    port = _flax_layernorm(ln, x, 1e-5, jnp.float32)
+    faulty = _flax_layernorm(ln, x, 1e-6)
+    assert np.linalg.norm(port - faulty) / np.linalg.norm(faulty) < 1e-5
+    assert probable_cause(ln, x, port) is None
+
+
 def test_groupnorm_epsilon():
     torch.manual_seed(0)
     gn = nn.GroupNorm(2, 4)
     x = 0.1 * _rng().normal(size=(2, 4, 3, 3))
-    port = _torch64(gn, x)
     faulty = copy.deepcopy(gn).double()
     faulty.eps = 1e-3
     port = _np(faulty(torch.as_tensor(x)))

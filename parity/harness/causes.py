@@ -3,8 +3,8 @@
 When a layer's row fails, :func:`probable_cause` recomputes that torch layer in float64 with
 each gotcha that applies to its type (a dispatch table, :data:`GOTCHAS`, one small function per
 gotcha) and names the one whose output matches the port's: "epsilon 1e-06 in the port, 1e-05
-in torch". Framework side only: it needs the torch module, its input and the port's output
-already in torch layout (NCHW, (N, L, D), ...); it never imports jax.
+in torch". Torch side only: it needs the torch module, its input and the port's output
+already in torch layout (NCHW, (N, L, D), ...), never the Flax model.
 """
 
 from __future__ import annotations
