@@ -424,6 +424,8 @@ def test_layer_without_gotchas_and_table_dispatch_by_mro():
     faulty.eps = 1e-12
     _check(probable_cause(ln, x, _np(faulty(torch.as_tensor(x)))), "epsilon", 1e-12, 1e-5)
     assert nn.modules.batchnorm._BatchNorm in GOTCHAS
+    with pytest.raises(ValueError, match="running statistics"):
+        probable_cause(ln, x, x, output="running_mean")
 
 
 def test_rmsnorm_epsilon_of_flax_default():

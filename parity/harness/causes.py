@@ -455,7 +455,11 @@ def probable_cause(
     """
     port = np.asarray(port_out)
     wide = port.dtype == np.float64
-    args = tuple(_as_float64(a) for a in (x if isinstance(x, (tuple, list)) else [x]))
+    if output == "running_mean" and getattr(module, "running_mean", None) is None:
+        raise ValueError(
+            f"output='running_mean' needs a layer with running statistics, got {type(module).__name__}"
+        )
+    args = tuple(_as_float64(a) for a in (x if isinstance(x, tuple) else (x,)))
     if isinstance(module, nn.MultiheadAttention) and len(args) == 1:
         args = args * 3
     base = copy.deepcopy(module).cpu().double()
