@@ -105,7 +105,9 @@ class _Layer:
             setattr(m, k, v)
         return m
 
-    def run(self, module: nn.Module | None = None, args: tuple | None = None, train: bool | None = None):
+    def run(
+        self, module: nn.Module | None = None, args: tuple | None = None, train: bool | None = None
+    ) -> np.ndarray:
         """The compared quantity (numpy, float64) of ``module`` (a copy of the layer) on ``args``."""
         m = copy.deepcopy(self.module) if module is None else module
         m.train(self.train if train is None else train)
