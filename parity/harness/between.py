@@ -86,11 +86,12 @@ class _Recorder(TorchFunctionMode):
 
 def _qualified(func) -> str:
     module = getattr(func, "__module__", "") or ""
-    name = getattr(func, "__qualname__", getattr(func, "__name__", str(func)))
+    qualname = getattr(func, "__qualname__", "") or ""
+    name = getattr(func, "__name__", str(func))  # boolean_dispatch wrappers (F.max_pool2d) keep it
+    if qualname.startswith(("TensorBase.", "Tensor.")):
+        return "Tensor." + qualname.split(".", 1)[1]
     if module.startswith("torch.nn.functional"):
         return f"F.{name}"
-    if name.startswith("TensorBase.") or name.startswith("Tensor."):
-        return "Tensor." + name.split(".", 1)[1]
     return f"torch.{name}" if module.startswith("torch") or not module else f"{module}.{name}"
 
 
@@ -130,16 +131,43 @@ def torch_events(model: tnn.Module, x: np.ndarray, train: bool) -> list[tuple]:
     return events
 
 
-def describe_between(events: list[tuple], start: str | None, end: str) -> str:
-    """The torch code that ran after leaf call ``start`` (``None``: the model input) and before
-    ``end``: module calls as ``label (Type)``, function calls by name, repeats collapsed."""
-    labels = [e[1] for e in events if e[0] == "module"]
-    if end not in labels or (start is not None and start not in labels):
+class Between:
+    """The torch code between two leaf calls of one recorded pass of ``model`` on ``x``
+    (:func:`torch_events`, recorded the first time it is asked)."""
+
+    def __init__(self, model: tnn.Module, x: np.ndarray, train: bool) -> None:
+        self.model, self.x, self.train = model, x, train
+        self._events: list[tuple] | None = None
+
+    def events(self, start: str | None, end: str) -> list[tuple] | None:
+        """The events after leaf call ``start`` (``None``: the model input) and before ``end``
+        (``None`` when the hooks did not see both)."""
+        if self._events is None:
+            self._events = torch_events(self.model, self.x, self.train)
+        ev = self._events
+        labels = [e[1] for e in ev if e[0] == "module"]
+        if end not in labels or (start is not None and start not in labels):
+            return None
+        i = 0 if start is None else next(j for j, e in enumerate(ev) if e[:2] == ("module", start)) + 1
+        return ev[i : next(j for j, e in enumerate(ev) if e[:2] == ("module", end))]
+
+    def describe(self, start: str | None, end: str) -> str:
+        """:func:`describe_between` of these events."""
+        return describe_between(self.events(start, end), start, end)
+
+    def lone_module(self, start: str | None, end: str) -> str | None:
+        """The label of the one torch module call that is all the code between, else ``None``."""
+        ev = self.events(start, end)
+        return ev[0][1] if ev is not None and len(ev) == 1 and ev[0][0] == "module" else None
+
+
+def describe_between(events: list[tuple] | None, start: str | None, end: str) -> str:
+    """The torch code in ``events`` (:meth:`Between.events`): module calls as ``label (Type)``,
+    function calls by name, repeats collapsed."""
+    if events is None:
         return "code the hooks could not place"
-    i = 0 if start is None else next(j for j, e in enumerate(events) if e[:2] == ("module", start)) + 1
-    j = next(j for j, e in enumerate(events) if e[:2] == ("module", end))
     seen = []
-    for e in events[i:j]:
+    for e in events:
         text = f"{e[1]} ({e[2]})" if e[0] == "module" else e[1]
         if text not in seen:
             seen.append(text)

@@ -87,3 +87,47 @@ def with_tied_causes(
 
 def _join(a: str, b: str) -> str:
     return "; ".join(t for t in (a, b) if t)
+
+
+def with_between_causes(
+    rows: list[LayerDiff], torch_model, run: TorchRun, finputs: Mapping, between, train: bool
+) -> list[LayerDiff]:
+    """``rows`` with the probable cause of the first failing ``input`` row whose in-between code
+    is one parameter-free torch module (``nn.GELU``, ``nn.MaxPool2d``): that module against the
+    Flax input of the next layer, which is the port's version of its output."""
+    leaves = leaf_modules(torch_model)
+    out, prev = [], None
+    for i, r in enumerate(rows):
+        if r.kind == "input" and not r.passed:
+            lone = between.lone_module(prev, r.name)
+            cause = (
+                None
+                if lone is None
+                else _lone_cause(leaves, run, finputs, _key(lone), _key(r.name), train, lone)
+            )
+            if cause is not None:
+                r = dataclasses.replace(r, note=_join(r.note, f"probable cause: {cause}"))
+                out += [r, *rows[i + 1 :]]
+                return out
+        if r.kind == "output":
+            prev = r.name
+        out.append(r)
+    return out
+
+
+def _lone_cause(leaves, run: TorchRun, finputs: Mapping, key, next_key, train: bool, label: str):
+    module, x, t_out, f_in = (
+        leaves.get(key[0]),
+        run.inputs.get(key),
+        run.outputs.get(key),
+        finputs.get(next_key),
+    )
+    if module is None or x is None or t_out is None or f_in is None:
+        return None
+    port = port_in_torch_layout(f_in, t_out, layout_hint(module))
+    if port.shape != np.shape(t_out):
+        return None
+    try:
+        return probable_cause(module, x, port, train=train, layer=label)
+    except (RuntimeError, ValueError, TypeError):
+        return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,8 +21,8 @@ import numpy as np
 from torch import nn as tnn
 
 from parity.defaults import FLOAT32_REL_TOL, FLOAT64_REL_TOL
-from parity.harness.between import describe_between, input_rows, insert_input_rows, torch_events
-from parity.harness.diagnose import with_causes, with_tied_causes
+from parity.harness.between import Between, input_rows, insert_input_rows
+from parity.harness.diagnose import with_between_causes, with_causes, with_tied_causes
 from parity.harness.dropout import (
     FlaxHook,
     SharedDropout,
@@ -189,7 +189,7 @@ def localize(
     inputs = input_rows(trun, capture.inputs, to_flax, fshapes, o.tol)
     meta = {"mode": o.mode, "reinject": o.reinject, "dropout_masks": o.dropout_masks if train else "n/a"}
     meta["flax"] = side.kind
-    cause_from = (trun, fouts)
+    cause_from, wide = (trun, fouts), None
     if o.float64:
         wide = _float64_verdicts(side, xf, run64, plan, to_flax, train, rng, meta)
         if wide is not None:
@@ -197,8 +197,11 @@ def localize(
             rows = judge_rows(rows, wide, trun, narrow, o.tol)
             inputs = {r.name: r for r in judge_rows(list(inputs.values()), wide, trun, narrow, o.tol)}
             cause_from = (run64, wide.outputs) if not narrow else cause_from
-    rows = insert_input_rows(rows, inputs, _between(pair.torch, x, train))
+    between = Between(pair.torch, x, train)
+    rows = insert_input_rows(rows, inputs, between.describe)
     rows = with_causes(rows, pair.torch, *cause_from, train, every=o.reinject)
+    finputs = wide.inputs if cause_from[0] is run64 else capture.inputs
+    rows = with_between_causes(rows, pair.torch, cause_from[0], finputs, between, train)
     if skipped:
         meta["unmatched_stateless_torch_layers"] = skipped
     title = f"localize (mode={o.mode}, reinject={'on' if o.reinject else 'off'}, {side.kind})"
@@ -215,28 +218,16 @@ def _float64_verdicts(side, xf, run64, plan, to_flax, train, rng, meta: dict):
             f"not run, judged in float32: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         )
         return None
-    narrow = narrow_layers(run64.order, wide.outputs, plan(run64).reinject)
-    if narrow:
+    own = sorted({n for (n, _), out in wide.outputs.items() if np.asarray(out).dtype != np.float64})
+    if own:
+        later = "" if plan(run64).reinject else " and the layers after them"
         meta["float64"] = (
-            "the port computes in float32 even in the float64 pass (a module dtype) at: "
-            + ", ".join(sorted(narrow))
-            + "; those layers are judged on the float32 scale"
+            f"the port computes in float32 even in the float64 pass (a module dtype) at: {', '.join(own)}; "
+            f"those layers{later} are judged on the float32 scale"
         )
     else:
         meta["float64"] = f"every layer judged in float64 (tol {FLOAT64_REL_TOL:.0e})"
     return wide
-
-
-def _between(torch_model: tnn.Module, x: np.ndarray, train: bool) -> Callable[[str | None, str], str]:
-    """``describe_between`` over one recorded torch pass, recorded the first time it is asked."""
-    events: list = []
-
-    def between(start: str | None, end: str) -> str:
-        if not events:
-            events.extend(torch_events(torch_model, x, train))
-        return describe_between(events, start, end)
-
-    return between
 
 
 # ------------------------------------------------------------------------------ gradients
@@ -334,9 +325,16 @@ def localize_gradients(
     flax_args = (x, y, o.loss, train, uniforms, rng)
     ftree = side.gradients(*flax_args, input_layout=pair.input_layout)
     fgrads = pair.to_torch(ftree)
+    fnames = _flax_param_names(pair, ftree)
     rows = [
         compare_tensor(
-            n, "grad", n, fgrads.get(n), tgrads[n], o.tol, note="no torch grad" if n in no_grad else ""
+            n,
+            "grad",
+            fnames.get(n, n),
+            fgrads.get(n),
+            tgrads[n],
+            o.tol,
+            note="no torch grad" if n in no_grad else "",
         )
         for n in backward_order(tm, order)
     ]
@@ -372,3 +370,22 @@ def _gradient_copies(pair: ModelPair, ftree: dict) -> dict:
         return convert.params_to_torch_fn(pair.torch, source, copies=True, **pair.convert_options)(ftree)
     except Exception:  # a pair outside the general converter's rules: no copies to name
         return {}
+
+
+def _flax_param_names(pair: ModelPair, ftree: dict) -> dict[str, str]:
+    """``{torch parameter: Flax leaf path joined by '.'}``: every Flax leaf filled with its own
+    index and mapped by :meth:`ModelPair.to_torch` (layout moves keep the value, so a torch
+    tensor that holds one index came from that leaf); ``{}`` where the mapping refuses it."""
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(ftree)
+    paths = [".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p) for p, _ in with_paths]
+    marked = [np.full(np.shape(a), float(i), np.float32) for i, (_, a) in enumerate(with_paths)]
+    try:
+        mapped = pair.to_torch(jax.tree.unflatten(treedef, marked))
+    except Exception:  # a user param_map that computes, not moves: keep the torch names
+        return {}
+    names = {}
+    for name, a in mapped.items():
+        values = np.unique(np.asarray(a))
+        if values.size == 1 and 0 <= int(values[0]) < len(paths):
+            names[name] = paths[int(values[0])]
+    return names

@@ -57,12 +57,20 @@ def share_outside(candidate: np.ndarray, reference: np.ndarray, tol: float) -> f
 
 
 def judged_rel_l2(row: Any, tol: float) -> float:
-    """The value a gradient row is judged by, on the float32 scale: ``rel_l2``, or for a row
-    re-judged in float64 its ``port_float64_rel_l2 * tol / GRADIENT_TOL_FLOAT64``; ``<= tol``
-    exactly when the row passed."""
-    if row.port_float64_rel_l2 is None:
+    """The value a row is judged by, on the float32 scale; ``<= tol`` exactly when it passed.
+
+    ``rel_l2`` when the row has no float64 verdict, or when its verdict agrees with float32 and
+    ``rel_l2`` shows it (passed within ``tol``). A failing row shows its real relative
+    difference, the larger of ``rel_l2`` and ``port_float64_rel_l2``, when that exceeds ``tol``
+    (a difference of 0.78 reads 0.78). Otherwise (passed only in float64, or failed only in
+    float64) the float64 difference on the float32 scale: ``port_float64_rel_l2 * tol /
+    GRADIENT_TOL_FLOAT64``."""
+    port = row.port_float64_rel_l2
+    if port is None or (row.passed and row.rel_l2 <= tol):
         return row.rel_l2
-    return row.port_float64_rel_l2 * tol / GRADIENT_TOL_FLOAT64
+    if not row.passed and max(row.rel_l2, port) > tol:
+        return max(row.rel_l2, port)
+    return port * tol / GRADIENT_TOL_FLOAT64
 
 
 def judged_forward(
