@@ -93,7 +93,7 @@ def images(n: int = 2, size: int = 8) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((n, 3, size, size)).astype(np.float32)
 
 
-# ------------------------------------------------------------------ BatchNorm over a large mean
+# ------------------------------------------------------------------ BatchNorm over an offset mean
 class OffsetBN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -116,7 +116,7 @@ def make_offset_bn() -> nn.Module:
     m = OffsetBN()
     with torch.no_grad():
         m.fc.weight.mul_(0.01)  # a small spread around a large bias: (x - mean) cancels
-        m.fc.bias.fill_(30.0)
+        m.fc.bias.fill_(3.0)
     return m.eval()
 
 
