@@ -156,3 +156,22 @@ def test_map_prints_the_pairing_notes_and_writes_them_to_json(tmp_path, capsys):
     doc = json.loads(out_json.read_text())
     assert doc["ties"] == {"lm_head.weight": "wte.weight"}
     assert doc["constants"] == ["h.0.attn.bias", "h.1.attn.bias"] and len(doc["notes"]) == 2
+
+
+@pytest.mark.parametrize("fault", [{"epsilon": 1e-6}, {}])
+def test_a_failing_float64_trajectory_is_localised_at_its_first_failing_step(fault):
+    from parity.harness.trajectory import TrajectoryOptions, localize_step, trajectory
+
+    pair, x = _mlp(**fault)
+    rng = np.random.default_rng(2)
+    batches = [(x + 0.1 * i, rng.standard_normal(x.shape).astype(np.float32)) for i in range(2)]
+    options = TrajectoryOptions(loss="mse", dtype="float64")
+    rep = trajectory(pair, batches, options)
+    found = localize_step(pair, batches, rep, options)
+    if not fault:
+        assert rep.passed and found is None, rep.format()
+        return
+    assert not rep.passed and found["step"] == rep.first_divergent[0] == 0
+    first = found["layers"].first_divergent
+    assert first.name == "ln" and "epsilon 1e-06 in the port, 1e-05 in torch" in first.note
+    assert not found["gradients"].passed

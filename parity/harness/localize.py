@@ -190,7 +190,7 @@ def localize(
     meta = {"mode": o.mode, "reinject": o.reinject, "dropout_masks": o.dropout_masks if train else "n/a"}
     meta["flax"] = side.kind
     cause_from, wide = (trun, fouts), None
-    if o.float64:
+    if o.float64 and _same_weights(pair, side, meta):
         wide = _float64_verdicts(side, xf, run64, plan, to_flax, train, rng, meta)
         if wide is not None:
             narrow = narrow_layers(run64.order, wide.outputs, o.reinject)
@@ -206,6 +206,29 @@ def localize(
         meta["unmatched_stateless_torch_layers"] = skipped
     title = f"localize (mode={o.mode}, reinject={'on' if o.reinject else 'off'}, {side.kind})"
     return LocalizationReport(title, rows, o.tol, meta)
+
+
+def _same_weights(pair: ModelPair, side: FlaxSide, meta: dict) -> bool:
+    """True when the Flax parameters, in torch names and layout, equal torch's exactly (the
+    converter moves values, it does not round them). Two sides trained apart in float32 differ
+    by float32 rounding in their weights, which float64 cannot judge below: then the float32
+    verdicts stand and ``meta['float64']`` says why."""
+    try:
+        flax_params = pair.to_torch(side.pure(side.params))
+    except Exception:  # a mapping that refuses its own tree: nothing to say, judge in float64
+        return True
+    worst = 0.0
+    for name, p in pair.torch.named_parameters():
+        f = flax_params.get(name)
+        t = p.detach().cpu().numpy()
+        if f is not None and np.shape(f) == t.shape and not np.array_equal(f, t):
+            worst = max(worst, rel_l2(f, t))
+    if worst > 0:
+        meta["float64"] = (
+            f"not run: the two sides hold different weights (worst parameter rel_l2 {worst:.1e}), "
+            "below which float64 cannot judge; float32 verdicts"
+        )
+    return worst == 0
 
 
 def _float64_verdicts(side, xf, run64, plan, to_flax, train, rng, meta: dict):
