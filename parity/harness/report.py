@@ -132,7 +132,12 @@ class LocalizationReport:
         first = self.first_divergent
         if first is None:
             worst = max((r.rel_l2 for r in self.rows), default=0.0)
-            return f"{self.title}: all {len(self.rows)} tensors within tol {self.tol:.1e} (worst rel_l2 {worst:.2e})"
+            judged = self.worst_judged()
+            extra = f", judged {judged:.2e} after the float64 verdicts" if judged != worst else ""
+            return (
+                f"{self.title}: all {len(self.rows)} tensors within tol {self.tol:.1e} "
+                f"(worst rel_l2 {worst:.2e}{extra})"
+            )
         return (
             f"{self.title}: first divergent: {first.name} ({first.kind}, flax {first.flax_name}): "
             f"rel_l2 {first.rel_l2:.3e} > tol {self.tol:.1e}, max_abs {first.max_abs:.3e}, "
