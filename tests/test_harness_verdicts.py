@@ -175,3 +175,31 @@ def test_a_failing_float64_trajectory_is_localised_at_its_first_failing_step(fau
     first = found["layers"].first_divergent
     assert first.name == "ln" and "epsilon 1e-06 in the port, 1e-05 in torch" in first.note
     assert not found["gradients"].passed
+
+
+def test_a_module_dtype_float32_is_judged_on_the_float32_scale_in_every_float64_verdict():
+    from parity.harness.localize import rejudge_in_float64
+    from parity.harness.metrics import judged_forward
+    from parity.harness.trajectory import TrajectoryOptions, trajectory
+
+    pair, x = _mlp(dtype=jnp.float32)
+    rng = np.random.default_rng(2)
+    batches = [(x + 0.1 * i, rng.standard_normal(x.shape).astype(np.float32)) for i in range(2)]
+    rep = trajectory(pair, batches, TrajectoryOptions(loss="mse", dtype="float64"))
+    assert rep.passed and "float32 scale" in rep.meta["float64"], rep.format()
+    correct, _ = _mlp()
+    wide = trajectory(correct, batches, TrajectoryOptions(loss="mse", dtype="float64"))
+    assert wide.passed and "float64" not in wide.meta
+    # a forward value over tol whose float64 recomputation came back float32 (built on purpose:
+    # the same float32 result, 1.5x torch float32's own distance from float64)
+    t64 = np.linspace(1.0, 2.0, 64)
+    t32 = t64 + 1e-6
+    f32 = (t64 - 1.5e-6).astype(np.float32)
+    value = judged_forward(t32, f32, 1e-7, lambda: (t64, f32))
+    assert value <= 1e-7  # within 10x float32's own error: float32 noise, not the port
+    assert judged_forward(t32, f32 + 1e-3, 1e-7, lambda: (t64, f32 + 1e-3)) > 1e-7
+    row = LayerDiff("w", "grad", "w", (64,), 1e-5, 2e-5, 1.0, 0.0, False)
+    judged = rejudge_in_float64(row, t32, t64, f32.astype(np.float64), narrow=True, tol=1e-7)
+    assert judged.passed and "float32 scale" in judged.note and judged_rel_l2(judged, 1e-7) <= 1e-7
+    far = rejudge_in_float64(row, t32, t64, t64 + 1e-3, narrow=True, tol=1e-7)
+    assert not far.passed and judged_rel_l2(far, 1e-7) > 1e-7

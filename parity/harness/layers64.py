@@ -123,7 +123,12 @@ def _judged(r: LayerDiff, r64: LayerDiff, trun32: TorchRun, run64: TorchRun, nar
             "the port computes in float32 here even in the float64 pass (a module dtype): "
             f"judged on the float32 scale, port vs torch float64 {port:.1e} {'<=' if ok else '>'} {bound:.1e}"
         )
-        return dataclasses.replace(r, passed=ok, port_float64_rel_l2=port, note=_join(r.note, note))
+        judged = (
+            r.rel_l2 if r.passed and r.rel_l2 <= tol else (port * tol / bound if ok else max(r.rel_l2, port))
+        )
+        return dataclasses.replace(
+            r, passed=ok, port_float64_rel_l2=port, judged=judged, note=_join(r.note, note)
+        )
     if narrow:
         return dataclasses.replace(r, port_float64_rel_l2=port)
     ok = port <= FLOAT64_REL_TOL
@@ -139,3 +144,22 @@ def _judged(r: LayerDiff, r64: LayerDiff, trun32: TorchRun, run64: TorchRun, nar
 
 def _join(a: str, b: str) -> str:
     return "; ".join(t for t in (a, b) if t)
+
+
+def computes_in_float64(side: FlaxSide, xf: np.ndarray) -> bool:
+    """True when every floating output of every submodule, and the model's output, is float64
+    in an eval pass in float64 (:meth:`FlaxSide.forward` with ``float64=True`` on ``xf``, Flax
+    layout); False when a module fixes a narrower dtype (a residual add promotes it back to
+    float64 at the output, hence the per-module check), or when the side cannot run in float64."""
+    dtypes: set = set()
+
+    def record(name, module, call_next, args, kwargs):
+        out = call_next(*args, **kwargs)
+        dtypes.update(a.dtype for a in jax.tree.leaves(out) if jnp.issubdtype(a.dtype, jnp.floating))
+        return out
+
+    try:
+        out = side.forward(xf, False, hook=record, float64=True)
+    except Exception:  # a port that cannot run under x64 does not compute in float64
+        return False
+    return np.asarray(out).dtype == np.float64 and all(d == jnp.float64 for d in dtypes)

@@ -31,8 +31,8 @@ from parity.harness.dropout import (
     torch_shared_dropout,
 )
 from parity.harness.layer_rows import output_rows
-from parity.harness.layers64 import float64_pass, judge_rows, narrow_layers
-from parity.harness.metrics import GRADIENT_TOL_FLOAT64, cosine, rel_l2, share_outside
+from parity.harness.layers64 import computes_in_float64, float64_pass, judge_rows, narrow_layers
+from parity.harness.metrics import GRADIENT_TOL_FLOAT64, REF_FACTOR, cosine, rel_l2, share_outside
 from parity.harness.pair import ModelPair
 from parity.harness.report import LayerDiff, LocalizationReport, compare_tensor
 from parity.harness.sides import (
@@ -286,6 +286,8 @@ def rejudge_in_float64(
     torch64: np.ndarray,
     flax64: np.ndarray | None,
     scale: float | None = None,
+    narrow: bool = False,
+    tol: float = FLOAT32_REL_TOL,
 ) -> LayerDiff:
     """The float64 verdict on a gradient row that failed in float32 (docs/HARNESS.md, "gradients
     float32 cannot resolve").
@@ -296,8 +298,13 @@ def rejudge_in_float64(
     ``scale``, the largest float64 parameter-gradient norm), relative to ``scale``. The row keeps
     its float32 values and records ``float64_rel_l2`` (torch float32 vs torch float64: how far
     float32 itself is) and ``port_float64_rel_l2`` (Flax float64 vs torch float64: the verdict).
+    ``narrow``: the port computes in float32 even in the float64 pass (a module ``dtype``,
+    :func:`parity.harness.layers64.computes_in_float64`): the row is judged on the float32 scale
+    instead, against ``tol``.
     """
     shaped = flax64 is not None and np.shape(flax64) == np.shape(torch64)
+    if narrow and shaped:
+        return _rejudge_on_float32_scale(row, torch32, torch64, flax64, tol)
     zero = bool(scale) and float(np.linalg.norm(torch64)) < ZERO_GRADIENT_FRACTION * scale
     if not shaped:
         port = math.inf
@@ -316,6 +323,31 @@ def rejudge_in_float64(
         passed=ok,
         float64_rel_l2=rel_l2(torch32, torch64),
         port_float64_rel_l2=port,
+        note=(row.note + "; " if row.note else "") + note,
+    )
+
+
+def _rejudge_on_float32_scale(
+    row: LayerDiff, torch32: np.ndarray, torch64: np.ndarray, flax64: np.ndarray, tol: float
+) -> LayerDiff:
+    """The verdict on a gradient row of a port that computes in float32 even in the float64
+    pass (a module ``dtype``): its float64 gradient carries float32 rounding, so it passes when
+    it is within ``max(tol, REF_FACTOR * torch float32's distance)`` of torch float64."""
+    noise = rel_l2(torch32, torch64)
+    bound = max(tol, REF_FACTOR * noise)
+    port = rel_l2(flax64, torch64)
+    ok = port <= bound
+    note = (
+        "the port computes in float32 even in the float64 pass (a module dtype): judged on the "
+        f"float32 scale, port vs torch float64 {port:.1e} {'<=' if ok else '>'} {bound:.1e} "
+        f"(torch float32 vs float64 {noise:.1e}, tol {tol:.0e})"
+    )
+    judged = port * tol / bound if ok else max(row.rel_l2, port)
+    return dataclasses.replace(
+        row,
+        passed=ok,
+        float64_rel_l2=noise,
+        judged=judged,
         note=(row.note + "; " if row.note else "") + note,
     )
 
@@ -366,10 +398,11 @@ def localize_gradients(
         tg64 = torch_side.gradients(x, y, o.loss, train, masks, o.step, given=record, float64=True)[0]
         fg64 = pair.to_torch(side.gradients(*flax_args, float64=True, input_layout=pair.input_layout))
         scale = max(float(np.linalg.norm(g)) for g in tg64.values())
+        narrow = not computes_in_float64(side, pair.flax_input(x))
         rows = [
             r
             if r.passed or r.name in no_grad
-            else rejudge_in_float64(r, tgrads[r.name], tg64[r.name], fg64.get(r.name), scale)
+            else rejudge_in_float64(r, tgrads[r.name], tg64[r.name], fg64.get(r.name), scale, narrow, o.tol)
             for r in rows
         ]
     if any(not r.passed for r in rows):

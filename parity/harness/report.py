@@ -21,7 +21,9 @@ class LayerDiff:
     torch-comparable layout. ``float64_rel_l2`` (optional) is torch float32 vs torch float64 on
     the same computation: the float32 noise floor of that tensor. ``port_float64_rel_l2``
     (gradients only, set by :func:`rejudge_in_float64`) is Flax float64 vs torch float64: the
-    verdict on a gradient that float32 cannot resolve.
+    verdict on a gradient that float32 cannot resolve. ``judged`` (optional): the value the row
+    is judged by on the float32 scale when neither of those is it (a layer a module ``dtype``
+    keeps in float32: ``tol * port / bound``), see :func:`parity.harness.metrics.judged_rel_l2`.
     """
 
     name: str
@@ -36,6 +38,7 @@ class LayerDiff:
     float64_rel_l2: float | None = None
     note: str = ""
     port_float64_rel_l2: float | None = None
+    judged: float | None = None
 
     def as_dict(self) -> dict:
         """JSON-ready dict (``shape`` as a list)."""
