@@ -380,17 +380,9 @@ def localize_gradients(
     flax_args = (x, y, o.loss, train, uniforms, rng)
     ftree = side.gradients(*flax_args, input_layout=pair.input_layout)
     fgrads = pair.to_torch(ftree)
-    fnames = _flax_param_names(pair, ftree)
+    fnames, note = _flax_param_names(pair, ftree), {n: "no torch grad" for n in no_grad}
     rows = [
-        compare_tensor(
-            n,
-            "grad",
-            fnames.get(n, n),
-            fgrads.get(n),
-            tgrads[n],
-            o.tol,
-            note="no torch grad" if n in no_grad else "",
-        )
+        compare_tensor(n, "grad", fnames.get(n, n), fgrads.get(n), tgrads[n], o.tol, note=note.get(n, ""))
         for n in backward_order(tm, order)
     ]
     # a parameter with no torch gradient is a structural difference, not rounding: not re-judged
