@@ -93,7 +93,9 @@ def judge_rows(
     rows32: list[LayerDiff], wide: Float64Pass, trun32: TorchRun, narrow: set[str], tol: float
 ) -> list[LayerDiff]:
     """Each float32 row with the float64 verdict (:func:`_judged`); rows keep their float32
-    values, ``port_float64_rel_l2`` records the float64 port difference."""
+    values; where float64 decides (it reverses the float32 verdict, or a module dtype keeps the
+    layer in float32) ``port_float64_rel_l2`` records the float64 port difference and the note
+    says why. A row whose float32 verdict float64 confirms is left as it is."""
     by_key = {}
     for r in wide.rows:
         by_key.setdefault((r.name, r.kind), r)
@@ -132,6 +134,8 @@ def _judged(r: LayerDiff, r64: LayerDiff, trun32: TorchRun, run64: TorchRun, nar
     if narrow:
         return dataclasses.replace(r, port_float64_rel_l2=port)
     ok = port <= FLOAT64_REL_TOL
+    if ok == r.passed:
+        return r  # float32 shows the verdict: the row stays as float32 alone would give it
     note = ""
     if ok and not r.passed:
         note = f"float32 rounding: float64 port rel_l2 {port:.1e} <= {FLOAT64_REL_TOL:.0e}"
@@ -163,3 +167,9 @@ def computes_in_float64(side: FlaxSide, xf: np.ndarray) -> bool:
     except Exception:  # a port that cannot run under x64 does not compute in float64
         return False
     return np.asarray(out).dtype == np.float64 and all(d == jnp.float64 for d in dtypes)
+
+
+def worst_port(wide: Float64Pass) -> float:
+    """The largest float64 port difference over every row of the float64 pass (correct ports:
+    ~1e-15)."""
+    return max((r.rel_l2 for r in wide.rows), default=0.0)

@@ -31,7 +31,7 @@ from parity.harness.dropout import (
     torch_shared_dropout,
 )
 from parity.harness.layer_rows import output_rows
-from parity.harness.layers64 import computes_in_float64, float64_pass, judge_rows, narrow_layers
+from parity.harness.layers64 import computes_in_float64, float64_pass, judge_rows, narrow_layers, worst_port
 from parity.harness.metrics import GRADIENT_TOL_FLOAT64, REF_FACTOR, cosine, rel_l2, share_outside
 from parity.harness.pair import ModelPair
 from parity.harness.report import LayerDiff, LocalizationReport, compare_tensor
@@ -250,6 +250,7 @@ def _float64_verdicts(side, xf, run64, plan, to_flax, train, rng, meta: dict):
         )
     else:
         meta["float64"] = f"every layer judged in float64 (tol {FLOAT64_REL_TOL:.0e})"
+    meta["float64_worst_rel_l2"] = worst_port(wide)
     return wide
 
 
