@@ -204,3 +204,14 @@ def test_a_module_dtype_float32_is_judged_on_the_float32_scale_in_every_float64_
     assert judged.passed and "float32 scale" in judged.note and judged_rel_l2(judged, 1e-7) <= 1e-7
     far = rejudge_in_float64(row, t32, t64, t64 + 1e-3, narrow=True, tol=1e-7)
     assert not far.passed and judged_rel_l2(far, 1e-7) > 1e-7
+
+
+def test_a_misread_batchnorm_momentum_is_the_cause_of_the_running_mean_row():
+    """torch momentum 0.1 (the batch's weight) given to Flax as is (the old statistic's)."""
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    pair = linen_pair(make_offset_bn(0.0), LinenOffsetBN(momentum=0.1), x, "same")
+    rep = localize(pair, x, LocalizeOptions(mode="train"))
+    first = rep.first_divergent
+    assert (first.name, first.kind) == ("bn", "running_mean"), rep.format()
+    assert rep.row("bn").passed  # the output uses batch statistics: the same
+    assert "probable cause: bn: momentum 0.9 in the port, 0.1 in torch" in first.note

@@ -105,18 +105,25 @@ class OffsetBN(nn.Module):
 
 
 class LinenOffsetBN(fnn.Module):
+    """``momentum``: Flax's convention (torch's 0.1 is Flax's 0.9)."""
+
+    momentum: float = 0.9
+
     @fnn.compact
     def __call__(self, x, train: bool = False):
         y = fnn.Dense(DIM, name="fc")(x)
-        return fnn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(y)
+        bn = fnn.BatchNorm(use_running_average=not train, momentum=self.momentum, epsilon=1e-5, name="bn")
+        return bn(y)
 
 
-def make_offset_bn() -> nn.Module:
+def make_offset_bn(offset: float = 3.0) -> nn.Module:
+    """``offset`` > 0: a small spread around a large bias, so (x - mean) cancels."""
     torch.manual_seed(0)
     m = OffsetBN()
-    with torch.no_grad():
-        m.fc.weight.mul_(0.01)  # a small spread around a large bias: (x - mean) cancels
-        m.fc.bias.fill_(3.0)
+    if offset:
+        with torch.no_grad():
+            m.fc.weight.mul_(0.01)
+            m.fc.bias.fill_(offset)
     return m.eval()
 
 

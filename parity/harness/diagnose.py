@@ -35,20 +35,26 @@ def with_causes(
     fouts: Mapping,
     train: bool,
     every: bool,
+    bn_means: Mapping | None = None,
 ) -> list[LayerDiff]:
     """``rows`` with the probable cause of failing ``output`` rows in their note: every failing
     row when ``every`` (reinjection isolates each layer), else only the first failing row.
     ``run`` / ``fouts``: the torch run and Flax outputs the cause is computed from (the float64
-    pass when there is one: a float64 port output is judged at ``FLOAT64_REL_TOL``)."""
+    pass when there is one: a float64 port output is judged at ``FLOAT64_REL_TOL``).
+    ``bn_means``: ``{torch BatchNorm name: the port's running mean after the pass}``, for the
+    causes of failing ``running_mean`` rows (a misread momentum)."""
     leaves = leaf_modules(torch_model)
     out, tried = [], False
     for r in rows:
-        if r.passed or r.kind != "output" or (tried and not every):
+        if r.passed or r.kind not in ("output", "running_mean") or (tried and not every):
             out.append(r)
             continue
         tried = True
         key = _key(r.name)
-        cause = _cause(leaves.get(key[0]), run, fouts, key, train, r.name)
+        if r.kind == "output":
+            cause = _cause(leaves.get(key[0]), run, fouts, key, train, r.name)
+        else:
+            cause = _mean_cause(leaves.get(key[0]), run.inputs.get(key), (bn_means or {}).get(r.name), r.name)
         out.append(
             r if cause is None else dataclasses.replace(r, note=_join(r.note, f"probable cause: {cause}"))
         )
@@ -64,6 +70,19 @@ def _cause(module, run: TorchRun, fouts: Mapping, key, train: bool, label: str):
         return None
     try:
         return probable_cause(module, x, port, train=train, layer=label)
+    except (RuntimeError, ValueError, TypeError):
+        return None
+
+
+def _mean_cause(module, x, port_mean, label: str):
+    """The cause of a failing ``running_mean`` row: ``module`` holds the statistics from before
+    the train-mode pass (the caller's model, not the run's copy)."""
+    if module is None or x is None or port_mean is None:
+        return None
+    try:
+        return probable_cause(
+            module, x, np.asarray(port_mean), train=True, output="running_mean", layer=label
+        )
     except (RuntimeError, ValueError, TypeError):
         return None
 

@@ -32,13 +32,15 @@ from parity.harness.sides import FlaxCapture, FlaxSide, TorchRun, float_cast
 @dataclass(frozen=True)
 class Float64Pass:
     """What the float64 pass saw: the torch float64 run, the Flax float64 outputs and inputs
-    (``{(torch name, call): array}``, Flax layout) and their rows at ``FLOAT64_REL_TOL``
-    (``output`` and BatchNorm rows, then ``input`` rows)."""
+    (``{(torch name, call): array}``, Flax layout), their rows at ``FLOAT64_REL_TOL``
+    (``output`` and BatchNorm rows, then ``input`` rows) and the Flax batch statistics
+    ``(before, after)`` as pure trees."""
 
     run: TorchRun
     outputs: Mapping
     inputs: Mapping
     rows: list[LayerDiff]
+    bn_stats: tuple = ({}, {})
 
 
 def flax_activations_float64(
@@ -72,7 +74,7 @@ def float64_pass(
     rows, _ = output_rows(run64, None, fouts, to_flax, bs, train, FLOAT64_REL_TOL)
     finputs = capture.inputs or {}
     rows += input_rows(run64, finputs, to_flax, capture.flatten_shapes, FLOAT64_REL_TOL).values()
-    return Float64Pass(run64, fouts, finputs, rows)
+    return Float64Pass(run64, fouts, finputs, rows, bs)
 
 
 def narrow_layers(order: list, outputs: Mapping, reinject: bool) -> set[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,6 +39,7 @@ from parity.harness.sides import (
     FlaxCapture,
     FlaxSide,
     TorchRun,
+    flax_bn_stats,
     flax_loss,
     leaf_modules,
     nnx_intercept,
@@ -199,13 +200,20 @@ def localize(
             cause_from = (run64, wide.outputs) if not narrow else cause_from
     between = Between(pair.torch, x, train)
     rows = insert_input_rows(rows, inputs, between.describe)
-    rows = with_causes(rows, pair.torch, *cause_from, train, every=o.reinject)
+    means = _bn_means(trun, wide.bn_stats[1] if cause_from[0] is run64 else bs[1], to_flax)
+    rows = with_causes(rows, pair.torch, *cause_from, train, every=o.reinject, bn_means=means)
     finputs = wide.inputs if cause_from[0] is run64 else capture.inputs
     rows = with_between_causes(rows, pair.torch, cause_from[0], finputs, between, train)
     if skipped:
         meta["unmatched_stateless_torch_layers"] = skipped
     title = f"localize (mode={o.mode}, reinject={'on' if o.reinject else 'off'}, {side.kind})"
     return LocalizationReport(title, rows, o.tol, meta)
+
+
+def _bn_means(run: TorchRun, stats: Mapping, to_flax: Callable[[str], str]) -> dict:
+    """``{torch BatchNorm name: the port's running mean}`` from a pure ``batch_stats`` tree."""
+    found = {n: flax_bn_stats(stats, to_flax(n)) for n in run.bn_counts}
+    return {n: m["mean"] for n, m in found.items() if m is not None}
 
 
 def _same_weights(pair: ModelPair, side: FlaxSide, meta: dict) -> bool:
