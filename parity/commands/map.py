@@ -1,8 +1,9 @@
 """``parity map --torch SPEC --flax SPEC``: how a torch model's weights pair with a Flax model's.
 
 Prints one row per pairing (torch key and shape -> Flax path and shape, the rule used), then
-every unmatched torch key and Flax leaf and every problem (a layer with no rule, a shape or
-dtype mismatch), one line each. ``--json FILE`` writes the same atomically. Exit 0 when
+every unmatched torch key and Flax leaf, every note (tied weights, constant buffers, copies,
+Linen auto-names) and every problem (a layer with no rule, a shape or dtype mismatch), one line
+each. ``--json FILE`` writes the same atomically. Exit 0 when
 everything is paired, 1 otherwise or when the models do not load (a one-line
 :class:`parity.errors.ParityError` for :mod:`parity.cli`), 2 for usage errors.
 """
@@ -109,6 +110,7 @@ def _report(pairing, rows) -> str:
         f"unmatched Flax leaves ({len(pairing.unmatched_flax)}): "
         + (", ".join(pairing.unmatched_flax) or "none")
     )
+    lines += [f"note: {n}" for n in pairing.notes]
     lines += [f"problem: {p}" for p in pairing.problems]
     lines.append("all paired" if pairing.ok else f"NOT all paired: {len(pairing.problems)} problem(s)")
     return "\n".join(lines)
@@ -138,6 +140,9 @@ def _write_json(path: str, pairing, rows) -> None:
         "unmatched_torch": pairing.unmatched_torch,
         "unmatched_flax": pairing.unmatched_flax,
         "problems": pairing.problems,
+        "notes": pairing.notes,
+        "ties": pairing.ties,
+        "constants": pairing.constants,
         "flatten": {"method": pairing.flatten.method, "shapes": pairing.flatten.shapes},
     }
     try:

@@ -20,7 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from torch import nn as tnn
 
-from parity.defaults import FLOAT32_REL_TOL
+from parity.defaults import FLOAT32_REL_TOL, FLOAT64_REL_TOL
+from parity.harness.between import Between, input_rows, insert_input_rows
+from parity.harness.diagnose import with_between_causes, with_causes, with_tied_causes
 from parity.harness.dropout import (
     FlaxHook,
     SharedDropout,
@@ -28,7 +30,9 @@ from parity.harness.dropout import (
     mask_scale,
     torch_shared_dropout,
 )
-from parity.harness.metrics import GRADIENT_TOL_FLOAT64, cosine, rel_l2, share_outside, unbiased_running_var
+from parity.harness.layer_rows import output_rows
+from parity.harness.layers64 import computes_in_float64, float64_pass, judge_rows, narrow_layers, worst_port
+from parity.harness.metrics import GRADIENT_TOL_FLOAT64, REF_FACTOR, cosine, rel_l2, share_outside
 from parity.harness.pair import ModelPair
 from parity.harness.report import LayerDiff, LocalizationReport, compare_tensor
 from parity.harness.sides import (
@@ -39,10 +43,9 @@ from parity.harness.sides import (
     flax_loss,
     leaf_modules,
     nnx_intercept,
-    to_numpy,
     torch_loss,
 )
-from parity.layout import activation_to_flax, layout_hint, torch_shape_of, torch_to_flax_layout
+from parity.layout import activation_to_flax, torch_shape_of
 
 #: Re-exported for the public API (they live in the modules imported above).
 __all__ = [
@@ -90,7 +93,10 @@ class LocalizeOptions:
     masks) or ``'independent'`` (each framework its own: a fault, for tests). ``seed``,
     ``step``: the shared masks' key (``step=k`` replays step ``k`` of a trajectory with the
     same seed). ``float64_reference``: also run a float64 torch copy and report each layer's
-    float32-vs-float64 difference (``float64_rel_l2``), the float32 noise floor.
+    float32-vs-float64 difference (``float64_rel_l2``), the float32 noise floor. ``float64``:
+    run both sides again in float64 and judge every row by the float64 port difference at
+    :data:`parity.defaults.FLOAT64_REL_TOL` (:mod:`parity.harness.layers64`); rows keep their
+    float32 values.
     """
 
     mode: Mode = "eval"
@@ -100,6 +106,7 @@ class LocalizeOptions:
     seed: int = 0
     step: int = 0
     float64_reference: bool = False
+    float64: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("eval", "train"):
@@ -153,6 +160,10 @@ def localize(
     variance corrected by :func:`parity.harness.metrics.unbiased_running_var`). Parameter-free
     torch modules with no Flax counterpart (``nn.ReLU``: a plain function in Flax) are listed in
     ``meta['unmatched_stateless_torch_layers']``; any other unmatched layer is a failing row.
+    With ``options.float64`` every row takes the float64 verdict (:mod:`parity.harness.layers64`);
+    a layer whose input already differs while the previous layer matched gets an ``input`` row
+    naming the code between them (:mod:`parity.harness.between`); a failing layer's note gives
+    its probable cause (:mod:`parity.harness.diagnose`).
     """
     o = options
     train = o.mode == "train"
@@ -160,102 +171,95 @@ def localize(
     masks = SharedDropout(o.seed) if (train and o.dropout_masks == "shared") else None
     torch_side = pair.torch_side()
     trun = torch_side.activations(x, train, masks, step=o.step)
-    ref = (
-        torch_side.activations(x, train, masks, given=trun.uniforms, float64=True)
-        if o.float64_reference
-        else None
-    )
+    run64 = None
+    if o.float64_reference or o.float64:
+        run64 = torch_side.activations(x, train, masks, given=trun.uniforms, float64=True)
 
-    side = pair.flax_side()
-    to_flax = pair.to_flax()
-    plan = FlaxCapture(trun, to_flax, pair.dense_flatten_shapes(), o.reinject, masks is not None)
+    side, to_flax, fshapes = pair.flax_side(), pair.to_flax(), pair.dense_flatten_shapes()
+
+    def plan(run: TorchRun) -> FlaxCapture:
+        return FlaxCapture(run, to_flax, fshapes, o.reinject, masks is not None, inputs={})
+
+    capture, xf = plan(trun), pair.flax_input(x)
     rng = _independent_rng(train, o.dropout_masks, o.seed, o.step)
-    fouts, new_bs = side.activations(pair.flax_input(x), plan, train, rng)
+    fouts, new_bs = side.activations(xf, capture, train, rng)
     bs = (side.bn_stats(), side.bn_stats(new_bs))
-    rows, skipped = _output_rows(trun, ref, fouts, to_flax, bs, train, o.tol)
+    rows, skipped = output_rows(
+        trun, run64 if o.float64_reference else None, fouts, to_flax, bs, train, o.tol
+    )
+    inputs = input_rows(trun, capture.inputs, to_flax, fshapes, o.tol)
     meta = {"mode": o.mode, "reinject": o.reinject, "dropout_masks": o.dropout_masks if train else "n/a"}
     meta["flax"] = side.kind
+    cause_from, wide = (trun, fouts), None
+    if o.float64 and _same_weights(pair, side, meta):
+        wide = _float64_verdicts(side, xf, run64, plan, to_flax, train, rng, meta)
+        if wide is not None:
+            narrow = narrow_layers(run64.order, wide.outputs, o.reinject)
+            rows = judge_rows(rows, wide, trun, narrow, o.tol)
+            inputs = {r.name: r for r in judge_rows(list(inputs.values()), wide, trun, narrow, o.tol)}
+            cause_from = (run64, wide.outputs) if not narrow else cause_from
+    between = Between(pair.torch, x, train)
+    rows = insert_input_rows(rows, inputs, between.describe)
+    means = _bn_means(trun, wide.bn_stats[1] if cause_from[0] is run64 else bs[1], to_flax)
+    rows = with_causes(rows, pair.torch, *cause_from, train, every=o.reinject, bn_means=means)
+    finputs = wide.inputs if cause_from[0] is run64 else capture.inputs
+    rows = with_between_causes(rows, pair.torch, cause_from[0], finputs, between, train)
     if skipped:
         meta["unmatched_stateless_torch_layers"] = skipped
     title = f"localize (mode={o.mode}, reinject={'on' if o.reinject else 'off'}, {side.kind})"
     return LocalizationReport(title, rows, o.tol, meta)
 
 
-def _is_stateless(module: tnn.Module) -> bool:
-    return not any(True for _ in module.parameters(recurse=False)) and not any(
-        True for _ in module.buffers(recurse=False)
-    )
+def _bn_means(run: TorchRun, stats: Mapping, to_flax: Callable[[str], str]) -> dict:
+    """``{torch BatchNorm name: the port's running mean}`` from a pure ``batch_stats`` tree."""
+    found = {n: flax_bn_stats(stats, to_flax(n)) for n in run.bn_counts}
+    return {n: m["mean"] for n, m in found.items() if m is not None}
 
 
-def _output_rows(
-    trun: TorchRun,
-    ref: TorchRun | None,
-    fouts: Mapping,
-    to_flax: Callable[[str], str],
-    bs: tuple[Mapping, Mapping],
-    train: bool,
-    tol: float,
-) -> tuple[list[LayerDiff], list[str]]:
-    """One ``output`` row per torch leaf call (plus BN running-statistics rows in train mode),
-    and the stateless torch calls without a Flax counterpart (``nn.ReLU``: a function in Flax)."""
-    tm = trun.model
-    tbn = {n: m for n, m in tm.named_modules() if isinstance(m, tnn.modules.batchnorm._BatchNorm)}
-    leaves = leaf_modules(tm)
-    rows: list[LayerDiff] = []
-    skipped: list[str] = []
-    for name, k in trun.order:
-        label = name if k == 0 else f"{name}#{k}"
-        t_out = trun.outputs.get((name, k))
-        if t_out is None:
-            continue
-        f_out = fouts.get((name, k))
-        if f_out is None and _is_stateless(leaves[name]):
-            skipped.append(label)
-            continue
-        t_flax = torch_to_flax_layout(
-            t_out, None if f_out is None else np.shape(f_out), layout_hint(leaves[name])
+def _same_weights(pair: ModelPair, side: FlaxSide, meta: dict) -> bool:
+    """True when the Flax parameters, in torch names and layout, equal torch's exactly (the
+    converter moves values, it does not round them). Two sides trained apart in float32 differ
+    by float32 rounding in their weights, which float64 cannot judge below: then the float32
+    verdicts stand and ``meta['float64']`` says why."""
+    try:
+        flax_params = pair.to_torch(side.pure(side.params))
+    except Exception:  # a mapping that refuses its own tree: nothing to say, judge in float64
+        return True
+    worst = 0.0
+    for name, p in pair.torch.named_parameters():
+        f = flax_params.get(name)
+        t = p.detach().cpu().numpy()
+        if f is not None and np.shape(f) == t.shape and not np.array_equal(f, t):
+            worst = max(worst, rel_l2(f, t))
+    if worst > 0:
+        meta["float64"] = (
+            f"not run: the two sides hold different weights (worst parameter rel_l2 {worst:.1e}), "
+            "below which float64 cannot judge; float32 verdicts"
         )
-        row = compare_tensor(label, "output", to_flax(name), f_out, t_flax, tol)
-        if ref is not None and (name, k) in ref.outputs:
-            row = _with_ref(row, t_out, ref.outputs[(name, k)])
-        rows.append(row)
-        if train and name in tbn and k == 0:
-            rows.extend(_bn_rows(name, to_flax(name), tbn[name], *bs, trun.bn_counts.get(name), tol))
-    return rows, skipped
+    return worst == 0
 
 
-def _with_ref(row: LayerDiff, t32: np.ndarray, t64: np.ndarray) -> LayerDiff:
-    return dataclasses.replace(row, float64_rel_l2=rel_l2(t32, t64))
-
-
-def _bn_rows(
-    tname: str, fname: str, module: tnn.Module, before: Mapping, after: Mapping, n: int | None, tol: float
-) -> list[LayerDiff]:
-    """running_mean / running_var rows of one BatchNorm after a single train-mode pass."""
-    if not module.track_running_stats or module.running_mean is None:
-        return []
-    fb, fa = flax_bn_stats(before, fname), flax_bn_stats(after, fname)
-    t_mean, t_var = to_numpy(module.running_mean), to_numpy(module.running_var)
-    if fb is None or fa is None:
-        return [
-            compare_tensor(tname, "running_mean", fname, None, t_mean, tol),
-            compare_tensor(tname, "running_var", fname, None, t_var, tol),
-        ]
-    rows = [compare_tensor(tname, "running_mean", fname, fa["mean"], t_mean, tol)]
-    if module.momentum is None or n is None or n < 2:
-        rows.append(
-            compare_tensor(
-                tname, "running_var", fname, fa["var"], t_var, tol, note="uncorrected (torch momentum=None)"
-            )
+def _float64_verdicts(side, xf, run64, plan, to_flax, train, rng, meta: dict):
+    """The float64 pass (:func:`parity.harness.layers64.float64_pass`), or ``None`` with the
+    reason in ``meta['float64']`` when the Flax side cannot run in float64."""
+    try:
+        wide = float64_pass(side, xf, run64, plan, to_flax, train, rng)
+    except Exception as e:  # a port that crashes under x64 is judged in float32, with the reason
+        meta["float64"] = (
+            f"not run, judged in float32: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        )
+        return None
+    own = sorted({n for (n, _), out in wide.outputs.items() if np.asarray(out).dtype != np.float64})
+    if own:
+        later = "" if plan(run64).reinject else " and the layers after them"
+        meta["float64"] = (
+            f"the port computes in float32 even in the float64 pass (a module dtype) at: {', '.join(own)}; "
+            f"those layers{later} are judged on the float32 scale"
         )
     else:
-        corrected = unbiased_running_var([fb["var"], fa["var"]], n, momentum=1.0 - float(module.momentum))
-        rows.append(
-            compare_tensor(
-                tname, "running_var", fname, corrected, t_var, tol, note="flax var corrected n/(n-1)"
-            )
-        )
-    return rows
+        meta["float64"] = f"every layer judged in float64 (tol {FLOAT64_REL_TOL:.0e})"
+    meta["float64_worst_rel_l2"] = worst_port(wide)
+    return wide
 
 
 # ------------------------------------------------------------------------------ gradients
@@ -291,6 +295,8 @@ def rejudge_in_float64(
     torch64: np.ndarray,
     flax64: np.ndarray | None,
     scale: float | None = None,
+    narrow: bool = False,
+    tol: float = FLOAT32_REL_TOL,
 ) -> LayerDiff:
     """The float64 verdict on a gradient row that failed in float32 (docs/HARNESS.md, "gradients
     float32 cannot resolve").
@@ -301,8 +307,13 @@ def rejudge_in_float64(
     ``scale``, the largest float64 parameter-gradient norm), relative to ``scale``. The row keeps
     its float32 values and records ``float64_rel_l2`` (torch float32 vs torch float64: how far
     float32 itself is) and ``port_float64_rel_l2`` (Flax float64 vs torch float64: the verdict).
+    ``narrow``: the port computes in float32 even in the float64 pass (a module ``dtype``,
+    :func:`parity.harness.layers64.computes_in_float64`): the row is judged on the float32 scale
+    instead, against ``tol``.
     """
     shaped = flax64 is not None and np.shape(flax64) == np.shape(torch64)
+    if narrow and shaped:
+        return _rejudge_on_float32_scale(row, torch32, torch64, flax64, tol)
     zero = bool(scale) and float(np.linalg.norm(torch64)) < ZERO_GRADIENT_FRACTION * scale
     if not shaped:
         port = math.inf
@@ -321,6 +332,31 @@ def rejudge_in_float64(
         passed=ok,
         float64_rel_l2=rel_l2(torch32, torch64),
         port_float64_rel_l2=port,
+        note=(row.note + "; " if row.note else "") + note,
+    )
+
+
+def _rejudge_on_float32_scale(
+    row: LayerDiff, torch32: np.ndarray, torch64: np.ndarray, flax64: np.ndarray, tol: float
+) -> LayerDiff:
+    """The verdict on a gradient row of a port that computes in float32 even in the float64
+    pass (a module ``dtype``): its float64 gradient carries float32 rounding, so it passes when
+    it is within ``max(tol, REF_FACTOR * torch float32's distance)`` of torch float64."""
+    noise = rel_l2(torch32, torch64)
+    bound = max(tol, REF_FACTOR * noise)
+    port = rel_l2(flax64, torch64)
+    ok = port <= bound
+    note = (
+        "the port computes in float32 even in the float64 pass (a module dtype): judged on the "
+        f"float32 scale, port vs torch float64 {port:.1e} {'<=' if ok else '>'} {bound:.1e} "
+        f"(torch float32 vs float64 {noise:.1e}, tol {tol:.0e})"
+    )
+    judged = port * tol / bound if ok else max(row.rel_l2, port)
+    return dataclasses.replace(
+        row,
+        passed=ok,
+        float64_rel_l2=noise,
+        judged=judged,
         note=(row.note + "; " if row.note else "") + note,
     )
 
@@ -351,11 +387,11 @@ def localize_gradients(
     uniforms = uniforms if masks is not None else None
     rng = _independent_rng(train, o.dropout_masks, o.seed, o.step)
     flax_args = (x, y, o.loss, train, uniforms, rng)
-    fgrads = pair.to_torch(side.gradients(*flax_args, input_layout=pair.input_layout))
+    ftree = side.gradients(*flax_args, input_layout=pair.input_layout)
+    fgrads = pair.to_torch(ftree)
+    fnames, note = _flax_param_names(pair, ftree), {n: "no torch grad" for n in no_grad}
     rows = [
-        compare_tensor(
-            n, "grad", n, fgrads.get(n), tgrads[n], o.tol, note="no torch grad" if n in no_grad else ""
-        )
+        compare_tensor(n, "grad", fnames.get(n, n), fgrads.get(n), tgrads[n], o.tol, note=note.get(n, ""))
         for n in backward_order(tm, order)
     ]
     # a parameter with no torch gradient is a structural difference, not rounding: not re-judged
@@ -363,15 +399,50 @@ def localize_gradients(
         tg64 = torch_side.gradients(x, y, o.loss, train, masks, o.step, given=record, float64=True)[0]
         fg64 = pair.to_torch(side.gradients(*flax_args, float64=True, input_layout=pair.input_layout))
         scale = max(float(np.linalg.norm(g)) for g in tg64.values())
+        narrow = not computes_in_float64(side, pair.flax_input(x))
         rows = [
             r
             if r.passed or r.name in no_grad
-            else rejudge_in_float64(r, tgrads[r.name], tg64[r.name], fg64.get(r.name), scale)
+            else rejudge_in_float64(r, tgrads[r.name], tg64[r.name], fg64.get(r.name), scale, narrow, o.tol)
             for r in rows
         ]
+    if any(not r.passed for r in rows):
+        rows = with_tied_causes(rows, tgrads, _gradient_copies(pair, ftree), o.tol)
     return LocalizationReport(
         f"gradients (mode={o.mode}, loss={o.loss}, {side.kind}, backward order)",
         rows,
         o.tol,
         {"mode": o.mode, "loss": o.loss, "flax": side.kind, "float64_check": o.float64_check},
     )
+
+
+def _gradient_copies(pair: ModelPair, ftree: dict) -> dict:
+    """``{torch name: {Flax leaf: gradient in torch layout}}`` of the Flax gradient tree
+    (:func:`parity.convert.params_to_torch_fn` with ``copies=True``); ``{}`` for a pair the
+    general converter does not pair (its ``param_map`` is the user's own)."""
+    from parity import convert
+
+    source = pair.variables if pair.kind == "linen" else pair.flax
+    try:
+        return convert.params_to_torch_fn(pair.torch, source, copies=True, **pair.convert_options)(ftree)
+    except Exception:  # a pair outside the general converter's rules: no copies to name
+        return {}
+
+
+def _flax_param_names(pair: ModelPair, ftree: dict) -> dict[str, str]:
+    """``{torch parameter: Flax leaf path joined by '.'}``: every Flax leaf filled with its own
+    index and mapped by :meth:`ModelPair.to_torch` (layout moves keep the value, so a torch
+    tensor that holds one index came from that leaf); ``{}`` where the mapping refuses it."""
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(ftree)
+    paths = [".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p) for p, _ in with_paths]
+    marked = [np.full(np.shape(a), float(i), np.float32) for i, (_, a) in enumerate(with_paths)]
+    try:
+        mapped = pair.to_torch(jax.tree.unflatten(treedef, marked))
+    except Exception:  # a user param_map that computes, not moves: keep the torch names
+        return {}
+    names = {}
+    for name, a in mapped.items():
+        values = np.unique(np.asarray(a))
+        if values.size == 1 and 0 <= int(values[0]) < len(paths):
+            names[name] = paths[int(values[0])]
+    return names

@@ -57,12 +57,25 @@ def share_outside(candidate: np.ndarray, reference: np.ndarray, tol: float) -> f
 
 
 def judged_rel_l2(row: Any, tol: float) -> float:
-    """The value a gradient row is judged by, on the float32 scale: ``rel_l2``, or for a row
-    re-judged in float64 its ``port_float64_rel_l2 * tol / GRADIENT_TOL_FLOAT64``; ``<= tol``
-    exactly when the row passed."""
-    if row.port_float64_rel_l2 is None:
+    """The value a row is judged by, on the float32 scale; ``<= tol`` exactly when it passed.
+
+    The row's own ``judged`` when it has one (a layer judged on the float32 scale a module
+    ``dtype`` imposes). Otherwise:
+
+    ``rel_l2`` when the row has no float64 verdict, or when its verdict agrees with float32 and
+    ``rel_l2`` shows it (passed within ``tol``). A failing row shows its real relative
+    difference, the larger of ``rel_l2`` and ``port_float64_rel_l2``, when that exceeds ``tol``
+    (a difference of 0.78 reads 0.78). Otherwise (passed only in float64, or failed only in
+    float64) the float64 difference on the float32 scale: ``port_float64_rel_l2 * tol /
+    GRADIENT_TOL_FLOAT64``."""
+    if getattr(row, "judged", None) is not None:
+        return row.judged
+    port = row.port_float64_rel_l2
+    if port is None or (row.passed and row.rel_l2 <= tol):
         return row.rel_l2
-    return row.port_float64_rel_l2 * tol / GRADIENT_TOL_FLOAT64
+    if not row.passed and max(row.rel_l2, port) > tol:
+        return max(row.rel_l2, port)
+    return port * tol / GRADIENT_TOL_FLOAT64
 
 
 def judged_forward(
@@ -80,11 +93,20 @@ def judged_forward(
     outputs agree within ``GRADIENT_TOL_FLOAT64`` *and* Flax float32 is no farther from them
     than ``REF_FACTOR`` times torch float32 is (the forward is continuous: no decision flips,
     so a Flax float32 that is less accurate than torch's is a defect and keeps its value).
+    A ``flax64`` that is not float64 (the port fixes ``dtype=float32`` in a module) is judged on
+    the float32 scale: within ``max(tol, REF_FACTOR * torch float32's distance from float64)``
+    of torch float64, reported as that fraction of ``tol``.
     """
     rel = rel_l2(flax32, torch32)
     if rel <= tol:
         return rel
     torch64, flax64 = float64()
+    if np.asarray(flax64).dtype != np.float64:
+        # the port fixes its own narrower dtype (a module dtype=float32): float64 cannot judge
+        # it, the float32 scale it imposes does (docs/HARNESS.md, "Verdicts")
+        bound = max(tol, REF_FACTOR * rel_l2(torch32, torch64))
+        narrow = rel_l2(flax64, torch64)
+        return narrow * tol / bound if narrow <= bound else rel
     port = rel_l2(flax64, torch64)
     as_accurate = rel_l2(flax32, torch64) <= max(tol, REF_FACTOR * rel_l2(torch32, torch64))
     return port * tol / GRADIENT_TOL_FLOAT64 if (port <= GRADIENT_TOL_FLOAT64 and as_accurate) else rel

@@ -21,7 +21,9 @@ class LayerDiff:
     torch-comparable layout. ``float64_rel_l2`` (optional) is torch float32 vs torch float64 on
     the same computation: the float32 noise floor of that tensor. ``port_float64_rel_l2``
     (gradients only, set by :func:`rejudge_in_float64`) is Flax float64 vs torch float64: the
-    verdict on a gradient that float32 cannot resolve.
+    verdict on a gradient that float32 cannot resolve. ``judged`` (optional): the value the row
+    is judged by on the float32 scale when neither of those is it (a layer a module ``dtype``
+    keeps in float32: ``tol * port / bound``), see :func:`parity.harness.metrics.judged_rel_l2`.
     """
 
     name: str
@@ -36,6 +38,7 @@ class LayerDiff:
     float64_rel_l2: float | None = None
     note: str = ""
     port_float64_rel_l2: float | None = None
+    judged: float | None = None
 
     def as_dict(self) -> dict:
         """JSON-ready dict (``shape`` as a list)."""
@@ -132,7 +135,12 @@ class LocalizationReport:
         first = self.first_divergent
         if first is None:
             worst = max((r.rel_l2 for r in self.rows), default=0.0)
-            return f"{self.title}: all {len(self.rows)} tensors within tol {self.tol:.1e} (worst rel_l2 {worst:.2e})"
+            judged = self.worst_judged()
+            extra = f", judged {judged:.2e} after the float64 verdicts" if judged != worst else ""
+            return (
+                f"{self.title}: all {len(self.rows)} tensors within tol {self.tol:.1e} "
+                f"(worst rel_l2 {worst:.2e}{extra})"
+            )
         return (
             f"{self.title}: first divergent: {first.name} ({first.kind}, flax {first.flax_name}): "
             f"rel_l2 {first.rel_l2:.3e} > tol {self.tol:.1e}, max_abs {first.max_abs:.3e}, "

@@ -247,6 +247,8 @@ class FlaxSide:
             tname = from_flax.get(name)
             k = fcounts.get(name, 0)
             fcounts[name] = k + 1
+            if plan.inputs is not None and tname is not None and args:
+                plan.inputs[(tname, k)] = np.asarray(args[0])  # before any reinjection
             if plan.reinject and tname is not None and (tname, k) in trun.inputs and args:
                 xin = trun.inputs[(tname, k)]
                 flat = fshapes.get(tname)
@@ -475,13 +477,15 @@ def float_cast(dtype) -> Callable:
 class FlaxCapture:
     """What :meth:`FlaxSide.activations` captures: the torch run to align with, the name map,
     the flatten shapes of dense layers fed by a flatten, whether each Flax layer gets the torch
-    layer's input (``reinject``) and whether torch's dropout masks are replayed."""
+    layer's input (``reinject``) and whether torch's dropout masks are replayed; ``inputs``, when
+    given, receives each captured layer's own input (``{(torch name, call): array}``)."""
 
     run: TorchRun
     to_flax: Callable[[str], str]
     flatten_shapes: Mapping[str, Sequence[int]]
     reinject: bool
     shared_masks: bool
+    inputs: dict | None = None
 
 
 class TorchSide:

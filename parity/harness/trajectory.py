@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -63,8 +64,10 @@ __all__ = [
     "StepRow",
     "TrajectoryOptions",
     "TrajectoryReport",
+    "localize_step",
     "make_optimizer_pair",
     "optimizer_differences",
+    "pair_from_torch_weights",
     "trajectory",
 ]
 
@@ -392,13 +395,16 @@ def trajectory(
     o = options
     opt = make_optimizer_pair(o.optimizer) if isinstance(o.optimizer, str) else o.optimizer
     batches = _take(batches, o.steps)
+    tols, narrow = o.tolerances(), None
+    if o.dtype == "float64":
+        tols, narrow = _float32_scale_if_narrow(pair, batches[0][0], tols)
     run = _RunSettings(
         pair.to_flax(),
         pair.to_torch,
         o.seed,
         o.dropout_masks,
         o.bn_var,
-        o.tolerances(),
+        tols,
         o.ref_factor,
         pair.input_layout,
     )
@@ -413,7 +419,25 @@ def trajectory(
         for twin in (main, ref):
             if twin is not None:
                 twin.close()
-    return _report(main, rows, opt, run, o)
+    rep = _report(main, rows, opt, run, o)
+    if narrow:
+        rep.meta["float64"] = narrow
+    return rep
+
+
+def _float32_scale_if_narrow(pair: ModelPair, x: np.ndarray, tols: dict) -> tuple[dict, str | None]:
+    """``(tolerances, note)`` of a float64 run: unchanged when the Flax side computes in float64;
+    raised to the float32 bounds (:data:`TRAJECTORY_TOL`) with a note when a module fixes its own
+    ``dtype=float32`` (:func:`parity.harness.layers64.computes_in_float64`)."""
+    from parity.harness.layers64 import computes_in_float64
+
+    if computes_in_float64(pair.flax_side(), pair.flax_input(np.asarray(x))):
+        return tols, None
+    note = (
+        "the port computes in float32 even in the float64 run (a module dtype): judged on the "
+        "float32 scale (TRAJECTORY_TOL)"
+    )
+    return {m: max(v, TRAJECTORY_TOL[m]) for m, v in tols.items()}, note
 
 
 def _train_side_by_side(
@@ -457,3 +481,53 @@ def _report(
         side.variables(main.flax.params, main.flax.bstats),
         main.bn.corrected_tree(pure_bs, main.flax.dtype),
     )
+
+
+def localize_step(
+    pair: ModelPair,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    report: TrajectoryReport,
+    options: TrajectoryOptions = TrajectoryOptions(),
+) -> dict | None:
+    """Localise the first step at which ``report`` (a :func:`trajectory` of ``pair`` on
+    ``batches`` with ``options``) fails; ``None`` when it passed.
+
+    Both sides start step ``k`` from the torch weights after ``k`` steps (a float32 copy of a
+    :func:`trajectory` of the first ``k`` batches; the states agreed up to there), and
+    :func:`parity.harness.localize.localize` (train mode, step ``k``'s dropout masks, float64
+    verdict per layer) and :func:`parity.harness.localize.localize_gradients` compare that
+    step's batch: ``{'step': k, 'layers': report, 'gradients': report}``.
+    """
+    from parity.harness.localize import GradientOptions, LocalizeOptions, localize, localize_gradients
+
+    first = report.first_divergent
+    if first is None:
+        return None
+    k, batches = first[0], _take(batches, options.steps)
+    torch_k = pair.torch
+    if k:
+        head = dataclasses.replace(options, steps=k, progress=False)
+        torch_k = trajectory(pair, batches[:k], head).torch_model
+    pair_k = pair_from_torch_weights(pair, torch_k)
+    x, y = (np.asarray(a) for a in batches[k])
+    masks, seed = options.dropout_masks, options.seed
+    layers = localize(pair_k, x, LocalizeOptions("train", dropout_masks=masks, seed=seed, step=k))
+    grads = GradientOptions("train", loss=options.loss, dropout_masks=masks, seed=seed, step=k)
+    return {"step": k, "layers": layers, "gradients": localize_gradients(pair_k, x, y, grads)}
+
+
+def pair_from_torch_weights(pair: ModelPair, trained: tnn.Module) -> ModelPair:
+    """``pair`` with both sides holding ``trained``'s weights and statistics (``trained``: a
+    trained copy of ``pair.torch``, any float dtype), converted with the pair's options."""
+    state = {k: v.detach().clone() for k, v in trained.state_dict().items()}
+    tm = copy.deepcopy(pair.torch)
+    tm.load_state_dict(state)  # into the original parameters: their dtype, ties kept
+    state = {k: v.detach().clone() for k, v in tm.state_dict().items()}
+    if pair.kind == "linen":
+        variables = convert.torch_to_flax(state, tm, pair.variables, **pair.convert_options)
+        return pair.replace(torch=tm, variables=variables)
+    from flax import nnx
+
+    fm = nnx.clone(pair.flax)
+    convert.torch_to_flax(state, tm, fm, **pair.convert_options)
+    return pair.replace(torch=tm, flax=fm)
