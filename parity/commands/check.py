@@ -204,6 +204,12 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input-high", type=int, metavar="N", help="integer inputs (token ids) are drawn from [0, N)"
     )
+    parser.add_argument(
+        "--output",
+        metavar="PATH",
+        help="models returning a tuple, dict or dataclass: compare only this output leaf "
+        "(e.g. 0, logits, aux.1); default: every tensor leaf both return, the first one trained on",
+    )
 
 
 def spec_models(args: argparse.Namespace) -> SpecModels:
@@ -216,4 +222,5 @@ def spec_models(args: argparse.Namespace) -> SpecModels:
     if args.input_shape is None:
         raise CheckError("--torch/--flax need --input-shape N,C,... (torch layout) to draw the input")
     inp = SpecInput(args.input_shape, args.input_dtype, args.input_high, args.channels_last)
-    return SpecModels(args.torch, args.flax, inp, args.map, dict(args.flatten or ()) or None)
+    flatten = dict(args.flatten or ()) or None
+    return SpecModels(args.torch, args.flax, inp, args.map, flatten, output=args.output)
