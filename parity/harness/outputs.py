@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -81,16 +82,58 @@ def all_outputs() -> Iterator[None]:
         _ALL.reset(token)
 
 
-def adapt_torch(model: Any, path: str, only: bool = False) -> Any:
-    """``model`` (changed in place, and returned) made to return its output leaf ``path``;
+@dataclass(frozen=True)
+class ExtraInputs:
+    """The inputs a model takes after the first (``unet(x, time)``, ``model(ids, mask)``):
+    positional ``args`` and keyword ``kwargs`` as numpy arrays, batch first, in each side's
+    layout (``flax_*`` channels-last where the first input is), drawn once and given with every
+    batch (its first ``n`` samples for a batch of ``n``). ``flax_kwargs`` may hold other values
+    (a Flax ``__call__``'s required keyword-only arguments, from ``flax_call_kwargs``)."""
+
+    torch_args: tuple = ()
+    torch_kwargs: Mapping = dataclasses.field(default_factory=dict)
+    flax_args: tuple = ()
+    flax_kwargs: Mapping = dataclasses.field(default_factory=dict)
+
+
+def _torch_value(a: Any, n: int, module: Any) -> Any:
+    import torch
+
+    if not isinstance(a, np.ndarray):
+        return a
+    p = next(iter(module.parameters()), None)
+    t = torch.from_numpy(np.ascontiguousarray(a[:n]))
+    if p is not None:
+        t = t.to(p.device, p.dtype) if t.is_floating_point() else t.to(p.device)
+    return t
+
+
+def _flax_value(a: Any, n: int) -> Any:
+    import jax
+    import jax.numpy as jnp
+
+    if not isinstance(a, np.ndarray):
+        return a
+    if a.dtype.kind == "f":  # float64 under jax.enable_x64 (the float64 passes), else float32
+        return jnp.asarray(a[:n], dtype=jax.dtypes.canonicalize_dtype(jnp.float64))
+    return jnp.asarray(a[:n])
+
+
+def adapt_torch(model: Any, path: str | None, only: bool = False, extra: ExtraInputs | None = None) -> Any:
+    """``model`` (changed in place, and returned) made to return its output leaf ``path`` (its
+    whole output when ``None``) and, called with one input, to get ``extra``'s other inputs;
     same parameters, names and type name. Under :func:`all_outputs` it returns the tree.
     ``only``: the user picked this leaf (``--output``), the others are not compared."""
     base = type(model)
 
     @functools.wraps(base.forward)
-    def forward(self, *args, **kwargs):
-        out = base.forward(self, *args, **kwargs)
-        return out if _ALL.get() else pick(out, path)
+    def forward(self, x, *args, **kwargs):
+        if extra is not None and not args:
+            n = x.shape[0]
+            args = tuple(_torch_value(a, n, self) for a in extra.torch_args)
+            kwargs = {**{k: _torch_value(v, n, self) for k, v in extra.torch_kwargs.items()}, **kwargs}
+        out = base.forward(self, x, *args, **kwargs)
+        return out if (_ALL.get() or path is None) else pick(out, path)
 
     attrs = {
         "forward": forward,
@@ -100,6 +143,22 @@ def adapt_torch(model: Any, path: str, only: bool = False) -> Any:
     }
     model.__class__ = type(base.__name__, (base,), attrs)
     return model
+
+
+def _flax_call(orig: Callable, path: str | None, extra: ExtraInputs | None, around: Callable) -> Callable:
+    """The ``__call__`` of an :func:`adapt_flax` class."""
+
+    @functools.wraps(orig)
+    def __call__(self, x, *args, **kwargs):
+        if extra is not None and not args:
+            n = x.shape[0]
+            args = tuple(_flax_value(a, n) for a in extra.flax_args)
+            kwargs = {**{k: _flax_value(v, n) for k, v in extra.flax_kwargs.items()}, **kwargs}
+        with around():
+            out = orig(self, x, *args, **kwargs)
+        return leaves(out) if path is None else pick(out, path)
+
+    return __call__
 
 
 def unbind_axis_names(next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
@@ -124,53 +183,34 @@ def axis_named_layers(model: Any) -> list[str]:
     ]
 
 
-def adapt_flax(model: Any, path: str | None) -> Any:
+def adapt_flax(model: Any, path: str | None, extra: ExtraInputs | None = None) -> Any:
     """A Flax model (Linen: a new module of a subclass with the same fields; NNX: a copy of a
     subclass) that returns its output leaf ``path`` (when ``None``, every leaf as ``{path:
-    leaf}``, a pytree whatever the model's own output class) and runs
-    every ``BatchNorm`` with ``axis_name=None``. Parameter paths and the ``__call__`` signature
-    are those of ``model``."""
+    leaf}``, a pytree whatever the model's own output class), gets ``extra``'s other inputs
+    when called with one, and runs every ``BatchNorm`` with ``axis_name=None``. Parameter paths
+    and the ``__call__`` signature are those of ``model``."""
     from flax import nnx
 
     base = type(model)
-    orig = base.__call__
+    attrs = {"__module__": base.__module__, "_parity_output": path}
     if isinstance(model, nnx.Module):
-
-        @functools.wraps(orig)
-        def call_nnx(self, *args, **kwargs):
-            out = orig(self, *args, **kwargs)
-            return leaves(out) if path is None else pick(out, path)
-
         new = nnx.clone(model)
         for _, m in nnx.iter_modules(new):
             if isinstance(m, nnx.BatchNorm) and m.axis_name is not None:
                 m.axis_name = None
-        sub = type(
-            base.__name__,
-            (base,),
-            {"__call__": call_nnx, "__module__": base.__module__, "_parity_output": path},
-        )
-        object.__setattr__(new, "__class__", sub)
+        attrs["__call__"] = _flax_call(base.__call__, path, extra, contextlib.nullcontext)
+        object.__setattr__(new, "__class__", type(base.__name__, (base,), attrs))
         return new
     import flax.linen as nn
 
-    @functools.wraps(orig)
-    def call_linen(self, *args, **kwargs):
-        with nn.intercept_methods(unbind_axis_names):
-            out = orig(self, *args, **kwargs)
-        return leaves(out) if path is None else pick(out, path)
-
-    sub = type(
-        base.__name__,
-        (base,),
-        {"__call__": call_linen, "__module__": base.__module__, "_parity_output": path},
-    )
+    around = functools.partial(nn.intercept_methods, unbind_axis_names)
+    attrs["__call__"] = _flax_call(base.__call__, path, extra, around)
     fields = {
         f.name: getattr(model, f.name)
         for f in dataclasses.fields(model)
         if f.init and f.name not in ("parent", "name")
     }
-    return sub(**fields)
+    return type(base.__name__, (base,), attrs)(**fields)
 
 
 def to_numpy_tree(tree: Any) -> dict[str, np.ndarray | None]:

@@ -163,6 +163,33 @@ def _output_path(tree: Any, wanted: str | None, side: str) -> str | None:
         raise SpecError(f"--output: the {side} model has {e.args[0]}") from None
 
 
+def _extra_inputs(spec: SpecModels) -> outputs_mod.ExtraInputs | None:
+    """The inputs after the first (``--input``), drawn once from seed 1, and the Flax factory
+    file's ``flax_call_kwargs``; ``None`` when there are neither."""
+    from parity.layout import activation_to_flax
+    from parity.spec import flax_call_kwargs
+
+    hook = flax_call_kwargs(spec.flax)
+    if not spec.extra_inputs and not hook:
+        return None
+    rng = np.random.default_rng(1)
+    targs, tkw, fargs, fkw = [], {}, [], {}
+    for name, e in spec.extra_inputs:
+        if e.shape[0] != spec.input.shape[0]:
+            raise CheckError(
+                f"--input {name or ''}{'=' if name else ''}{','.join(map(str, e.shape))}: batch "
+                f"{e.shape[0]}, but --input-shape has {spec.input.shape[0]}"
+            )
+        a = e.sample(rng)
+        f = activation_to_flax(a, layout=e.layout)
+        if name:
+            tkw[name], fkw[name] = a, f
+        else:
+            targs.append(a)
+            fargs.append(f)
+    return outputs_mod.ExtraInputs(tuple(targs), tkw, tuple(fargs), {**fkw, **hook})
+
+
 def build_pair(spec: SpecModels, device: str) -> ModelPair:
     """Build both models, convert the torch weights into the Flax one, derive the maps.
     Raises :class:`parity.spec.SpecError` or :class:`parity.convert.ConversionError` (one line,
@@ -174,6 +201,9 @@ def build_pair(spec: SpecModels, device: str) -> ModelPair:
     inp = spec.input
     torch_model, _ = build(spec.torch, ("torch",))
     flax_model, kind = build(spec.flax, ("linen", "nnx"))
+    extra = _extra_inputs(spec)
+    if extra is not None:
+        outputs_mod.adapt_torch(torch_model, None, extra=extra)
     # before any full-size tensor: the rank the first layer takes, the memory the batch needs
     run = small_run(torch_model, lambda n: inp.sample(np.random.default_rng(0), n), inp.shape[0])
     check_input_rank(inp.shape, run)
@@ -181,7 +211,7 @@ def build_pair(spec: SpecModels, device: str) -> ModelPair:
     torch_path = _output_path(_torch_output_tree(torch_model, inp), spec.output, "torch")
     if torch_path is not None:
         outputs_mod.adapt_torch(torch_model, torch_path, only=spec.output is not None)
-    full_flax = outputs_mod.adapt_flax(flax_model, None)
+    full_flax = outputs_mod.adapt_flax(flax_model, None, extra)
     options = {
         "user_map": spec.user_map,
         "flatten_shapes": dict(spec.flatten_shapes) if spec.flatten_shapes else None,
@@ -193,7 +223,7 @@ def build_pair(spec: SpecModels, device: str) -> ModelPair:
     flax_tree = _flax_output_tree(full_flax, variables, inp)
     same_leaf = torch_path if flax_tree is not None and torch_path in flax_tree else None
     flax_path = _output_path(flax_tree, spec.output or same_leaf, "Flax")
-    flax_model = outputs_mod.adapt_flax(flax_model, flax_path) if flax_path is not None else full_flax
+    flax_model = outputs_mod.adapt_flax(flax_model, flax_path, extra) if flax_path is not None else full_flax
     state = {k: v.detach().clone() for k, v in torch_model.state_dict().items()}
     converted = convert.torch_to_flax(
         state, torch_model, variables if kind == "linen" else flax_model, **options
@@ -246,7 +276,7 @@ def outputs(
         if not train and is_flax_dropout(module) and flax_dropout_active(module, kwargs):
             active.append(name)
         out = call_next(*args, **kwargs)
-        if float64 and low is not None:
+        if float64 and low is not None and not _is_embed(module):
             kinds = {str(a.dtype) for a in jax.tree.leaves(out) if jnp.issubdtype(a.dtype, jnp.floating)}
             low.extend(f"{name} ({k})" for k in sorted(kinds - {"float64"}))
         return out
@@ -255,6 +285,15 @@ def outputs(
     side = FlaxSide(pair.full_flax or pair.flax, pair.variables, pair.call_kwargs)
     out_f = outputs_mod.flax_tree(side, pair.flax_input(x), train, hook, float64, seed)
     return out_t, out_f, record, sorted(set(active))
+
+
+def _is_embed(module: Any) -> bool:
+    """An embedding lookup: a float32 ``dtype`` (NNX's default) only rounds weights that came
+    from float32 torch weights, exactly, so it does not keep the pass from being float64."""
+    import flax.linen as fnn
+    from flax import nnx
+
+    return isinstance(module, (fnn.Embed, nnx.Embed))
 
 
 def primary(pair: ModelPair, tree: dict, side: str) -> str:
@@ -447,6 +486,7 @@ class SpecModels:
     user_map: Any = None
     flatten_shapes: Mapping[str, tuple[int, ...]] | None = None
     output: str | None = None
+    extra_inputs: tuple[tuple[str, SpecInput], ...] = ()
     _built: dict = field(default_factory=dict, compare=False, repr=False)
     _notes: set = field(default_factory=set, compare=False, repr=False)
 
