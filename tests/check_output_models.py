@@ -35,7 +35,9 @@ class TorchLM(nn.Module):
             return {"logits": logits, "hidden": h}
         if self.last_only and not self.training:
             return logits[:, -1:], None
-        loss = None if targets is None else nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        loss = (
+            None if targets is None else nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        )
         return logits, loss
 
 
