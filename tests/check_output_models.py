@@ -189,3 +189,21 @@ class LinenLMNoX64(fnn.Module):
 
 def linen_lm_no_x64() -> fnn.Module:
     return LinenLMNoX64()
+
+
+class NNXBNDropoutOn(nnx.Module):
+    """The NNX port of :class:`TorchBN` with the fault: ``deterministic=False`` at the call, and
+    a dropout built without ``rngs`` (its author only ran it with ``rngs=`` in training)."""
+
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.fc1 = nnx.Linear(6, 8, rngs=rngs)
+        self.bn = nnx.BatchNorm(8, momentum=0.9, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
+        self.drop = nnx.Dropout(0.25)
+        self.fc2 = nnx.Linear(8, 4, rngs=rngs)
+
+    def __call__(self, x):
+        return self.fc2(self.drop(jax.nn.relu(self.bn(self.fc1(x))), deterministic=False))
+
+
+def nnx_bn_dropout_always_on() -> nnx.Module:
+    return NNXBNDropoutOn(nnx.Rngs(0))

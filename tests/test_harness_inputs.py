@@ -118,11 +118,13 @@ def test_a_batchnorm_written_for_pmap_runs_as_on_an_axis_of_size_one(tmp_path):
     assert rows["bn_running_var_corrected_rel_l2"]["passed"] and rows["forward_train_rel_l2"]["passed"]
 
 
-@pytest.mark.slow  # 11 s under load (a full check run)
-def test_dropout_hard_coded_on_is_a_mode_fail_naming_the_layer(tmp_path):
-    """A port with ``Dropout(deterministic=False)`` drops in eval mode (InvalidRngError before:
-    no 'dropout' rng): a FAIL row naming the dropout layer, and the eval forward fails."""
-    rc, rows = check(tmp_path, f"{OUT}:torch_bn", f"{OUT}:linen_bn_dropout_always_on", "--input-shape", "8,6")
+@pytest.mark.slow  # 11 s each under load (a full check run)
+@pytest.mark.parametrize("port", ["linen_bn_dropout_always_on", "nnx_bn_dropout_always_on"])
+def test_dropout_hard_coded_on_is_a_mode_fail_naming_the_layer(tmp_path, port):
+    """A port with ``Dropout(deterministic=False)`` drops in eval mode (before: Linen's
+    InvalidRngError, no 'dropout' rng; NNX's "no `rngs` argument was provided to Dropout"): a
+    FAIL row naming the dropout layer, and the eval forward fails."""
+    rc, rows = check(tmp_path, f"{OUT}:torch_bn", f"{OUT}:{port}", "--input-shape", "8,6")
     assert rc == 1
     assert not rows["dropout_active_in_eval_mode[drop]"]["passed"]
     assert not rows["forward_eval_rel_l2"]["passed"] and rows["forward_train_rel_l2"]["passed"]

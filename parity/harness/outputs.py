@@ -156,7 +156,9 @@ def _flax_call(orig: Callable, path: str | None, extra: ExtraInputs | None, arou
             kwargs = {**{k: _flax_value(v, n) for k, v in extra.flax_kwargs.items()}, **kwargs}
         with around():
             out = orig(self, x, *args, **kwargs)
-        return leaves(out) if path is None else pick(out, path)
+        if path is None:  # a bare tensor as it is, any other output as {path: leaf}
+            return out if is_array(out) else leaves(out)
+        return pick(out, path)
 
     return __call__
 

@@ -75,6 +75,18 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
 
 
+def _dropout_rng(module: Any, kwargs: dict) -> dict:
+    """``kwargs`` with a key for an NNX ``Dropout`` that is on but holds no ``rngs`` (a port
+    that hard-codes ``deterministic=False`` on a dropout built for eval only): it runs, and
+    the eval rows measure it, instead of an error."""
+    from flax import nnx
+
+    if isinstance(module, nnx.Dropout) and module.rngs is None and kwargs.get("rngs") is None:
+        if flax_dropout_active(module, kwargs):
+            return {**kwargs, "rngs": jax.random.key(0)}
+    return kwargs
+
+
 def _layer_map(pair: ModelPair, inp: SpecInput, user_map: Any) -> dict[str, str]:
     """``{torch leaf: flax name}``: the Flax submodule called with one of the torch name's
     spellings (:func:`parity.convert.naming.flax_spellings`), or the user map's path."""
@@ -82,7 +94,7 @@ def _layer_map(pair: ModelPair, inp: SpecInput, user_map: Any) -> dict[str, str]
 
     def record(name, module, call_next, args, kwargs):
         called.add(name)
-        return call_next(*args, **kwargs)
+        return call_next(*args, **_dropout_rng(module, kwargs))
 
     side = pair.flax_side()
     shape = pair.flax_input(np.zeros(inp.shape, inp.dtype)).shape
@@ -275,7 +287,7 @@ def outputs(
     def watch(name, module, call_next, args, kwargs):
         if not train and is_flax_dropout(module) and flax_dropout_active(module, kwargs):
             active.append(name)
-        out = call_next(*args, **kwargs)
+        out = call_next(*args, **_dropout_rng(module, kwargs))
         if float64 and low is not None and not _is_embed(module):
             kinds = {str(a.dtype) for a in jax.tree.leaves(out) if jnp.issubdtype(a.dtype, jnp.floating)}
             low.extend(f"{name} ({k})" for k in sorted(kinds - {"float64"}))
