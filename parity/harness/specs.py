@@ -233,7 +233,8 @@ def build_pair(spec: SpecModels, device: str) -> ModelPair:
     if kind == "linen":
         variables = linen_variables(full_flax, inp.shape, inp.channels_last, inp.dtype)
     flax_tree = _flax_output_tree(full_flax, variables, inp)
-    same_leaf = torch_path if flax_tree is not None and torch_path in flax_tree else None
+    keyed = flax_tree is not None and not outputs_mod.is_array(flax_tree)
+    same_leaf = torch_path if keyed and torch_path in flax_tree else None
     flax_path = _output_path(flax_tree, spec.output or same_leaf, "Flax")
     flax_model = outputs_mod.adapt_flax(flax_model, flax_path, extra) if flax_path is not None else full_flax
     state = {k: v.detach().clone() for k, v in torch_model.state_dict().items()}
