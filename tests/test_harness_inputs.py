@@ -160,12 +160,15 @@ def test_two_positional_inputs_image_and_time(tmp_path):
 
 
 @pytest.mark.slow  # 6 s under load (a full check run, NNX)
-def test_a_keyword_input_attention_mask(tmp_path):
+def test_a_keyword_input_attention_mask(tmp_path, capsys):
+    """``model(input_ids, attention_mask=...)``; the NNX ``Embed`` (float32 ``dtype`` by
+    default) does not make the port float32-only: its lookup of float32 weights is exact."""
     args = ["--input-shape", "4,7", "--input-dtype", "int64", "--input-high", "20", "--no-channels-last"]
     rc, rows = check(
         tmp_path, f"{INP}:torch_masked", f"{INP}:nnx_masked", *args, "--input", "attention_mask=4,7:int64:2"
     )
     assert rc == 0 and len(rows) == 4
+    assert "judged in float32" not in capsys.readouterr().err
 
 
 def test_required_keyword_only_arguments_come_from_flax_call_kwargs(tmp_path):
