@@ -201,9 +201,9 @@ def test_an_input_option_that_does_not_parse_is_a_usage_error(tmp_path, capsys):
     ],
 )
 def test_a_port_that_cannot_run_in_float64_is_judged_in_float32(tmp_path, capsys, port, why):
-    """A LayerNorm that casts to float32 (the float64 trajectory failed, 9e1 over its bound,
-    before) and a port that raises under x64 (a crash before): float32 rows and a float32
-    trajectory check, with one line saying why."""
+    """A LayerNorm that casts to float32 (without the float64 probe its float64 trajectory
+    failed, 95 times over its bound, on a correct port) and a port that raises under x64 (a
+    traceback without it): float32 rows and a float32 trajectory check, one line saying why."""
     rc, rows = check(tmp_path, f"{OUT}:torch_lm", f"{OUT}:{port}", *IDS, "--trajectory", "2")
     err = capsys.readouterr().err
     assert rc == 0, err
