@@ -94,6 +94,25 @@ def load_factory(spec: str) -> Callable[[], Any]:
     return factory
 
 
+def flax_call_kwargs(spec: str) -> dict:
+    """The keyword arguments every call of the Flax model gets, from the factory file's
+    module-level ``flax_call_kwargs``: a dict, or a no-argument callable returning one (``{}``
+    when the file has none). For a ``__call__`` with required keyword-only arguments."""
+    factory = load_factory(spec)
+    value = getattr(sys.modules.get(factory.__module__), "flax_call_kwargs", None)
+    if value is None:
+        return {}
+    try:
+        value = value() if callable(value) else value
+    except Exception as e:  # user code
+        raise SpecError(f"{spec}: flax_call_kwargs() raised {type(e).__name__}: {e}") from None
+    if not isinstance(value, dict):
+        raise SpecError(
+            f"{spec}: flax_call_kwargs must be a dict (or return one), got {type(value).__name__}"
+        )
+    return value
+
+
 def _kind_of(obj: Any) -> str | None:
     import torch
 

@@ -35,6 +35,11 @@ class ModelPair:
     dense layer fed by a flatten (derived from the converter when ``None``). ``call_kwargs``:
     ``train -> kwargs`` of the Flax call when ``train=`` does not fit. ``name``: the label of
     the table rows; ``convert_options``: the converter options the pair was built with.
+    ``full_flax``: when the models return more than one output (a tuple, a dict, a dataclass)
+    and ``flax`` returns one leaf of it, the same Flax model returning every leaf (same
+    weights, :mod:`parity.harness.outputs`); ``None`` otherwise. ``float32_only``: a side
+    cannot compute in float64 (it fails under x64, or a module fixes float32); the float64
+    passes are then skipped and float32 is the verdict.
     """
 
     torch: tnn.Module
@@ -47,6 +52,8 @@ class ModelPair:
     call_kwargs: Callable[[bool], dict] | None = None
     name: str = ""
     convert_options: dict = field(default_factory=dict)
+    full_flax: Any = None
+    float32_only: bool = False
 
     def __post_init__(self) -> None:
         self.name = self.name or type(self.torch).__name__

@@ -198,7 +198,8 @@ class FlaxSide:
             if batch_stats:
                 variables["batch_stats"] = batch_stats
             mutable = ["batch_stats"] if (train and batch_stats) else False
-            rngs = {"dropout": rng} if rng is not None else None
+            # a port that hard-codes deterministic=False needs a dropout rng even in eval mode
+            rngs = {"dropout": rng if rng is not None else jax.random.key(0)}
 
             def interceptor(next_fun, args, kw, context):
                 if hook is None or context.method_name != "__call__" or not context.module.path:

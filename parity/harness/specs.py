@@ -20,7 +20,8 @@ import torch
 from torch import nn as tnn
 
 from parity import convert
-from parity.harness.dropout import SharedDropout, flax_dropout_hook
+from parity.harness import outputs as outputs_mod
+from parity.harness.dropout import SharedDropout, flax_dropout_active, flax_dropout_hook, is_flax_dropout
 from parity.harness.input_checks import check_input_rank, check_memory, small_run
 from parity.harness.localize import GradientOptions, LocalizeOptions, localize, localize_gradients
 from parity.harness.metrics import judged_forward
@@ -74,6 +75,18 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
 
 
+def _dropout_rng(module: Any, kwargs: dict) -> dict:
+    """``kwargs`` with a key for an NNX ``Dropout`` that is on but holds no ``rngs`` (a port
+    that hard-codes ``deterministic=False`` on a dropout built for eval only): it runs, and
+    the eval rows measure it, instead of an error."""
+    from flax import nnx
+
+    if isinstance(module, nnx.Dropout) and module.rngs is None and kwargs.get("rngs") is None:
+        if flax_dropout_active(module, kwargs):
+            return {**kwargs, "rngs": jax.random.key(0)}
+    return kwargs
+
+
 def _layer_map(pair: ModelPair, inp: SpecInput, user_map: Any) -> dict[str, str]:
     """``{torch leaf: flax name}``: the Flax submodule called with one of the torch name's
     spellings (:func:`parity.convert.naming.flax_spellings`), or the user map's path."""
@@ -81,7 +94,7 @@ def _layer_map(pair: ModelPair, inp: SpecInput, user_map: Any) -> dict[str, str]
 
     def record(name, module, call_next, args, kwargs):
         called.add(name)
-        return call_next(*args, **kwargs)
+        return call_next(*args, **_dropout_rng(module, kwargs))
 
     side = pair.flax_side()
     shape = pair.flax_input(np.zeros(inp.shape, inp.dtype)).shape
@@ -110,30 +123,127 @@ def _layer_map(pair: ModelPair, inp: SpecInput, user_map: Any) -> dict[str, str]
     return out
 
 
+def _torch_output_tree(model: tnn.Module, inp: SpecInput) -> Any:
+    """The eval output of a private copy of ``model`` on two samples (``None`` if it fails:
+    the checks after it name the failure)."""
+    import copy
+
+    tm = copy.deepcopy(model).eval()
+    try:
+        with torch.no_grad():
+            xt = torch.from_numpy(inp.sample(np.random.default_rng(0), min(inp.shape[0], 2)))
+            dtype = next(iter(tm.parameters()), torch.zeros(())).dtype
+            return tm(xt.to(dtype) if xt.is_floating_point() else xt)
+    except Exception:  # user code: reported by the checks that follow
+        return None
+
+
+def _flax_output_tree(model: Any, variables: Any, inp: SpecInput) -> Any:
+    """The eval output structure of the Flax model (``jax.eval_shape``; ``None`` if it fails)."""
+    from parity.harness.sides import FlaxSide
+
+    side = FlaxSide(model, variables)
+    shape = (
+        ModelPair(tnn.Identity(), model, variables, input_layout=inp.layout)
+        .flax_input(np.zeros(inp.shape, inp.dtype))
+        .shape
+    )
+    x = jax.ShapeDtypeStruct(shape, np.dtype(inp.dtype))
+    try:
+        return jax.eval_shape(
+            lambda p, b, r, x: side.apply(p, b, r, x, train=False)[0],
+            side.params,
+            side.batch_stats,
+            side.rest,
+            x,
+        )
+    except Exception:  # user code: reported by the layer map's run
+        return None
+
+
+def _output_path(tree: Any, wanted: str | None, side: str) -> str | None:
+    """The output leaf one side's passes run on: ``wanted`` (``--output``) or the first tensor
+    leaf; ``None`` for a bare tensor."""
+    if tree is None or (wanted is None and outputs_mod.is_array(tree)):
+        return None
+    try:
+        if wanted is None:
+            return outputs_mod.default_path(tree)
+        outputs_mod.pick(tree, wanted)
+        return wanted
+    except KeyError as e:
+        raise SpecError(f"--output: the {side} model has {e.args[0]}") from None
+
+
+def _extra_inputs(spec: SpecModels) -> outputs_mod.ExtraInputs | None:
+    """The inputs after the first (``--input``), drawn once from seed 1, and the Flax factory
+    file's ``flax_call_kwargs``; ``None`` when there are neither."""
+    from parity.layout import activation_to_flax
+    from parity.spec import flax_call_kwargs
+
+    hook = flax_call_kwargs(spec.flax)
+    if not spec.extra_inputs and not hook:
+        return None
+    rng = np.random.default_rng(1)
+    targs, tkw, fargs, fkw = [], {}, [], {}
+    for name, e in spec.extra_inputs:
+        if e.shape[0] != spec.input.shape[0]:
+            raise CheckError(
+                f"--input {name or ''}{'=' if name else ''}{','.join(map(str, e.shape))}: batch "
+                f"{e.shape[0]}, but --input-shape has {spec.input.shape[0]}"
+            )
+        a = e.sample(rng)
+        f = activation_to_flax(a, layout=e.layout)
+        if name:
+            tkw[name], fkw[name] = a, f
+        else:
+            targs.append(a)
+            fargs.append(f)
+    return outputs_mod.ExtraInputs(tuple(targs), tkw, tuple(fargs), {**fkw, **hook})
+
+
 def build_pair(spec: SpecModels, device: str) -> ModelPair:
     """Build both models, convert the torch weights into the Flax one, derive the maps.
     Raises :class:`parity.spec.SpecError` or :class:`parity.convert.ConversionError` (one line,
-    module and key named) when the SPECs do not give a convertible pair."""
+    module and key named) when the SPECs do not give a convertible pair. Models whose output is
+    not one tensor are adapted to return the leaf ``spec.output`` (or their first tensor leaf;
+    :mod:`parity.harness.outputs`), the Flax one also kept whole (``ModelPair.full_flax``)."""
     from parity.spec import build, linen_variables
 
     inp = spec.input
     torch_model, _ = build(spec.torch, ("torch",))
     flax_model, kind = build(spec.flax, ("linen", "nnx"))
+    extra = _extra_inputs(spec)
+    if extra is not None:
+        outputs_mod.adapt_torch(torch_model, None, extra=extra)
     # before any full-size tensor: the rank the first layer takes, the memory the batch needs
     run = small_run(torch_model, lambda n: inp.sample(np.random.default_rng(0), n), inp.shape[0])
     check_input_rank(inp.shape, run)
     check_memory(inp.shape, np.dtype(inp.dtype).itemsize, run)
+    torch_path = _output_path(_torch_output_tree(torch_model, inp), spec.output, "torch")
+    if torch_path is not None:
+        outputs_mod.adapt_torch(torch_model, torch_path, only=spec.output is not None)
+    full_flax = outputs_mod.adapt_flax(flax_model, None, extra)
     options = {
         "user_map": spec.user_map,
         "flatten_shapes": dict(spec.flatten_shapes) if spec.flatten_shapes else None,
         "input_shape": inp.shape if inp.is_float else None,
     }
-    target = flax_model
+    variables = None
     if kind == "linen":
-        target = linen_variables(flax_model, inp.shape, inp.channels_last, inp.dtype)
+        variables = linen_variables(full_flax, inp.shape, inp.channels_last, inp.dtype)
+    flax_tree = _flax_output_tree(full_flax, variables, inp)
+    keyed = flax_tree is not None and not outputs_mod.is_array(flax_tree)
+    same_leaf = torch_path if keyed and torch_path in flax_tree else None
+    flax_path = _output_path(flax_tree, spec.output or same_leaf, "Flax")
+    flax_model = outputs_mod.adapt_flax(flax_model, flax_path, extra) if flax_path is not None else full_flax
     state = {k: v.detach().clone() for k, v in torch_model.state_dict().items()}
-    converted = convert.torch_to_flax(state, torch_model, target, **options)
+    converted = convert.torch_to_flax(
+        state, torch_model, variables if kind == "linen" else flax_model, **options
+    )
     variables = converted if kind == "linen" else None
+    if kind == "nnx":
+        full_flax = outputs_mod.nnx_as(flax_model, type(full_flax)) if flax_path is not None else flax_model
     param_map = convert.params_to_torch_fn(
         torch_model, variables if kind == "linen" else flax_model, **options
     )
@@ -145,45 +255,134 @@ def build_pair(spec: SpecModels, device: str) -> ModelPair:
         param_map=param_map,
         input_layout=inp.layout,
         convert_options=options,
+        full_flax=full_flax if flax_path is not None else None,
     )
     pair.layer_map = _layer_map(pair, inp, spec.user_map)
     return pair
 
 
-def outputs(pair: ModelPair, x: np.ndarray, train: bool, seed: int, float64: bool = False, given=None):
-    """``(torch output, flax output, dropout uniforms)`` of one forward pass in ``train`` or
-    eval mode, dropout with shared masks (``given`` replays earlier ones); copies only, nothing
-    changes. ``float64``: both sides in double precision."""
+def outputs(
+    pair: ModelPair,
+    x: np.ndarray,
+    train: bool,
+    seed: int,
+    float64: bool = False,
+    given=None,
+    low: list[str] | None = None,
+):
+    """``({path: torch leaf}, {path: flax leaf}, dropout uniforms, active)`` of one forward pass
+    in ``train`` or eval mode, every output leaf (:func:`parity.harness.outputs.leaves`; ``''``
+    for a bare tensor), dropout with shared masks (``given`` replays earlier ones); copies only,
+    nothing changes. ``float64``: both sides in double precision. ``active``: the Flax dropout
+    layers that dropped in eval mode (a port that hard-codes ``deterministic=False``); ``low``
+    gets ``'name (dtype)'`` of each Flax layer whose float output is not float64 under
+    ``float64``."""
+    from parity.harness.sides import FlaxSide
+
     masks = SharedDropout(seed) if train else None
-    out_t, record = pair.torch_side().forward(x, train, masks, given=given, float64=float64)
+    out_t, record = outputs_mod.torch_tree(pair.torch, x, train, masks, given, float64)
     to_flax = pair.to_flax()
     uniforms = {to_flax(n): [jnp.asarray(u) for u in us] for n, us in record.items()}
-    hook = flax_dropout_hook(uniforms, torch_layout=True) if uniforms else None
-    out_f = pair.flax_side().forward(pair.flax_input(x), train, hook=hook, float64=float64)
-    return out_t, out_f, record
+    active: list[str] = []
+
+    def watch(name, module, call_next, args, kwargs):
+        if not train and is_flax_dropout(module) and flax_dropout_active(module, kwargs):
+            active.append(name)
+        out = call_next(*args, **_dropout_rng(module, kwargs))
+        if float64 and low is not None and not _is_embed(module):
+            kinds = {str(a.dtype) for a in jax.tree.leaves(out) if jnp.issubdtype(a.dtype, jnp.floating)}
+            low.extend(f"{name} ({k})" for k in sorted(kinds - {"float64"}))
+        return out
+
+    hook = flax_dropout_hook(uniforms, watch, torch_layout=True) if uniforms else watch
+    side = FlaxSide(pair.full_flax or pair.flax, pair.variables, pair.call_kwargs)
+    out_f = outputs_mod.flax_tree(side, pair.flax_input(x), train, hook, float64, seed)
+    return out_t, out_f, record, sorted(set(active))
 
 
-def output_shape(pair: ModelPair, x: np.ndarray, seed: int) -> tuple[int, ...]:
-    """The eval output's shape; a model that fails on ``x`` raises :class:`parity.spec.SpecError`."""
+def _is_embed(module: Any) -> bool:
+    """An embedding lookup: a float32 ``dtype`` (NNX's default) only rounds weights that came
+    from float32 torch weights, exactly, so it does not keep the pass from being float64."""
+    import flax.linen as fnn
+    from flax import nnx
+
+    return isinstance(module, (fnn.Embed, nnx.Embed))
+
+
+def primary(pair: ModelPair, tree: dict, side: str) -> str:
+    """The path of the leaf ``pair``'s passes run on, in one side's :func:`outputs` tree."""
+    model = pair.torch if side == "torch" else pair.flax
+    path = getattr(type(model), "_parity_output", None)
+    return path if path is not None else next(p for p, v in tree.items() if v is not None)
+
+
+def output_shapes(pair: ModelPair, x: np.ndarray, seed: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The eval output's shapes ``(torch, flax)`` of the leaf the passes run on; a model that
+    fails on ``x`` raises :class:`parity.spec.SpecError`."""
     try:
-        out_t, out_f, _ = outputs(pair, x, False, seed)
+        out_t, out_f, _, _ = outputs(pair, x, False, seed)
     except Exception as e:  # user code
         raise SpecError(f"{pair.name} on input {x.shape} ({x.dtype}) failed: {_one_line(e)}") from None
-    if out_t.shape != out_f.shape:
-        raise SpecError(
-            f"{pair.name}: torch output {out_t.shape}, Flax output {out_f.shape}: the port differs"
+    t, f = out_t[primary(pair, out_t, "torch")], out_f[primary(pair, out_f, "flax")]
+    if t.ndim < 2:
+        raise SpecError(f"{pair.name} returned shape {t.shape}: labels need logits (N, ..., C)")
+    return t.shape, f.shape
+
+
+def forward_differences(
+    pair: ModelPair, x: np.ndarray, train: bool, tol: float, seed: int, notes: set[str]
+) -> tuple[dict[str, float | str], list[str]]:
+    """``({leaf: judged relative L2 difference, or 'torch S vs Flax S'}, active dropouts)`` of
+    every tensor leaf both sides return (:func:`parity.harness.metrics.judged_forward`). When a
+    side cannot compute in float64 (it fails under x64, or a module fixes float32), the leaf is
+    judged in float32 and ``notes`` gets the reason."""
+    t32, f32, record, active = outputs(pair, x, train, seed)
+    cache: dict = {}
+
+    def float64() -> tuple[dict, dict]:
+        if "trees" not in cache:
+            cache["trees"] = _float64_trees(pair, x, train, seed, record, (t32, f32), notes)
+        return cache["trees"]
+
+    only = getattr(type(pair.torch), "_parity_only", False)
+    leaves_t = {p: v for p, v in t32.items() if v is not None and f32.get(p) is not None}
+    if only or not leaves_t:  # different structures (a tuple against a bare tensor): the passes' leaves
+        pt, pf = primary(pair, t32, "torch"), primary(pair, f32, "flax")
+        t32, f32 = {pt: t32[pt]}, {pt: f32[pf]}
+        leaves_t = dict(t32)
+    out: dict[str, float | str] = {}
+    for p, t in leaves_t.items():
+        f = f32[p]
+        if t.shape != f.shape:
+            out[p] = f"torch {tuple(t.shape)} vs Flax {tuple(f.shape)}"
+            continue
+        out[p] = judged_forward(t, f, tol, lambda p=p: tuple(tree.get(p) for tree in float64()))
+    return out, active
+
+
+def _float64_trees(pair, x, train, seed, record, float32_trees, notes: set[str]) -> tuple[dict, dict]:
+    """Both output trees in float64, or the float32 ones (and a note) when a side cannot."""
+    low: list[str] = []
+    try:
+        t64, f64, _, _ = outputs(pair, x, train, seed, float64=True, given=record, low=low)
+    except Exception as e:  # user code under x64
+        notes.add(f"{pair.name}: does not run in float64 ({_one_line(e)}); judged in float32")
+        return float32_trees
+    if low:
+        notes.add(
+            f"{pair.name}: Flax layer {low[0]} computes below float64 when run in float64 "
+            "(its dtype is fixed); judged in float32"
         )
-    if out_t.ndim < 2:
-        raise SpecError(f"{pair.name} returned shape {out_t.shape}: labels need logits (N, ..., C)")
-    return out_t.shape
-
-
-def forward_difference(pair: ModelPair, x: np.ndarray, train: bool, tol: float, seed: int) -> float:
-    """The judged relative L2 difference of the outputs (:func:`parity.harness.metrics.judged_forward`)."""
-    t32, f32, record = outputs(pair, x, train, seed)
-    return judged_forward(
-        t32, f32, tol, lambda: outputs(pair, x, train, seed, float64=True, given=record)[:2]
-    )
+        return float32_trees
+    for side, tree in (("torch", t64), ("Flax", f64)):
+        kinds = {str(v.dtype) for v in tree.values() if v is not None and v.dtype.kind == "f"}
+        if kinds - {"float64"}:
+            notes.add(
+                f"{pair.name}: the {side} side computes in {', '.join(sorted(kinds - {'float64'}))} "
+                "when run in float64 (a module fixes its dtype); judged in float32"
+            )
+            return float32_trees
+    return t64, f64
 
 
 def roundtrip_max_abs(pair: ModelPair) -> float:
@@ -207,11 +406,11 @@ def active_dropout(model: tnn.Module) -> list[str]:
 
 def batches(pair: ModelPair, inp: SpecInput, seed: int, steps: int) -> tuple[np.ndarray, np.ndarray, list]:
     """``(x, y, training batches)``: the checked batch (torch layout), integer labels over the
-    output's last dimension (shape ``out.shape[:-1]``), and ``steps`` more ``(x, y)`` batches
-    for the trajectory, all drawn from ``seed``."""
+    torch output's last dimension (shape ``out.shape[:-1]``), and ``steps`` more ``(x, y)``
+    batches for the trajectory, all drawn from ``seed``."""
     rng = np.random.default_rng(seed)
     x = inp.sample(rng)
-    shape = output_shape(pair, x, seed)
+    shape, _ = output_shapes(pair, x, seed)
 
     def labels() -> np.ndarray:
         return rng.integers(0, shape[-1], size=shape[:-1]).astype(np.int64)
@@ -220,25 +419,61 @@ def batches(pair: ModelPair, inp: SpecInput, seed: int, steps: int) -> tuple[np.
     return x, y, [(inp.sample(rng), labels()) for _ in range(steps)]
 
 
-def foundation_rows(pair: ModelPair, x, y, tols: dict, seed: int) -> tuple[list[Check], dict]:
+def _forward_rows(pair: ModelPair, x, tol: float, seed: int, notes: set[str]) -> tuple[list[Check], bool]:
+    """The ``forward_{eval,train}_rel_l2`` rows (the leaf the passes run on; ``[path]`` rows
+    for every other leaf), a FAIL row per Flax dropout active in eval mode, and whether the
+    passes' leaves have the same shape (a FAIL row naming both shapes when not)."""
+    rows: list[Check] = []
+    same = True
+    for mode in ("eval", "train"):
+        diffs, active = forward_differences(pair, x, mode == "train", tol, seed, notes)
+        main = getattr(type(pair.torch), "_parity_output", None)
+        main = main if main in diffs else next(iter(diffs))
+        for path, value in diffs.items():
+            name = f"forward_{mode}_rel_l2" + ("" if path == main else f"[{path}]")
+            if isinstance(value, str):
+                same = same and path != main
+                name, value = f"{name}: shapes differ, {value}{_after_layer(pair, x, seed)}", float("inf")
+            rows.append(Check.judged(pair.name, pair.kind, name, value, tol))
+        rows += [
+            Check.judged(pair.name, pair.kind, f"dropout_active_in_eval_mode[{n}]", 1.0, 0.0) for n in active
+        ]
+    return rows, same
+
+
+def _after_layer(pair: ModelPair, x, seed: int) -> str:
+    """Where outputs of different shapes arise: the first layer that differs in eval mode, or
+    the code after the last layer when every layer matches."""
+    try:
+        rep = localize(pair, x, LocalizeOptions(mode="eval", seed=seed))
+    except Exception:  # the layers cannot be compared either: the shapes say enough
+        return ""
+    if rep.first_divergent is not None:
+        return f" (first differing layer: {rep.first_divergent.name})"
+    last = rep.rows[-1].name if rep.rows else "?"
+    return f" (every layer matches; the outputs part after the last layer, {last})"
+
+
+def foundation_rows(
+    pair: ModelPair, x, y, tols: dict, seed: int, notes: set[str] | None = None
+) -> tuple[list[Check], dict]:
     """Eval and train forward, BN running statistics after one train pass (when the model has
     BatchNorm), worst judged gradient, round trip; and the train-mode layer and gradient reports
-    they came from (for ``--localize``)."""
+    they came from (for ``--localize``). Outputs of different shapes stop after the forward
+    rows (``{}`` reports)."""
+    notes = set() if notes is None else notes
 
     def row(name: str, value: float, tol: float) -> Check:
         return Check.judged(pair.name, pair.kind, name, value, tol)
 
-    rows = [
-        row(
-            f"forward_{m}_rel_l2",
-            forward_difference(pair, x, m == "train", tols["forward"], seed),
-            tols["forward"],
-        )
-        for m in ("eval", "train")
-    ]
+    _float64_trees(pair, x[:2], False, seed, None, ({}, {}), notes)  # can both sides compute in it?
+    rows, same_shape = _forward_rows(pair, x, tols["forward"], seed, notes)
+    if not same_shape:
+        return rows, {}
+    gradient_options = GradientOptions(tol=tols["gradient"], seed=seed, float64_check=not notes)
     reports = {
         "layers_train": localize(pair, x, LocalizeOptions(mode="train", tol=tols["layers"], seed=seed)),
-        "gradients_train": localize_gradients(pair, x, y, GradientOptions(tol=tols["gradient"], seed=seed)),
+        "gradients_train": localize_gradients(pair, x, y, gradient_options),
     }
     for kind, name in (
         ("running_mean", "bn_running_mean_rel_l2"),
@@ -263,7 +498,14 @@ class SpecModels:
     input: SpecInput
     user_map: Any = None
     flatten_shapes: Mapping[str, tuple[int, ...]] | None = None
+    output: str | None = None
+    extra_inputs: tuple[tuple[str, SpecInput], ...] = ()
     _built: dict = field(default_factory=dict, compare=False, repr=False)
+    _notes: set = field(default_factory=set, compare=False, repr=False)
+
+    def notes(self) -> list[str]:
+        """One line per statement the rows need (e.g. why a side was judged in float32)."""
+        return sorted(self._notes)
 
     def pair(self, device: str) -> ModelPair:
         """The :class:`ModelPair` on ``device`` (built on first use: :func:`build_pair`)."""
@@ -295,6 +537,9 @@ class SpecModels:
         (its train-mode layer and gradient reports already computed)."""
         pair = self.pair(device)
         x, y, train = batches(pair, self.input, config.seed, config.trajectory)
-        rows, reports = foundation_rows(pair, x, y, tols, config.seed)
+        rows, reports = foundation_rows(pair, x, y, tols, config.seed, self._notes)
+        if not reports:  # outputs of different shapes: no labels fit both sides
+            return rows, []
+        pair.float32_only = bool(self._notes)
         case = Case(pair.name, pair.kind, precision, device, tols)
         return rows, [CaseInput(case, lambda: pair, x, y, train, reports)]
