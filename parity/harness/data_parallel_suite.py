@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from parity import replicas
-from parity.harness import data_parallel as dp
 from parity.defaults import FLOAT64_REL_TOL
+from parity.harness import data_parallel as dp
 from parity.harness.compare import TOLERANCES
 from parity.registry import MODELS
 from parity.table import format_table
