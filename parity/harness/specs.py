@@ -22,6 +22,7 @@ from torch import nn as tnn
 from parity import convert
 from parity.harness.dropout import SharedDropout, flax_dropout_hook
 from parity.harness.input_checks import check_input_rank, check_memory, small_run
+from parity.harness.lazy_init import build_flax, linen_converted, nnx_converted
 from parity.harness.localize import GradientOptions, LocalizeOptions, localize, localize_gradients
 from parity.harness.metrics import judged_forward
 from parity.harness.pair import ModelPair
@@ -118,7 +119,7 @@ def build_pair(spec: SpecModels, device: str) -> ModelPair:
 
     inp = spec.input
     torch_model, _ = build(spec.torch, ("torch",))
-    flax_model, kind = build(spec.flax, ("linen", "nnx"))
+    flax_model, kind, abstract = build_flax(spec.flax)  # NNX from shapes (lazy_init)
     # before any full-size tensor: the rank the first layer takes, the memory the batch needs
     run = small_run(torch_model, lambda n: inp.sample(np.random.default_rng(0), n), inp.shape[0])
     check_input_rank(inp.shape, run)
@@ -128,11 +129,21 @@ def build_pair(spec: SpecModels, device: str) -> ModelPair:
         "flatten_shapes": dict(spec.flatten_shapes) if spec.flatten_shapes else None,
         "input_shape": inp.shape if inp.is_float else None,
     }
-    target = flax_model
-    if kind == "linen":
-        target = linen_variables(flax_model, inp.shape, inp.channels_last, inp.dtype)
     state = {k: v.detach().clone() for k, v in torch_model.state_dict().items()}
-    converted = convert.torch_to_flax(state, torch_model, target, **options)
+    if kind == "linen":  # from shapes when torch fills every leaf (parity.harness.lazy_init)
+        converted = linen_converted(
+            lambda target: convert.torch_to_flax(state, torch_model, target, **options),
+            lambda shapes_only: linen_variables(
+                flax_model, inp.shape, inp.channels_last, inp.dtype, shapes_only=shapes_only
+            ),
+        )
+    else:
+        flax_model = converted = nnx_converted(
+            flax_model,
+            abstract,
+            lambda: build(spec.flax, ("nnx",))[0],
+            lambda target: convert.torch_to_flax(state, torch_model, target, **options),
+        )
     variables = converted if kind == "linen" else None
     param_map = convert.params_to_torch_fn(
         torch_model, variables if kind == "linen" else flax_model, **options
