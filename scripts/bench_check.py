@@ -3,8 +3,9 @@
 Runs, each in a fresh process: ``parity check --help``, ``parity map --help``, and
 ``parity check --torch ... --flax ... --input-shape 4,3,32,32 --localize --json FILE`` for the
 Linen and the NNX port of ``scripts/bench_check_models.py``. Peak RSS is the child's
-``ru_maxrss`` and CPU time its user + system time (``os.wait4``). Prints a table and writes ``--out`` JSON (the timings, the load
-average before each run, and each check's ``--json`` output for comparing runs).
+``ru_maxrss`` and CPU time its user + system time (``os.wait4``). Prints a table and writes
+``--out`` JSON (the timings, the load average before each run, and each check's ``--json``
+output, to compare runs: the numbers must not change with a speed-up).
 
     PYTHONPATH=$PWD python scripts/bench_check.py --out /tmp/bench.json [--repeat 2]
 
