@@ -23,6 +23,7 @@ from parity import convert
 from parity.harness import outputs as outputs_mod
 from parity.harness.dropout import SharedDropout, flax_dropout_active, flax_dropout_hook, is_flax_dropout
 from parity.harness.input_checks import check_input_rank, check_memory, small_run
+from parity.harness.lazy_init import build_flax, linen_converted, nnx_converted
 from parity.harness.localize import GradientOptions, LocalizeOptions, localize, localize_gradients
 from parity.harness.metrics import judged_forward
 from parity.harness.pair import ModelPair
@@ -202,17 +203,37 @@ def _extra_inputs(spec: SpecModels) -> outputs_mod.ExtraInputs | None:
     return outputs_mod.ExtraInputs(tuple(targs), tkw, tuple(fargs), {**fkw, **hook})
 
 
+def _converted_flax(spec, flax_model, kind, abstract, extra, state, torch_model, options) -> tuple:
+    """``(flax_model, full_flax, variables)`` holding the torch weights: Linen variables converted
+    into shapes when torch fills every leaf, an NNX model built from shapes likewise
+    (:mod:`parity.harness.lazy_init`); ``full_flax``: the model adapted to return every output
+    leaf (:func:`parity.harness.outputs.adapt_flax`), which the output tree is read from."""
+    from parity.spec import build, linen_variables
+
+    inp = spec.input
+    convert_into = lambda target: convert.torch_to_flax(state, torch_model, target, **options)
+    if kind == "linen":
+        full_flax = outputs_mod.adapt_flax(flax_model, None, extra)
+        init = lambda shapes_only: linen_variables(
+            full_flax, inp.shape, inp.channels_last, inp.dtype, shapes_only=shapes_only
+        )
+        return flax_model, full_flax, linen_converted(convert_into, init)
+    rebuild = lambda: build(spec.flax, ("nnx",))[0]
+    flax_model = nnx_converted(flax_model, abstract, rebuild, convert_into)
+    return flax_model, outputs_mod.adapt_flax(flax_model, None, extra), None
+
+
 def build_pair(spec: SpecModels, device: str) -> ModelPair:
     """Build both models, convert the torch weights into the Flax one, derive the maps.
     Raises :class:`parity.spec.SpecError` or :class:`parity.convert.ConversionError` (one line,
     module and key named) when the SPECs do not give a convertible pair. Models whose output is
     not one tensor are adapted to return the leaf ``spec.output`` (or their first tensor leaf;
     :mod:`parity.harness.outputs`), the Flax one also kept whole (``ModelPair.full_flax``)."""
-    from parity.spec import build, linen_variables
+    from parity.spec import build
 
     inp = spec.input
     torch_model, _ = build(spec.torch, ("torch",))
-    flax_model, kind = build(spec.flax, ("linen", "nnx"))
+    flax_model, kind, abstract = build_flax(spec.flax)  # NNX from shapes (lazy_init)
     extra = _extra_inputs(spec)
     if extra is not None:
         outputs_mod.adapt_torch(torch_model, None, extra=extra)
@@ -223,25 +244,20 @@ def build_pair(spec: SpecModels, device: str) -> ModelPair:
     torch_path = _output_path(_torch_output_tree(torch_model, inp), spec.output, "torch")
     if torch_path is not None:
         outputs_mod.adapt_torch(torch_model, torch_path, only=spec.output is not None)
-    full_flax = outputs_mod.adapt_flax(flax_model, None, extra)
     options = {
         "user_map": spec.user_map,
         "flatten_shapes": dict(spec.flatten_shapes) if spec.flatten_shapes else None,
         "input_shape": inp.shape if inp.is_float else None,
     }
-    variables = None
-    if kind == "linen":
-        variables = linen_variables(full_flax, inp.shape, inp.channels_last, inp.dtype)
+    state = {k: v.detach().clone() for k, v in torch_model.state_dict().items()}
+    flax_model, full_flax, variables = _converted_flax(
+        spec, flax_model, kind, abstract, extra, state, torch_model, options
+    )
     flax_tree = _flax_output_tree(full_flax, variables, inp)
     keyed = flax_tree is not None and not outputs_mod.is_array(flax_tree)
     same_leaf = torch_path if keyed and torch_path in flax_tree else None
     flax_path = _output_path(flax_tree, spec.output or same_leaf, "Flax")
     flax_model = outputs_mod.adapt_flax(flax_model, flax_path, extra) if flax_path is not None else full_flax
-    state = {k: v.detach().clone() for k, v in torch_model.state_dict().items()}
-    converted = convert.torch_to_flax(
-        state, torch_model, variables if kind == "linen" else flax_model, **options
-    )
-    variables = converted if kind == "linen" else None
     if kind == "nnx":
         full_flax = outputs_mod.nnx_as(flax_model, type(full_flax)) if flax_path is not None else flax_model
     param_map = convert.params_to_torch_fn(

@@ -1,0 +1,151 @@
+"""The fast routes of ``parity check --torch SPEC --flax SPEC`` give the plain routes' numbers.
+
+A Linen port is converted into from ``jax.eval_shape`` of its init and an NNX port is built under
+``nnx.eval_shape`` (:mod:`parity.harness.lazy_init`); the converted weights, statistics and NNX
+state must equal those of the random-init route bit for bit, and a port with a leaf torch does
+not fill (an NNX dropout rng, a Flax-only parameter) must fall back to the real route. Timings
+are in ``scripts/bench_check.py`` and BENCHMARKS.md, not here.
+"""
+
+import flax.linen as fnn
+import jax
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from torch import nn
+
+from parity import convert
+from parity.harness import lazy_init
+from parity.harness.specs import SpecInput, SpecModels
+from parity.spec import build, linen_variables
+
+HERE = "tests/test_harness_speed.py"
+SHAPE = (2, 3, 6, 6)
+
+
+class TorchNet(nn.Module):
+    """``(N, 3, H, W)`` -> conv -> BN -> ReLU -> dropout -> mean over H, W -> Linear -> ``(N, 5)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.0)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.fc(self.drop(torch.relu(self.bn(self.conv(x)))).mean(dim=(2, 3)))
+
+
+class LinenNet(fnn.Module):
+    @fnn.compact
+    def __call__(self, x, train: bool):
+        x = fnn.Conv(4, (3, 3), padding=1, name="conv")(x)
+        x = fnn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(x)
+        return fnn.Dense(5, name="fc")(fnn.relu(x).mean(axis=(1, 2)))
+
+
+class NNXNet(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs, dropout: bool = False) -> None:
+        self.conv = nnx.Conv(3, 4, (3, 3), padding=1, rngs=rngs)
+        self.bn = nnx.BatchNorm(4, momentum=0.9, epsilon=1e-5, rngs=rngs)
+        self.drop = nnx.Dropout(0.0, rngs=rngs) if dropout else None
+        self.fc = nnx.Linear(4, 5, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.bn(self.conv(x)))
+        return self.fc((self.drop(x) if self.drop is not None else x).mean(axis=(1, 2)))
+
+
+def torch_net() -> nn.Module:
+    torch.manual_seed(0)
+    return TorchNet()
+
+
+def linen_net() -> fnn.Module:
+    return LinenNet()
+
+
+def nnx_net() -> nnx.Module:
+    return NNXNet(nnx.Rngs(0))
+
+
+def nnx_net_dropout() -> nnx.Module:
+    """Holds a dropout rng stream: state that no torch tensor fills."""
+    return NNXNet(nnx.Rngs(0), dropout=True)
+
+
+def _pair(flax_factory: str):
+    return SpecModels(f"{HERE}:torch_net", f"{HERE}:{flax_factory}", SpecInput(SHAPE)).pair("cpu")
+
+
+def _plain(flax_factory: str):
+    """The conversion as it was before the fast routes: a real init (Linen) or a real build (NNX)."""
+    tm = torch_net()
+    fm, kind = build(f"{HERE}:{flax_factory}", ("linen", "nnx"))
+    target = linen_variables(fm, SHAPE) if kind == "linen" else fm
+    options = {"input_shape": SHAPE, "user_map": None, "flatten_shapes": None}
+    return convert.torch_to_flax(dict(tm.state_dict()), tm, target, **options)
+
+
+def _leaves(tree) -> list[np.ndarray]:
+    def data(a):
+        return (
+            np.asarray(jax.random.key_data(a)) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else a
+        )
+
+    return [np.asarray(data(a)) for a in jax.tree.leaves(tree)]
+
+
+def _assert_same(a, b) -> None:
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(_leaves(a), _leaves(b), strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(x, y)
+
+
+def test_linen_from_shapes_equals_the_random_init_route(monkeypatch):
+    calls = []
+    real = lazy_init.linen_converted
+
+    def spy(convert_into, init):
+        return real(convert_into, lambda shapes_only: calls.append(shapes_only) or init(shapes_only))
+
+    monkeypatch.setattr("parity.harness.specs.linen_converted", spy)
+    pair = _pair("linen_net")
+    assert calls == [True]  # no random init was computed
+    _assert_same(pair.variables, _plain("linen_net"))
+
+
+def test_nnx_built_from_shapes_equals_the_real_build():
+    model, kind, abstract = lazy_init.build_flax(f"{HERE}:nnx_net")
+    assert (kind, abstract) == ("nnx", True)
+    assert any(isinstance(a, jax.ShapeDtypeStruct) for a in jax.tree.leaves(nnx.state(model)))
+    pair = _pair("nnx_net")
+    _assert_same(nnx.state(pair.flax), nnx.state(_plain("nnx_net")))
+
+
+def test_nnx_with_an_rng_stream_falls_back_to_the_real_build():
+    pair = _pair("nnx_net_dropout")
+    state = nnx.state(pair.flax)
+    assert not any(isinstance(a, jax.ShapeDtypeStruct) for a in jax.tree.leaves(state))
+    _assert_same(state, nnx.state(_plain("nnx_net_dropout")))
+    x = np.random.default_rng(0).standard_normal((2, 6, 6, 3)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(pair.flax(x)), np.asarray(_plain("nnx_net_dropout")(x)))
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_linen_leaf_torch_does_not_fill_uses_the_real_init(fails):
+    """A leaf the conversion kept from an abstract target (an object array), or a failing
+    abstract conversion, sends the conversion to the real variables."""
+    shapes = {"w": jax.ShapeDtypeStruct((2,), np.float32)}
+    real = {"w": np.array([1.0, 2.0], np.float32)}
+
+    def convert_into(target):
+        if fails and target is shapes:
+            raise ValueError("abstract target refused")
+        return {"w": np.asarray(target["w"])}  # a Flax-only leaf: the target's own value
+
+    out = lazy_init.linen_converted(convert_into, lambda shapes_only: shapes if shapes_only else real)
+    np.testing.assert_array_equal(out["w"], real["w"])
