@@ -174,3 +174,14 @@ def test_corpus_lint_is_deterministic_across_processes_and_file_orders():
     assert [(r["path"], r["line"], r["col"], r["code"], r["message"]) for r in rows] == [
         (f.path, f.line, f.col, f.code, f.message) for f in lint_paths([CORPUS])
     ]
+
+
+def test_an_installed_package_has_no_project_root_above_it(tmp_path):
+    # An environment inside a git checkout (pyenv is one): its site-packages must not make the
+    # checkout, with the whole standard library in it, the project of an installed package.
+    _write(
+        tmp_path,
+        {".git/HEAD": "", "lib/python3.11/typing.py": "", "lib/python3.11/site-packages/pkg/a.py": ""},
+    )
+    assert project_roots([tmp_path / "lib/python3.11/site-packages/pkg/a.py"]) == []
+    assert [root.marker for root in project_roots([tmp_path / "lib/python3.11/typing.py"])] == [".git"]

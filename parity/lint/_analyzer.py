@@ -43,6 +43,8 @@ class ModuleAnalyzer(StatementMixin, ExpressionMixin, InliningMixin, RuleMixin, 
         self.defs_cache = shared.defs_cache  # syntax facts, shared by every file of a project
         self.scope_cache = shared.scope_cache
         self.parameter_calls = shared.parameter_calls
+        self.loop_trains = shared.loop_trains
+        self.children_cache = shared.children_cache
         self.param_owner: dict[str, str] = {}
         self.sites: dict[tuple[str, int, int], tuple[str, str]] = {}
         self.entered: set[ast.AST] = set()

@@ -60,6 +60,21 @@ def objects(value: Value) -> Iterator[str]:
             yield from objects(item)
 
 
+def _sub_expressions(node: ast.AST) -> tuple[ast.expr, ...]:
+    """The expressions below ``node`` that are evaluated, in order: direct expression children,
+    a comprehension's iterable and conditions (not its target), and those of other nodes."""
+    out: list[ast.expr] = []
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.expr):
+            out.append(child)
+        elif isinstance(child, ast.comprehension):
+            out.append(child.iter)
+            out.extend(child.ifs)
+        else:
+            out.extend(_sub_expressions(child))
+    return tuple(out)
+
+
 def _unique(values: list[Value]) -> Value:
     if not values:
         return None
@@ -74,6 +89,7 @@ class ExpressionMixin:
     classes: dict[str, ClassInfo]
     method_owners: dict[str, list[str]]
     parameter_calls: dict[ast.AST, list[ast.expr]]
+    children_cache: dict[ast.AST, tuple[ast.expr, ...]]
     touches: int
     obj_class: dict[str, str]
     trained: set[str]
@@ -154,15 +170,12 @@ class ExpressionMixin:
         return None
 
     def _visit_children(self, node: ast.AST, frame: Frame, state: ModeState) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.expr):
-                self._expr(child, frame, state)
-            elif isinstance(child, ast.comprehension):
-                self._expr(child.iter, frame, state)
-                for cond in child.ifs:
-                    self._expr(cond, frame, state)
-            elif isinstance(child, ast.AST):
-                self._visit_children(child, frame, state)
+        """Evaluate the sub-expressions of an expression with no handler of its own, in order."""
+        children = self.children_cache.get(node)
+        if children is None:
+            children = self.children_cache[node] = _sub_expressions(node)
+        for child in children:
+            self._expr(child, frame, state)
 
     def _iteration_value(self, iterable: ast.expr, frame: Frame, state: ModeState) -> Value:
         """The loop variable over a known collection (``for m in [g, d]``, ``models.values()``)."""

@@ -61,6 +61,8 @@ class ProjectIndex:
         self.defs_cache: dict[ast.AST, list] = {}
         self.scope_cache: dict[ast.AST, tuple[set[str], set[str], set[str]]] = {}
         self.parameter_calls: dict[ast.AST, list[ast.expr]] = {}
+        self.loop_trains: dict[ast.AST, bool] = {}  # a loop body holds a training step
+        self.children_cache: dict[ast.AST, tuple[ast.expr, ...]] = {}  # sub-expressions evaluated
         for file, root in files:
             names = module_names(file, root)
             for name in names:

@@ -16,6 +16,8 @@ from pathlib import Path
 ROOT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
 #: folders never indexed: virtual environments and installed packages are not the project's code
 SKIPPED_FOLDERS = frozenset({"__pycache__", "node_modules", "site-packages", "dist-packages"})
+#: a checked file below one of these is an installed package; no root is searched above it
+INSTALLED_FOLDERS = frozenset({"site-packages", "dist-packages"})
 MAX_INDEXED_FILES = 20_000  # a root above this many files is indexed only this far
 
 
@@ -42,6 +44,8 @@ def find_project_root(path: Path) -> ProjectRoot | None:
     start = path if path.is_dir() else path.parent
     absolute = Path(os.path.abspath(start))
     for up, folder in enumerate([absolute, *absolute.parents]):
+        if folder.name in INSTALLED_FOLDERS:
+            return None  # an installed package: whatever repository holds the environment is not its project
         for marker in ROOT_MARKERS:
             if (folder / marker).exists():
                 return ProjectRoot(_spelled_like(path, start, up, folder), marker)

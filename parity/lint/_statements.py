@@ -45,6 +45,7 @@ class StatementMixin:
     alias: dict[str, str]
     frozen: set[str]
     param_owner: dict[str, str]
+    loop_trains: dict[ast.AST, bool]
 
     def _block(self, stmts: list[ast.stmt], frame: Frame, state: Outcome) -> Outcome:
         for stmt in stmts:
@@ -272,7 +273,10 @@ class StatementMixin:
         is_while = isinstance(stmt, ast.While)
         infinite = is_while and isinstance(stmt.test, ast.Constant) and bool(stmt.test.value)
         owner = None if is_while else self._loop_iter(stmt, frame, state)
-        loop = LoopRun(stmt.lineno, len(self.stack), len(frame.finally_stack), _loop_trains(stmt))
+        trains = self.loop_trains.get(stmt)
+        if trains is None:  # one walk of the body per loop for the whole run, not per pass
+            trains = self.loop_trains[stmt] = _loop_trains(stmt)
+        loop = LoopRun(stmt.lineno, len(self.stack), len(frame.finally_stack), trains)
         loop.file = frame.file
         tails: list[ModeState] = []
         breaks: list[ModeState] = []
