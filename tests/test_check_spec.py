@@ -145,7 +145,10 @@ def test_a_port_bug_fails_and_localize_names_the_layer(capsys):
     assert check(*argv, "--localize") == 1
     captured = capsys.readouterr()
     assert "FAIL" in captured.out and "forward_eval_rel_l2" in captured.out
-    assert "first divergent: head (output, flax head)" in captured.err
+    # the scale sits between the embedding and the head: the head's input already differs
+    assert "first divergent: head (input, flax head)" in captured.err
+    assert "the difference arises between embed (whose output matched) and head" in captured.err
+    assert "a real difference: float64 keeps it" in captured.err and "cannot resolve" not in captured.err
 
 
 @pytest.mark.slow  # a full check run of a 9-layer user model with float64 re-judgement

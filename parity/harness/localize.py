@@ -323,10 +323,10 @@ def rejudge_in_float64(
         port = rel_l2(flax64, torch64)
     ok = port <= GRADIENT_TOL_FLOAT64
     measure = "abs diff / largest gradient norm (true gradient is zero)" if zero else "rel_l2"
-    note = (
-        f"float32 cannot resolve it (torch f32 vs f64 {rel_l2(torch32, torch64):.1e}); "
-        f"float64 port {measure} {port:.1e} {'<=' if ok else '>'} {GRADIENT_TOL_FLOAT64:.0e}"
-    )
+    verdict = f"float64 port {measure} {port:.1e} {'<=' if ok else '>'} {GRADIENT_TOL_FLOAT64:.0e}"
+    # the sentence follows the numbers: "cannot resolve" only where float64 clears the row
+    said = "float32 cannot resolve it" if ok else "a real difference: float64 keeps it"
+    note = f"{said} (torch f32 vs f64 {rel_l2(torch32, torch64):.1e}); {verdict}"
     return dataclasses.replace(
         row,
         passed=ok,
