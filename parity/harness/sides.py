@@ -342,8 +342,10 @@ def run_torch(
 
     model.train(train)
     dev = torch_device(model)
-    p = next(iter(model.parameters()), None)
-    dtype = p.dtype if p is not None else torch.float32
+    # the model's float dtype (its first float parameter or buffer); a model with neither (a
+    # pooling layer alone) computes in the input's dtype, so its float64 pass stays float64
+    p = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
+    dtype = p.dtype if p is not None else None
     with contextlib.ExitStack() as stack:
         if masks is not None:
             run.uniforms = stack.enter_context(torch_shared_dropout(model, masks, step, given=given_uniforms))
@@ -351,7 +353,7 @@ def run_torch(
         stack.callback(lambda: [h.remove() for h in handles])
         with torch.no_grad():
             xt = torch.from_numpy(np.asarray(x)).to(dev)
-            model(xt.to(dtype) if xt.is_floating_point() else xt)
+            model(xt.to(dtype) if dtype is not None and xt.is_floating_point() else xt)
     return run
 
 
