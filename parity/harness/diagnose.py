@@ -62,7 +62,13 @@ def with_causes(
 
 
 def _cause(module, run: TorchRun, fouts: Mapping, key, train: bool, label: str):
-    x, t_out, f_out = run.inputs.get(key), run.outputs.get(key), fouts.get(key)
+    return _try_cause(module, run.inputs.get(key), run.outputs.get(key), fouts.get(key), train, label)
+
+
+def _try_cause(module, x, t_out, f_out, train: bool, label: str):
+    """:func:`probable_cause` of ``module`` on torch input ``x``, with the port's ``f_out``
+    (Flax layout) moved to ``t_out``'s layout; ``None`` where anything is missing or torch
+    refuses the layer's variants."""
     if module is None or x is None or t_out is None or f_out is None:
         return None
     port = port_in_torch_layout(f_out, t_out, layout_hint(module))
@@ -141,12 +147,4 @@ def _lone_cause(leaves, run: TorchRun, finputs: Mapping, key, next_key, train: b
         run.outputs.get(key),
         finputs.get(next_key),
     )
-    if module is None or x is None or t_out is None or f_in is None:
-        return None
-    port = port_in_torch_layout(f_in, t_out, layout_hint(module))
-    if port.shape != np.shape(t_out):
-        return None
-    try:
-        return probable_cause(module, x, port, train=train, layer=label)
-    except (RuntimeError, ValueError, TypeError):
-        return None
+    return _try_cause(module, x, t_out, f_in, train, label)
