@@ -219,3 +219,15 @@ def test_the_float64_probe_keeps_correct_float64_ports_in_float64(tmp_path, caps
     assert rc == 0 and "trajectory_sgd_2_float64_worst_over_bound" in rows
     assert "judged in float32" not in capsys.readouterr().err
     assert jax.config.jax_enable_x64 is False
+
+
+def test_output_on_a_one_tensor_model_says_there_is_no_leaf_to_pick():
+    import numpy as np
+    import pytest
+
+    from parity.harness.outputs import pick
+
+    with pytest.raises(KeyError, match="the output is one tensor, --output picks a leaf"):
+        pick(np.zeros(3), "logits")
+    with pytest.raises(KeyError, match=r"tensor outputs: 'a'"):
+        pick({"a": np.zeros(3), "b": None}, "c")

@@ -57,8 +57,12 @@ def pick(tree: Any, path: str) -> Any:
     """The leaf at ``path`` (``KeyError`` naming the paths there are when it has none)."""
     found = leaves(tree)
     if path not in found or not is_array(found[path]):
-        have = ", ".join(repr(p) for p, v in found.items() if is_array(v)) or "none"
-        raise KeyError(f"no tensor output {path!r} (tensor outputs: {have})")
+        have = [p for p, v in found.items() if is_array(v)]
+        if have == [""]:  # the whole output is one tensor: no leaf to pick
+            raise KeyError(
+                f"no tensor output {path!r}: the output is one tensor, --output picks a leaf of a tuple or dict"
+            )
+        raise KeyError(f"no tensor output {path!r} (tensor outputs: {', '.join(map(repr, have)) or 'none'})")
     return found[path]
 
 
