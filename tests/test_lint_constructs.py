@@ -185,3 +185,59 @@ def test_an_installed_package_has_no_project_root_above_it(tmp_path):
     )
     assert project_roots([tmp_path / "lib/python3.11/site-packages/pkg/a.py"]) == []
     assert [root.marker for root in project_roots([tmp_path / "lib/python3.11/typing.py"])] == [".git"]
+
+
+SET_MODE_SKIPPING_NONE = """\
+import torch
+
+
+def set_mode(mode, models):
+    for m in models:
+        if m is None:
+            continue
+        if mode == "train":
+            m.train()
+        if mode == "eval":
+            m.eval()
+
+
+def check_accuracy(generator, engine, loader):
+    set_mode("eval", [generator, engine])
+    for x in loader:
+        engine(generator(x))
+    set_mode("train", [generator, engine])
+
+
+def train_loop(loader, use_generator):
+    generator, optimizer = None, None
+    if use_generator:
+        generator = torch.nn.Linear(2, 2)
+        optimizer = torch.optim.Adam(generator.parameters())
+    engine = torch.nn.Linear(2, 2)
+    set_mode("train", [generator, engine])
+    for x in loader:
+        optimizer.zero_grad()
+        engine(generator(x)).sum().backward()
+        optimizer.step()
+        check_accuracy(generator, engine, loader)
+"""
+
+
+def test_a_mode_helper_that_skips_none_members_restores_train_mode():
+    """clevr-iep's shape (issue 22, construct 3): ``set_mode(mode, models)`` skips ``None``
+    entries with ``continue``; over a list of known models that branch never runs, so the
+    closing ``set_mode("train", ...)`` is a restore (it was a false alarm)."""
+    assert lint_source(SET_MODE_SKIPPING_NONE, "clevr.py") == []
+    leaking = SET_MODE_SKIPPING_NONE.replace(
+        '        engine(generator(x))\n    set_mode("train", [generator, engine])\n',
+        "        engine(generator(x))\n",
+    )
+    assert leaking != SET_MODE_SKIPPING_NONE
+    assert [f.code for f in lint_source(leaking, "clevr.py")] == ["MODE001"]
+    # a ``None`` literal in the list may be the skipped member: no pruning, the old mode survives
+    with_none = SET_MODE_SKIPPING_NONE.replace(
+        '    set_mode("train", [generator, engine])\n\n\ndef',
+        '    set_mode("train", [generator, engine, None])\n\n\ndef',
+    )
+    assert with_none != SET_MODE_SKIPPING_NONE
+    assert [f.code for f in lint_source(with_none, "clevr.py")] == ["MODE001"]

@@ -152,6 +152,8 @@ class StatementMixin:
         if is_main_guard(stmt.test):
             return self._block(stmt.body, frame, state)
         const = self._branch_constant(stmt.test, frame)
+        if const is UNKNOWN_CONSTANT:
+            const = self._member_none_test(stmt.test, frame)
         if const is not UNKNOWN_CONSTANT:
             self._expr(stmt.test, frame, state)
             return self._block(stmt.body if const else stmt.orelse, frame, state)
@@ -159,6 +161,24 @@ class StatementMixin:
         then, other = state.copy(), state
         self._refine(stmt.test, frame, then, other)
         return join_states([self._block(stmt.body, frame, then), self._block(stmt.orelse, frame, other)])
+
+    def _member_none_test(self, test: ast.expr, frame: Frame) -> object:
+        """``if m is None: continue`` in ``for m in [gen, disc]``, every member a known model:
+        never true (``is not None``: always true). Without this, the path that skips a member
+        keeps its old mode and ``set_mode("train", models)`` would not count as a restore."""
+        if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
+            return UNKNOWN_CONSTANT
+        operator, left, right = test.ops[0], test.left, test.comparators[0]
+        if isinstance(left, ast.Constant):
+            left, right = right, left
+        if not (isinstance(operator, (ast.Is, ast.IsNot)) and isinstance(right, ast.Constant)):
+            return UNKNOWN_CONSTANT
+        if right.value is not None or not isinstance(left, ast.Name):
+            return UNKNOWN_CONSTANT
+        value = self._lookup(frame, left.id)
+        if not (isinstance(value, Members) and value and all(isinstance(item, str) for item in value)):
+            return UNKNOWN_CONSTANT
+        return isinstance(operator, ast.IsNot)
 
     def _refine(self, test: ast.expr, frame: Frame, then: ModeState, other: ModeState) -> None:
         """``if model.training:`` / ``if was_training:`` tell which mode each branch has."""
