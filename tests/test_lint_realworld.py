@@ -82,3 +82,25 @@ def test_committed_realworld_score_matches_the_manifest_and_the_docs():
     docs = (ROOT / "docs" / "LINT.md").read_text()
     row = re.search(r"\| `parity lint` \(this version[^|]*\) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \|", docs)
     assert row and tuple(map(int, row.groups())) == (counts["tp"], counts["fp"], counts["fn"], counts["tn"])
+
+
+def test_docs_state_the_manifests_size():
+    """docs/LINT.md's "Real code" section counts the manifest's files, repositories and labels,
+    and the cases added for issue 22 (repositories that were not in the set before)."""
+    with lint_realworld.DEFAULT_MANIFEST.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    docs = (ROOT / "docs" / "LINT.md").read_text()
+    size = re.search(r"lists (\d+) training files from (\d+) public repositories", docs)
+    labels = re.search(r"(\d+) are buggy and (\d+) correct", docs)
+    added = re.search(r"[Ii]ssue 22 added (\d+) files \((\d+) buggy\) from (\d+) repositories", docs)
+    assert size and labels and added
+    assert (int(size[1]), int(size[2])) == (len(rows), len({row["repo"] for row in rows}))
+    bugs = sum(row["label"] == "bug" for row in rows)
+    assert (int(labels[1]), int(labels[2])) == (bugs, len(rows) - bugs)
+    new = rows[-int(added[1]) :]  # appended at the end, after the older set
+    older_repos = {row["repo"] for row in rows[: -int(added[1])]}
+    assert not {row["repo"] for row in new} & older_repos
+    assert (int(added[2]), int(added[3])) == (
+        sum(row["label"] == "bug" for row in new),
+        len({row["repo"] for row in new}),
+    )
