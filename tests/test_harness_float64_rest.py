@@ -1,5 +1,6 @@
-"""The rest of issue 20's float64 verdicts: BatchNorm running-statistics rows of the foundation
-judged with the float64 verdict (item 6), a failing float64 trajectory localised at its first
+"""The rest of issue 20's float64 verdicts: a port whose layers fix ``dtype=jnp.float32`` judged
+in float64 all the same (its dtype widened in the float64 passes, item 6), BatchNorm
+running-statistics rows of the foundation judged with the float64 verdict (item 6), a failing float64 trajectory localised at its first
 failing step in ``parity check``'s output (item 7), and Flax's fast BatchNorm variance named as
 the probable cause when the input's mean is far above its spread (item 8).
 
@@ -13,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from verdict_models import DIM, LinenOffsetBN, linen_pair, make_offset_bn
+from verdict_models import DIM, LinenOffsetBN, linen_pair, make_offset_bn, tokens
 
+from parity.defaults import FLOAT32_REL_TOL
 from parity.harness.localize import LocalizeOptions, localize
 from parity.harness.results import Case, CaseInput
-from parity.harness.specs import foundation_rows
+from parity.harness.specs import SpecInput, SpecModels, foundation_rows
 from parity.harness.suite import CheckConfig, policy_tolerances, trajectory_section
 
 TOLS = policy_tolerances("cpu", "strict")
@@ -25,6 +27,34 @@ TOLS = policy_tolerances("cpu", "strict")
 
 def _offset_x() -> np.ndarray:
     return np.random.default_rng(0).standard_normal((4, DIM)).astype(np.float32)
+
+
+# ------------------------------------------------- module dtype=float32 widened (item 6)
+
+DTYPES = "tests/check_dtype_models.py"
+
+
+@pytest.mark.parametrize("kind", ["linen", "nnx"])
+def test_a_module_dtype_float32_port_is_judged_in_float64(kind):
+    """LayerNorm and Dense with ``dtype=float32``: the epsilon fault (7.7e-6 relative in
+    float64, 2.4e-6 in float32 at the output) fails at ``ln``; the correct port passes, every
+    layer judged in float64 (correct ports agree to ~1e-15)."""
+    x = tokens()
+    found = {}
+    for factory in (f"{kind}_mlp", f"{kind}_mlp_eps"):
+        spec = SpecModels(
+            f"{DTYPES}:torch_mlp", f"{DTYPES}:{factory}", SpecInput((4, 5, DIM), channels_last=False)
+        )
+        rep = localize(spec.pair("cpu"), x, LocalizeOptions())
+        assert rep.meta["float64"].startswith("every layer judged in float64"), rep.format()
+        assert any(
+            "fix a float32 dtype; the float64 passes compute them in float64" in n for n in spec.notes()
+        )
+        found[factory] = rep
+    assert found[f"{kind}_mlp"].passed, found[f"{kind}_mlp"].format()
+    first = found[f"{kind}_mlp_eps"].first_divergent
+    assert first is not None and first.name == "ln" and first.rel_l2 <= FLOAT32_REL_TOL
+    assert "probable cause: ln: epsilon 1e-06 in the port, 1e-05 in torch" in first.note
 
 
 # ------------------------------------------------------------- BN statistics rows (item 6)

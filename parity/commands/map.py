@@ -90,17 +90,24 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     )
 
 
-def model_inputs(args: argparse.Namespace) -> tuple:
+def model_inputs(args: argparse.Namespace, draws: bool = True) -> tuple:
     """``(main input or None, ((name, input), ...) after it)`` as
     :class:`parity.harness.specs.SpecInput` from ``--input-shape/--input-dtype/--input-high``
     and the ``--input`` options (the first positional ``--input`` is the main input when there
-    is no ``--input-shape``). Invalid settings raise :class:`parity.harness.results.CheckError`."""
+    is no ``--input-shape``). ``draws=False`` (``map``, ``convert``: only shapes and dtypes
+    matter) lets integer inputs go without a range (ids 0). Invalid settings raise
+    :class:`parity.harness.results.CheckError`."""
     from parity.harness.results import CheckError
     from parity.harness.specs import SpecInput
 
+    def spec_input(shape, dtype, high):
+        if not draws and high is None and dtype.startswith(("int", "uint")):
+            high = 1
+        return SpecInput(shape, dtype, high, args.channels_last)
+
     given = list(args.extra_inputs or ())
     if args.input_shape is not None:
-        first = SpecInput(args.input_shape, args.input_dtype, args.input_high, args.channels_last)
+        first = spec_input(args.input_shape, args.input_dtype, args.input_high)
     else:
         main = next((i for i, (name, _) in enumerate(given) if not name), None)
         if main is None:
@@ -109,10 +116,8 @@ def model_inputs(args: argparse.Namespace) -> tuple:
                     "the main input is positional: give --input-shape or an --input with no NAME="
                 )
             return None, ()
-        shape, dtype, high = given.pop(main)[1]
-        first = SpecInput(shape, dtype, high, args.channels_last)
-    extra = tuple((name, SpecInput(s, d, h, args.channels_last)) for name, (s, d, h) in given)
-    return first, extra
+        first = spec_input(*given.pop(main)[1])
+    return first, tuple((name, spec_input(*e)) for name, e in given)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,7 +131,7 @@ def load_models(args: argparse.Namespace, shapes_only: bool = False):
     from parity.convert.files import load_models as load
     from parity.harness.specs import extra_inputs
 
-    first, extra = model_inputs(args)
+    first, extra = model_inputs(args, draws=False)
     more = extra_inputs(args.flax, first, extra) if first is not None else None
     torch_model, target = load(args.torch, args.flax, first, shapes_only, more)
     options = {"user_map": args.map, "flatten_shapes": dict(args.flatten or ()) or None}

@@ -29,6 +29,7 @@ from parity.harness.metrics import judged_forward, judged_rel_l2
 from parity.harness.pair import ModelPair
 from parity.harness.results import Case, CaseInput, Check, CheckError, ModelsError
 from parity.harness.sides import leaf_modules
+from parity.harness.widen import widen_flax
 from parity.spec import SpecError
 
 
@@ -267,6 +268,10 @@ def build_pair(spec: SpecModels, device: str) -> ModelPair:
     flax_model = outputs_mod.adapt_flax(flax_model, flax_path, extra) if flax_path is not None else full_flax
     if kind == "nnx":
         full_flax = outputs_mod.nnx_as(flax_model, type(full_flax)) if flax_path is not None else flax_model
+    # module dtype=float32: the float64 passes compute in float64 where Flax allows it (widen)
+    widened: set[str] = set()
+    flax_model = widen_flax(flax_model, widened)
+    full_flax = widen_flax(full_flax, widened) if flax_path is not None else flax_model
     param_map = convert.params_to_torch_fn(
         torch_model, variables if kind == "linen" else flax_model, **options
     )
@@ -281,6 +286,7 @@ def build_pair(spec: SpecModels, device: str) -> ModelPair:
         full_flax=full_flax if flax_path is not None else None,
     )
     pair.layer_map = _layer_map(pair, inp, spec.user_map)
+    pair.widened = widened  # read by SpecModels.notes (Linen: filled by the float64 passes)
     return pair
 
 
@@ -298,8 +304,8 @@ def outputs(
     for a bare tensor), dropout with shared masks (``given`` replays earlier ones); copies only,
     nothing changes. ``float64``: both sides in double precision. ``active``: the Flax dropout
     layers that dropped in eval mode (a port that hard-codes ``deterministic=False``); ``low``
-    gets ``'name (dtype)'`` of each Flax layer whose float output is not float64 under
-    ``float64``."""
+    gets ``'name (dtype)'`` of each Flax layer whose float input or output is not float64
+    under ``float64``."""
     from parity.harness.sides import FlaxSide
 
     masks = SharedDropout(seed) if train else None
@@ -312,8 +318,12 @@ def outputs(
         if not train and is_flax_dropout(module) and flax_dropout_active(module, kwargs):
             active.append(name)
         out = call_next(*args, **_dropout_rng(module, kwargs))
-        if float64 and low is not None and not _is_embed(module):
-            kinds = {str(a.dtype) for a in jax.tree.leaves(out) if jnp.issubdtype(a.dtype, jnp.floating)}
+        if float64 and low is not None:
+            # a narrower input: the port's own code cast it (x.astype(jnp.float32))
+            seen = jax.tree.leaves(args) + ([] if _is_embed(module) else jax.tree.leaves(out))
+            kinds = {
+                str(a.dtype) for a in seen if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating)
+            }
             low.extend(f"{name} ({k})" for k in sorted(kinds - {"float64"}))
         return out
 
@@ -528,8 +538,15 @@ class SpecModels:
     _notes: set = field(default_factory=set, compare=False, repr=False)
 
     def notes(self) -> list[str]:
-        """One line per statement the rows need (e.g. why a side was judged in float32)."""
-        return sorted(self._notes)
+        """One line per statement the rows need (e.g. why a side was judged in float32, which
+        Flax layers the float64 passes widened: :mod:`parity.harness.widen`)."""
+        widened = [
+            f"{p.name}: Flax layer(s) {', '.join(sorted(p.widened))} fix a float32 dtype; the float64 "
+            "passes compute them in float64 (the float32 passes as written)"
+            for p in self._built.values()
+            if getattr(p, "widened", None)
+        ]
+        return sorted(self._notes) + widened
 
     def pair(self, device: str) -> ModelPair:
         """The :class:`ModelPair` on ``device`` (built on first use: :func:`build_pair`)."""
