@@ -299,7 +299,7 @@ def _first_failing_step(ci: CaseInput, rep: Any, options: Any) -> str:
         else "every layer matches"
     )
     worst = grads.first_divergent
-    grad = f"; first failing gradient {worst.name}" if worst is not None else "; gradients match"
+    grad = f"; first failing gradient {worst.name}" if worst is not None else "; every gradient row passes"
     return f"trajectory step {step}, the first that fails, localised: {where}{grad}"
 
 
