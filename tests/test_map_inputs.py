@@ -41,6 +41,7 @@ def test_map_refuses_keyword_inputs_without_a_main_input(capsys):
     assert "the main input is positional" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 16 to 22 s at load average 22 on the 2-core box (an eager Linen init)
 def test_convert_writes_the_checkpoint_of_a_two_input_linen_port(tmp_path, capsys):
     from check_input_models import torch_time_net
 
