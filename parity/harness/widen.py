@@ -41,9 +41,18 @@ def _x64() -> bool:
     return jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64
 
 
+def _is_embed(module: Any) -> bool:
+    """A Flax ``Embed`` (default ``dtype=float32``): its lookup of weights that were float32 is
+    exact in any dtype, so it is neither widened nor named."""
+    import flax.linen as nn
+    from flax import nnx
+
+    return isinstance(module, (nn.Embed, nnx.Embed))
+
+
 def _widen_linen(module: Any, record: set[str]) -> None:
     fields = getattr(type(module), "__dataclass_fields__", {})
-    if _x64() and "dtype" in fields and _narrow(getattr(module, "dtype", None)):
+    if _x64() and "dtype" in fields and _narrow(getattr(module, "dtype", None)) and not _is_embed(module):
         object.__setattr__(module, "dtype", jnp.float64)
         record.add("/".join(map(str, getattr(module, "path", ()))) or type(module).__name__)
 
@@ -76,7 +85,11 @@ def widen_flax(model: Any, record: set[str]) -> Any:
         new = nnx.clone(model)
         changed = False
         for path, m in nnx.iter_modules(new):
-            if type(m).__module__.startswith("flax.") and _narrow(getattr(m, "dtype", None)):
+            if (
+                type(m).__module__.startswith("flax.")
+                and _narrow(getattr(m, "dtype", None))
+                and not _is_embed(m)
+            ):
                 object.__setattr__(m, "dtype", None)
                 record.add(".".join(map(str, path)) or type(m).__name__)
                 changed = True
