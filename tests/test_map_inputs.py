@@ -41,6 +41,13 @@ def test_map_refuses_keyword_inputs_without_a_main_input(capsys):
     assert "the main input is positional" in capsys.readouterr().err
 
 
+def test_input_dtype_without_input_shape_is_refused_not_ignored(capsys):
+    assert (
+        main(["map", *TIME, "--input", "2,3,6,6", "--input-dtype", "float64", "--input", "2:int64:10"]) == 2
+    )
+    assert "with --input give them in it (--input SHAPE:DTYPE:HIGH)" in capsys.readouterr().err
+
+
 @pytest.mark.slow  # 16 to 22 s at load average 22 on the 2-core box (an eager Linen init)
 def test_convert_writes_the_checkpoint_of_a_two_input_linen_port(tmp_path, capsys):
     from check_input_models import torch_time_net

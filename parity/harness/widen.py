@@ -62,18 +62,6 @@ def _interceptor(record: set[str], next_fun: Any, args: tuple, kwargs: dict, con
     return next_fun(*args, **kwargs)
 
 
-def narrow_modules(model: Any) -> list[str]:
-    """Names of the modules of ``model`` whose ``dtype`` is a narrower float: NNX submodules by
-    path (``''`` the model); Linen only the model itself (submodules exist only inside a call)."""
-    from flax import nnx
-
-    if isinstance(model, nnx.Module):
-        return [
-            ".".join(map(str, p)) for p, m in nnx.iter_modules(model) if _narrow(getattr(m, "dtype", None))
-        ]
-    return [""] if _narrow(getattr(model, "dtype", None)) else []
-
-
 def widen_flax(model: Any, record: set[str]) -> Any:
     """The widened model (module docstring); the model passed in is not modified (NNX: returned
     as it is when no layer is narrow). ``record`` gets the names of the widened modules: NNX
