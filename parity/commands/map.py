@@ -109,7 +109,7 @@ def model_inputs(args: argparse.Namespace, draws: bool = True) -> tuple:
     if args.input_shape is not None:
         first = spec_input(args.input_shape, args.input_dtype, args.input_high)
     else:
-        if args.input_high is not None or args.input_dtype != "float32":
+        if given and (args.input_high is not None or args.input_dtype != "float32"):
             raise CheckError(
                 "--input-dtype/--input-high describe --input-shape; with --input give them in it "
                 "(--input SHAPE:DTYPE:HIGH)"
