@@ -180,7 +180,7 @@ def test_an_input_whose_batch_differs_is_one_line(tmp_path, capsys):
     args = ["--input-shape", "4,3,6,6", "--input", "3:int64:10"]
     rc, _ = check(tmp_path, f"{INP}:torch_time_net", f"{INP}:linen_time_net", *args)
     err = capsys.readouterr().err
-    assert rc == 2 and err == "parity check: --input 3: batch 3, but --input-shape has 4\n"
+    assert rc == 2 and err == "parity check: --input 3: batch 3, but the main input has 4\n"
 
 
 def test_an_input_option_that_does_not_parse_is_a_usage_error(tmp_path, capsys):

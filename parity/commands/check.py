@@ -196,23 +196,11 @@ def _prepare(config: CheckConfig, models: SpecModels | None) -> None:
 
 
 def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--torch``, ``--flax``, ``--map``, ``--input-shape``, ``--input-dtype``,
-    ``--no-channels-last``, ``--flatten`` (as in ``parity map``) and ``--input-high``."""
+    """The model options of ``parity map`` (:func:`parity.commands.map.add_model_arguments`:
+    ``--torch``, ``--flax``, ``--map``, the inputs, ``--flatten``) and ``--output``."""
     from parity.commands.map import add_model_arguments
 
     add_model_arguments(parser, required=False)
-    parser.add_argument(
-        "--input-high", type=int, metavar="N", help="integer inputs (token ids) are drawn from [0, N)"
-    )
-    parser.add_argument(
-        "--input",
-        dest="extra_inputs",
-        action="append",
-        type=_extra_input,
-        metavar="[NAME=]SHAPE[:DTYPE[:HIGH]]",
-        help="one more model input after the one of --input-shape, positional in the order "
-        "given, or keyword NAME (e.g. 4:int64:1000 for diffusion steps, attention_mask=4,7:int64:2)",
-    )
     parser.add_argument(
         "--output",
         metavar="PATH",
@@ -221,35 +209,18 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _extra_input(text: str) -> tuple[str, tuple[tuple[int, ...], str, int | None]]:
-    """``[NAME=]SHAPE[:DTYPE[:HIGH]]`` -> ``(name or '', (shape, dtype, high))``."""
-    from parity.spec import parse_shape
-
-    name, _, rest = text.rpartition("=")
-    parts = rest.split(":")
-    if len(parts) > 3 or (name and not name.isidentifier()):
-        raise argparse.ArgumentTypeError(f"expected [NAME=]SHAPE[:DTYPE[:HIGH]], got {text!r}")
-    try:
-        shape = parse_shape(parts[0])
-        high = int(parts[2]) if len(parts) == 3 else None
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return name, (shape, parts[1] if len(parts) > 1 else "float32", high)
-
-
 def spec_models(args: argparse.Namespace) -> SpecModels:
     """The :class:`parity.harness.specs.SpecModels` of the parsed options
     (:class:`parity.harness.results.CheckError` for a usage error)."""
-    from parity.harness.specs import SpecInput, SpecModels
+    from parity.commands.map import model_inputs
+    from parity.harness.specs import SpecModels
 
     if not (args.torch and args.flax):
         raise CheckError("give both --torch SPEC and --flax SPEC")
-    if args.input_shape is None:
-        raise CheckError("--torch/--flax need --input-shape N,C,... (torch layout) to draw the input")
-    inp = SpecInput(args.input_shape, args.input_dtype, args.input_high, args.channels_last)
+    inp, extra = model_inputs(args)
+    if inp is None:
+        raise CheckError(
+            "--torch/--flax need --input-shape N,C,... or --input N,C,... (torch layout) to draw the input"
+        )
     flatten = dict(args.flatten or ()) or None
-    extra = tuple(
-        (name, SpecInput(shape, dtype, high, args.channels_last))
-        for name, (shape, dtype, high) in args.extra_inputs or ()
-    )
     return SpecModels(args.torch, args.flax, inp, args.map, flatten, output=args.output, extra_inputs=extra)

@@ -1,7 +1,7 @@
 """``parity convert``: a checkpoint between torch (.pt/.pth/.safetensors) and Flax (.msgpack).
 
 ``--model {digits,signal1d}`` for the project's models, or ``--torch SPEC --flax SPEC`` for
-yours (with ``--map``, ``--input-shape``, ``--flatten`` as in ``parity map``). The direction
+yours (with ``--map``, ``--input-shape``/``--input``, ``--flatten`` as in ``parity map``). The direction
 comes from the suffixes. Exit 0 ok, 1 a conversion error (one line; nothing written), 2 usage.
 """
 

@@ -32,9 +32,24 @@ def _shape_option(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def input_option(text: str) -> tuple[str, tuple[tuple[int, ...], str, int | None]]:
+    """``[NAME=]SHAPE[:DTYPE[:HIGH]]`` -> ``(name or '', (shape, dtype, high))``."""
+    name, _, rest = text.rpartition("=")
+    parts = rest.split(":")
+    if len(parts) > 3 or (name and not name.isidentifier()):
+        raise argparse.ArgumentTypeError(f"expected [NAME=]SHAPE[:DTYPE[:HIGH]], got {text!r}")
+    try:
+        shape = parse_shape(parts[0])
+        high = int(parts[2]) if len(parts) == 3 else None
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name, (shape, parts[1] if len(parts) > 1 else "float32", high)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """``--torch``, ``--flax``, ``--map``, ``--input-shape``, ``--input-dtype``,
-    ``--no-channels-last``, ``--flatten`` (shared with ``parity convert``)."""
+    """``--torch``, ``--flax``, ``--map``, ``--input-shape``, ``--input-dtype``, ``--input-high``,
+    ``--input`` (repeatable), ``--no-channels-last``, ``--flatten`` (shared by ``parity map``,
+    ``parity convert`` and ``parity check``; :func:`model_inputs` reads the inputs)."""
     parser.add_argument(
         "--torch", metavar="SPEC", required=required, help="package.module:factory or file.py:factory"
     )
@@ -47,6 +62,19 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
         help="input shape in torch layout: initialises a Linen module and sharpens flatten detection",
     )
     parser.add_argument("--input-dtype", default="float32", help="dtype of that input (default float32)")
+    parser.add_argument(
+        "--input-high", type=int, metavar="N", help="integer inputs (token ids) are drawn from [0, N)"
+    )
+    parser.add_argument(
+        "--input",
+        dest="extra_inputs",
+        action="append",
+        type=input_option,
+        metavar="[NAME=]SHAPE[:DTYPE[:HIGH]]",
+        help="a model input, torch layout; repeat for several: positional in the order given, or "
+        "keyword NAME (e.g. --input 4,3,32,32 --input t=4:int64:1000). Without --input-shape the "
+        "first positional --input is the main input; with it, every --input comes after it",
+    )
     parser.add_argument(
         "--no-channels-last",
         dest="channels_last",
@@ -62,6 +90,41 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     )
 
 
+def model_inputs(args: argparse.Namespace, draws: bool = True) -> tuple:
+    """``(main input or None, ((name, input), ...) after it)`` as
+    :class:`parity.harness.specs.SpecInput` from ``--input-shape/--input-dtype/--input-high``
+    and the ``--input`` options (the first positional ``--input`` is the main input when there
+    is no ``--input-shape``). ``draws=False`` (``map``, ``convert``: only shapes and dtypes
+    matter) lets integer inputs go without a range (ids 0). Invalid settings raise
+    :class:`parity.harness.results.CheckError`."""
+    from parity.harness.results import CheckError
+    from parity.harness.specs import SpecInput
+
+    def spec_input(shape, dtype, high):
+        if not draws and high is None and dtype.startswith(("int", "uint")):
+            high = 1
+        return SpecInput(shape, dtype, high, args.channels_last)
+
+    given = list(args.extra_inputs or ())
+    if args.input_shape is not None:
+        first = spec_input(args.input_shape, args.input_dtype, args.input_high)
+    else:
+        if given and (args.input_high is not None or args.input_dtype != "float32"):
+            raise CheckError(
+                "--input-dtype/--input-high describe --input-shape; with --input give them in it "
+                "(--input SHAPE:DTYPE:HIGH)"
+            )
+        main = next((i for i, (name, _) in enumerate(given) if not name), None)
+        if main is None:
+            if given:
+                raise CheckError(
+                    "the main input is positional: give --input-shape or an --input with no NAME="
+                )
+            return None, ()
+        first = spec_input(*given.pop(main)[1])
+    return first, tuple((name, spec_input(*e)) for name, e in given)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``parity map``."""
     add_model_arguments(parser)
@@ -71,12 +134,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_models(args: argparse.Namespace, shapes_only: bool = False):
     """``(torch model, Flax target, options for the converter)`` from the parsed options."""
     from parity.convert.files import load_models as load
+    from parity.harness.specs import extra_inputs
 
-    torch_model, target = load(
-        args.torch, args.flax, args.input_shape, args.channels_last, args.input_dtype, shapes_only
-    )
+    first, extra = model_inputs(args, draws=False)
+    more = extra_inputs(args.flax, first, extra) if first is not None else None
+    torch_model, target = load(args.torch, args.flax, first, shapes_only, more)
     options = {"user_map": args.map, "flatten_shapes": dict(args.flatten or ()) or None}
-    options["input_shape"] = args.input_shape if args.input_dtype.startswith("float") else None
+    options["input_shape"] = first.shape if first is not None and first.is_float else None
     return torch_model, target, options
 
 

@@ -42,23 +42,33 @@ def convert_file(model: str, src: str, dst: str, **config) -> str:
 def load_models(
     torch_spec: str,
     flax_spec: str,
-    input_shape: tuple[int, ...] | None = None,
-    channels_last: bool = True,
-    input_dtype: str = "float32",
+    first: Any = None,
     shapes_only: bool = False,
+    extra: Any = None,
 ) -> tuple[Any, Any]:
     """``(torch model, Flax target)`` from two SPECs (:mod:`parity.spec`): the target is Linen
-    variables (initialised on ``input_shape``, torch layout; ``shapes_only``: their shapes) or an
-    NNX module."""
+    variables (initialised on ``first``, a :class:`parity.harness.specs.SpecInput` in torch
+    layout; ``shapes_only``: their shapes) or an NNX module. ``extra``
+    (:class:`parity.harness.outputs.ExtraInputs`): the other inputs and the Flax keyword
+    arguments, given to both models whenever they are called with one input."""
     from parity.spec import SpecError, build, linen_variables
 
     torch_model, _ = build(torch_spec, ("torch",))
     flax_model, kind = build(flax_spec, ("linen", "nnx"))
+    if extra is not None:
+        from parity.harness.outputs import adapt_flax, adapt_torch
+
+        adapt_torch(torch_model, None, extra=extra)
+        if kind == "linen":  # same fields and parameter paths; called with one input, gets them all
+            flax_model = adapt_flax(flax_model, None, extra)
     if kind == "nnx":
         return torch_model, flax_model
-    if input_shape is None:
-        raise SpecError(f"{flax_spec}: a Linen module has no weights until initialised: give --input-shape")
-    return torch_model, linen_variables(flax_model, input_shape, channels_last, input_dtype, shapes_only)
+    if first is None:
+        raise SpecError(
+            f"{flax_spec}: a Linen module has no weights until initialised: give --input-shape or --input"
+        )
+    variables = linen_variables(flax_model, first.shape, first.channels_last, first.dtype, shapes_only)
+    return torch_model, variables
 
 
 def convert_models_file(torch_model: Any, flax_target: Any, src: str, dst: str, **options: Any) -> str:

@@ -428,6 +428,32 @@ def _attempt(port: np.ndarray, t: _Try) -> float:
         return math.inf
 
 
+def _fast_variance(ctx: _Layer, port: np.ndarray, unexplained: float, label: str) -> Cause | None:
+    """A train-mode BatchNorm whose difference is within the rounding of ``E[x²] - E[x]²`` on this
+    input (Flax's default ``use_fast_variance=True``; torch subtracts the mean first): that
+    formula loses about ``u * E[x²] / Var(x)`` relative (``u`` the port's unit roundoff), so
+    inputs whose mean is ~3000 times their spread fail the float64 judge (1e-9) in a correct
+    port. No faulty torch result reproduces the port's rounding, hence a bound instead of a
+    match: ``(2 + log2 n) * u * max over channels of E[x²] / Var(x)``, ``n`` values per channel."""
+    m, x = ctx.module, ctx.args[0]
+    if not isinstance(m, nn.modules.batchnorm._BatchNorm) or not ctx.train or ctx.output != "output":
+        return None
+    dims = [d for d in range(x.dim()) if d != 1]
+    var = x.var(dim=dims, unbiased=False)
+    if x.dim() < 2 or not bool(torch.all(var > 0)):
+        return None
+    ratio = float(torch.max(x.pow(2).mean(dim=dims) / var))
+    n = x.numel() // x.shape[1]
+    bound = (2 + math.log2(max(n, 1))) * float(np.finfo(port.dtype).eps) / 2 * ratio
+    if unexplained > bound:
+        return None
+    note = (
+        f"E[x²]-E[x]² loses digits when the mean is far above the spread (here E[x²]/Var up to "
+        f"{ratio:.1e}, rounding up to {bound:.1e}); set use_fast_variance=False"
+    )
+    return Cause(label, "use_fast_variance", True, "two-pass variance", unexplained, note)
+
+
 def probable_cause(
     module: nn.Module,
     x: np.ndarray | Sequence[np.ndarray],
@@ -453,7 +479,8 @@ def probable_cause(
     rounding: it matches when the difference is at most ``FLOAT32_REL_TOL`` and at most
     1/:data:`SEPARATION` of the unexplained difference. None when the layer already matches or
     no gotcha explains it; gotchas that explain it equally well are listed in the cause's
-    ``alternatives`` (:data:`AMBIGUITY`).
+    ``alternatives`` (:data:`AMBIGUITY`). A train-mode BatchNorm that no gotcha explains may
+    be Flax's fast variance (:func:`_fast_variance`, a rounding bound rather than a match).
     """
     port = np.asarray(port_out)
     wide = port.dtype == np.float64
@@ -473,7 +500,7 @@ def probable_cause(
     tries = (t for gotcha in _gotchas_for(module) for t in gotcha(ctx))
     found = sorted(((r, t) for t in tries if (r := _attempt(port, t)) <= bound), key=lambda rt: rt[0])
     if not found:
-        return None
+        return _fast_variance(ctx, port, unexplained, layer)
     r, t = found[0]
     alike = tuple(_describe(u.what, u.port, u.torch) for q, u in found[1:] if q <= AMBIGUITY * r + 1e-3 * tol)
     return Cause(layer, t.what, t.port, t.torch, r, t.note, alike)

@@ -160,7 +160,7 @@ def _join(a: str, b: str) -> str:
 
 
 def computes_in_float64(side: FlaxSide, xf: np.ndarray) -> bool:
-    """True when every floating output of every submodule, and the model's output, is float64
+    """True when every floating input and output of every submodule, and the model's output, is float64
     in an eval pass in float64 (:meth:`FlaxSide.forward` with ``float64=True`` on ``xf``, Flax
     layout); False when a module fixes a narrower dtype (a residual add promotes it back to
     float64 at the output, hence the per-module check), or when the side cannot run in float64."""
@@ -168,7 +168,8 @@ def computes_in_float64(side: FlaxSide, xf: np.ndarray) -> bool:
 
     def record(name, module, call_next, args, kwargs):
         out = call_next(*args, **kwargs)
-        dtypes.update(a.dtype for a in jax.tree.leaves(out) if jnp.issubdtype(a.dtype, jnp.floating))
+        seen = jax.tree.leaves(args) + jax.tree.leaves(out)  # an input the port's code narrowed too
+        dtypes.update(a.dtype for a in seen if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating))
         return out
 
     try:

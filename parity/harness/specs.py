@@ -25,10 +25,11 @@ from parity.harness.dropout import SharedDropout, flax_dropout_active, flax_drop
 from parity.harness.input_checks import check_input_rank, check_memory, small_run
 from parity.harness.lazy_init import build_flax, linen_converted, nnx_converted
 from parity.harness.localize import GradientOptions, LocalizeOptions, localize, localize_gradients
-from parity.harness.metrics import judged_forward
+from parity.harness.metrics import judged_forward, judged_rel_l2
 from parity.harness.pair import ModelPair
 from parity.harness.results import Case, CaseInput, Check, CheckError, ModelsError
 from parity.harness.sides import leaf_modules
+from parity.harness.widen import widen_flax
 from parity.spec import SpecError
 
 
@@ -176,22 +177,25 @@ def _output_path(tree: Any, wanted: str | None, side: str) -> str | None:
         raise SpecError(f"--output: the {side} model has {e.args[0]}") from None
 
 
-def _extra_inputs(spec: SpecModels) -> outputs_mod.ExtraInputs | None:
-    """The inputs after the first (``--input``), drawn once from seed 1, and the Flax factory
-    file's ``flax_call_kwargs``; ``None`` when there are neither."""
+def extra_inputs(
+    flax_spec: str, first: SpecInput, extra: tuple[tuple[str, SpecInput], ...]
+) -> outputs_mod.ExtraInputs | None:
+    """The inputs after ``first`` (``--input``), drawn once from seed 1, and the Flax factory
+    file's ``flax_call_kwargs``; ``None`` when there are neither. The one path ``parity map``,
+    ``convert`` and ``check`` build them by."""
     from parity.layout import activation_to_flax
     from parity.spec import flax_call_kwargs
 
-    hook = flax_call_kwargs(spec.flax)
-    if not spec.extra_inputs and not hook:
+    hook = flax_call_kwargs(flax_spec)
+    if not extra and not hook:
         return None
     rng = np.random.default_rng(1)
     targs, tkw, fargs, fkw = [], {}, [], {}
-    for name, e in spec.extra_inputs:
-        if e.shape[0] != spec.input.shape[0]:
+    for name, e in extra:
+        if e.shape[0] != first.shape[0]:
             raise CheckError(
                 f"--input {name or ''}{'=' if name else ''}{','.join(map(str, e.shape))}: batch "
-                f"{e.shape[0]}, but --input-shape has {spec.input.shape[0]}"
+                f"{e.shape[0]}, but the main input has {first.shape[0]}"
             )
         a = e.sample(rng)
         f = activation_to_flax(a, layout=e.layout)
@@ -201,6 +205,10 @@ def _extra_inputs(spec: SpecModels) -> outputs_mod.ExtraInputs | None:
             targs.append(a)
             fargs.append(f)
     return outputs_mod.ExtraInputs(tuple(targs), tkw, tuple(fargs), {**fkw, **hook})
+
+
+def _extra_inputs(spec: SpecModels) -> outputs_mod.ExtraInputs | None:
+    return extra_inputs(spec.flax, spec.input, spec.extra_inputs)
 
 
 def _converted_flax(spec, flax_model, kind, abstract, extra, state, torch_model, options) -> tuple:
@@ -260,6 +268,10 @@ def build_pair(spec: SpecModels, device: str) -> ModelPair:
     flax_model = outputs_mod.adapt_flax(flax_model, flax_path, extra) if flax_path is not None else full_flax
     if kind == "nnx":
         full_flax = outputs_mod.nnx_as(flax_model, type(full_flax)) if flax_path is not None else flax_model
+    # module dtype=float32: the float64 passes compute in float64 where Flax allows it (widen)
+    widened: set[str] = set()
+    flax_model = widen_flax(flax_model, widened)
+    full_flax = widen_flax(full_flax, widened) if flax_path is not None else flax_model
     param_map = convert.params_to_torch_fn(
         torch_model, variables if kind == "linen" else flax_model, **options
     )
@@ -274,6 +286,7 @@ def build_pair(spec: SpecModels, device: str) -> ModelPair:
         full_flax=full_flax if flax_path is not None else None,
     )
     pair.layer_map = _layer_map(pair, inp, spec.user_map)
+    pair.widened = widened  # read by SpecModels.notes (Linen: filled by the float64 passes)
     return pair
 
 
@@ -291,8 +304,8 @@ def outputs(
     for a bare tensor), dropout with shared masks (``given`` replays earlier ones); copies only,
     nothing changes. ``float64``: both sides in double precision. ``active``: the Flax dropout
     layers that dropped in eval mode (a port that hard-codes ``deterministic=False``); ``low``
-    gets ``'name (dtype)'`` of each Flax layer whose float output is not float64 under
-    ``float64``."""
+    gets ``'name (dtype)'`` of each Flax layer whose float input or output is not float64
+    under ``float64``."""
     from parity.harness.sides import FlaxSide
 
     masks = SharedDropout(seed) if train else None
@@ -305,8 +318,12 @@ def outputs(
         if not train and is_flax_dropout(module) and flax_dropout_active(module, kwargs):
             active.append(name)
         out = call_next(*args, **_dropout_rng(module, kwargs))
-        if float64 and low is not None and not _is_embed(module):
-            kinds = {str(a.dtype) for a in jax.tree.leaves(out) if jnp.issubdtype(a.dtype, jnp.floating)}
+        if float64 and low is not None:
+            # a narrower input: the port's own code cast it (x.astype(jnp.float32))
+            seen = jax.tree.leaves(args) + ([] if _is_embed(module) else jax.tree.leaves(out))
+            kinds = {
+                str(a.dtype) for a in seen if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating)
+            }
             low.extend(f"{name} ({k})" for k in sorted(kinds - {"float64"}))
         return out
 
@@ -495,7 +512,8 @@ def foundation_rows(
         ("running_mean", "bn_running_mean_rel_l2"),
         ("running_var", "bn_running_var_corrected_rel_l2"),
     ):
-        values = [r.rel_l2 for r in reports["layers_train"].rows if r.kind == kind]
+        # judged_rel_l2: the float64 verdict where float32 cannot resolve the statistics
+        values = [judged_rel_l2(r, tols["bn_state"]) for r in reports["layers_train"].rows if r.kind == kind]
         if values:
             rows.append(row(name, max(values), tols["bn_state"]))
     rows.append(row("gradient_max_rel_l2", reports["gradients_train"].worst_judged(), tols["gradient"]))
@@ -520,8 +538,15 @@ class SpecModels:
     _notes: set = field(default_factory=set, compare=False, repr=False)
 
     def notes(self) -> list[str]:
-        """One line per statement the rows need (e.g. why a side was judged in float32)."""
-        return sorted(self._notes)
+        """One line per statement the rows need (e.g. why a side was judged in float32, which
+        Flax layers the float64 passes widened: :mod:`parity.harness.widen`)."""
+        widened = [
+            f"{p.name}: Flax layer(s) {', '.join(sorted(p.widened))} fix a float32 dtype; the float64 "
+            "passes compute them in float64 (the float32 passes as written)"
+            for p in self._built.values()
+            if getattr(p, "widened", None)
+        ]
+        return sorted(self._notes) + widened
 
     def pair(self, device: str) -> ModelPair:
         """The :class:`ModelPair` on ``device`` (built on first use: :func:`build_pair`)."""

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from parity.defaults import FLOAT32_REL_TOL
 from parity.device import DEVICES
@@ -268,6 +268,7 @@ def trajectory_section(config: CheckConfig, ci: CaseInput, log: Callable[[str], 
             )
             if not rep.passed:
                 log(f"{label}: {rep.summary()}")
+                log(f"{label}: {_first_failing_step(ci, rep, options)}")
         else:
             # float32: reported, not a check (see docs/HARNESS.md, "discrete events")
             if not rep.passed:
@@ -278,6 +279,28 @@ def trajectory_section(config: CheckConfig, ci: CaseInput, log: Callable[[str], 
             {**keys, "dtype": dtype, "optimizer": config.optimizer, **r.__dict__} for r in rep.rows
         ]
     return out
+
+
+def _first_failing_step(ci: CaseInput, rep: Any, options: Any) -> str:
+    """One line localising the first step at which the trajectory ``rep`` fails
+    (:func:`parity.harness.trajectory.localize_step`): its first diverging layer (with the
+    row's note: probable cause, code between layers) and worst gradient, or why it could not."""
+    from parity.harness.trajectory import localize_step
+
+    try:
+        found = localize_step(ci.make_pair(), ci.batches, rep, options)
+    except Exception as e:  # a diagnosis, not the check: the FAIL above stands either way
+        return f"trajectory: the first failing step could not be localised ({type(e).__name__}: {e})"
+    step, layers, grads = found["step"], found["layers"], found["gradients"]
+    first = layers.first_divergent
+    where = (
+        f"layer {first.name} ({first.kind}{'; ' + first.note if first.note else ''})"
+        if first is not None
+        else "every layer matches"
+    )
+    worst = grads.first_divergent
+    grad = f"; first failing gradient {worst.name}" if worst is not None else "; every gradient row passes"
+    return f"trajectory step {step}, the first that fails, localised: {where}{grad}"
 
 
 def run_policy(
