@@ -252,6 +252,14 @@ class Builder:
             body.names.difference_update({line.split(" = ", 1)[0] for line in body.lines[start:]})
             del body.lines[start:]
             return body.emit(f"{src}({args[0]})", cl=bool(is_tensor(x) and x.cl), name=body.fresh(base)), None
+        if simple and len(elements) > 1 and all(e == Raw("") for e in elements):  # blocks: a loop
+            mode = ", train=train" if "train=train" in body.lines[start] else ""
+            body.names.difference_update({line.split(" = ", 1)[0] for line in body.lines[start:]})
+            del body.lines[start:]
+            name, item = body.fresh(base), body.fresh("block")
+            call = f"{item}({name}{mode})"
+            body.lines += [f"{name} = {args[0]}", f"for {item} in {src}:", f"    {name} = {call}"]
+            return Value(name, cl=bool(is_tensor(x) and x.cl), shape=x.shape), None
         last = body.lines[-1]
         if last.startswith(f"{x} = ") and isinstance(x, Value):  # the last element's value gets the node's name
             name = body.fresh(base)

@@ -191,7 +191,7 @@ def _annotation(v: Any) -> str:
 def _class_source(b: Builder, name: str, insts: list[Instance], params: dict, entries: dict) -> str:
     inst = insts[0]
     torch_cls = type(inst.module)
-    names = ", ".join(i.name or "(root)" for i in insts[:3]) + (", ..." if len(insts) > 3 else "")
+    names = ", ".join(i.name or "the root" for i in insts[:3]) + (", ..." if len(insts) > 3 else "")
     doc = f'"""Port of ``{torch_cls.__module__}.{torch_cls.__name__}`` ({names})."""'
     fields = [(p, _annotation(v)) for p, v in inst.arg_values.items()]
     slots: list = []
