@@ -114,7 +114,7 @@ class Builder:
         message = f"{op} at {where}: torch.fx cannot trace it ({str(e).splitlines()[0][:80]}); write it by hand"
         self.add_stub(op, where, message)
         inst.args = ["x"]
-        inst.lines = [f"return not_translated({message!r})"]
+        inst.lines = [f"# TODO(parity port): {message}", f"return not_translated({op!r}, {where!r})"]
         inst.out_cl = [False]
 
     # ------------------------------------------------------------ forward nodes

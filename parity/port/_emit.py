@@ -18,9 +18,9 @@ from parity.port._values import Raw, literal
 
 _HELPERS = {
     "not_translated": '''
-def not_translated(message: str) -> jax.Array:
+def not_translated(op: str, where: str) -> jax.Array:
     """Marks code ``parity port`` could not translate: write it by hand."""
-    raise NotImplementedError(message)
+    raise NotImplementedError(f"{op} at {where}: not translated by parity port")
 ''',
     "attention": '''
 def attention(query, key, value, mask=None, dtype=None, **_):
@@ -192,13 +192,15 @@ def _class_source(b: Builder, name: str, insts: list[Instance], params: dict, en
     inst = insts[0]
     torch_cls = type(inst.module)
     names = ", ".join(i.name or "the root" for i in insts[:3]) + (", ..." if len(insts) > 3 else "")
-    doc = f'"""Port of ``{torch_cls.__module__}.{torch_cls.__name__}`` ({names})."""'
+    doc = f"Port of ``{torch_cls.__module__}.{torch_cls.__name__}`` ({names})."
+    doc = '"""' + _wrap(doc, 80).replace("\n", "\n    ") + '"""'
     fields = [(p, _annotation(v)) for p, v in inst.arg_values.items()]
     slots: list = []
-    assigns = [f"self.{a} = {_walk(c, a, b.style, slots, params)}" for a, c in entries[id(inst)]]
+    own = {k: f"self.{v}" if b.style == "linen" else v for k, v in params.items()}  # Linen: fields
+    assigns = [f"self.{a} = {_walk(c, a, b.style, slots, own)}" for a, c in entries[id(inst)]]
     args = ", ".join(f"{a}: jax.Array" for a in inst.args)
     ret = "tuple" if inst.returns_tuple else "jax.Array"
-    lines = inst.lines or ["return not_translated('not called by the traced forward')"]
+    lines = inst.lines or [f"return not_translated('a forward nobody called', {name!r})"]
     if b.style == "nnx":
         sig = "".join(f"{p}: {t}, " for p, t in fields)
         init = assigns or ["del rngs  # no layers"]
@@ -211,7 +213,13 @@ def _class_source(b: Builder, name: str, insts: list[Instance], params: dict, en
             head += ["", "    def setup(self) -> None:"] + [f"        {s}" for s in assigns]
         mode = ", *, train: bool" if inst.needs_train or inst.is_root else ""
         call = f"    def __call__(self, {args}{mode}) -> {ret}:"
-    return "\n".join([*head, "", call, *(f"        {s}" for s in lines)])
+    body = [w for s in lines for w in (_comment(s) if s.startswith("# ") else [s])]
+    return "\n".join([*head, "", call, *(f"        {s}" for s in body)])
+
+
+def _comment(line: str) -> list[str]:
+    """A long comment as several ``#`` lines within the line length."""
+    return ["# " + part for part in _wrap(line[2:], 76).splitlines()]
 
 
 def _header(b: Builder, root: Instance, classes: list[str]) -> str:
@@ -278,12 +286,15 @@ def render(b: Builder, root: Instance) -> str:
     classes = [_class_source(b, name, insts, params, entries) for name, insts, params in groups]
     helpers = [_HELPERS[h].strip() for h in sorted(b.helpers)]
     if b.style == "nnx":
-        factory = (f'def make() -> nnx.Module:\n    """{root.variant} with fresh Flax weights; '
-                   f'`parity check` converts the torch weights into it."""\n'
-                   f"    return {root.variant}(rngs=nnx.Rngs(0))")
+        factory = (
+            'def make() -> nnx.Module:\n    """The port, fresh Flax weights (parity check converts '
+            f'torch\'s into it)."""\n    return {root.variant}(rngs=nnx.Rngs(0))'
+        )
     else:
-        factory = (f'def make() -> nn.Module:\n    """{root.variant} (Linen: weights come from init '
-                   f'or from the converted torch weights)."""\n    return {root.variant}()')
+        factory = (
+            'def make() -> nn.Module:\n    """The port (Linen: init it, or convert torch\'s weights '
+            f'into it)."""\n    return {root.variant}()'
+        )
     body = "\n\n\n".join([*helpers, *classes, factory])
     names = [name for name, _, _ in groups]
     source = "\n".join([_header(b, root, names), "", *_imports(body, b.style), "", "", body, ""])
