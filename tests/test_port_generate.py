@@ -148,7 +148,9 @@ def test_source_is_ruff_clean_and_within_the_default_line_length(resnet20_source
             text=True,
         )
         assert done.returncode == 0, done.stdout
-        assert port.source.startswith('"""Flax ') and "torch_impl.resnet.ResNet" in port.source.split('"""')[1]
+        assert (
+            port.source.startswith('"""Flax ') and "torch_impl.resnet.ResNet" in port.source.split('"""')[1]
+        )
 
 
 def test_generate_returns_the_source():

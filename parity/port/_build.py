@@ -16,8 +16,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from parity.errors import ParityError
 from parity.port import Port, Stub
-from parity.port._graph import Body, user_line
-from parity.port._layers import LEAVES, SEQUENTIAL_FUNCTIONS, STATELESS, Ctor, lookup
+from parity.port._graph import Body
+from parity.port._layers import LEAVES, SEQUENTIAL_FUNCTIONS, STATELESS, lookup
 from parity.port._ops import FUNCS, METHODS
 from parity.port._values import Raw, Value, is_tensor
 
@@ -111,7 +111,9 @@ class Builder:
         line = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
         op = "data-dependent control flow" if isinstance(e, fx.proxy.TraceError) else type(e).__name__
         where = f"{inst.class_name}.forward" + (f" ({line})" if line else "")
-        message = f"{op} at {where}: torch.fx cannot trace it ({str(e).splitlines()[0][:80]}); write it by hand"
+        message = (
+            f"{op} at {where}: torch.fx cannot trace it ({str(e).splitlines()[0][:80]}); write it by hand"
+        )
         self.add_stub(op, where, message)
         inst.args = ["x"]
         inst.lines = [f"# TODO(parity port): {message}", f"return not_translated({op!r}, {where!r})"]
@@ -131,7 +133,9 @@ class Builder:
             return v
         expr = constant_source(tensor)
         if expr is None:
-            return body.stub(f"buffer {attr}", f"a constant of shape {tuple(tensor.shape)} is too large to write")
+            return body.stub(
+                f"buffer {attr}", f"a constant of shape {tuple(tensor.shape)} is too large to write"
+            )
         self.notes.append(f"{body.inst.name or '(root)'}.{attr}: constant buffer written as {expr}")
         v = body.emit(expr)
         v.shape = tuple(tensor.shape)
@@ -143,7 +147,8 @@ class Builder:
         tied = _tied_embedding(body.inst.module, target, module)
         if tied is not None:
             body.inst.tied[target] = tied
-            self.notes.append(f"{full}.weight is tied to {full.rsplit('.', 1)[0] + '.' if '.' in full else ''}{tied}.weight: written as {tied}.attend")
+            owner = f"{body.inst.name}." if body.inst.name else ""
+            self.notes.append(f"{full}.weight is tied to {owner}{tied}.weight: written as {tied}.attend")
             return body.emit(f"self.{tied}.attend({body.torch(args[0])})")
         src = attr_source(target, self.style, self.sequential_parents(body.inst.module, target))
         value, _ = self.call_child(body, module, full, src, args, kwargs)
@@ -168,7 +173,9 @@ class Builder:
         if is_digit_container(module):
             return self._container(body, module, full, src, args)
         child = self.instance(module, full, [bool(is_tensor(a) and a.cl) for a in args])
-        call = [literal_arg(body, a, cl) for a, cl in zip(args, child.in_cl + [False] * len(args), strict=False)]
+        call = [
+            literal_arg(body, a, cl) for a, cl in zip(args, child.in_cl + [False] * len(args), strict=False)
+        ]
         if kwargs:
             return body.stub(f"{child.class_name}(... keyword arguments)"), None
         if self.style == "linen" and child.needs_train:
@@ -203,7 +210,13 @@ class Builder:
             return self._attention(body, module, src, args, kwargs), None
         x = args[0]
         before = body.conversions
-        x = body.cl(x) if leaf.layout == "cl" or leaf.call == "bn" else body.torch(x) if leaf.layout == "torch" else x
+        x = (
+            body.cl(x)
+            if leaf.layout == "cl" or leaf.call == "bn"
+            else body.torch(x)
+            if leaf.layout == "torch"
+            else x
+        )
         mode = ""
         if self.style == "linen" and leaf.call in ("bn", "dropout"):
             body.inst.needs_train = True
@@ -261,7 +274,9 @@ class Builder:
             body.lines += [f"{name} = {args[0]}", f"for {item} in {src}:", f"    {name} = {call}"]
             return Value(name, cl=bool(is_tensor(x) and x.cl), shape=x.shape), None
         last = body.lines[-1]
-        if last.startswith(f"{x} = ") and isinstance(x, Value):  # the last element's value gets the node's name
+        if last.startswith(f"{x} = ") and isinstance(
+            x, Value
+        ):  # the last element's value gets the node's name
             name = body.fresh(base)
             body.lines[-1] = f"{name} = {last.split(' = ', 1)[1]}"
             x = Value(name, x.kind, x.cl, x.shape, x.items)
@@ -281,7 +296,9 @@ class Builder:
                 if full in self.flatten_linears:
                     return full
                 m = body.inst.module.get_submodule(n.target)
-                if lookup(STATELESS, m) is None and not isinstance(m, (nn.Dropout, nn.modules.batchnorm._BatchNorm)):
+                if lookup(STATELESS, m) is None and not isinstance(
+                    m, (nn.Dropout, nn.modules.batchnorm._BatchNorm)
+                ):
                     continue
             elif n.op not in ("call_function", "call_method"):
                 continue
@@ -348,15 +365,21 @@ def _record_inputs(model: nn.Module, inputs: tuple) -> dict[int, tuple]:
     copied = copy.deepcopy(model).eval()
     originals = dict(zip((id(m) for m in copied.modules()), model.modules(), strict=True))
     seen: dict[int, tuple] = {}
-    hooks = [
-        m.register_forward_pre_hook(lambda mod, a, key=originals[id(m)]: seen.setdefault(id(key), a) and None)
-        for m in copied.modules()
-    ]
+
+    def recorder(original: nn.Module):
+        def hook(mod, args):
+            seen.setdefault(id(original), args)
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(recorder(originals[id(m)])) for m in copied.modules()]
     try:
         with torch.no_grad():
             copied(*inputs)
     except Exception as e:  # user code
-        raise PortError(f"{type(model).__name__} fails on the example input: {type(e).__name__}: {e}") from None
+        raise PortError(
+            f"{type(model).__name__} fails on the example input: {type(e).__name__}: {e}"
+        ) from None
     finally:
         for h in hooks:
             h.remove()
@@ -400,6 +423,8 @@ def build(module: Any, example_input: Any, style: str) -> Port:
     if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
         raise PortError("example_input must be a torch tensor or a tuple of tensors (torch layout)")
     b = Builder(module, tuple(inputs), style)
-    root = b.instance(module, "", [b.channels_last and x.dim() >= 3 and x.is_floating_point() for x in inputs])
+    root = b.instance(
+        module, "", [b.channels_last and x.dim() >= 3 and x.is_floating_point() for x in inputs]
+    )
     source = render(b, root)
     return Port(source, style, "make", b.channels_last, tuple(b.stubs), tuple(dict.fromkeys(b.notes)))

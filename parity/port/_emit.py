@@ -85,14 +85,18 @@ def _walk(value: Any, path: str, style: str, slots: list, params: dict | None) -
             func = inst.variant
         else:
             kwargs, func = value.kwargs, value.func
-        parts = [_walk(v, f"{path}_{n}".rstrip("_"), style, slots, params) for n, v in
-                 (value.args if value.instance is None else [])]
+        parts = [
+            _walk(v, f"{path}_{n}".rstrip("_"), style, slots, params)
+            for n, v in (value.args if value.instance is None else [])
+        ]
         parts += [f"{n}={_walk(v, f'{path}_{n}', style, slots, params)}" for n, v in kwargs]
         if style == "nnx" and (value.instance is not None or _takes_rngs(func)):
             parts.append("rngs=rngs")
         return f"{func}({', '.join(parts)})"
     if isinstance(value, list):
-        return "[" + ", ".join(_walk(v, f"{path}_{i}", style, slots, params) for i, v in enumerate(value)) + "]"
+        return (
+            "[" + ", ".join(_walk(v, f"{path}_{i}", style, slots, params) for i, v in enumerate(value)) + "]"
+        )
     if isinstance(value, Raw) or value is None or isinstance(value, str):
         return literal(value)
     k = len(slots)
@@ -122,8 +126,17 @@ def _group(b: Builder) -> tuple[list[tuple[str, list[Instance], dict]], dict]:
     by_class: dict[str, list] = {}
     for inst in order:
         slots: list = []
-        text = "\n".join(f"{a} = {_walk(c, a, b.style, slots, {k: '?' for k in range(999)})}" for a, c in entries[id(inst)])
-        key = (inst.class_name, tuple(inst.lines), tuple(inst.args), text, tuple(inst.in_cl), inst.needs_train)
+        text = "\n".join(
+            f"{a} = {_walk(c, a, b.style, slots, {k: '?' for k in range(999)})}" for a, c in entries[id(inst)]
+        )
+        key = (
+            inst.class_name,
+            tuple(inst.lines),
+            tuple(inst.args),
+            text,
+            tuple(inst.in_cl),
+            inst.needs_train,
+        )
         family = by_class.setdefault(inst.class_name, [])
         match = next((g for g in family if g[0] == key), None)
         if match is None:
@@ -204,7 +217,12 @@ def _class_source(b: Builder, name: str, insts: list[Instance], params: dict, en
     if b.style == "nnx":
         sig = "".join(f"{p}: {t}, " for p, t in fields)
         init = assigns or ["del rngs  # no layers"]
-        head = [f"class {name}(nnx.Module):", f"    {doc}", "", f"    def __init__(self, {sig}*, rngs: nnx.Rngs) -> None:"]
+        head = [
+            f"class {name}(nnx.Module):",
+            f"    {doc}",
+            "",
+            f"    def __init__(self, {sig}*, rngs: nnx.Rngs) -> None:",
+        ]
         head += [f"        {s}" for s in init]
         call = f"    def __call__(self, {args}) -> {ret}:"
     else:
@@ -227,25 +245,39 @@ def _header(b: Builder, root: Instance, classes: list[str]) -> str:
     style = "NNX" if b.style == "nnx" else "Linen"
     layers = sum(1 for m in root.module.modules() if lookup(LEAVES, m) is not None)
     if b.channels_last:
-        layout = ("channels-last: the port takes image-like input NHWC (N, *spatial, C), the layout "
-                  "Flax's Conv and pooling use; the caller moves torch's NCHW input once (parity "
-                  "check does), and a tensor goes back to channels-first only where an op needs "
-                  "torch's axis order (marked 'back to torch's channels-first').")
+        layout = (
+            "channels-last: the port takes image-like input NHWC (N, *spatial, C), the layout "
+            "Flax's Conv and pooling use; the caller moves torch's NCHW input once (parity "
+            "check does), and a tensor goes back to channels-first only where an op needs "
+            "torch's axis order (marked 'back to torch's channels-first')."
+        )
     else:
-        layout = ("torch's axis order: the input has no spatial layers to feed (tokens, "
-                  "features), so every axis argument stays as in torch.")
+        layout = (
+            "torch's axis order: the input has no spatial layers to feed (tokens, "
+            "features), so every axis argument stays as in torch."
+        )
     if b.style == "nnx":
-        mode = ("BatchNorm and Dropout carry their own mode: model.train() / model.eval(), or "
-                "nnx.view(model, ...) for an evaluation view sharing the weights.")
+        mode = (
+            "BatchNorm and Dropout carry their own mode: model.train() / model.eval(), or "
+            "nnx.view(model, ...) for an evaluation view sharing the weights."
+        )
     else:
-        mode = ("every BatchNorm (use_running_average=not train) and Dropout (deterministic=not "
-                "train) gets the explicit train argument; apply with mutable=['batch_stats'] "
-                "and a 'dropout' rng when train=True.")
-    stubs = (f"{len(b.stubs)} place(s) raise NotImplementedError (search not_translated): "
-             + "; ".join(s.op for s in b.stubs)) if b.stubs else "none, everything was translated."
+        mode = (
+            "every BatchNorm (use_running_average=not train) and Dropout (deterministic=not "
+            "train) gets the explicit train argument; apply with mutable=['batch_stats'] "
+            "and a 'dropout' rng when train=True."
+        )
+    stubs = (
+        (
+            f"{len(b.stubs)} place(s) raise NotImplementedError (search not_translated): "
+            + "; ".join(s.op for s in b.stubs)
+        )
+        if b.stubs
+        else "none, everything was translated."
+    )
     text = f"""Flax {style} port of ``{cls.__module__}.{cls.__name__}``, written by ``parity port``.
 
-Converted: {len(classes)} class(es) ({', '.join(classes)}) from the torch module tree, with
+Converted: {len(classes)} class(es) ({", ".join(classes)}) from the torch module tree, with
 torch's attribute names; {layers} layer(s) with torch's hyper-parameters written out; each
 forward translated from a torch.fx trace of its class.
 
@@ -304,7 +336,11 @@ def render(b: Builder, root: Instance) -> str:
 def _ruff_format(source: str) -> str:
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "ruff", "format", "--isolated", "-"], input=source, capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "ruff", "format", "--isolated", "-"],
+            input=source,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     except (OSError, subprocess.SubprocessError):
         return source

@@ -14,7 +14,7 @@ import operator
 import torch
 import torch.nn.functional as F
 
-from parity.port._values import Value, is_tensor, jax_axis, literal
+from parity.port._values import is_tensor, jax_axis, literal
 
 FUNCS: dict = {}
 METHODS: dict = {}
@@ -353,7 +353,9 @@ def _pool(kind: str, dims: int):
 for _d in (1, 2, 3):
     op(getattr(F, f"max_pool{_d}d"))(_pool("max", _d))
     op(getattr(F, f"avg_pool{_d}d"))(_pool("avg", _d))
-    op(getattr(F, f"adaptive_avg_pool{_d}d"))(lambda b, input, output_size, _d=_d: b.adaptive(input, output_size, _d))
+    op(getattr(F, f"adaptive_avg_pool{_d}d"))(
+        lambda b, input, output_size, _d=_d: b.adaptive(input, output_size, _d)
+    )
 
 
 @op(F.dropout, "dropout")
