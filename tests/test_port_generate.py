@@ -199,3 +199,16 @@ def test_bad_arguments_are_one_line_parity_errors(module, x, style, message):
     with pytest.raises(ParityError, match=message) as e:
         build_port(module, x, style)
     assert "\n" not in str(e.value)
+
+
+def test_a_forward_reading_self_training_is_a_stub_not_one_mode_baked_in():
+    """A functional dropout's ``training=self.training`` would be traced as a constant of the
+    mode the model happens to be in: the class is stubbed and the model's modes are restored."""
+    model = port_gen_models.ModeDependent()
+    port = build_port(model, torch.randn(2, 4), "linen")
+    assert [(s.op, s.where) for s in port.stubs] == [
+        ("forward reads self.training", "ModeDependent.forward (port_gen_models.py:67)")
+    ]
+    assert model.training and model.fc.training
+    assert build_port(model.eval(), torch.randn(2, 4), "linen").stubs == port.stubs
+    assert not model.training and not model.fc.training

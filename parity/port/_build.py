@@ -16,7 +16,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from parity.errors import ParityError
 from parity.port import Port, Stub
-from parity.port._graph import Body
+from parity.port._graph import Body, user_line
 from parity.port._layers import LEAVES, SEQUENTIAL_FUNCTIONS, STATELESS, lookup
 from parity.port._ops import FUNCS, METHODS
 from parity.port._values import Raw, Value, is_tensor
@@ -34,6 +34,7 @@ class _LeafTracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.record_stack_traces = True
+        self.proxy_buffer_attributes = True  # a mask buffer sliced by a traced size stays traceable
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return True
@@ -56,6 +57,29 @@ class Instance:
     tied: dict[str, str] = field(default_factory=dict)  # torch Linear attr -> Embed attr
     variant: str = ""
     arg_values: dict[str, Any] = field(default_factory=dict)
+
+
+class _ModeDependent(Exception):
+    """The forward traces differently in train and eval mode (it reads ``self.training``)."""
+
+
+def _trace_both_modes(module: nn.Module) -> fx.Graph:
+    """The fx graph of ``module``'s forward; raises :class:`_ModeDependent` when tracing it in
+    train mode and in eval mode gives two graphs: a Flax port needs the mode as an argument or a
+    module flag there, which a trace cannot say."""
+    modes = {m: m.training for m in module.modules()}
+    try:
+        graphs = [_LeafTracer().trace(module.train(mode)) for mode in (True, False)]
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    if str(graphs[0]) != str(graphs[1]):
+        pairs = zip(graphs[0].nodes, graphs[1].nodes, strict=False)
+        first = next((a for a, c in pairs if a.format_node() != c.format_node()), None)
+        raise _ModeDependent(
+            "its train and eval traces differ", user_line(first.stack_trace if first else None)
+        )
+    return graphs[1]
 
 
 def is_digit_container(m: nn.Module) -> bool:
@@ -81,7 +105,8 @@ class Builder:
         self.helpers: set[str] = set()
 
     def add_stub(self, op: str, where: str, message: str) -> None:
-        self.stubs.append(Stub(op, where, message))
+        if all((s.op, s.where) != (op, where) for s in self.stubs):  # once per class and line
+            self.stubs.append(Stub(op, where, message))
         self.helpers.add("not_translated")
 
     # ------------------------------------------------------------ instances
@@ -96,7 +121,7 @@ class Builder:
         self.instances[id(module)] = inst
         body = Body(self, inst)
         try:
-            graph = _LeafTracer().trace(module)
+            graph = _trace_both_modes(module)
         except Exception as e:  # data-dependent control flow, unsupported Python: a stub class
             self._untraceable(inst, body, e)
         else:
@@ -109,11 +134,14 @@ class Builder:
     def _untraceable(self, inst: Instance, body: Body, e: Exception) -> None:
         frames = [f for f in traceback.extract_tb(e.__traceback__) if "/torch/" not in f.filename]
         line = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
+        line = e.args[1] if isinstance(e, _ModeDependent) else line
         op = "data-dependent control flow" if isinstance(e, fx.proxy.TraceError) else type(e).__name__
+        op = "forward reads self.training" if isinstance(e, _ModeDependent) else op
         where = f"{inst.class_name}.forward" + (f" ({line})" if line else "")
-        message = (
-            f"{op} at {where}: torch.fx cannot trace it ({str(e).splitlines()[0][:80]}); write it by hand"
-        )
+        why = f"torch.fx cannot trace it ({(str(e).splitlines() or [''])[0][:80]})"
+        if isinstance(e, _ModeDependent):
+            why = "its train and eval traces differ (a mode the port must take as a module or argument)"
+        message = f"{op} at {where}: {why}; write it by hand"
         self.add_stub(op, where, message)
         inst.args = ["x"]
         inst.lines = [f"# TODO(parity port): {message}", f"return not_translated({op!r}, {where!r})"]

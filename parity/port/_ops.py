@@ -363,3 +363,13 @@ def dropout(b, input, p=0.5, training=True, inplace=False):
     if not training or p == 0:
         return b.alias(input)
     return b.stub("F.dropout", "a functional dropout has no module to carry its mode: use nn.Dropout")
+
+
+# ---------------------------------------------------------------- creation
+@op(torch.arange)
+def arange(b, start, end=None, step=1, dtype=None, device=None, **kw):
+    args = [start] if end is None else [start, end]
+    args += [step] if step != 1 else []
+    text = ", ".join(literal(a) for a in args)
+    float_dtype = dtype is not None and dtype.is_floating_point
+    return b.emit(f"jnp.arange({text}, dtype=float)" if float_dtype else f"jnp.arange({text})")
