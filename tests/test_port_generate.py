@@ -212,3 +212,29 @@ def test_a_forward_reading_self_training_is_a_stub_not_one_mode_baked_in():
     assert model.training and model.fc.training
     assert build_port(model.eval(), torch.randn(2, 4), "linen").stubs == port.stubs
     assert not model.training and not model.fc.training
+
+
+@pytest.mark.slow  # 40 s each under load (load average 13)
+@pytest.mark.parametrize("style", ["nnx", "linen"])
+def test_gpt_with_a_tied_head_and_a_mask_buffer_port_passes(tmp_path, style):
+    """tests/port_models.py's GPT: the head tied to ``wte`` becomes ``TiedHead`` (``wte.attend``,
+    no weights of its own), the causal-mask buffer a constant, ``torch.arange`` ``jnp.arange``."""
+    from tests.port_models import TOKENS, VOCAB, make_gpt
+
+    port = build_port(make_gpt(), torch.randint(0, VOCAB, TOKENS), style)
+    assert port.stubs == () and not port.channels_last
+    assert "jnp.tril(jnp.ones((1, 1, 6, 6)))" in port.source and "embed.attend(x)" in port.source
+    assert any("tied to wte.weight" in n for n in port.notes)
+    path = tmp_path / "gpt.py"
+    path.write_text(port.source)
+    spec = SpecModels(
+        f"{MODELS.with_name('port_models.py')}:make_gpt",
+        f"{path}:make",
+        SpecInput(TOKENS, "int64", VOCAB, channels_last=False),
+    )
+    pair = spec.pair("cpu")
+    x = np.random.default_rng(0).integers(0, VOCAB, TOKENS)
+    for mode in ("eval", "train"):
+        reports = assert_parity(pair, x, LocalizeOptions(mode=mode))
+        assert reports[0].meta["float64"].startswith("every layer judged in float64"), reports[0].meta
+        assert float64_worst(pair, x, mode == "train") < FLOAT64_PORT_BOUND

@@ -102,12 +102,10 @@ class Builder:
         self.stubs: list[Stub] = []
         self.notes: list[str] = []
         self.sequential: dict[int, list] = {}  # NNX containers written as nnx.Sequential
-        self.helpers: set[str] = set()
 
     def add_stub(self, op: str, where: str, message: str) -> None:
         if all((s.op, s.where) != (op, where) for s in self.stubs):  # once per class and line
             self.stubs.append(Stub(op, where, message))
-        self.helpers.add("not_translated")
 
     # ------------------------------------------------------------ instances
     def instance(self, module: nn.Module, name: str, in_cl: list[bool]) -> Instance:
@@ -176,8 +174,10 @@ class Builder:
         if tied is not None:
             body.inst.tied[target] = tied
             owner = f"{body.inst.name}." if body.inst.name else ""
-            self.notes.append(f"{full}.weight is tied to {owner}{tied}.weight: written as {tied}.attend")
-            return body.emit(f"self.{tied}.attend({body.torch(args[0])})")
+            self.notes.append(
+                f"{full}.weight is tied to {owner}{tied}.weight: written as {tied}.attend (TiedHead)"
+            )
+            return body.emit(f"self.{target}({body.torch(args[0])}, self.{tied})")
         src = attr_source(target, self.style, self.sequential_parents(body.inst.module, target))
         value, _ = self.call_child(body, module, full, src, args, kwargs)
         return value
@@ -261,9 +261,7 @@ class Builder:
         if not module.batch_first:
             qkv = [body.emit(f"jnp.swapaxes({t}, 0, 1)", name=body.fresh(f"{t}_nlc")) for t in qkv]
         mode = ""
-        if self.style == "nnx":
-            self.helpers.add("attention")
-        elif module.dropout:
+        if self.style == "linen" and module.dropout:
             mode, body.inst.needs_train = ", deterministic=not train", True
         out = body.emit(f"{src}({', '.join(map(str, qkv))}{mode})")
         if not module.batch_first:

@@ -16,7 +16,25 @@ from parity.port._build import Builder, Instance, is_digit_container
 from parity.port._layers import LEAVES, STATELESS, Ctor, lookup
 from parity.port._values import Raw, literal
 
+_TIED = {
+    style: f'''
+class TiedHead({base}):
+    """A bias-free Linear whose weight is an embedding table (tied in torch): the logits
+    are ``embed.attend(x)``, ``x @ table.T``, with the embedding's own parameter."""
+
+    def __call__(self, x: jax.Array, embed: {embed}) -> jax.Array:
+        return embed.attend(x)
+'''
+    for style, base, embed in (("nnx", "nnx.Module", "nnx.Embed"), ("linen", "nn.Module", "nn.Embed"))
+}
+
 _HELPERS = {
+    "keep_table_dtype": '''
+def keep_table_dtype(arrays, dtype=None, inexact=True):
+    """``nnx.Embed``'s dtype promotion, off: a lookup keeps the table's dtype (``nnx.Embed``
+    would fix float32 at construction, and a float64 port would compute in float32)."""
+    return arrays
+''',
     "not_translated": '''
 def not_translated(op: str, where: str) -> jax.Array:
     """Marks code ``parity port`` could not translate: write it by hand."""
@@ -44,7 +62,8 @@ def _init_entries(b: Builder, inst: Instance) -> list[tuple[str, Any]]:
             args = [("", Raw(repr(name))), ("", Raw("nn.initializers.zeros")), ("shape", shape)]
             out.append((name, Ctor("self.param", args)))
     for name, child in inst.module.named_children():
-        if name in inst.tied:
+        if name in inst.tied:  # the head shares the embedding module: no weights of its own
+            out.append((name, Ctor("TiedHead")))
             continue
         ctor = _child_ctor(b, child, f"{inst.name}.{name}".strip("."))
         if ctor is not None:
@@ -316,7 +335,9 @@ def render(b: Builder, root: Instance) -> str:
     """The whole ``model.py``."""
     groups, entries = _group(b)
     classes = [_class_source(b, name, insts, params, entries) for name, insts, params in groups]
-    helpers = [_HELPERS[h].strip() for h in sorted(b.helpers)]
+    text = "\n".join(classes)
+    known = {**_HELPERS, "TiedHead": _TIED[b.style]}
+    helpers = [known[h].strip() for h in sorted(known) if re.search(rf"\b{h}\b", text)]
     if b.style == "nnx":
         factory = (
             'def make() -> nnx.Module:\n    """The port, fresh Flax weights (parity check converts '
