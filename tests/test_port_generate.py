@@ -238,3 +238,37 @@ def test_gpt_with_a_tied_head_and_a_mask_buffer_port_passes(tmp_path, style):
         reports = assert_parity(pair, x, LocalizeOptions(mode=mode))
         assert reports[0].meta["float64"].startswith("every layer judged in float64"), reports[0].meta
         assert float64_worst(pair, x, mode == "train") < FLOAT64_PORT_BOUND
+
+
+def run_port(source: str, style: str, x: np.ndarray) -> np.ndarray:
+    """A weightless port's output on ``x`` (its own layout) in float64."""
+    import jax
+
+    namespace: dict = {}
+    exec(compile(source, "model.py", "exec"), namespace)
+    model = namespace["make"]()
+    with jax.enable_x64(True):
+        if style == "nnx":
+            return np.asarray(model(x))
+        variables = model.init(jax.random.key(0), x, train=False)
+        return np.asarray(model.apply(variables, x, train=False))
+
+
+@pytest.mark.parametrize("style", ["nnx", "linen"])
+@pytest.mark.parametrize(
+    "name, shape, channels_last",
+    [("TokenOps", (2, 5, 8), False), ("ImageOps", (2, 3, 8, 8), True)],
+)
+def test_ops_translate_exactly_in_float64(name, shape, channels_last, style):
+    """cat/chunk/split/stack, view/reshape/permute/transpose/flatten, einsum and matmul, masks
+    (tril, masked_fill), softmax, scaled_dot_product_attention, reductions, pooling and
+    activations: the port of a weightless model equals torch in float64 (to 1e-12: the same
+    operations, rounded in another order), with axes remapped on channels-last maps."""
+    model = getattr(port_gen_models, name)()
+    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    port = build_port(model, x.float(), style)
+    assert port.stubs == () and port.channels_last == channels_last
+    xf = x.numpy().transpose(0, 2, 3, 1) if channels_last else x.numpy()
+    got, want = run_port(port.source, style, xf), model(x).numpy()
+    assert got.shape == want.shape
+    assert np.linalg.norm(got - want) <= 1e-12 * np.linalg.norm(want)

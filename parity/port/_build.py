@@ -453,4 +453,10 @@ def build(module: Any, example_input: Any, style: str) -> Port:
         module, "", [b.channels_last and x.dim() >= 3 and x.is_floating_point() for x in inputs]
     )
     source = render(b, root)
-    return Port(source, style, "make", b.channels_last, tuple(b.stubs), tuple(dict.fromkeys(b.notes)))
+    layout = (
+        "layout: channels-last (NHWC input), the layout of Flax's Conv and pooling"
+        if b.channels_last
+        else "layout: torch's axis order (no convolution or pooling takes the input)"
+    )
+    notes = (layout, *dict.fromkeys(b.notes))
+    return Port(source, style, "make", b.channels_last, tuple(b.stubs), notes)

@@ -74,14 +74,16 @@ class Body:
             self.lines.append(f"# {comment}")
         self.lines.append(f"{name} = {expr}")
         shape = self.node_shape() if kind == "tensor" else None
-        return Value(name, kind, cl and (shape is None or len(shape) >= 3), shape)
+        v = Value(name, kind, cl and (shape is None or len(shape) >= 3), shape)
+        v.dtype = self.node_dtype() if kind == "tensor" else None
+        return v
+
+    def node_dtype(self) -> str | None:
+        meta = self.node.meta.get("tensor_meta") if self.node is not None else None
+        return str(meta.dtype) if meta is not None and hasattr(meta, "dtype") else None
 
     def alias(self, v: Any) -> Any:
         return v
-
-    def out_rank(self) -> int:
-        shape = self.node_shape()
-        return len(shape) if shape is not None else 0
 
     def node_target_name(self) -> str:
         t = self.node.target
@@ -131,16 +133,19 @@ class Body:
             return xs
         return [self.torch(x) for x in xs]
 
-    def reducible(self, x: Value, dims: tuple, keepdim: bool) -> Value:
-        """``x`` in a layout where reducing ``dims`` gives a result in a known layout."""
+    def reducible(self, x: Value, dims: tuple, keepdim: bool) -> tuple[Value, bool]:
+        """``(x, result channels-last)``: ``x`` in a layout where reducing ``dims`` leaves the
+        result in torch's order or channels-last."""
         if not x.cl or keepdim:
-            return x
+            return x, x.cl
         gone = {d % x.rank for d in dims}
         left = [a for a in cl_order(x.rank) if a not in gone]
         held = [sorted(left).index(a) for a in left]
-        if held == sorted(held) or (len(held) >= 3 and held == cl_order(len(held))):
-            return x
-        return self.torch(x)
+        if held == sorted(held):
+            return x, False
+        if len(held) >= 3 and held == cl_order(len(held)):
+            return x, True
+        return self.torch(x), False
 
     # ------------------------------------------------------------ shape ops
     def flatten(self, x: Value, start: int, end: int) -> Value:
@@ -225,7 +230,7 @@ class Body:
                 name = self.fresh(node.name)
                 cl = in_cl[placeholders] if placeholders < len(in_cl) else False
                 self.inst.args.append(name)
-                self.env[node] = Value(name, cl=cl, shape=self.node_shape())
+                self.env[node] = Value(name, cl=cl, shape=self.node_shape(), dtype=self.node_dtype())
                 placeholders += 1
             elif node.op == "output":
                 self.output(node.args[0])
