@@ -54,14 +54,17 @@ def float64_worst(pair, x: np.ndarray, train: bool) -> float:
     return worst_port(float64_pass(side, pair.flax_input(x), run64, plan, to_flax, train, None))
 
 
-def assert_port_passes(pair, shape: tuple[int, ...]) -> None:
+def assert_port_passes(pair, shape: tuple[int, ...], train_bound: float = FLOAT64_PORT_BOUND) -> None:
+    """Both modes pass the harness (every layer judged in float64), and the float64 per-layer
+    difference stays below the bound (``train_bound`` in train mode, see ResNet-18)."""
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     for mode in ("eval", "train"):
         reports = assert_parity(pair, x, LocalizeOptions(mode=mode))
         assert reports[0].meta["float64"].startswith("every layer judged in float64"), reports[0].meta
         assert len(reports[0].rows) > 3
         worst = float64_worst(pair, x, mode == "train")
-        assert worst < FLOAT64_PORT_BOUND, f"{mode}: float64 port difference {worst:.3g}"
+        bound = train_bound if mode == "train" else FLOAT64_PORT_BOUND
+        assert worst < bound, f"{mode}: float64 port difference {worst:.3g}"
 
 
 def test_digits_cnn_nnx_port_passes(tmp_path):
@@ -109,12 +112,15 @@ def test_tiny_transformer_port_passes(tmp_path, style):
     assert_port_passes(pair, (4, 3, 16, 16))
 
 
-@pytest.mark.slow  # RESNET18_TIME
+@pytest.mark.slow  # 185 s (nnx), 45 s (linen) under load (load average 13)
 @pytest.mark.parametrize("style", ["nnx", "linen"])
 def test_resnet18_port_passes(tmp_path, style):
+    """Train mode: the last stage's BatchNorm sees 2 values per channel at 32x32 (batch 2,
+    1x1 maps), where normalising divides float64 rounding by a tiny batch std: 1.7e-12
+    measured, so that mode's bound is 1e-11 (still 100x below the harness's 1e-9)."""
     port, pair = port_pair(tmp_path, "resnet18", style, (2, 3, 32, 32))
     assert port.stubs == ()
-    assert_port_passes(pair, (2, 3, 32, 32))
+    assert_port_passes(pair, (2, 3, 32, 32), train_bound=1e-11)
 
 
 # ---------------------------------------------------------------- the source itself
