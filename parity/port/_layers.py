@@ -60,8 +60,7 @@ def _conv(m: nn.Module, style: str) -> Leaf:
     ns = "nnx" if style == "nnx" else "nn"
     args = [*head, ("out_features" if style == "nnx" else "features", m.out_channels)]
     kwargs = [("kernel_size", tuple(m.kernel_size))]
-    if any(s != 1 for s in m.stride):
-        kwargs.append(("strides", tuple(m.stride)))
+    kwargs.append(("strides", tuple(m.stride)))
     kwargs.append(("padding", tuple(pads)))
     if any(d != 1 for d in m.dilation):
         kwargs.append(("kernel_dilation", tuple(m.dilation)))
