@@ -73,14 +73,14 @@ def test_digits_cnn_nnx_port_passes(tmp_path):
     assert_port_passes(pair, (4, 1, 8, 8))
 
 
-@pytest.mark.slow  # 45 s under load (load average 13, 2-core box), the harness's two passes
+@pytest.mark.slow  # 45-95 s under load (load average 13, 2-core box), the harness's two passes
 def test_digits_cnn_linen_port_passes(tmp_path):
     port, pair = port_pair(tmp_path, "digits", "linen", (4, 1, 8, 8))
     assert port.stubs == ()
     assert_port_passes(pair, (4, 1, 8, 8))
 
 
-@pytest.mark.slow  # 60 s each under load (load average 13)
+@pytest.mark.slow  # 2-140 s each under load (the first harness test of a run pays the compiles)
 @pytest.mark.parametrize("style", ["nnx", "linen"])
 def test_signal1d_cnn_port_passes(tmp_path, style):
     port, pair = port_pair(tmp_path, "signal1d", style, (4, 1, 40))
@@ -88,7 +88,7 @@ def test_signal1d_cnn_port_passes(tmp_path, style):
     assert_port_passes(pair, (4, 1, 40))
 
 
-@pytest.mark.slow  # 75 s each under load (load average 13)
+@pytest.mark.slow  # 20-75 s each under load (load average 13)
 @pytest.mark.parametrize("style", ["nnx", "linen"])
 def test_resnet20_port_passes(tmp_path, style):
     port, pair = port_pair(tmp_path, "resnet20", style, (4, 3, 16, 16))
@@ -96,7 +96,7 @@ def test_resnet20_port_passes(tmp_path, style):
     assert_port_passes(pair, (4, 3, 16, 16))
 
 
-@pytest.mark.slow  # 60-80 s each under load (load average 13)
+@pytest.mark.slow  # 20-160 s each under load (load average 13)
 @pytest.mark.parametrize("style", ["nnx", "linen"])
 def test_vit_port_passes(tmp_path, style):
     port, pair = port_pair(tmp_path, "vit_tiny", style, (4, 3, 8, 8))
@@ -104,7 +104,7 @@ def test_vit_port_passes(tmp_path, style):
     assert_port_passes(pair, (4, 3, 8, 8))
 
 
-@pytest.mark.slow  # 65 s each under load (load average 13)
+@pytest.mark.slow  # 7-65 s each under load (load average 13)
 @pytest.mark.parametrize("style", ["nnx", "linen"])
 def test_tiny_transformer_port_passes(tmp_path, style):
     port, pair = port_pair(tmp_path, "tiny_transformer", style, (4, 3, 16, 16))
@@ -220,7 +220,7 @@ def test_a_forward_reading_self_training_is_a_stub_not_one_mode_baked_in():
     assert not model.training and not model.fc.training
 
 
-@pytest.mark.slow  # 40 s each under load (load average 13)
+@pytest.mark.slow  # 4-40 s each under load (load average 13)
 @pytest.mark.parametrize("style", ["nnx", "linen"])
 def test_gpt_with_a_tied_head_and_a_mask_buffer_port_passes(tmp_path, style):
     """tests/port_models.py's GPT: the head tied to ``wte`` becomes ``TiedHead`` (``wte.attend``,
