@@ -116,3 +116,106 @@ def test_fix_writes_the_file_and_diff_changes_nothing(tmp_path, capsys):
     assert main(["lint", "--fix", str(path)]) == 0  # nothing left after the fix
     assert "would fix" not in capsys.readouterr().err
     assert path.read_text() != before and lint_paths([path]) == []
+
+
+_ROUTINE = """import torch
+import torch.nn.functional as F
+
+was_training = None  # a module name already taken: the fix picks another
+
+
+def evaluate(model, loader):
+    if not loader:
+        return 0.0
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for x, y in loader:
+            total += F.cross_entropy(model(x), y).item()
+    if total < 0:
+        return None
+    return total / len(loader)
+
+
+def fit(model, train_loader, val_loader, epochs):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    print(evaluate(model, val_loader))  # a second caller, before the loop
+    model.train()
+    for epoch in range(epochs):
+        for x, y in train_loader:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        print(epoch, evaluate(model, val_loader))
+"""
+
+
+def _fix_file(tmp_path, source: str) -> tuple[str, list]:
+    path = tmp_path / "train.py"
+    path.write_text(source)
+    findings = lint_paths([path])
+    assert [f.code for f in findings] == ["MODE001"]
+    return fix_source(source, str(path), findings, [str(path)])
+
+
+def test_a_routine_with_several_callers_saves_and_restores_the_flag(tmp_path):
+    new, done = _fix_file(tmp_path, _ROUTINE)
+    assert len(done) == 1
+    added = [line for line in new.splitlines() if line not in _ROUTINE.splitlines()]
+    assert added == [
+        "    was_training_2 = model.training",
+        "        model.train(was_training_2)",
+        "    model.train(was_training_2)",
+    ]
+    lines = new.splitlines()
+    # the early return before the eval is left alone; each later return restores first
+    assert lines[lines.index("        return 0.0") - 1] == "    if not loader:"
+    assert lines[lines.index("        return None") - 1] == "        model.train(was_training_2)"
+    assert lines[lines.index("    return total / len(loader)") - 1] == "    model.train(was_training_2)"
+    assert relint_text(new, str(tmp_path / "train.py"), [str(tmp_path / "train.py")]) == []
+    stripped, forms = _without_inserted(_mark_inserted(new, _ROUTINE), 3)
+    assert stripped == ast.dump(ast.parse(_ROUTINE)) and forms.count("save") == 1
+
+
+def test_one_caller_keeps_the_loop_top_fix(tmp_path):
+    source = _ROUTINE.replace(
+        "    print(evaluate(model, val_loader))  # a second caller, before the loop\n", ""
+    )
+    new, done = _fix_file(tmp_path, source)
+    added = [line for line in new.splitlines() if line not in source.splitlines()]
+    assert len(done) == 1 and added == ["        model.train()"]
+
+
+def test_a_return_that_runs_the_model_gets_no_restore(tmp_path):
+    # a restore before this return would run the model in train mode: not a safe fix
+    source = _ROUTINE.replace(
+        "    return total / len(loader)", "    return total / len(loader) + model(x).sum().item()"
+    )
+    new, done = _fix_file(tmp_path, source)
+    added = [line for line in new.splitlines() if line not in source.splitlines()]
+    assert len(done) == 1 and added == ["        model.train()"]  # the loop-top fix instead
+
+
+def test_a_model_name_rebound_in_the_routine_gets_no_save(tmp_path):
+    source = _ROUTINE.replace(
+        "    total = 0.0\n",
+        "    total = 0.0\n    model = model.module if hasattr(model, 'module') else model\n",
+    )
+    new, done = _fix_file(tmp_path, source)
+    added = [line for line in new.splitlines() if line not in source.splitlines()]
+    assert len(done) == 1 and added == ["        model.train()"]  # the loop-top fix instead
+
+
+def test_the_eval_in_the_loops_middle_is_restored_in_its_routine(tmp_path):
+    # the eval runs before the training step of the same iteration: a loop-top train() cannot fix
+    # it; the routine's own restore does, and comes before a train() in the loop's middle
+    source = _ROUTINE.replace(
+        "    print(evaluate(model, val_loader))  # a second caller, before the loop\n", ""
+    ).replace(
+        "        for x, y in train_loader:\n            opt.zero_grad()",
+        "        for x, y in train_loader:\n            print(evaluate(model, val_loader))\n            opt.zero_grad()",
+    )
+    new, done = _fix_file(tmp_path, source)
+    added = [line for line in new.splitlines() if line not in source.splitlines()]
+    assert len(done) == 1 and added[0] == "    was_training_2 = model.training"
+    assert "            model.train()" not in added
