@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 def _apply_fixes(options: LintOptions, findings: list[Finding], write: bool) -> int:
     """Fix (or, without ``write``, print the diff of) every file with a safe fix; the count fixed."""
     fixed = files = 0
-    for path in sorted({finding.path for finding in findings if finding.hint is not None}):
+    for path in sorted({finding.path for finding in findings if finding.code == "MODE001"}):
         try:
             source = read_source(path)
         except UnreadableSource:

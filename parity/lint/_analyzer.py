@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Callable
 
 from parity.lint._expressions import ExpressionMixin
@@ -66,9 +67,14 @@ class ModuleAnalyzer(StatementMixin, ExpressionMixin, InliningMixin, RuleMixin, 
         self.incomplete: dict[str, int] = {}  # reason -> how often the analysis was cut short
         self.module_frames: dict[str, Frame] = {}
         self.unresolved_imports: set[str] = set()  # other modules whose imports are not bound yet
-        self.has_training = any(
+
+    @functools.cached_property
+    def has_training(self) -> bool:
+        """The module has a training step anywhere (MODE002 needs none); one walk of the whole
+        tree, so it is computed only when a MODE002 candidate asks for it."""
+        return any(
             isinstance(node, ast.Call) and (is_step_call(node) or is_autograd_call(node))
-            for node in ast.walk(tree)
+            for node in ast.walk(self.tree)
         )
 
     def register_definitions(self, tree: ast.Module, frame: Frame, module: str = "") -> None:

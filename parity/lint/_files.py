@@ -166,7 +166,10 @@ def _lint_in_project(
     name = STDIN_NAME if name == STDIN else name
     source = source.removeprefix("\ufeff")
     sources[name] = source
-    tree = parse_source(source, name)
+    if name == STDIN_NAME:
+        tree = parse_source(source, name)
+    else:
+        tree = project.checked_tree(name, lambda: parse_source(source, name))
     if isinstance(tree, Finding):
         return [tree]
     findings = [

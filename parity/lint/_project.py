@@ -55,6 +55,7 @@ class ProjectIndex:
         self._load = load
         self._trees: dict[str, ast.Module | None] = {}
         self._resolved: dict[tuple[str, str | None], str | None] = {}
+        self._folders: dict[str, str] = {}  # importer -> its folder (resolve() is called very often)
         #: facts derived from the syntax trees (shared, never modified), kept for every file's
         #: analysis: a body's direct definitions, a function's scope names, a call's receivers
         #: of ``.parameters()`` in its arguments
@@ -87,7 +88,12 @@ class ProjectIndex:
     def resolve(self, name: str, importer: str | None = None) -> str | None:
         """The file of module ``name``: next to the importing script (Python puts a script's folder
         first on ``sys.path``), an exact match, else the unique module ending in ``.name``."""
-        key = (name, os.path.dirname(importer) if importer is not None else None)
+        folder = None
+        if importer is not None:
+            folder = self._folders.get(importer)
+            if folder is None:
+                folder = self._folders[importer] = os.path.dirname(importer)
+        key = (name, folder)
         if key not in self._resolved:
             self._resolved[key] = self._resolve(name, importer)
         if key in self.ambiguous:
@@ -146,6 +152,19 @@ class ProjectIndex:
         if path not in self._trees:
             self._trees[path] = self._load(path)
         return self._trees[path]
+
+    def checked_tree(self, path: str, parse: Callable[[], ast.Module | object]) -> ast.Module | object:
+        """The tree of a file being checked: the one already parsed when another file imported it
+        (read from the same file in this run, so the same text), else ``parse()``'s, kept for the
+        files that import it later.  One tree per file, so the syntax facts cached per node are
+        computed once per run, not once for the checked file and once for its importers."""
+        tree = self._trees.get(path)
+        if tree is not None:
+            return tree
+        parsed = parse()
+        if isinstance(parsed, ast.Module):
+            self._trees[path] = parsed
+        return parsed
 
 
 class ProjectMixin:

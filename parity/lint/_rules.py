@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import collections
 from collections.abc import Iterator
 
 from parity.lint._findings import Finding, FixHint
@@ -94,9 +95,9 @@ class RuleMixin:
         if (
             direct
             and in_this_file
-            and not self.has_training
             and oid in state.loaded
             and state.mode(oid) == _DEFAULT_ONLY
+            and not self.has_training  # last: one walk of the whole tree
         ):
             line, how = state.loaded[oid]
             name = source_text(callee)
@@ -204,7 +205,7 @@ def _functional_aliases(tree: ast.Module) -> tuple[set[str], dict[str, str]]:
     """(names bound to ``torch.nn.functional``, local name -> function of it imported by name)."""
     modules = {"torch.nn.functional", "nn.functional"}
     functions: dict[str, str] = {}
-    for node in ast.walk(tree):
+    for node in _statements(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name == "torch.nn.functional" and alias.asname:
@@ -234,8 +235,23 @@ def _training_argument(call: ast.Call, index: int) -> ast.expr | None:
     return keyword_value(call, "training")
 
 
+def _statements(tree: ast.Module) -> Iterator[ast.stmt]:
+    """Every statement of the module, in :func:`ast.walk`'s breadth-first order, without visiting
+    expressions (imports and class definitions are statements; a full walk was most of MODE003's time)."""
+    todo = collections.deque(tree.body)
+    while todo:
+        node = todo.popleft()
+        yield node
+        for name in ("body", "orelse", "finalbody"):
+            todo.extend(getattr(node, name, ()))
+        for handler in getattr(node, "handlers", ()):
+            todo.extend(handler.body)
+        for case in getattr(node, "cases", ()):
+            todo.extend(case.body)
+
+
 def _forward_methods(tree: ast.Module) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
-    for node in ast.walk(tree):
+    for node in _statements(tree):
         if isinstance(node, ast.ClassDef) and node.bases:
             for stmt in node.body:
                 if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and stmt.name == "forward":

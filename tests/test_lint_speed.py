@@ -1,0 +1,85 @@
+"""The speed layer of ``parity lint`` changes no finding: one syntax tree per file and run, the
+MODE003 scan over statements only, the training-step walk only where MODE002 needs it."""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+
+from parity.lint import lint_paths
+from parity.lint._analyzer import ModuleAnalyzer
+from parity.lint._rules import functional_mode_findings
+
+
+def test_a_checked_file_that_another_file_imports_is_parsed_once(tmp_path, monkeypatch):
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "helpers.py").write_text("def evaluate(model):\n    model.eval()\n")
+    (tmp_path / "train.py").write_text(
+        textwrap.dedent(
+            """\
+            import torch
+            from helpers import evaluate
+
+            model = torch.nn.Linear(2, 2)
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            model.train()
+            for epoch in range(3):
+                opt.zero_grad()
+                model(torch.ones(2)).sum().backward()
+                opt.step()
+                evaluate(model)
+            """
+        )
+    )
+    parsed: list[str] = []
+    real_parse = ast.parse
+
+    def counting_parse(source, filename="<unknown>", *args, **kwargs):
+        parsed.append(str(filename))
+        return real_parse(source, filename, *args, **kwargs)
+
+    monkeypatch.setattr(ast, "parse", counting_parse)
+    # train.py is checked first and imports helpers.py, which is checked next: one parse each
+    findings = lint_paths([tmp_path / "train.py", tmp_path / "helpers.py"])
+    assert [f.code for f in findings] == ["MODE001"]
+    assert sorted(name.rsplit("/", 1)[-1] for name in parsed) == ["helpers.py", "train.py"]
+
+
+def test_mode003_finds_imports_and_classes_nested_in_any_block():
+    source = textwrap.dedent(
+        """\
+        import torch.nn as nn
+        try:
+            import torch.nn.functional as G
+        except ImportError:
+            from torch.nn.functional import dropout as drop
+        if True:
+            class Head(nn.Module):
+                def forward(self, x):
+                    return G.dropout(x, 0.5)
+        with open("f") as handle:
+            for _ in range(1):
+                class Tail(nn.Module):
+                    def forward(self, x):
+                        return drop(x, 0.5)
+        match 1:
+            case 1:
+                class Mid(nn.Module):
+                    def forward(self, x):
+                        return G.dropout(x, 0.5, training=self.training)
+        """
+    )
+    findings = functional_mode_findings(ast.parse(source), "m.py")
+    assert [(f.line, f.code) for f in findings] == [(9, "MODE003"), (14, "MODE003")]
+
+
+def test_the_training_step_walk_runs_only_for_a_mode002_candidate():
+    quiet = ast.parse("import torch\nmodel = torch.nn.Linear(2, 2)\nmodel(torch.ones(2))\n")
+    analyzer = ModuleAnalyzer(quiet, "quiet.py")
+    assert analyzer.analyse() == [] and "has_training" not in vars(analyzer)
+    loaded = ast.parse(
+        "import torch\nmodel = torch.nn.Linear(2, 2)\n"
+        "model.load_state_dict(torch.load('w.pt'))\nmodel(torch.ones(2))\n"
+    )
+    analyzer = ModuleAnalyzer(loaded, "loaded.py")
+    assert [f.code for f in analyzer.analyse()] == ["MODE002"] and vars(analyzer)["has_training"] is False
