@@ -462,7 +462,9 @@ def flax_gradients(
             out, _, _ = side.apply(p, bstats, rest, xf, train=train, hook=hook, rng=rng)
             return lf(out, yj)
 
-        return side.pure(jax.jit(jax.grad(f))(params))
+        grads = jax.jit(jax.grad(f))(params)
+        del params  # a float64 copy of the weights: freed before the gradients are converted
+        return side.pure(grads)
 
 
 def float_cast(dtype) -> Callable:
