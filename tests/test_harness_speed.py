@@ -236,3 +236,21 @@ def test_free_caches_clears_jax_caches_and_changes_no_gradient_row():
     freed = localize_gradients(pair, x, y, GradientOptions(tol=0.0, free_caches=True))
     assert probe._cache_size() == 0
     assert [r.as_dict() for r in freed.rows] == [r.as_dict() for r in keep.rows]
+
+
+def test_torch_side_gradients_are_views_of_its_private_copy():
+    """``TorchSide.gradients`` works on a private copy, so its gradients are views of the
+    copy's ``.grad`` (no second float64 copy of every gradient at the memory peak), equal to
+    the copies :func:`torch_gradients` returns for a model someone else holds."""
+    from parity.harness.sides import TorchSide, torch_gradients
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(SHAPE).astype(np.float32)
+    y = rng.integers(0, 5, SHAPE[0])
+    grads, _, _, _, tm = TorchSide(torch_net()).gradients(x, y, "cross_entropy", True, None, 0)
+    held = torch_net().train()
+    copies = torch_gradients(held, x, y, "cross_entropy", None, 0)[0]
+    for name, p in tm.named_parameters():
+        assert np.shares_memory(grads[name], p.grad.numpy())
+        assert not np.shares_memory(copies[name], held.get_parameter(name).grad.numpy())
+        np.testing.assert_array_equal(grads[name], copies[name])
