@@ -385,7 +385,7 @@ def localize_gradients(
     torch_side = pair.torch_side()
     tgrads, no_grad, order, record, tm = torch_side.gradients(x, y, o.loss, train, masks, o.step)
     names = backward_order(tm, order)
-    del tm  # the private copy and its gradients (tgrads holds copies)
+    del tm  # the private copy's weights (tgrads are views of its gradients, kept)
 
     side = pair.flax_side()
     to_flax = pair.to_flax()
@@ -400,6 +400,7 @@ def localize_gradients(
         compare_tensor(n, "grad", fnames.get(n, n), fgrads.get(n), tgrads[n], o.tol, note=note.get(n, ""))
         for n in names
     ]
+    del fgrads  # torch-layout copies of the Flax gradients: the rows hold what they need
     # a parameter with no torch gradient is a structural difference, not rounding: not re-judged
     if o.float64_check and any(not r.passed and r.name not in no_grad for r in rows):
         narrow = not computes_in_float64(side, pair.flax_input(x))
