@@ -149,3 +149,108 @@ def test_linen_leaf_torch_does_not_fill_uses_the_real_init(fails):
 
     out = lazy_init.linen_converted(convert_into, lambda shapes_only: shapes if shapes_only else real)
     np.testing.assert_array_equal(out["w"], real["w"])
+
+
+# ------------------------------------------------------------------ passes not repeated (item 12)
+
+
+def _config(**changes):
+    from parity.harness.suite import CheckConfig
+
+    return CheckConfig(**{"device": "cpu", "localize": True, **changes})
+
+
+def _torch_passes(monkeypatch) -> list[tuple[bool, bool, tuple]]:
+    """Spy on every output pass of the torch side: ``(train, float64, input shape)``."""
+    from parity.harness import outputs as outputs_mod
+
+    calls = []
+    real = outputs_mod.torch_tree
+
+    def spy(model, x, train, masks, given, float64, *a, **k):
+        calls.append((train, float64, tuple(np.shape(x))))
+        return real(model, x, train, masks, given, float64, *a, **k)
+
+    monkeypatch.setattr(outputs_mod, "torch_tree", spy)
+    return calls
+
+
+def _foundation(flax_factory: str):
+    spec = SpecModels(f"{HERE}:torch_net", f"{HERE}:{flax_factory}", SpecInput(SHAPE))
+    config = _config()
+    spec.validate(config)
+    tols = {"forward": 1e-5, "gradient": 1e-5, "bn_state": 1e-5, "layers": 1e-5}
+    return spec.foundation(config, "cpu", "strict", tols)
+
+
+def test_the_float32_eval_pass_runs_once_for_validation_shapes_and_forward_rows(monkeypatch):
+    """Validation, the labels' output shape and the ``forward_eval`` row ask for the same eval
+    pass on the same batch: it runs once (it ran three times)."""
+    calls = _torch_passes(monkeypatch)
+    _foundation("linen_net")
+    assert calls.count((False, False, SHAPE)) == 1
+
+
+def test_the_float64_probe_runs_on_the_whole_batch(monkeypatch):
+    """The "can both sides compute in float64" probe uses the checked batch, whose shapes the
+    later float64 passes share (jax compiles each eager operation once per shape); a 2-sample
+    probe compiled every operation a second time. No pass runs on another batch size."""
+    calls = _torch_passes(monkeypatch)
+    _foundation("nnx_net")
+    assert (False, True, SHAPE) in calls
+    assert {shape for _, _, shape in calls} == {SHAPE}
+
+
+def test_the_eval_layer_report_made_before_the_gradients_is_the_one_localize_makes():
+    """With ``eval_layers`` the foundation makes the eval-mode layer report before the
+    gradients (which free jax's compiled eager operations); it is the report ``--localize``
+    made after them."""
+    from parity.harness.localize import LocalizeOptions, localize
+    from parity.harness.specs import batches, foundation_rows
+
+    spec = SpecModels(f"{HERE}:torch_net", f"{HERE}:linen_net", SpecInput(SHAPE))
+    pair = spec.pair("cpu")
+    x, y, _ = batches(pair, spec.input, 0, 0)
+    tols = {"forward": 1e-5, "gradient": 1e-5, "bn_state": 1e-5, "layers": 1e-5}
+    _, reports = foundation_rows(pair, x, y, tols, 0, set(), eval_layers=True)
+    alone = localize(pair, x, LocalizeOptions("eval", 1e-5, seed=0))
+    assert [r.as_dict() for r in reports["layers_eval"].rows] == [r.as_dict() for r in alone.rows]
+    assert reports["layers_eval"].meta == alone.meta
+
+
+def test_free_caches_clears_jax_caches_and_changes_no_gradient_row():
+    """``GradientOptions(free_caches=True)`` drops jax's compiled programs before the float64
+    gradients (the memory peak) and gives the same rows. ``tol=0`` makes every row with any
+    float32 difference go to the float64 judge, so that branch runs."""
+    from parity.harness.localize import GradientOptions, localize_gradients
+
+    pair = _pair("linen_net")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(SHAPE).astype(np.float32)
+    y = rng.integers(0, 5, SHAPE[0])
+    keep = localize_gradients(pair, x, y, GradientOptions(tol=0.0))
+    assert any(r.port_float64_rel_l2 is not None for r in keep.rows)  # the float64 branch ran
+    probe = jax.jit(lambda a: a + 1)
+    probe(1.0)
+    assert probe._cache_size() == 1
+    freed = localize_gradients(pair, x, y, GradientOptions(tol=0.0, free_caches=True))
+    assert probe._cache_size() == 0
+    assert [r.as_dict() for r in freed.rows] == [r.as_dict() for r in keep.rows]
+
+
+def test_torch_side_gradients_are_views_of_its_private_copy():
+    """``TorchSide.gradients`` works on a private copy, so its gradients are views of the
+    copy's ``.grad`` (no second float64 copy of every gradient at the memory peak), equal to
+    the copies :func:`torch_gradients` returns for a model someone else holds."""
+    from parity.harness.sides import TorchSide, torch_gradients
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(SHAPE).astype(np.float32)
+    y = rng.integers(0, 5, SHAPE[0])
+    grads, _, _, _, tm = TorchSide(torch_net()).gradients(x, y, "cross_entropy", True, None, 0)
+    held = torch_net().train()
+    copies = torch_gradients(held, x, y, "cross_entropy", None, 0)[0]
+    for name, p in tm.named_parameters():
+        assert np.shares_memory(grads[name], p.grad.numpy())
+        assert not np.shares_memory(copies[name], held.get_parameter(name).grad.numpy())
+        np.testing.assert_array_equal(grads[name], copies[name])

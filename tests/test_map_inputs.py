@@ -1,7 +1,7 @@
 """``parity map`` and ``parity convert`` on models with several inputs (issue 20 item 11): the
 repeatable ``--input [NAME=]SHAPE[:DTYPE[:HIGH]]`` of ``parity check``, one parsing and
 building path for all three (``parity.commands.map.model_inputs``,
-``parity.harness.specs.extra_inputs``), and the Flax factory file's ``flax_call_kwargs``.
+``parity.harness.outputs.extra_inputs``), and the Flax factory file's ``flax_call_kwargs``.
 Models: tests/check_input_models.py (``model(x, time)``), tests/check_input_kwonly.py."""
 
 import numpy as np

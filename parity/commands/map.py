@@ -134,7 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_models(args: argparse.Namespace, shapes_only: bool = False):
     """``(torch model, Flax target, options for the converter)`` from the parsed options."""
     from parity.convert.files import load_models as load
-    from parity.harness.specs import extra_inputs
+    from parity.harness.outputs import extra_inputs
 
     first, extra = model_inputs(args, draws=False)
     more = extra_inputs(args.flax, first, extra) if first is not None else None

@@ -120,7 +120,10 @@ class GradientOptions:
     """How :func:`localize_gradients` compares: ``mode``, ``tol``, ``dropout_masks``, ``seed``,
     ``step`` as in :class:`LocalizeOptions` (``mode`` defaults to ``'train'``); ``loss``:
     ``'cross_entropy'`` (integer labels) or ``'mse'``; ``float64_check``: re-judge in float64
-    a parameter whose float32 gradients differ by more than ``tol`` (:func:`rejudge_in_float64`).
+    a parameter whose float32 gradients differ by more than ``tol`` (:func:`rejudge_in_float64`);
+    ``free_caches``: drop jax's compiled programs (``jax.clear_caches``) before the float64
+    gradients, the peak of memory (``parity check`` sets it: the eager operations compiled for
+    the passes before are not needed again). It changes no value.
     """
 
     mode: Mode = "train"
@@ -130,6 +133,7 @@ class GradientOptions:
     seed: int = 0
     step: int = 0
     float64_check: bool = True
+    free_caches: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("eval", "train"):
@@ -380,6 +384,8 @@ def localize_gradients(
     masks = SharedDropout(o.seed) if (train and o.dropout_masks == "shared") else None
     torch_side = pair.torch_side()
     tgrads, no_grad, order, record, tm = torch_side.gradients(x, y, o.loss, train, masks, o.step)
+    names = backward_order(tm, order)
+    del tm  # the private copy's weights (tgrads are views of its gradients, kept)
 
     side = pair.flax_side()
     to_flax = pair.to_flax()
@@ -392,14 +398,18 @@ def localize_gradients(
     fnames, note = _flax_param_names(pair, ftree), {n: "no torch grad" for n in no_grad}
     rows = [
         compare_tensor(n, "grad", fnames.get(n, n), fgrads.get(n), tgrads[n], o.tol, note=note.get(n, ""))
-        for n in backward_order(tm, order)
+        for n in names
     ]
+    del fgrads  # torch-layout copies of the Flax gradients: the rows hold what they need
     # a parameter with no torch gradient is a structural difference, not rounding: not re-judged
     if o.float64_check and any(not r.passed and r.name not in no_grad for r in rows):
-        tg64 = torch_side.gradients(x, y, o.loss, train, masks, o.step, given=record, float64=True)[0]
-        fg64 = pair.to_torch(side.gradients(*flax_args, float64=True, input_layout=pair.input_layout))
-        scale = max(float(np.linalg.norm(g)) for g in tg64.values())
         narrow = not computes_in_float64(side, pair.flax_input(x))
+        if o.free_caches:
+            jax.clear_caches()
+        # Flax first: its compile is the peak of memory, so it runs before the torch float64 copy
+        fg64 = pair.to_torch(side.gradients(*flax_args, float64=True, input_layout=pair.input_layout))
+        tg64 = torch_side.gradients(x, y, o.loss, train, masks, o.step, given=record, float64=True)[0]
+        scale = max(float(np.linalg.norm(g)) for g in tg64.values())
         rows = [
             r
             if r.passed or r.name in no_grad

@@ -274,3 +274,33 @@ def nnx_as(model: Any, cls: type) -> Any:
     new = nnx.clone(model)
     object.__setattr__(new, "__class__", cls)
     return new
+
+
+def extra_inputs(flax_spec: str, first: Any, extra: tuple[tuple[str, Any], ...]) -> ExtraInputs | None:
+    """The inputs after ``first`` (``--input``), drawn once from seed 1, and the Flax factory
+    file's ``flax_call_kwargs``; ``None`` when there are neither. ``first`` and ``extra`` are
+    :class:`parity.harness.specs.SpecInput` (torch layout). The one path ``parity map``,
+    ``convert`` and ``check`` build them by."""
+    from parity.harness.results import CheckError
+    from parity.layout import activation_to_flax
+    from parity.spec import flax_call_kwargs
+
+    hook = flax_call_kwargs(flax_spec)
+    if not extra and not hook:
+        return None
+    rng = np.random.default_rng(1)
+    targs, tkw, fargs, fkw = [], {}, [], {}
+    for name, e in extra:
+        if e.shape[0] != first.shape[0]:
+            raise CheckError(
+                f"--input {name or ''}{'=' if name else ''}{','.join(map(str, e.shape))}: batch "
+                f"{e.shape[0]}, but the main input has {first.shape[0]}"
+            )
+        a = e.sample(rng)
+        f = activation_to_flax(a, layout=e.layout)
+        if name:
+            tkw[name], fkw[name] = a, f
+        else:
+            targs.append(a)
+            fargs.append(f)
+    return ExtraInputs(tuple(targs), tkw, tuple(fargs), {**fkw, **hook})

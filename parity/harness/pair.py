@@ -54,6 +54,9 @@ class ModelPair:
     convert_options: dict = field(default_factory=dict)
     full_flax: Any = None
     float32_only: bool = False
+    #: results kept for the pair's lifetime (e.g. the eval output shapes per input); a copy
+    #: made by :meth:`replace` starts empty
+    memo: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.name = self.name or type(self.torch).__name__

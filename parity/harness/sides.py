@@ -407,11 +407,14 @@ def torch_gradients(
     masks: SharedDropout | None,
     step: int,
     given: Mapping | None = None,
+    private: bool = False,
 ) -> tuple[dict[str, np.ndarray], set[str], list[str], dict]:
     """``(grads, names without a grad, leaf call order, dropout uniforms)`` of ``loss(tm(x), y)``.
 
     ``tm`` runs in its current mode and dtype (``x`` is cast to it); a parameter without a
     gradient counts as zero. ``given`` replays the dropout uniforms of an earlier run.
+    ``private``: ``tm`` is a copy no one else uses, so the gradients are numpy views of its
+    ``.grad`` tensors instead of copies (a float64 ResNet-18 holds 94 MB less).
     """
     dev = torch_device(tm)
     dtype = next(tm.parameters()).dtype
@@ -426,8 +429,9 @@ def torch_gradients(
         xt = torch.from_numpy(x).to(dev)
         out = tm(xt.to(dtype) if xt.is_floating_point() else xt)
         torch_loss(loss)(out, torch.from_numpy(y).to(dev)).backward()
+    grad = (lambda t: t.detach().cpu().numpy()) if private else to_numpy
     grads = {
-        n: (to_numpy(p.grad) if p.grad is not None else np.zeros(tuple(p.shape), to_numpy(p).dtype))
+        n: (grad(p.grad) if p.grad is not None else np.zeros(tuple(p.shape), to_numpy(p).dtype))
         for n, p in tm.named_parameters()
     }
     return grads, {n for n, p in tm.named_parameters() if p.grad is None}, order, record
@@ -462,7 +466,9 @@ def flax_gradients(
             out, _, _ = side.apply(p, bstats, rest, xf, train=train, hook=hook, rng=rng)
             return lf(out, yj)
 
-        return side.pure(jax.jit(jax.grad(f))(params))
+        grads = jax.jit(jax.grad(f))(params)
+        del params  # a float64 copy of the weights: freed before the gradients are converted
+        return side.pure(grads)
 
 
 def float_cast(dtype) -> Callable:
@@ -554,9 +560,10 @@ class TorchSide:
         given: Mapping | None = None,
         float64: bool = False,
     ) -> tuple[dict[str, np.ndarray], set[str], list[str], dict, tnn.Module]:
-        """:func:`torch_gradients` on a private copy, and that copy."""
+        """:func:`torch_gradients` on a private copy, and that copy (the gradients are views of
+        its ``.grad`` tensors)."""
         tm = self.copy(train, float64)
-        return (*torch_gradients(tm, x, y, loss, masks, step, given=given), tm)
+        return (*torch_gradients(tm, x, y, loss, masks, step, given=given, private=True), tm)
 
     def bn_stats(self) -> dict[str, dict[str, np.ndarray]]:
         """``{bn_name: {'mean', 'var'}}`` of the running statistics."""

@@ -9,6 +9,7 @@ gradient, round trip) for :func:`parity.harness.suite.run_policy`.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,38 +178,8 @@ def _output_path(tree: Any, wanted: str | None, side: str) -> str | None:
         raise SpecError(f"--output: the {side} model has {e.args[0]}") from None
 
 
-def extra_inputs(
-    flax_spec: str, first: SpecInput, extra: tuple[tuple[str, SpecInput], ...]
-) -> outputs_mod.ExtraInputs | None:
-    """The inputs after ``first`` (``--input``), drawn once from seed 1, and the Flax factory
-    file's ``flax_call_kwargs``; ``None`` when there are neither. The one path ``parity map``,
-    ``convert`` and ``check`` build them by."""
-    from parity.layout import activation_to_flax
-    from parity.spec import flax_call_kwargs
-
-    hook = flax_call_kwargs(flax_spec)
-    if not extra and not hook:
-        return None
-    rng = np.random.default_rng(1)
-    targs, tkw, fargs, fkw = [], {}, [], {}
-    for name, e in extra:
-        if e.shape[0] != first.shape[0]:
-            raise CheckError(
-                f"--input {name or ''}{'=' if name else ''}{','.join(map(str, e.shape))}: batch "
-                f"{e.shape[0]}, but the main input has {first.shape[0]}"
-            )
-        a = e.sample(rng)
-        f = activation_to_flax(a, layout=e.layout)
-        if name:
-            tkw[name], fkw[name] = a, f
-        else:
-            targs.append(a)
-            fargs.append(f)
-    return outputs_mod.ExtraInputs(tuple(targs), tkw, tuple(fargs), {**fkw, **hook})
-
-
 def _extra_inputs(spec: SpecModels) -> outputs_mod.ExtraInputs | None:
-    return extra_inputs(spec.flax, spec.input, spec.extra_inputs)
+    return outputs_mod.extra_inputs(spec.flax, spec.input, spec.extra_inputs)
 
 
 def _converted_flax(spec, flax_model, kind, abstract, extra, state, torch_model, options) -> tuple:
@@ -305,7 +276,19 @@ def outputs(
     nothing changes. ``float64``: both sides in double precision. ``active``: the Flax dropout
     layers that dropped in eval mode (a port that hard-codes ``deterministic=False``); ``low``
     gets ``'name (dtype)'`` of each Flax layer whose float input or output is not float64
-    under ``float64``."""
+    under ``float64``. The float32 eval pass is kept on ``pair`` per ``(x, seed)``: validation,
+    the output shapes and the forward rows all ask for it (the passes work on copies, so it
+    cannot change)."""
+    if train or float64 or given is not None or low is not None:
+        return _outputs(pair, x, train, seed, float64, given, low)
+    digest = hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest()
+    key = ("outputs_eval", digest, x.shape, x.dtype.str, seed)
+    if key not in pair.memo:
+        pair.memo[key] = _outputs(pair, x, False, seed, False, None, None)
+    return pair.memo[key]
+
+
+def _outputs(pair: ModelPair, x: np.ndarray, train: bool, seed: int, float64: bool, given, low):
     from parity.harness.sides import FlaxSide
 
     masks = SharedDropout(seed) if train else None
@@ -488,26 +471,31 @@ def _after_layer(pair: ModelPair, x, seed: int) -> str:
 
 
 def foundation_rows(
-    pair: ModelPair, x, y, tols: dict, seed: int, notes: set[str] | None = None
+    pair: ModelPair, x, y, tols: dict, seed: int, notes: set[str] | None = None, eval_layers: bool = False
 ) -> tuple[list[Check], dict]:
     """Eval and train forward, BN running statistics after one train pass (when the model has
     BatchNorm), worst judged gradient, round trip; and the train-mode layer and gradient reports
-    they came from (for ``--localize``). Outputs of different shapes stop after the forward
-    rows (``{}`` reports)."""
+    they came from (for ``--localize``; ``eval_layers`` adds the eval-mode layer report, made
+    before the gradients, which free jax's compiled eager operations). Outputs of different
+    shapes stop after the forward rows (``{}`` reports)."""
     notes = set() if notes is None else notes
 
     def row(name: str, value: float, tol: float) -> Check:
         return Check.judged(pair.name, pair.kind, name, value, tol)
 
-    _float64_trees(pair, x[:2], False, seed, None, ({}, {}), notes)  # can both sides compute in it?
+    # can both sides compute in float64? On the whole batch: the float64 passes below run on
+    # it, and jax compiles each eager operation once per shape (a 2-sample probe compiled
+    # every operation of the model a second time)
+    _float64_trees(pair, x, False, seed, None, ({}, {}), notes)
     rows, same_shape = _forward_rows(pair, x, tols["forward"], seed, notes)
     if not same_shape:
         return rows, {}
-    gradient_options = GradientOptions(tol=tols["gradient"], seed=seed, float64_check=not notes)
-    reports = {
-        "layers_train": localize(pair, x, LocalizeOptions(mode="train", tol=tols["layers"], seed=seed)),
-        "gradients_train": localize_gradients(pair, x, y, gradient_options),
-    }
+    gradient_options = GradientOptions(
+        tol=tols["gradient"], seed=seed, float64_check=not notes, free_caches=True
+    )
+    modes = ("eval", "train") if eval_layers else ("train",)
+    reports = {f"layers_{m}": localize(pair, x, LocalizeOptions(m, tols["layers"], seed=seed)) for m in modes}
+    reports["gradients_train"] = localize_gradients(pair, x, y, gradient_options)
     for kind, name in (
         ("running_mean", "bn_running_mean_rel_l2"),
         ("running_var", "bn_running_var_corrected_rel_l2"),
@@ -578,7 +566,7 @@ class SpecModels:
         (its train-mode layer and gradient reports already computed)."""
         pair = self.pair(device)
         x, y, train = batches(pair, self.input, config.seed, config.trajectory)
-        rows, reports = foundation_rows(pair, x, y, tols, config.seed, self._notes)
+        rows, reports = foundation_rows(pair, x, y, tols, config.seed, self._notes, config.localize)
         if not reports:  # outputs of different shapes: no labels fit both sides
             return rows, []
         pair.float32_only = bool(self._notes)
