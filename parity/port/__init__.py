@@ -48,7 +48,7 @@ def build_port(module: Any, example_input: Any, style: str = "nnx") -> Port:
     Bad arguments raise :class:`parity.errors.ParityError`; untranslatable code never
     raises: it becomes a stub (:attr:`Port.stubs`).
     """
-    from parity.port._build import build
+    from parity.port._main import build
 
     return build(module, example_input, style)
 

@@ -15,7 +15,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from parity.errors import ParityError
-from parity.port import Port, Stub
+from parity.port import Stub
 from parity.port._graph import Body, user_line
 from parity.port._layers import LEAVES, SEQUENTIAL_FUNCTIONS, STATELESS, lookup
 from parity.port._ops import FUNCS, METHODS
@@ -443,28 +443,3 @@ def _flatten_linears(model: nn.Module, inputs: tuple) -> set[str]:
         return set(detect_flattens(model, input_shape=tuple(inputs[0].shape)).shapes)
     except Exception:  # no flatten found this way: flattens go through torch's order
         return set()
-
-
-def build(module: Any, example_input: Any, style: str) -> Port:
-    """:func:`parity.port.build_port`."""
-    from parity.port._emit import render
-
-    if style not in ("nnx", "linen"):
-        raise PortError(f"style must be 'nnx' or 'linen', got {style!r}")
-    if not isinstance(module, nn.Module):
-        raise PortError(f"expected a torch.nn.Module, got {type(module).__name__}")
-    inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
-    if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
-        raise PortError("example_input must be a torch tensor or a tuple of tensors (torch layout)")
-    b = Builder(module, tuple(inputs), style)
-    root = b.instance(
-        module, "", [b.channels_last and x.dim() >= 3 and x.is_floating_point() for x in inputs]
-    )
-    source = render(b, root)
-    layout = (
-        "layout: channels-last (NHWC input), the layout of Flax's Conv and pooling"
-        if b.channels_last
-        else "layout: torch's axis order (no convolution or pooling takes the input)"
-    )
-    notes = (layout, *dict.fromkeys(b.notes))
-    return Port(source, style, "make", b.channels_last, tuple(b.stubs), notes)

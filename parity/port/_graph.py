@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from parity.port import _ops
+import parity.port._ops as _ops
 from parity.port._values import Value, cl_order, index_literal, is_tensor, jax_axis, literal
 
 RESERVED = {"self", "jax", "jnp", "nn", "nnx", "partial", "train", "attention", "not_translated", "rngs"}
