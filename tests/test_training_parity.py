@@ -112,28 +112,6 @@ def sgd():
     return linen_train.make_optimizer(LR)  # one transformation: jit compiles once per module
 
 
-@pytest.fixture(scope="module")
-def runs():
-    """Each distinct training run of this module, computed once.
-
-    ``runs(fn, loop, seed, digits, *args, **kw)`` returns ``fn(loop, seed, digits, *args, **kw)``,
-    cached on ``fn``, the loop, the seed and the options (``args`` are this module's one Linen
-    module and optimizer, the same in every call). Every run is a deterministic function of
-    them (fixed seeds, CPU, one intra-op thread, dropout off) and the tests only read the arrays
-    (returned read-only), so sharing changes no number. Per seed it cuts 11 torch runs to 5,
-    3 Linen runs to 2 and 3 NNX runs to 2 (the compilations were shared already)."""
-    cache: dict = {}
-
-    def run(fn, loop, seed: int, digits, *args, **kw) -> np.ndarray:
-        key = (fn, loop, seed, tuple(sorted(kw.items())))
-        if key not in cache:
-            cache[key] = fn(loop, seed, digits, *args, **kw)
-            cache[key].setflags(write=False)
-        return cache[key]
-
-    return run
-
-
 def _running_var_as_flax(model: torch.nn.Module, sizes: dict[str, int]) -> None:
     """Rewrite torch's unbiased running_var into Flax's biased convention (see module doc)."""
     with torch.no_grad():
@@ -208,60 +186,58 @@ def _max_rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_the_seeds_are_well_conditioned(seed, digits, runs):
+def test_the_seeds_are_well_conditioned(seed, digits):
     """Every initial weight one float32 ulp up moves neither torch loop's losses by RTOL / 10:
     the trajectories pass no ReLU / max-pool decision within rounding distance (module doc)."""
     for loop in (torch_train.fit, torch_train.fit_seed_bug):
-        moved = _max_rel(
-            runs(_torch_losses, loop, seed, digits), runs(_torch_losses, loop, seed, digits, perturb=True)
-        )
+        moved = _max_rel(_torch_losses(loop, seed, digits), _torch_losses(loop, seed, digits, perturb=True))
         assert 0 < moved < RTOL / 10, (loop.__name__, moved)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_torch_correct_and_linen_follow_the_same_loss_trajectory(seed, digits, linen_module, sgd, runs):
-    torch_correct = runs(_torch_losses, torch_train.fit, seed, digits)
-    linen = runs(_linen_losses, linen_train.fit, seed, digits, linen_module, sgd)
+def test_torch_correct_and_linen_follow_the_same_loss_trajectory(seed, digits, linen_module, sgd):
+    torch_correct = _torch_losses(torch_train.fit, seed, digits)
+    linen = _linen_losses(linen_train.fit, seed, digits, linen_module, sgd)
     assert _max_rel(torch_correct, linen) < RTOL
     # the comparison can fail: the seed's bug moves the trajectory far beyond the tolerance
-    torch_bug = runs(_torch_losses, torch_train.fit_seed_bug, seed, digits)
+    torch_bug = _torch_losses(torch_train.fit_seed_bug, seed, digits)
     assert _max_rel(torch_correct, torch_bug) > 1000 * RTOL
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_torch_seed_bug_and_linen_bug_emulated_follow_the_same_loss_trajectory(
-    seed, digits, linen_module, sgd, runs
+    seed, digits, linen_module, sgd
 ):
-    torch_bug = runs(_torch_losses, torch_train.fit_seed_bug, seed, digits, match_flax_running_var=True)
-    linen_bug = runs(_linen_losses, linen_train.fit_bug_emulated, seed, digits, linen_module, sgd)
+    torch_bug = _torch_losses(torch_train.fit_seed_bug, seed, digits, match_flax_running_var=True)
+    linen_bug = _linen_losses(linen_train.fit_bug_emulated, seed, digits, linen_module, sgd)
     assert _max_rel(torch_bug, linen_bug) < RTOL
-    linen = runs(_linen_losses, linen_train.fit, seed, digits, linen_module, sgd)
+    linen = _linen_losses(linen_train.fit, seed, digits, linen_module, sgd)
     assert _max_rel(linen, linen_bug) > 1000 * RTOL
     # Epoch 1 is train mode in both, so it matches even without the running-variance
     # correction; the first eval-mode step (epoch 2) shows the unbiased/biased difference.
-    raw = runs(_torch_losses, torch_train.fit_seed_bug, seed, digits)
+    raw = _torch_losses(torch_train.fit_seed_bug, seed, digits)
     steps = N_TRAIN // BATCH
     assert _max_rel(raw[:steps], linen_bug[:steps]) < RTOL
     assert abs(raw[steps] - linen_bug[steps]) / raw[steps] > 10 * RTOL
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_torch_correct_and_nnx_view_follow_the_same_loss_trajectory(seed, digits, runs):
-    torch_correct = runs(_torch_losses, torch_train.fit, seed, digits)
-    nnx_view = runs(_nnx_losses, nnx_train.fit_view, seed, digits)
+def test_torch_correct_and_nnx_view_follow_the_same_loss_trajectory(seed, digits):
+    torch_correct = _torch_losses(torch_train.fit, seed, digits)
+    nnx_view = _nnx_losses(nnx_train.fit_view, seed, digits)
     assert _max_rel(torch_correct, nnx_view) < RTOL
     # the comparison can fail: NNX's own seed-bug loop leaves the trajectory far behind
-    nnx_bug = runs(_nnx_losses, nnx_train.fit_seed_bug, seed, digits)
+    nnx_bug = _nnx_losses(nnx_train.fit_seed_bug, seed, digits)
     assert _max_rel(nnx_view, nnx_bug) > 1000 * RTOL
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_torch_seed_bug_and_nnx_seed_bug_follow_the_same_loss_trajectory(seed, digits, runs):
-    torch_bug = runs(_torch_losses, torch_train.fit_seed_bug, seed, digits, match_flax_running_var=True)
-    nnx_bug = runs(_nnx_losses, nnx_train.fit_seed_bug, seed, digits)
+def test_torch_seed_bug_and_nnx_seed_bug_follow_the_same_loss_trajectory(seed, digits):
+    torch_bug = _torch_losses(torch_train.fit_seed_bug, seed, digits, match_flax_running_var=True)
+    nnx_bug = _nnx_losses(nnx_train.fit_seed_bug, seed, digits)
     assert _max_rel(torch_bug, nnx_bug) < RTOL
     # without the running-variance correction the first eval-mode step (epoch 2) differs
-    raw = runs(_torch_losses, torch_train.fit_seed_bug, seed, digits)
+    raw = _torch_losses(torch_train.fit_seed_bug, seed, digits)
     steps = N_TRAIN // BATCH
     assert _max_rel(raw[:steps], nnx_bug[:steps]) < RTOL
     assert abs(raw[steps] - nnx_bug[steps]) / raw[steps] > 10 * RTOL
