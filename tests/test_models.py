@@ -99,7 +99,11 @@ def test_nnx_models_start_in_train_mode_with_explicit_flags(name):
     None (then a call before ``.train()`` / ``.eval()`` raises). Our NNX models take the default, so
     this fails on the release that changes it: fresh models are in train mode with explicit flags,
     as torch's are (``training=True``), and the study's NNX variants rely on that."""
-    model = nnx_models.build_model(name, channels=(4, 8), hidden=16)
+    from flax import nnx
+
+    # The flags are set by the constructors, which nnx.eval_shape runs (only the initialisers'
+    # arrays stay abstract): nothing is compiled, where a real build compiled every initialiser.
+    model = nnx.eval_shape(lambda: nnx_models.build_model(name, channels=(4, 8), hidden=16))
     flags = _mode_flags(model)
     assert len(flags) == 4 and all(v is False for _, v in flags), flags  # 3 BatchNorms, 1 Dropout
 
