@@ -1,0 +1,82 @@
+"""Constructs met on real public pairs (torchvision ViT vs google-research/vision_transformer,
+nanoGPT vs a Flax port), rebuilt here on models of our own written in the same shape.
+
+Tolerance for forward passes: relative L2 <= 1e-5 (float32; both sides sum the same few dozen
+terms in another order; a wrong pairing or layout gives O(1)).
+"""
+
+import flax.linen as fnn
+import jax
+import numpy as np
+import torch
+from torch import nn
+
+from parity.convert import map_models, torch_to_flax
+from parity.harness.compare import rel_l2
+
+TOL = 1e-5
+
+
+class TorchMLP(nn.Sequential):
+    """torchvision's ``MLPBlock``: a class derived from ``nn.Sequential`` (Linear, GELU, Dropout,
+    Linear, Dropout), so its Linears are ``mlp.0`` and ``mlp.3``."""
+
+    def __init__(self, d: int, hidden: int):
+        super().__init__(nn.Linear(d, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, d), nn.Dropout(0.0))
+
+
+class TorchBlock(nn.Module):
+    """A pre-norm block: x (N, T, d) -> (N, T, d)."""
+
+    def __init__(self, d: int = 8, hidden: int = 16):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(0.0)
+        self.ln_2 = nn.LayerNorm(d)
+        self.mlp = TorchMLP(d, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class MlpBlock(fnn.Module):
+    """The Flax port's MLP: auto-named ``Dense_0``/``Dense_1``."""
+
+    hidden: int
+
+    @fnn.compact
+    def __call__(self, x, *, deterministic: bool):
+        y = fnn.gelu(fnn.Dense(self.hidden)(x), approximate=False)
+        y = fnn.Dropout(0.0)(y, deterministic=deterministic)
+        return fnn.Dense(x.shape[-1])(y)
+
+
+class LinenBlock(fnn.Module):
+    """The same block as vit_jax writes it: ``LayerNorm_0``, ``LayerNorm_1``, ``MlpBlock_0``."""
+
+    hidden: int = 16
+
+    @fnn.compact
+    def __call__(self, x, *, train: bool):
+        x = x + fnn.Dropout(0.0)(fnn.LayerNorm(epsilon=1e-5)(x), deterministic=not train)
+        return x + MlpBlock(self.hidden)(fnn.LayerNorm(epsilon=1e-5)(x), deterministic=not train)
+
+
+def test_a_container_subclass_pairs_with_an_auto_named_flax_module():
+    """``mlp`` (a ``Sequential`` subclass) <-> ``MlpBlock_0``: tried as one module (class names
+    equal but for case) before being looked through; its Linears then pair with Dense_0/1."""
+    torch.manual_seed(0)
+    tm, fm = TorchBlock().eval(), LinenBlock()
+    x = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
+    variables = fm.init(jax.random.key(0), x, train=False)
+    pairing, rows = map_models(tm, variables)
+    assert pairing.ok, pairing.problems
+    pairs = {r["torch"]: r["flax"] for r in rows}
+    assert pairs["mlp.0.weight"] == "params/MlpBlock_0/Dense_0/kernel"
+    assert pairs["mlp.3.bias"] == "params/MlpBlock_0/Dense_1/bias"
+    assert pairs["ln_2.weight"] == "params/LayerNorm_1/scale"
+    assert "mlp -> MlpBlock_0 (Linen auto-name, paired by order)" in pairing.notes
+    out = torch_to_flax(tm.state_dict(), tm, variables)
+    ref = tm(torch.from_numpy(x)).detach().numpy()
+    assert rel_l2(np.asarray(fm.apply(out, x, train=False)), ref) <= TOL
