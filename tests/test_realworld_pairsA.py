@@ -5,9 +5,12 @@ Tolerance for forward passes: relative L2 <= 1e-5 (float32; both sides sum the s
 terms in another order; a wrong pairing or layout gives O(1)).
 """
 
+from pathlib import Path
+
 import flax.linen as fnn
 import jax
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -22,7 +25,9 @@ class TorchMLP(nn.Sequential):
     Linear, Dropout), so its Linears are ``mlp.0`` and ``mlp.3``."""
 
     def __init__(self, d: int, hidden: int):
-        super().__init__(nn.Linear(d, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, d), nn.Dropout(0.0))
+        super().__init__(
+            nn.Linear(d, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, d), nn.Dropout(0.0)
+        )
 
 
 class TorchBlock(nn.Module):
@@ -80,3 +85,70 @@ def test_a_container_subclass_pairs_with_an_auto_named_flax_module():
     out = torch_to_flax(tm.state_dict(), tm, variables)
     ref = tm(torch.from_numpy(x)).detach().numpy()
     assert rel_l2(np.asarray(fm.apply(out, x, train=False)), ref) <= TOL
+
+
+class TorchPoolBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, 4, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv1(x)
+
+
+class TorchPoolNet(nn.Module):
+    """torchvision's ResNet in small: conv1 -> MaxPool2d(3, 2, 1) -> layer1 (a Sequential of one
+    block holding conv1) -> mean -> fc. Input (N, 3, 8, 8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, 1, 1)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = nn.Sequential(TorchPoolBlock())
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer1(self.maxpool(self.conv1(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def make_pool_net() -> nn.Module:
+    torch.manual_seed(0)
+    return TorchPoolNet().eval()
+
+
+class PoolBlock(fnn.Module):
+    @fnn.compact
+    def __call__(self, x):
+        return fnn.Conv(4, (3, 3), padding=1)(x)
+
+
+class LinenPoolNet(fnn.Module):
+    """The Flax ImageNet example's shape: every layer auto-named (Conv_0, PoolBlock_0/Conv_0,
+    Dense_0), the pool a function with ``padding='SAME'`` (pads (0, 1) where torch pads (1, 1))."""
+
+    @fnn.compact
+    def __call__(self, x, train: bool = True):
+        x = fnn.Conv(4, (3, 3), padding=1)(x)
+        x = fnn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+        x = PoolBlock()(x)
+        return fnn.Dense(5)(x.mean((1, 2)))
+
+
+@pytest.mark.slow  # 39 s on the 2-core dev box under load (a whole `parity check --localize`)
+def test_check_hooks_auto_named_layers_and_blames_the_pool_between_them(capsys):
+    """Before: ``layer1.0.conv1`` had no Flax layer to hook (auto-named ``PoolBlock_0/Conv_0``),
+    so the first divergent row was it, 'missing on the Flax side'. Now the pool is named."""
+    from parity.cli import main
+
+    here = Path(__file__).resolve()
+    args = ["check", "--torch", f"{here}:make_pool_net", "--flax", f"{here}:LinenPoolNet"]
+    code = main([*args, "--input-shape", "2,3,8,8", "--localize"])
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert code == 1, out
+    assert "missing on the Flax side" not in out
+    first = next(line for line in out.splitlines() if "localize (mode=eval" in line)
+    assert "first divergent: layer1.0.conv1 (input, flax PoolBlock_0.Conv_0)" in first, first
+    assert "between conv1 (whose output matched) and layer1.0.conv1" in first
+    assert "maxpool (MaxPool2d)" in first and "padding SAME in the port" in first

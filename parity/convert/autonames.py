@@ -126,9 +126,11 @@ def _pair_groups(torch_groups: dict[str, list], flax_groups: dict[str, list[str]
             pairs.append((t, named[0]))
             free_t.pop(t)
             free_f.pop(named[0])
-    for t, members in list(free_t.items()):
+    # torch's own layers (MaxPool2d, ReLU) pair by class name only: a port often has no module
+    own_t = {t: ms for t, ms in free_t.items() if not type(ms[0][1]).__module__.startswith("torch.nn.")}
+    for t, members in list(own_t.items()):
         same_f = [f for f, fs in free_f.items() if len(fs) == len(members)]
-        same_t = [u for u, us in free_t.items() if len(us) == len(members)]
+        same_t = [u for u, us in own_t.items() if len(us) == len(members)]
         if len(same_f) == 1 and len(same_t) == 1:
             pairs.append((t, same_f[0]))
             free_f.pop(same_f[0])

@@ -113,12 +113,15 @@ def _layer_map(pair: ModelPair, inp: SpecInput, user_map: Any) -> dict[str, str]
     from parity.convert.naming import flax_spellings, load_user_map
 
     mapped = load_user_map(user_map)
+    # Linen auto-names (ResNetBlock_3/Conv_1) and relative map rules pair by the converter's order
+    auto = convert.module_pairs(pair.torch, {c.replace(".", "/") for c in called}, mapped)
     out = {}
     for name in leaf_modules(pair.torch):
         given = mapped(name) if mapped is not None else None
         found = [given.strip("/").replace("/", ".")] if given else []
         found = found or [s.replace("/", ".") for s in dict.fromkeys(flax_spellings(name))]
         found = [f for f in found if f in called]
+        found = found or ([auto[name].replace("/", ".")] if name in auto else [])
         if len(found) == 1 and found[0] != name:
             out[name] = found[0]
     return out
