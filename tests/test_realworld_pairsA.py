@@ -152,3 +152,17 @@ def test_check_hooks_auto_named_layers_and_blames_the_pool_between_them(capsys):
     assert "first divergent: layer1.0.conv1 (input, flax PoolBlock_0.Conv_0)" in first, first
     assert "between conv1 (whose output matched) and layer1.0.conv1" in first
     assert "maxpool (MaxPool2d)" in first and "padding SAME in the port" in first
+
+
+def test_tokens_as_long_as_they_are_wide_are_not_read_channels_first():
+    """nanoGPT at 16 tokens of width 16: a GELU's or Dropout's output ``(N, L, D)`` with
+    ``L == D`` has a shape that cannot show its layout. It was read channels-first (transposed),
+    and a correct port failed at every element-wise layer and every layer input; the model's
+    input layout (tokens) now decides."""
+    from verdict_models import DIM, LinenMLPBlock, linen_pair, make_mlp, tokens
+
+    from parity.harness.localize import LocalizeOptions, localize
+
+    x = tokens(length=DIM)
+    rep = localize(linen_pair(make_mlp(), LinenMLPBlock(), x, "same"), x, LocalizeOptions())
+    assert rep.passed, rep.format()
