@@ -20,11 +20,11 @@ themselves are not part of this project. This script fetches nothing. It reads a
   ``{"rel_l2": float, "float64_rel_l2": float | null, "note": str}``.
 
 For each pair it runs ``parity map`` (and ``parity check --localize`` when ``"check": true``) in
-a fresh process with this checkout first on ``PYTHONPATH``, then ``hand.py`` (a fresh process,
-this checkout not on the path), then each fault: the text replacement applied once to a copy of
-the pair's Flax file in a temporary copy of ``ROOT`` (the Flax repository's folder and
+a fresh process with this checkout first on ``PYTHONPATH``, then each fault: the text
+replacement applied once to a copy of the pair's Flax file in a temporary copy of ``ROOT`` (the Flax repository's folder and
 ``ROOT/pairs`` copied, everything else linked), so that the pair's factories import the faulty
-file through the same code and module path; ``check --localize`` and ``hand.py`` run there.
+file through the same code and module path; ``check --localize`` and ``hand.py`` run there;
+then ``hand.py`` on the pair as it is (each in a fresh process).
 It records exit codes, problems and notes, the verdict line, the first divergent layer and the
 probable cause that ``check`` names, the hand conversion's JSON line and the wall times, one JSON
 object per pair, in ``ROOT/ports_realworld.json`` (written atomically, with the machine and the
@@ -113,11 +113,15 @@ def localisation(text: str) -> dict:
     return found
 
 
+def _env() -> dict:
+    """This checkout first on ``PYTHONPATH``."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
 def run_parity(command: list[str]) -> dict:
     """Run ``python -m parity.cli COMMAND...``; exit code, problems, the verdict line, what
     ``--localize`` names (:func:`localisation`), stdout tail, last stderr line, wall seconds."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    code, out, err, seconds = _run([sys.executable, "-m", "parity.cli", *command], env)
+    code, out, err, seconds = _run([sys.executable, "-m", "parity.cli", *command], _env())
     lines = out.strip().splitlines() or [""]
     return {
         "exit": code,
@@ -131,13 +135,13 @@ def run_parity(command: list[str]) -> dict:
 
 
 def run_hand(folder: Path) -> dict | None:
-    """Run ``folder/hand.py`` in a fresh process (cwd ``folder``, no project on the path); its
-    last stdout line as JSON, with exit code and seconds; ``None`` when there is no hand.py."""
+    """Run ``folder/hand.py`` in a fresh process (cwd ``folder``); its last stdout line as JSON,
+    with exit code and seconds; ``None`` when there is no hand.py. A hand conversion uses no
+    parity code, but the models it imports may (our own test models do)."""
     script = folder / "hand.py"
     if not script.is_file():
         return None
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    code, out, err, seconds = _run([sys.executable, str(script)], env, cwd=folder)
+    code, out, err, seconds = _run([sys.executable, str(script)], _env(), cwd=folder)
     result = {"exit": code, "seconds": seconds}
     try:
         result.update(json.loads((out.strip().splitlines() or ["null"])[-1]))
