@@ -31,7 +31,7 @@ object per pair, in ``ROOT/ports_realworld.json`` (written atomically, with the 
 date), and prints a table.
 
     python scripts/ports_realworld.py ROOT [--manifest docs/realworld_pairs.csv] [--no-check]
-        [--only LABEL,...]
+        [--only LABEL,...] [--json FILE]
 """
 
 from __future__ import annotations
@@ -258,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
     parser.add_argument("--no-check", dest="check", action="store_false", help="run parity map only")
     parser.add_argument("--only", help="comma-separated labels to run (default: every row)")
+    parser.add_argument(
+        "--json", type=Path, help="where to write the results (default ROOT/ports_realworld.json)"
+    )
     args = parser.parse_args(argv)
     with args.manifest.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -272,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "python": platform.python_version(),
     }
-    atomic_write_json(args.root / "ports_realworld.json", {**meta, "pairs": results})
+    atomic_write_json(args.json or args.root / "ports_realworld.json", {**meta, "pairs": results})
     print("\n".join(table_lines(results)))
     return 0
 
