@@ -107,6 +107,9 @@ def localisation(text: str) -> dict:
             found["note"] = line[line.find("[") + 1 : line.rfind("]")] if "[" in line else ""
             cause = re.search(r"probable cause: (.*?)(?:;|\]|$)", line)
             found["cause"] = cause.group(1).strip() if cause else ""
+        shapes = re.search(r"first differing layer: ([^;)\s]+)(?:; probable cause: ([^)]*))?\)", line)
+        if shapes and not found["layer"]:  # outputs of different shapes: check names the layer here
+            found.update(layer=shapes.group(1), kind="output", cause=shapes.group(2) or "")
         grad = re.search(r"gradients \(mode=train[^)]*\): first divergent: (\S+)", line)
         if grad and not found["gradient"]:
             found["gradient"] = grad.group(1)

@@ -5,6 +5,7 @@ Tolerance for forward passes: relative L2 <= 1e-5 (float32; both sides sum the s
 terms in another order; a wrong pairing or layout gives O(1)).
 """
 
+import sys
 from pathlib import Path
 
 import flax.linen as fnn
@@ -170,3 +171,66 @@ def test_tokens_as_long_as_they_are_wide_are_not_read_channels_first():
     x = tokens(length=DIM)
     rep = localize(linen_pair(make_mlp(), LinenMLPBlock(), x, "same"), x, LocalizeOptions())
     assert rep.passed, rep.format()
+
+
+def test_a_tied_head_computed_with_attend_is_not_a_missing_layer(tmp_path):
+    """nanoGPT's ``lm_head`` holds only ``wte``'s weight; its port computes ``wte.attend(x)``,
+    so there is no Flax layer to hook. It was a FAIL row 'missing on the Flax side' in a
+    correct port; it is now listed with the weight-free torch layers that have no Flax layer."""
+    from port_models import GPT_MAP, TOKENS, VOCAB
+
+    from parity.harness.localize import LocalizeOptions, localize
+    from parity.harness.specs import SpecInput, SpecModels
+
+    rules = tmp_path / "gpt.map"
+    rules.write_text(GPT_MAP)
+    models = Path(__file__).resolve().parent / "port_models.py"
+    inp = SpecInput(TOKENS, "int64", VOCAB, False)
+    pair = SpecModels(f"{models}:make_gpt", f"{models}:LinenGPT", inp, str(rules)).pair("cpu")
+    ids = inp.sample(np.random.default_rng(0), TOKENS[0])
+    rep = localize(pair, ids, LocalizeOptions())
+    assert rep.passed, rep.format()
+    assert "lm_head" in rep.meta["unmatched_stateless_torch_layers"]
+
+
+class LastPosition(nn.Module):
+    """nanoGPT at inference: the block's output at the last position only, ``(N, 1, D)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        sys.path.insert(0, str(Path(__file__).resolve().parent))  # loaded by path from the CLI
+        from verdict_models import make_mlp
+
+        self.block = make_mlp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)[:, [-1]]
+
+
+def make_last_position() -> nn.Module:
+    return LastPosition().eval()
+
+
+def make_eps6_port() -> fnn.Module:
+    """The port returns every position, and its LayerNorm has epsilon 1e-6 (torch: 1e-5)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from verdict_models import LinenMLPBlock
+
+    return LinenMLPBlock(epsilon=1e-6)
+
+
+@pytest.mark.slow  # 45 s on the 2-core dev box under load (a whole `parity check`)
+def test_outputs_of_different_shapes_name_the_first_differing_layer_and_its_cause(tmp_path, capsys):
+    """The nanoGPT pair: torch (2, 1, 64) vs the port's (2, 16, 64) stops the check; the row
+    named ln_f but not the epsilon the localisation had found."""
+    from parity.cli import main
+
+    here = Path(__file__).resolve()
+    args = ["check", "--torch", f"{here}:make_last_position", "--flax", f"{here}:make_eps6_port"]
+    (tmp_path / "map.txt").write_text("block\\.(.*) -> \\1\n")
+    assert (
+        main([*args, "--input-shape", "4,5,8", "--no-channels-last", "--map", str(tmp_path / "map.txt")]) == 1
+    )
+    out = capsys.readouterr().out
+    assert "shapes differ, torch (4, 1, 8) vs Flax (4, 5, 8)" in out, out
+    assert "(first differing layer: block.ln; probable cause: block.ln: epsilon 1e-06 in the port" in out

@@ -467,8 +467,12 @@ def _after_layer(pair: ModelPair, x, seed: int) -> str:
         rep = localize(pair, x, LocalizeOptions(mode="eval", seed=seed))
     except Exception:  # the layers cannot be compared either: the shapes say enough
         return ""
-    if rep.first_divergent is not None:
-        return f" (first differing layer: {rep.first_divergent.name})"
+    first = rep.first_divergent
+    if first is not None:
+        cause = first.note.partition("probable cause: ")[2].split("; ")[0]
+        return (
+            f" (first differing layer: {first.name}" + (f"; probable cause: {cause}" if cause else "") + ")"
+        )
     last = rep.rows[-1].name if rep.rows else "?"
     return f" (every layer matches; the outputs part after the last layer, {last})"
 
