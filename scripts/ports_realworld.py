@@ -109,7 +109,7 @@ def localisation(text: str) -> dict:
             found["cause"] = cause.group(1).strip() if cause else ""
         shapes = re.search(r"first differing layer: ([^;)\s]+)(?:; probable cause: ([^)]*))?\)", line)
         if shapes and not found["layer"]:  # outputs of different shapes: check names the layer here
-            found.update(layer=shapes.group(1), kind="output", cause=shapes.group(2) or "")
+            found.update(layer=shapes.group(1), cause=shapes.group(2) or "")
         grad = re.search(r"gradients \(mode=train[^)]*\): first divergent: (\S+)", line)
         if grad and not found["gradient"]:
             found["gradient"] = grad.group(1)
@@ -255,6 +255,17 @@ def table_lines(results: list[dict]) -> list[str]:
     return lines
 
 
+def _cpu_name() -> str:
+    """The CPU model from ``/proc/cpuinfo`` (Linux), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="the local folder described above")
@@ -274,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         load = os.getloadavg()[0]
         results.append({**study_pair(args.root, row, args.check), "load_before": round(load, 2)})
     meta = {
-        "machine": f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs".strip(),
+        "machine": f"{_cpu_name()} ({platform.machine()}), {os.cpu_count()} CPUs",
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "python": platform.python_version(),
     }
