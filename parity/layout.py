@@ -13,7 +13,9 @@ module types and accept jax arrays; torch and jax are imported only when they ar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 from functools import cache
 from typing import Any, Literal
 
@@ -162,14 +164,31 @@ def _move_channels_last(x: Any) -> Any:
     return jnp.moveaxis(x, 1, -1)
 
 
+_AMBIGUOUS: contextvars.ContextVar[Layout | None] = contextvars.ContextVar("ambiguous_layout", default=None)
+
+
+@contextlib.contextmanager
+def ambiguous_layout(layout: Layout | None) -> Iterator[None]:
+    """Within the block, :func:`torch_to_flax_layout` reads an activation whose shape cannot show
+    its layout and whose module gives no hint in ``layout``: the model input's layout, so that
+    a GPT's ``(N, L, D)`` tokens with ``L == D`` are not read as channels-first."""
+    token = _AMBIGUOUS.set(layout)
+    try:
+        yield
+    finally:
+        _AMBIGUOUS.reset(token)
+
+
 def torch_to_flax_layout(x: Any, flax_shape: Sequence[int] | None, hint: Layout | None = None) -> Any:
     """A torch activation ``x`` (numpy or jax) in the layout of its Flax counterpart.
 
     The Flax shape decides: ``x`` is moved channels-first -> channels-last when only the moved
     shape is ``flax_shape``, kept when only its own shape is. When both are (``C`` equal to
-    every spatial size) or neither is (a mismatch the caller reports), ``hint`` decides, and
-    without one an ``ndim >= 3`` activation is read channels-first.
+    every spatial size) or neither is (a mismatch the caller reports), ``hint`` decides, then
+    the layout set by :func:`ambiguous_layout`, and without either an ``ndim >= 3`` activation
+    is read channels-first.
     """
+    hint = hint or _AMBIGUOUS.get()
     shape = tuple(np.shape(x))
     moved = (shape[0], *shape[2:], shape[1]) if len(shape) >= 3 else shape
     target = None if flax_shape is None else tuple(flax_shape)

@@ -77,9 +77,13 @@ def _stateful(module: nn.Module) -> bool:
     return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
 
 
-def _frontier(module: nn.Module, name: str, resolve, stateless: bool = False) -> tuple[list, list]:
+def _frontier(
+    module: nn.Module, name: str, resolve, stateless: bool = False, open_subclasses: bool = True
+) -> tuple[list, list]:
     """``(resolved, pending)`` stateful (or all, ``stateless``) descendants of ``module`` reached
-    through unresolved containers: ``[(name, module, flax path)]`` and ``[(name, module)]``."""
+    through unresolved containers: ``[(name, module, flax path)]`` and ``[(name, module)]``.
+    ``open_subclasses=False``: a user's class derived from a container (torchvision's
+    ``MLPBlock(MLP(nn.Sequential))``) is one pending module, not looked through."""
     resolved, pending = [], []
     for child_name, child in module.named_children():
         full = f"{name}.{child_name}" if name else child_name
@@ -88,8 +92,8 @@ def _frontier(module: nn.Module, name: str, resolve, stateless: bool = False) ->
         path = resolve(full)
         if path is not None:
             resolved.append((full, child, path))
-        elif isinstance(child, _CONTAINERS):
-            more = _frontier(child, full, resolve, stateless)
+        elif isinstance(child, _CONTAINERS) and (open_subclasses or type(child) in _CONTAINERS):
+            more = _frontier(child, full, resolve, stateless, open_subclasses)
             resolved += more[0]
             pending += more[1]
         else:
@@ -116,14 +120,17 @@ def _pair_groups(torch_groups: dict[str, list], flax_groups: dict[str, list[str]
     pairs, free_t, free_f = [], dict(torch_groups), dict(flax_groups)
     for t, members in torch_groups.items():
         names = dict.fromkeys((t, *_LINEN_CLASSES.get(t, ())))
+        names.update(dict.fromkeys(f for f in free_f if f.lower() == t.lower()))  # MLPBlock/MlpBlock
         named = [f for f in names if len(free_f.get(f, ())) == len(members)]
         if len(named) == 1:
             pairs.append((t, named[0]))
             free_t.pop(t)
             free_f.pop(named[0])
-    for t, members in list(free_t.items()):
+    # torch's own layers (MaxPool2d, ReLU) pair by class name only: a port often has no module
+    own_t = {t: ms for t, ms in free_t.items() if not type(ms[0][1]).__module__.startswith("torch.nn.")}
+    for t, members in list(own_t.items()):
         same_f = [f for f, fs in free_f.items() if len(fs) == len(members)]
-        same_t = [u for u, us in free_t.items() if len(us) == len(members)]
+        same_t = [u for u, us in own_t.items() if len(us) == len(members)]
         if len(same_f) == 1 and len(same_t) == 1:
             pairs.append((t, same_f[0]))
             free_f.pop(same_f[0])
@@ -156,18 +163,34 @@ def auto_name_paths(
             found = [f for f in dict.fromkeys(found) if f in flax_modules]
             return found[0] if len(found) == 1 else None
 
-        resolved, pending = _frontier(tmod, tname, resolve, stateless)
-        for full, _child, path in resolved:
-            if path != find_flax_path(full, flax_modules, None) and full not in out:
-                out[full] = (path,)
+        resolved = _pair_children((tmod, tname, fpath), resolve, flax_modules, stateless, out)
+        queue += [(full, child, path) for full, child, path in resolved if rule_for(child) is None]
+    return out
+
+
+def _pair_children(node: tuple, resolve, flax_modules: set[str], stateless: bool, out: dict) -> list:
+    """Pair the unresolved torch descendants of ``tmod`` with the auto-named Flax children of
+    ``fpath`` (into ``out``); the resolved ``[(name, module, flax path)]``. A user's container
+    subclass is first tried as one module (``mlp`` <-> ``MlpBlock_0``), and looked through
+    (as plain containers are) when that pairs it with nothing."""
+    tmod, tname, fpath = node
+    children = _children(flax_modules)
+    for open_subclasses in (False, True):
+        resolved, pending = _frontier(tmod, tname, resolve, stateless, open_subclasses)
         torch_groups: dict[str, list] = defaultdict(list)
         for full, child in pending:
             torch_groups[type(child).__name__].append((full, child))
         taken = {p.rpartition("/")[2] for _, _, p in resolved if p.rpartition("/")[0] == fpath}
         flax_groups = _flax_groups(children.get(fpath, []), taken)
-        for t, f in _pair_groups(torch_groups, flax_groups):
-            for (full, child), name in zip(torch_groups[t], flax_groups[f], strict=True):
-                out[full] = (f"{fpath}/{name}".strip("/"),)
-                resolved.append((full, child, out[full][0]))
-        queue += [(full, child, path) for full, child, path in resolved if rule_for(child) is None]
-    return out
+        pairs = _pair_groups(torch_groups, flax_groups)
+        closed = [c for _, c in pending if isinstance(c, _CONTAINERS)]
+        if not closed or {t for t, _ in pairs} >= {type(c).__name__ for c in closed}:
+            break
+    for full, _child, path in resolved:
+        if path != find_flax_path(full, flax_modules, None) and full not in out:
+            out[full] = (path,)
+    for t, f in pairs:
+        for (full, child), name in zip(torch_groups[t], flax_groups[f], strict=True):
+            out[full] = (f"{fpath}/{name}".strip("/"),)
+            resolved.append((full, child, out[full][0]))
+    return resolved

@@ -160,6 +160,12 @@ class Between:
         ev = self.events(start, end)
         return ev[0][1] if ev is not None and len(ev) == 1 and ev[0][0] == "module" else None
 
+    def last_module(self, start: str | None, end: str) -> str | None:
+        """The label of the torch module call that is the last code between (its output is
+        ``end``'s input: torchvision's ``relu`` then ``maxpool``), else ``None``."""
+        ev = self.events(start, end)
+        return ev[-1][1] if ev and ev[-1][0] == "module" else None
+
 
 def describe_between(events: list[tuple] | None, start: str | None, end: str) -> str:
     """The torch code in ``events`` (:meth:`Between.events`): module calls as ``label (Type)``,

@@ -118,13 +118,14 @@ def with_between_causes(
     rows: list[LayerDiff], torch_model, run: TorchRun, finputs: Mapping, between, train: bool
 ) -> list[LayerDiff]:
     """``rows`` with the probable cause of the first failing ``input`` row whose in-between code
-    is one parameter-free torch module (``nn.GELU``, ``nn.MaxPool2d``): that module against the
-    Flax input of the next layer, which is the port's version of its output."""
+    is one parameter-free torch module (``nn.GELU``, ``nn.MaxPool2d``), or ends with one (``relu``
+    then ``maxpool``): that module, on its own torch input, against the Flax input of the next
+    layer, which is the port's version of its output."""
     leaves = leaf_modules(torch_model)
     out, prev = [], None
     for i, r in enumerate(rows):
         if r.kind == "input" and not r.passed:
-            lone = between.lone_module(prev, r.name)
+            lone = between.lone_module(prev, r.name) or between.last_module(prev, r.name)
             cause = (
                 None
                 if lone is None

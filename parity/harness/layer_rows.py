@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from torch import nn as tnn
 
+from parity.convert.shared import tied_keys
 from parity.harness.metrics import rel_l2, unbiased_running_var
 from parity.harness.report import LayerDiff, compare_tensor
 from parity.harness.sides import TorchRun, flax_bn_stats, leaf_modules, to_numpy
@@ -21,6 +22,13 @@ def is_stateless(module: tnn.Module) -> bool:
     return not any(True for _ in module.parameters(recurse=False)) and not any(
         True for _ in module.buffers(recurse=False)
     )
+
+
+def _only_tied(module: tnn.Module, name: str, tied: Mapping[str, str]) -> bool:
+    """Whether every parameter of ``module`` is another module's, tied (a GPT's ``lm_head``,
+    which a port computes as ``wte.attend(x)``: no Flax layer of its own to compare)."""
+    keys = [f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)]
+    return bool(keys) and all(k in tied for k in keys)
 
 
 def output_rows(
@@ -37,6 +45,7 @@ def output_rows(
     tm = trun.model
     tbn = {n: m for n, m in tm.named_modules() if isinstance(m, tnn.modules.batchnorm._BatchNorm)}
     leaves = leaf_modules(tm)
+    tied = tied_keys(tm)
     rows: list[LayerDiff] = []
     skipped: list[str] = []
     for name, k in trun.order:
@@ -45,7 +54,7 @@ def output_rows(
         if t_out is None:
             continue
         f_out = fouts.get((name, k))
-        if f_out is None and is_stateless(leaves[name]):
+        if f_out is None and (is_stateless(leaves[name]) or _only_tied(leaves[name], name, tied)):
             skipped.append(label)
             continue
         t_flax = torch_to_flax_layout(

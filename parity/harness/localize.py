@@ -169,6 +169,13 @@ def localize(
     naming the code between them (:mod:`parity.harness.between`); a failing layer's note gives
     its probable cause (:mod:`parity.harness.diagnose`).
     """
+    from parity.layout import ambiguous_layout
+
+    with ambiguous_layout("same" if pair.input_layout == "same" else None):
+        return _localize(pair, x, options)
+
+
+def _localize(pair: ModelPair, x: np.ndarray, options: LocalizeOptions) -> LocalizationReport:
     o = options
     train = o.mode == "train"
     x = np.asarray(x)

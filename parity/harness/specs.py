@@ -115,12 +115,15 @@ def _layer_map(pair: ModelPair, inp: SpecInput, user_map: Any) -> dict[str, str]
     from parity.convert.naming import flax_spellings, load_user_map
 
     mapped = load_user_map(user_map)
+    # Linen auto-names (ResNetBlock_3/Conv_1) and relative map rules pair by the converter's order
+    auto = convert.module_pairs(pair.torch, {c.replace(".", "/") for c in called}, mapped)
     out = {}
     for name in leaf_modules(pair.torch):
         given = mapped(name) if mapped is not None else None
         found = [given.strip("/").replace("/", ".")] if given else []
         found = found or [s.replace("/", ".") for s in dict.fromkeys(flax_spellings(name))]
         found = [f for f in found if f in called]
+        found = found or ([auto[name].replace("/", ".")] if name in auto else [])
         if len(found) == 1 and found[0] != name:
             out[name] = found[0]
     return out
@@ -464,8 +467,12 @@ def _after_layer(pair: ModelPair, x, seed: int) -> str:
         rep = localize(pair, x, LocalizeOptions(mode="eval", seed=seed))
     except Exception:  # the layers cannot be compared either: the shapes say enough
         return ""
-    if rep.first_divergent is not None:
-        return f" (first differing layer: {rep.first_divergent.name})"
+    first = rep.first_divergent
+    if first is not None:
+        cause = first.note.partition("probable cause: ")[2].split("; ")[0]
+        return (
+            f" (first differing layer: {first.name}" + (f"; probable cause: {cause}" if cause else "") + ")"
+        )
     last = rep.rows[-1].name if rep.rows else "?"
     return f" (every layer matches; the outputs part after the last layer, {last})"
 
