@@ -171,9 +171,13 @@ def localize(
     masks = SharedDropout(o.seed) if (train and o.dropout_masks == "shared") else None
     torch_side = pair.torch_side()
     trun = torch_side.activations(x, train, masks, step=o.step)
-    run64 = None
+    run64, why64 = None, None
     if o.float64_reference or o.float64:
-        run64 = torch_side.activations(x, train, masks, given=trun.uniforms, float64=True)
+        try:
+            run64 = torch_side.activations(x, train, masks, given=trun.uniforms, float64=True)
+        except Exception as e:  # user code that cannot run in float64 (a LayerNorm casting to float32)
+            first = (str(e).splitlines() or [""])[0][:160]
+            why64 = f"not run: torch does not run in float64 ({type(e).__name__}: {first}); float32 verdicts"
 
     side, to_flax, fshapes = pair.flax_side(), pair.to_flax(), pair.dense_flatten_shapes()
 
@@ -190,8 +194,10 @@ def localize(
     inputs = input_rows(trun, capture.inputs, to_flax, fshapes, o.tol)
     meta = {"mode": o.mode, "reinject": o.reinject, "dropout_masks": o.dropout_masks if train else "n/a"}
     meta["flax"] = side.kind
+    if why64 is not None:
+        meta["float64"] = why64
     cause_from, wide = (trun, fouts), None
-    if o.float64 and _same_weights(pair, side, meta):
+    if o.float64 and run64 is not None and _same_weights(pair, side, meta):
         wide = _float64_verdicts(side, xf, run64, plan, to_flax, train, rng, meta)
         if wide is not None:
             narrow = narrow_layers(run64.order, wide.outputs, o.reinject)
