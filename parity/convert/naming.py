@@ -29,7 +29,9 @@ torch module with several Flax modules (its tensors are copied to each)::
     cls                       -> cls_token      # rename a bare parameter
     block\\.norm               -> block/norm_a, block/norm_b
 
-A rule that matches no torch name is reported (:meth:`RuleMap.unused`).
+A module with no rule of its own and no path by the conventions is looked for below the nearest
+ancestor a rule moved (``stages\\.(\\d)\\.(\\d+) -> stages\\1\\2`` puts ``stages.0.0.dwconv`` at
+``stages00/dwconv``). A rule that matches no torch name is reported (:meth:`RuleMap.unused`).
 """
 
 from __future__ import annotations
