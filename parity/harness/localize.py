@@ -171,13 +171,7 @@ def localize(
     masks = SharedDropout(o.seed) if (train and o.dropout_masks == "shared") else None
     torch_side = pair.torch_side()
     trun = torch_side.activations(x, train, masks, step=o.step)
-    run64, why64 = None, None
-    if o.float64_reference or o.float64:
-        try:
-            run64 = torch_side.activations(x, train, masks, given=trun.uniforms, float64=True)
-        except Exception as e:  # user code that cannot run in float64 (a LayerNorm casting to float32)
-            first = (str(e).splitlines() or [""])[0][:160]
-            why64 = f"not run: torch does not run in float64 ({type(e).__name__}: {first}); float32 verdicts"
+    run64, why64 = _torch_float64(torch_side, x, masks, trun, o)
 
     side, to_flax, fshapes = pair.flax_side(), pair.to_flax(), pair.dense_flatten_shapes()
 
@@ -194,8 +188,7 @@ def localize(
     inputs = input_rows(trun, capture.inputs, to_flax, fshapes, o.tol)
     meta = {"mode": o.mode, "reinject": o.reinject, "dropout_masks": o.dropout_masks if train else "n/a"}
     meta["flax"] = side.kind
-    if why64 is not None:
-        meta["float64"] = why64
+    meta.update({"float64": why64} if why64 else {})
     cause_from, wide = (trun, fouts), None
     if o.float64 and run64 is not None and _same_weights(pair, side, meta):
         wide = _float64_verdicts(side, xf, run64, plan, to_flax, train, rng, meta)
@@ -214,6 +207,20 @@ def localize(
         meta["unmatched_stateless_torch_layers"] = skipped
     title = f"localize (mode={o.mode}, reinject={'on' if o.reinject else 'off'}, {side.kind})"
     return LocalizationReport(title, rows, o.tol, meta)
+
+
+def _torch_float64(
+    torch_side, x, masks, trun: TorchRun, o: LocalizeOptions
+) -> tuple[TorchRun | None, str | None]:
+    """The torch float64 run when ``o`` asks for one, or ``None`` and why not (user code that
+    cannot run in float64, such as a LayerNorm subclass that casts its input to float32)."""
+    if not (o.float64_reference or o.float64):
+        return None, None
+    try:
+        return torch_side.activations(x, o.mode == "train", masks, given=trun.uniforms, float64=True), None
+    except Exception as e:  # user code
+        first = (str(e).splitlines() or [""])[0][:160]
+        return None, f"not run: torch does not run in float64 ({type(e).__name__}: {first}); float32 verdicts"
 
 
 def _bn_means(run: TorchRun, stats: Mapping, to_flax: Callable[[str], str]) -> dict:
