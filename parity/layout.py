@@ -179,16 +179,28 @@ def ambiguous_layout(layout: Layout | None) -> Iterator[None]:
         _AMBIGUOUS.reset(token)
 
 
-def torch_to_flax_layout(x: Any, flax_shape: Sequence[int] | None, hint: Layout | None = None) -> Any:
+def sequence_first(torch_shape: Sequence[int], flax_shape: Sequence[int]) -> bool:
+    """True when a torch token tensor is ``(L, N, D)`` (``nn.MultiheadAttention`` with
+    ``batch_first=False``, CLIP's ``x.permute(1, 0, 2)``) and its Flax counterpart ``(N, L, D)``."""
+    s, t = tuple(torch_shape), tuple(flax_shape)
+    return len(s) == 3 and s[0] != s[1] and t == (s[1], s[0], *s[2:])
+
+
+def torch_to_flax_layout(
+    x: Any, flax_shape: Sequence[int] | None, hint: Layout | None = None, like: Any = None
+) -> Any:
     """A torch activation ``x`` (numpy or jax) in the layout of its Flax counterpart.
 
     The Flax shape decides: ``x`` is moved channels-first -> channels-last when only the moved
     shape is ``flax_shape``, kept when only its own shape is. When both are (``C`` equal to
-    every spatial size) or neither is (a mismatch the caller reports), ``hint`` decides, then
-    the layout set by :func:`ambiguous_layout`, and without either an ``ndim >= 3`` activation
-    is read channels-first.
+    every spatial size) or neither is (a mismatch the caller reports), ``hint`` decides. With
+    no hint and both shapes equal, ``like`` (the Flax tensor itself, when the caller has it)
+    decides: the reading closer to it, since a torch model may permute to channels-last itself
+    (ConvNeXt's ``x.permute(0, 2, 3, 1)`` before its own LayerNorm class). Without ``like``,
+    the layout set by :func:`ambiguous_layout` (the model input's) decides. A sequence-first
+    ``(L, N, D)`` token tensor whose Flax counterpart is ``(N, L, D)`` is swapped
+    (:func:`sequence_first`). Otherwise an ``ndim >= 3`` activation is read channels-first.
     """
-    hint = hint or _AMBIGUOUS.get()
     shape = tuple(np.shape(x))
     moved = (shape[0], *shape[2:], shape[1]) if len(shape) >= 3 else shape
     target = None if flax_shape is None else tuple(flax_shape)
@@ -196,6 +208,13 @@ def torch_to_flax_layout(x: Any, flax_shape: Sequence[int] | None, hint: Layout 
         return x
     if target == moved and target != shape:
         return _move_channels_last(x)
+    if target is not None and sequence_first(shape, target) and target != moved:
+        return np.swapaxes(x, 0, 1) if isinstance(x, np.ndarray) else x.swapaxes(0, 1)
+    if hint is None and like is not None and target == shape == moved:
+        kept, other = np.asarray(x, np.float64), np.asarray(like, np.float64)
+        closer_kept = np.abs(kept - other).max() < np.abs(to_channels_last(kept) - other).max()
+        return x if closer_kept else _move_channels_last(x)
+    hint = hint or _AMBIGUOUS.get()
     return x if hint == "same" else _move_channels_last(x)
 
 

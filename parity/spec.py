@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -151,6 +152,17 @@ def flax_input_shape(torch_shape: Sequence[int], channels_last: bool = True) -> 
     return (s[0], *s[2:], s[1]) if channels_last and len(s) >= 3 else s
 
 
+def _eval_mode_kwargs(module: Any) -> dict:
+    """The eval-mode flag a Linen ``__call__`` takes (``train=False`` or ``deterministic=True``),
+    as :class:`parity.harness.sides.FlaxSide` passes it; ``{}`` when it takes neither."""
+    params = inspect.signature(type(module).__call__).parameters
+    if "train" in params:
+        return {"train": False}
+    if "deterministic" in params:
+        return {"deterministic": True}
+    return {}
+
+
 def linen_variables(
     module: Any,
     torch_shape: Sequence[int],
@@ -158,8 +170,9 @@ def linen_variables(
     dtype: str = "float32",
     shapes_only: bool = False,
 ) -> dict:
-    """``module.init`` on zeros of the Flax input shape; a ``train`` keyword is passed as
-    ``False`` when the plain call needs it. ``shapes_only``: ``jax.eval_shape`` of it (leaves are
+    """``module.init`` on zeros of the Flax input shape; when the plain call fails, it is retried
+    with the eval-mode flag (``train=False`` or ``deterministic=True``) if ``__call__`` has one.
+    ``shapes_only``: ``jax.eval_shape`` of it (leaves are
     ``ShapeDtypeStruct``; no weights computed). Failures raise :class:`SpecError`."""
     import jax
     import jax.numpy as jnp
@@ -178,10 +191,12 @@ def linen_variables(
                 x = jnp.zeros(x.shape, x.dtype)
             try:
                 return init(key, x)
-            except TypeError as e:
-                if "train" not in str(e):
+            except Exception:
+                mode = _eval_mode_kwargs(module)
+                if not mode:
                     raise
-                return init(key, x, train=False)
+                # a required `train`, or `deterministic=None` resolved by nn.merge_param
+                return init(key, x, **mode)
     except Exception as e:  # user code
         msg = (str(e).splitlines() or [""])[0][:200]
         raise SpecError(

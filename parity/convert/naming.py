@@ -7,7 +7,9 @@ are spelled in Flax as one of
 * Linen list attribute ``blocks_0/conv``;
 * Linen ``nn.Sequential`` ``blocks/layers_0/conv``;
 * NNX list / ``nnx.List`` ``blocks/0/conv``;
-* NNX ``nnx.Sequential`` ``blocks/layers/0/conv``.
+* NNX ``nnx.Sequential`` ``blocks/layers/0/conv``;
+* a Linen module named after the torch key, ``name=f"blocks.{i}"`` (scenic's CLIP),
+  ``blocks.0/conv``.
 
 Every spelling is tried against the Flax model's own module paths; the one that exists wins.
 None existing leaves the module unmatched; two existing is an ambiguity error. Nothing is ever
@@ -27,7 +29,9 @@ torch module with several Flax modules (its tensors are copied to each)::
     cls                       -> cls_token      # rename a bare parameter
     block\\.norm               -> block/norm_a, block/norm_b
 
-A rule that matches no torch name is reported (:meth:`RuleMap.unused`).
+A module with no rule of its own and no path by the conventions is looked for below the nearest
+ancestor a rule moved (``stages\\.(\\d)\\.(\\d+) -> stages\\1\\2`` puts ``stages.0.0.dwconv`` at
+``stages00/dwconv``). A rule that matches no torch name is reported (:meth:`RuleMap.unused`).
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ def flax_spellings(torch_name: str) -> list[str]:
             if p:
                 grown.append(p[:-1] + [f"{p[-1]}_{seg}"])
             grown += [p + [f"layers_{seg}"], p + [seg], p + ["layers", seg]]
+            if p:  # a Linen module named after the torch key: name=f"resblocks.{i}"
+                grown.append(p[:-1] + [f"{p[-1]}.{seg}"])
         paths = grown
     return ["/".join(p) for p in paths]
 
@@ -90,7 +96,27 @@ def resolve_path(
     if leaf:
         return None
     found = find_flax_path(torch_name, flax_modules, None)
+    if found is None and user_map is not None:
+        found = below_mapped_parent(torch_name, flax_modules, user_map)
     return None if found is None else (found,)
+
+
+def below_mapped_parent(torch_name: str, flax_modules: set[str], user_map: UserMap) -> str | None:
+    """A module with no rule and no path of its own, below the nearest ancestor a rule moves
+    (``stages\\.(\\d)\\.(\\d+) -> stages\\1\\2`` puts ``stages.0.0.dwconv`` at ``stages00/dwconv``):
+    its usual spellings under the ancestor's Flax path, when exactly one exists."""
+    parts = torch_name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        mapped = user_map(".".join(parts[:i]))
+        if mapped is None:
+            continue
+        if "," in mapped:  # one torch module copied to several Flax modules: no subtree
+            return None
+        base = _spelled(mapped, flax_modules)
+        found = [f"{base}/{s}".strip("/") for s in flax_spellings(".".join(parts[i:]))]
+        found = [f for f in dict.fromkeys(found) if f in flax_modules]
+        return found[0] if len(found) == 1 else None
+    return None
 
 
 def find_flax_path(torch_name: str, flax_modules: set[str], user_map: UserMap | None) -> str | None:
@@ -105,6 +131,8 @@ def find_flax_path(torch_name: str, flax_modules: set[str], user_map: UserMap | 
             f"{torch_name or '(root)'}: ambiguous, the Flax model has {' and '.join(found)}; "
             "add a --map rule for it"
         )
+    if not found and user_map is not None and torch_name:
+        return below_mapped_parent(torch_name, flax_modules, user_map)
     return found[0] if found else None
 
 

@@ -43,7 +43,9 @@ def input_rows(
         if t_in is None or not np.issubdtype(np.asarray(t_in).dtype, np.floating):
             continue
         flat = flatten_shapes.get(name)
-        t_flax = activation_to_flax(t_in, flat) if flat else torch_to_flax_layout(t_in, np.shape(f_in))
+        t_flax = (
+            activation_to_flax(t_in, flat) if flat else torch_to_flax_layout(t_in, np.shape(f_in), like=f_in)
+        )
         label = name if k == 0 else f"{name}#{k}"
         rows[label] = compare_tensor(label, "input", to_flax(name), f_in, t_flax, tol)
     return rows

@@ -13,14 +13,16 @@ import numpy as np
 from parity.harness.causes import probable_cause
 from parity.harness.report import LayerDiff
 from parity.harness.sides import TorchRun, leaf_modules
-from parity.layout import layout_hint, to_channels_first, torch_to_flax_layout
+from parity.layout import layout_hint, sequence_first, to_channels_first, torch_to_flax_layout
 
 
 def port_in_torch_layout(f_out: np.ndarray, t_out: np.ndarray, hint) -> np.ndarray:
     """The port's output moved back to torch layout (undoes the move the row compared with)."""
     f = np.asarray(f_out)
-    moved = torch_to_flax_layout(t_out, f.shape, hint)
-    return f if moved is t_out else to_channels_first(f)
+    moved = torch_to_flax_layout(t_out, f.shape, hint, like=f)
+    if moved is t_out:
+        return f
+    return np.swapaxes(f, 0, 1) if sequence_first(np.shape(t_out), f.shape) else to_channels_first(f)
 
 
 def _key(label: str) -> tuple[str, int]:

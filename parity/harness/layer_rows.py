@@ -58,7 +58,7 @@ def output_rows(
             skipped.append(label)
             continue
         t_flax = torch_to_flax_layout(
-            t_out, None if f_out is None else np.shape(f_out), layout_hint(leaves[name])
+            t_out, None if f_out is None else np.shape(f_out), layout_hint(leaves[name]), like=f_out
         )
         row = compare_tensor(label, "output", to_flax(name), f_out, t_flax, tol)
         if ref is not None and (name, k) in ref.outputs:

@@ -182,9 +182,7 @@ def _localize(pair: ModelPair, x: np.ndarray, options: LocalizeOptions) -> Local
     masks = SharedDropout(o.seed) if (train and o.dropout_masks == "shared") else None
     torch_side = pair.torch_side()
     trun = torch_side.activations(x, train, masks, step=o.step)
-    run64 = None
-    if o.float64_reference or o.float64:
-        run64 = torch_side.activations(x, train, masks, given=trun.uniforms, float64=True)
+    run64, why64 = _torch_float64(torch_side, x, masks, trun, o)
 
     side, to_flax, fshapes = pair.flax_side(), pair.to_flax(), pair.dense_flatten_shapes()
 
@@ -201,8 +199,9 @@ def _localize(pair: ModelPair, x: np.ndarray, options: LocalizeOptions) -> Local
     inputs = input_rows(trun, capture.inputs, to_flax, fshapes, o.tol)
     meta = {"mode": o.mode, "reinject": o.reinject, "dropout_masks": o.dropout_masks if train else "n/a"}
     meta["flax"] = side.kind
+    meta.update({"float64": why64} if why64 else {})
     cause_from, wide = (trun, fouts), None
-    if o.float64 and _same_weights(pair, side, meta):
+    if o.float64 and run64 is not None and _same_weights(pair, side, meta):
         wide = _float64_verdicts(side, xf, run64, plan, to_flax, train, rng, meta)
         if wide is not None:
             narrow = narrow_layers(run64.order, wide.outputs, o.reinject)
@@ -219,6 +218,20 @@ def _localize(pair: ModelPair, x: np.ndarray, options: LocalizeOptions) -> Local
         meta["unmatched_stateless_torch_layers"] = skipped
     title = f"localize (mode={o.mode}, reinject={'on' if o.reinject else 'off'}, {side.kind})"
     return LocalizationReport(title, rows, o.tol, meta)
+
+
+def _torch_float64(
+    torch_side, x, masks, trun: TorchRun, o: LocalizeOptions
+) -> tuple[TorchRun | None, str | None]:
+    """The torch float64 run when ``o`` asks for one, or ``None`` and why not (user code that
+    cannot run in float64, such as a LayerNorm subclass that casts its input to float32)."""
+    if not (o.float64_reference or o.float64):
+        return None, None
+    try:
+        return torch_side.activations(x, o.mode == "train", masks, given=trun.uniforms, float64=True), None
+    except Exception as e:  # user code
+        first = (str(e).splitlines() or [""])[0][:160]
+        return None, f"not run: torch does not run in float64 ({type(e).__name__}: {first}); float32 verdicts"
 
 
 def _bn_means(run: TorchRun, stats: Mapping, to_flax: Callable[[str], str]) -> dict:

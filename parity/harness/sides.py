@@ -187,8 +187,8 @@ class FlaxSide:
     ) -> tuple[jax.Array, Any, Any]:
         """Run on channels-last ``x``; ``(output, new_batch_stats, new_rest)``.
 
-        ``rng`` feeds the ``'dropout'`` stream of a Linen model (NNX models use their own
-        ``Rngs``). In eval mode the statistics come back unchanged.
+        ``rng`` feeds the ``'dropout'`` stream of a Linen model, and through ``'params'`` any
+        other stream it draws from (NNX models use their own ``Rngs``). In eval mode the statistics come back unchanged.
         """
         kwargs = self.mode_kwargs(train)
         if self.kind == "linen":
@@ -199,7 +199,10 @@ class FlaxSide:
                 variables["batch_stats"] = batch_stats
             mutable = ["batch_stats"] if (train and batch_stats) else False
             # a port that hard-codes deterministic=False needs a dropout rng even in eval mode
-            rngs = {"dropout": rng if rng is not None else jax.random.key(0)}
+            key = rng if rng is not None else jax.random.key(0)
+            # 'params' is the stream Linen's make_rng falls back to for any name it was not
+            # given: a port's own stream (a DropPath's make_rng('drop_path')) runs, not crashes
+            rngs = {"dropout": key, "params": jax.random.fold_in(key, 1)}
 
             def interceptor(next_fun, args, kw, context):
                 if hook is None or context.method_name != "__call__" or not context.module.path:
@@ -253,7 +256,11 @@ class FlaxSide:
             if plan.reinject and tname is not None and (tname, k) in trun.inputs and args:
                 xin = trun.inputs[(tname, k)]
                 flat = fshapes.get(tname)
-                xin = activation_to_flax(xin, flat) if flat else torch_to_flax_layout(xin, np.shape(args[0]))
+                xin = (
+                    activation_to_flax(xin, flat)
+                    if flat
+                    else torch_to_flax_layout(xin, np.shape(args[0]), like=np.asarray(args[0]))
+                )
                 args = (jnp.asarray(xin, dtype=args[0].dtype), *args[1:])
             out = call_next(*args, **kwargs)
             if tname is not None:

@@ -112,16 +112,19 @@ def _layer_map(pair: ModelPair, inp: SpecInput, user_map: Any) -> dict[str, str]
         )
     except Exception as e:  # user code
         raise SpecError(f"{type(pair.flax).__name__} on input {shape} failed: {_one_line(e)}") from None
-    from parity.convert.naming import flax_spellings, load_user_map
+    from parity.convert.naming import below_mapped_parent, flax_spellings, load_user_map
 
     mapped = load_user_map(user_map)
+    slashed = {c.replace(".", "/") for c in called}
     # Linen auto-names (ResNetBlock_3/Conv_1) and relative map rules pair by the converter's order
-    auto = convert.module_pairs(pair.torch, {c.replace(".", "/") for c in called}, mapped)
+    auto = convert.module_pairs(pair.torch, slashed, mapped)
     out = {}
     for name in leaf_modules(pair.torch):
         given = mapped(name) if mapped is not None else None
+        if given is None and mapped is not None:  # below a module a rule moved
+            given = below_mapped_parent(name, slashed, mapped)
         found = [given.strip("/").replace("/", ".")] if given else []
-        found = found or [s.replace("/", ".") for s in dict.fromkeys(flax_spellings(name))]
+        found = found or list(dict.fromkeys(s.replace("/", ".") for s in flax_spellings(name)))
         found = [f for f in found if f in called]
         found = found or ([auto[name].replace("/", ".")] if name in auto else [])
         if len(found) == 1 and found[0] != name:
