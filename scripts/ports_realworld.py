@@ -64,13 +64,13 @@ def folder_of(root: Path, repo: str, commit: str) -> Path:
     return root / f"{repo.replace('/', '+')}@{commit[:10]}"
 
 
-def model_args(spec: dict, where: Path, command: str = "check") -> list[str]:
-    """The ``--torch/--flax/--input-*/--map`` options of a ``pair.json`` for ``command``
-    (``parity map`` takes no ``--input-high``)."""
+def model_args(spec: dict, where: Path) -> list[str]:
+    """The ``--torch/--flax/--input-*/--map`` options of a ``pair.json`` (``map`` and ``check``
+    take the same ones)."""
     args = ["--torch", str(where / spec["torch"]), "--flax", str(where / spec["flax"])]
     if spec.get("input_shape"):
         args += ["--input-shape", spec["input_shape"], "--input-dtype", spec.get("input_dtype", "float32")]
-    if spec.get("input_high") is not None and command == "check":
+    if spec.get("input_high") is not None:
         args += ["--input-high", str(spec["input_high"])]
     if not spec.get("channels_last", True):
         args.append("--no-channels-last")
@@ -206,7 +206,7 @@ def study_pair(root: Path, row: dict, check: bool) -> dict:
         return result
     spec = json.loads(config.read_text(encoding="utf-8"))
     with_json = root / "pairs" / row["label"] / "map.json"
-    result["map"] = run_parity(["map", *model_args(spec, config.parent, "map"), "--json", str(with_json)])
+    result["map"] = run_parity(["map", *model_args(spec, config.parent), "--json", str(with_json)])
     if with_json.is_file():
         result["map"]["pairing"] = json.loads(with_json.read_text(encoding="utf-8"))
     if check and spec.get("check", True):
