@@ -460,6 +460,10 @@ def _forward_rows(pair: ModelPair, x, tol: float, seed: int, notes: set[str]) ->
         rows += [
             Check.judged(pair.name, pair.kind, f"dropout_active_in_eval_mode[{n}]", 1.0, 0.0) for n in active
         ]
+    leaves = [
+        np.asarray(v) for tree in outputs(pair, x, False, seed)[:2] for v in tree.values() if v is not None
+    ]
+    pair.zero_output = bool(leaves) and not any(np.any(v) for v in leaves)  # read by SpecModels.notes
     return rows, same
 
 
@@ -544,7 +548,13 @@ class SpecModels:
             for p in self._built.values()
             if getattr(p, "widened", None)
         ]
-        return sorted(self._notes) + widened
+        zero = [
+            f"{p.name}: both models' eval outputs are all zero (a zero-initialised head?): the forward "
+            "rows compare nothing; the layer rows (--localize) and the gradient rows still compare"
+            for p in self._built.values()
+            if getattr(p, "zero_output", False)
+        ]
+        return sorted(self._notes) + widened + zero
 
     def pair(self, device: str) -> ModelPair:
         """The :class:`ModelPair` on ``device`` (built on first use: :func:`build_pair`)."""
