@@ -1,0 +1,397 @@
+"""The generator's driver: record each submodule's inputs, translate each instance's forward
+(:mod:`parity.port._graph`), answer the submodule calls and attribute reads of a forward,
+then group instances into classes and write the file (:mod:`parity.port._emit`).
+"""
+
+from __future__ import annotations
+
+import copy
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from parity.errors import ParityError
+from parity.port import Port, Stub
+from parity.port._graph import Body, user_line
+from parity.port._layers import LEAVES, SEQUENTIAL_FUNCTIONS, STATELESS, Ctor, lookup
+from parity.port._ops import FUNCS, METHODS
+from parity.port._values import Raw, Value, is_tensor
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList)
+
+
+class PortError(ParityError):
+    """Arguments ``build_port`` cannot work with (one line)."""
+
+
+class _LeafTracer(fx.Tracer):
+    """Traces one module's own forward: every submodule is a leaf call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.record_stack_traces = True
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return True
+
+
+@dataclass
+class Instance:
+    """One torch module instance and its translated ``__call__``."""
+
+    module: nn.Module
+    name: str
+    class_name: str
+    is_root: bool = False
+    in_cl: list[bool] = field(default_factory=list)
+    args: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    out_cl: list[bool] = field(default_factory=list)
+    returns_tuple: bool = False
+    needs_train: bool = False
+    tied: dict[str, str] = field(default_factory=dict)  # torch Linear attr -> Embed attr
+    variant: str = ""
+    arg_values: dict[str, Any] = field(default_factory=dict)
+
+
+def is_digit_container(m: nn.Module) -> bool:
+    """A ``ModuleList``, or a ``Sequential`` whose children are numbered (a Flax list)."""
+    if isinstance(m, nn.ModuleList):
+        return True
+    return isinstance(m, nn.Sequential) and all(k.isdigit() for k, _ in m.named_children())
+
+
+class Builder:
+    """State shared by every instance's translation."""
+
+    def __init__(self, model: nn.Module, inputs: tuple, style: str) -> None:
+        self.model, self.style = model, style
+        self.recorded = _record_inputs(model, inputs)
+        self.channels_last = _wants_channels_last(model, inputs)
+        self.flatten_linears = _flatten_linears(model, inputs)
+        self.instances: dict[int, Instance] = {}
+        self.order: list[Instance] = []
+        self.stubs: list[Stub] = []
+        self.notes: list[str] = []
+        self.sequential: dict[int, list] = {}  # NNX containers written as nnx.Sequential
+        self.helpers: set[str] = set()
+
+    def add_stub(self, op: str, where: str, message: str) -> None:
+        self.stubs.append(Stub(op, where, message))
+        self.helpers.add("not_translated")
+
+    # ------------------------------------------------------------ instances
+    def instance(self, module: nn.Module, name: str, in_cl: list[bool]) -> Instance:
+        """The translated instance (translated on first use, with these input layouts)."""
+        if id(module) in self.instances:
+            return self.instances[id(module)]
+        cls = type(module).__name__
+        if isinstance(module, nn.Sequential):  # a named Sequential: a class named for its attribute
+            cls = "".join(p.capitalize() for p in name.rsplit(".", 1)[-1].split("_")) or "Sequential"
+        inst = Instance(module, name, cls, is_root=module is self.model, in_cl=list(in_cl))
+        self.instances[id(module)] = inst
+        body = Body(self, inst)
+        try:
+            graph = _LeafTracer().trace(module)
+        except Exception as e:  # data-dependent control flow, unsupported Python: a stub class
+            self._untraceable(inst, body, e)
+        else:
+            _propagate_shapes(module, graph, self.recorded.get(id(module)))
+            body.run(graph, in_cl)
+            inst.lines = body.lines
+        self.order.append(inst)
+        return inst
+
+    def _untraceable(self, inst: Instance, body: Body, e: Exception) -> None:
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if "/torch/" not in f.filename]
+        line = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
+        op = "data-dependent control flow" if isinstance(e, fx.proxy.TraceError) else type(e).__name__
+        where = f"{inst.class_name}.forward" + (f" ({line})" if line else "")
+        message = f"{op} at {where}: torch.fx cannot trace it ({str(e).splitlines()[0][:80]}); write it by hand"
+        self.add_stub(op, where, message)
+        inst.args = ["x"]
+        inst.lines = [f"return not_translated({message!r})"]
+        inst.out_cl = [False]
+
+    # ------------------------------------------------------------ forward nodes
+    def get_attr(self, body: Body, target: str) -> Any:
+        owner_path, _, attr = target.rpartition(".")
+        owner = body.inst.module.get_submodule(owner_path) if owner_path else body.inst.module
+        tensor = getattr(owner, attr)
+        if owner_path:
+            return body.stub(f"self.{target}", "a submodule's tensor used directly")
+        if isinstance(tensor, nn.Parameter):
+            read = f"self.{attr}[...]" if self.style == "nnx" else f"self.{attr}"
+            v = body.emit(read)
+            v.shape = tuple(tensor.shape)
+            return v
+        expr = constant_source(tensor)
+        if expr is None:
+            return body.stub(f"buffer {attr}", f"a constant of shape {tuple(tensor.shape)} is too large to write")
+        self.notes.append(f"{body.inst.name or '(root)'}.{attr}: constant buffer written as {expr}")
+        v = body.emit(expr)
+        v.shape = tuple(tensor.shape)
+        return v
+
+    def call_module(self, body: Body, target: str, args: list, kwargs: dict) -> Any:
+        module = body.inst.module.get_submodule(target)
+        full = f"{body.inst.name}.{target}".strip(".")
+        tied = _tied_embedding(body.inst.module, target, module)
+        if tied is not None:
+            body.inst.tied[target] = tied
+            self.notes.append(f"{full}.weight is tied to {full.rsplit('.', 1)[0] + '.' if '.' in full else ''}{tied}.weight: written as {tied}.attend")
+            return body.emit(f"self.{tied}.attend({body.torch(args[0])})")
+        src = attr_source(target, self.style, self.sequential_parents(body.inst.module, target))
+        value, _ = self.call_child(body, module, full, src, args, kwargs)
+        return value
+
+    def sequential_parents(self, owner: nn.Module, target: str) -> list[bool]:
+        parts, out, m = target.split("."), [], owner
+        for p in parts[:-1]:
+            m = m.get_submodule(p)
+            out.append(id(m) in self.sequential)
+        return out
+
+    def call_child(self, body: Body, module: nn.Module, full: str, src: str, args: list, kwargs: dict):
+        """``(value, element)``: the call's result, and what the module is as an element of an
+        ``nnx.Sequential`` (``None``: it cannot be one)."""
+        stateless = lookup(STATELESS, module)
+        if stateless is not None:
+            return self._stateless(body, module, stateless, args)
+        leaf = lookup(LEAVES, module)
+        if leaf is not None:
+            return self._leaf(body, module, leaf(module, self.style), src, args, kwargs)
+        if is_digit_container(module):
+            return self._container(body, module, full, src, args)
+        child = self.instance(module, full, [bool(is_tensor(a) and a.cl) for a in args])
+        call = [literal_arg(body, a, cl) for a, cl in zip(args, child.in_cl + [False] * len(args), strict=False)]
+        if kwargs:
+            return body.stub(f"{child.class_name}(... keyword arguments)"), None
+        if self.style == "linen" and child.needs_train:
+            call.append("train=train")
+            body.inst.needs_train = True
+        expr = f"{src}({', '.join(call)})"
+        if child.returns_tuple:
+            v = body.emit(expr, kind="seq")
+            v.items = [Value(f"{v}[{i}]", cl=c) for i, c in enumerate(child.out_cl)]
+            return v, None
+        v = body.emit(expr, cl=child.out_cl[0] if child.out_cl else False)
+        return v, Raw("")
+
+    def _stateless(self, body: Body, module: nn.Module, entry, args: list):
+        op, kw = entry(module)
+        handler = METHODS.get(op) or FUNCS.get(getattr(torch.nn.functional, op, None))
+        saved, body.node_target_name = body.node_target_name, lambda: op
+        try:
+            value = handler(body, args[0], **kw)
+        finally:
+            body.node_target_name = saved
+        fn = SEQUENTIAL_FUNCTIONS.get(op)
+        if op == "gelu":
+            fn = f"partial(jax.nn.gelu, approximate={kw['approximate'] == 'tanh'})"
+        return value, (Raw(fn) if fn else None)
+
+    def _leaf(self, body: Body, module: nn.Module, leaf, src: str, args: list, kwargs: dict):
+        kind = type(module).__name__
+        if leaf.ctor is None:
+            return body.stub(f"nn.{kind}", leaf.problem), None
+        if leaf.call == "mha":
+            return self._attention(body, module, src, args, kwargs), None
+        x = args[0]
+        before = body.conversions
+        x = body.cl(x) if leaf.layout == "cl" or leaf.call == "bn" else body.torch(x) if leaf.layout == "torch" else x
+        mode = ""
+        if self.style == "linen" and leaf.call in ("bn", "dropout"):
+            body.inst.needs_train = True
+            mode = ", use_running_average=not train" if leaf.call == "bn" else ", deterministic=not train"
+        v = body.emit(f"{src}({x}{mode})", cl=bool(is_tensor(x) and x.cl))
+        return v, (leaf.ctor if body.conversions == before else None)
+
+    def _attention(self, body: Body, module: nn.MultiheadAttention, src: str, args: list, kwargs: dict):
+        names = ["query", "key", "value", "key_padding_mask", "need_weights", "attn_mask"]
+        given = {**dict(zip(names, args, strict=False)), **kwargs}
+        if any(given.get(k) is not None for k in ("key_padding_mask", "attn_mask")) or given.get("is_causal"):
+            return body.stub("nn.MultiheadAttention with a mask")
+        qkv = [body.torch(given[k]) for k in ("query", "key", "value")]
+        if not module.batch_first:
+            qkv = [body.emit(f"jnp.swapaxes({t}, 0, 1)", name=body.fresh(f"{t}_nlc")) for t in qkv]
+        mode = ""
+        if self.style == "nnx":
+            self.helpers.add("attention")
+        elif module.dropout:
+            mode, body.inst.needs_train = ", deterministic=not train", True
+        out = body.emit(f"{src}({', '.join(map(str, qkv))}{mode})")
+        if not module.batch_first:
+            out = body.emit(f"jnp.swapaxes({out}, 0, 1)", name=body.fresh(f"{out}_lnc"))
+        weights = "the attention weights (need_weights=True)"
+        return Value(out.expr, "seq", items=[out, _NoWeights(body, weights)])
+
+    def _container(self, body: Body, module: nn.Module, full: str, src: str, args: list):
+        """A numbered container called as a whole: its elements in order (one nnx.Sequential
+        call in NNX when every element can be an element of one)."""
+        if not args:
+            return body.stub(f"{type(module).__name__} called without arguments"), None
+        start, before, x, elements = len(body.lines), body.conversions, args[0], []
+        base = body.prefix or body.node.name
+        for key, child in module.named_children():
+            body.prefix = f"{base}_{key}"
+            try:
+                x, element = self.call_child(body, child, f"{full}.{key}", f"{src}[{key}]", [x], {})
+            finally:
+                body.prefix = ""
+            elements.append(element)
+        if x is None:
+            return body.stub("empty nn.Sequential"), None
+        simple = all(e is not None for e in elements) and body.conversions == before
+        if self.style == "nnx" and isinstance(module, nn.Sequential) and simple:
+            self.sequential[id(module)] = elements
+            body.names.difference_update({line.split(" = ", 1)[0] for line in body.lines[start:]})
+            del body.lines[start:]
+            return body.emit(f"{src}({args[0]})", cl=bool(is_tensor(x) and x.cl), name=body.fresh(base)), None
+        last = body.lines[-1]
+        if last.startswith(f"{x} = ") and isinstance(x, Value):  # the last element's value gets the node's name
+            name = body.fresh(base)
+            body.lines[-1] = f"{name} = {last.split(' = ', 1)[1]}"
+            x = Value(name, x.kind, x.cl, x.shape, x.items)
+        return x, None
+
+    def flatten_consumer(self, body: Body) -> str | None:
+        """The Linear (full name) a flatten in ``body`` feeds through element-wise ops, when the
+        converter permutes that Linear's rows for a channels-last flatten."""
+        seen, todo = set(), list(body.node.users)
+        while todo:
+            n = todo.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n.op == "call_module":
+                full = f"{body.inst.name}.{n.target}".strip(".")
+                if full in self.flatten_linears:
+                    return full
+                m = body.inst.module.get_submodule(n.target)
+                if lookup(STATELESS, m) is None and not isinstance(m, (nn.Dropout, nn.modules.batchnorm._BatchNorm)):
+                    continue
+            elif n.op not in ("call_function", "call_method"):
+                continue
+            todo += list(n.users)
+        return None
+
+
+class _NoWeights(Value):
+    def __init__(self, body: Body, what: str) -> None:
+        super().__init__("None", "py")
+
+
+def literal_arg(body: Body, a: Any, cl: bool) -> str:
+    if not is_tensor(a):
+        return repr(a) if not isinstance(a, Value) else a.expr
+    return str(body.cl(a) if cl else body.torch(a))
+
+
+def attr_source(target: str, style: str, sequential: list[bool]) -> str:
+    """``self.blocks[0].attn`` for target ``blocks.0.attn`` (``.layers[0]`` inside an NNX
+    ``nnx.Sequential``)."""
+    out = "self"
+    for i, part in enumerate(target.split(".")):
+        if part.isdigit():
+            out += f".layers[{part}]" if i and sequential[i - 1] else f"[{part}]"
+        else:
+            out += f".{part}"
+    return out
+
+
+def _tied_embedding(owner: nn.Module, target: str, module: nn.Module) -> str | None:
+    """The sibling ``nn.Embedding`` attribute whose weight ``module`` (a bias-free Linear) shares."""
+    if not isinstance(module, nn.Linear) or module.bias is not None or "." in target:
+        return None
+    for name, child in owner.named_children():
+        if isinstance(child, nn.Embedding) and child.weight is module.weight:
+            return name
+    return None
+
+
+def constant_source(t: torch.Tensor) -> str | None:
+    """Source of a constant buffer: zeros, ones, a triangular mask, a range, or a short literal."""
+    t = t.detach().cpu()
+    shape = tuple(t.shape)
+    dtype = ", dtype=bool" if t.dtype == torch.bool else ""
+    ones = torch.ones_like(t)
+    if t.numel() and torch.equal(t, torch.zeros_like(t)):
+        return f"jnp.zeros({shape}{dtype})"
+    if t.numel() and torch.equal(t, ones):
+        return f"jnp.ones({shape}{dtype})"
+    if t.dim() >= 2 and t.numel():
+        for fn in ("tril", "triu"):
+            if torch.equal(t, getattr(torch, fn)(ones)):
+                return f"jnp.{fn}(jnp.ones({shape}{dtype}))"
+    if t.dim() == 1 and not t.is_floating_point() and torch.equal(t, torch.arange(len(t), dtype=t.dtype)):
+        return f"jnp.arange({len(t)})"
+    if t.numel() <= 64:
+        return f"jnp.asarray({t.tolist()!r}{dtype})"
+    return None
+
+
+def _record_inputs(model: nn.Module, inputs: tuple) -> dict[int, tuple]:
+    """``{id(module): args of its first call}`` in one eval-mode pass (on a private copy)."""
+    copied = copy.deepcopy(model).eval()
+    originals = dict(zip((id(m) for m in copied.modules()), model.modules(), strict=True))
+    seen: dict[int, tuple] = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, a, key=originals[id(m)]: seen.setdefault(id(key), a) and None)
+        for m in copied.modules()
+    ]
+    try:
+        with torch.no_grad():
+            copied(*inputs)
+    except Exception as e:  # user code
+        raise PortError(f"{type(model).__name__} fails on the example input: {type(e).__name__}: {e}") from None
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _propagate_shapes(module: nn.Module, graph: fx.Graph, args: tuple | None) -> None:
+    if args is None:
+        return
+    try:
+        with torch.no_grad():
+            ShapeProp(fx.GraphModule(copy.deepcopy(module).eval(), graph)).propagate(*args)
+    except Exception:  # shapes stay unknown; the ops that need them become stubs
+        pass
+
+
+def _wants_channels_last(model: nn.Module, inputs: tuple) -> bool:
+    spatial = (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
+    x = inputs[0]
+    return x.is_floating_point() and x.dim() >= 3 and any(isinstance(m, spatial) for m in model.modules())
+
+
+def _flatten_linears(model: nn.Module, inputs: tuple) -> set[str]:
+    from parity.convert.flatten import detect_flattens
+
+    try:
+        return set(detect_flattens(model, input_shape=tuple(inputs[0].shape)).shapes)
+    except Exception:  # no flatten found this way: flattens go through torch's order
+        return set()
+
+
+def build(module: Any, example_input: Any, style: str) -> Port:
+    """:func:`parity.port.build_port`."""
+    from parity.port._emit import render
+
+    if style not in ("nnx", "linen"):
+        raise PortError(f"style must be 'nnx' or 'linen', got {style!r}")
+    if not isinstance(module, nn.Module):
+        raise PortError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+    if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
+        raise PortError("example_input must be a torch tensor or a tuple of tensors (torch layout)")
+    b = Builder(module, tuple(inputs), style)
+    root = b.instance(module, "", [b.channels_last and x.dim() >= 3 and x.is_floating_point() for x in inputs])
+    source = render(b, root)
+    return Port(source, style, "make", b.channels_last, tuple(b.stubs), tuple(dict.fromkeys(b.notes)))

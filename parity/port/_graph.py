@@ -1,0 +1,300 @@
+"""One torch module instance's ``forward`` as the body of a Flax ``__call__``.
+
+:class:`Body` walks the ``torch.fx`` graph of the instance (its submodules traced as leaves):
+every node becomes one statement named after the node. Tensors carry their layout
+(:mod:`parity.port._values`); a conversion is written once per tensor where an op needs the
+other layout. Submodule calls go back to the builder (:mod:`parity.port._build`).
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import operator
+import re
+from typing import Any
+
+import torch
+from torch import fx
+
+from parity.port import _ops
+from parity.port._values import Value, cl_order, index_literal, is_tensor, jax_axis, literal
+
+RESERVED = {"self", "jax", "jnp", "nn", "nnx", "partial", "train", "attention", "not_translated", "rngs"}
+_FILE_LINE = re.compile(r'File "([^"]+)", line (\d+)')
+_CONVERTED = {3: "ncw", 4: "nchw", 5: "ncdhw"}
+_CL_NAMES = {3: "nwc", 4: "nhwc", 5: "ndhwc"}
+
+
+def var_name(name: str) -> str:
+    """A Python identifier for an fx node name that names nothing else in the generated code."""
+    name = re.sub(r"\W", "_", name)
+    return f"{name}_" if name in RESERVED or keyword.iskeyword(name) else name
+
+
+def user_line(stack: str | None) -> str:
+    """``file.py:LINE`` of the last frame outside torch in an fx node's stack trace."""
+    frames = [(f, n) for f, n in _FILE_LINE.findall(stack or "") if "/torch/" not in f]
+    return f"{frames[-1][0].rsplit('/', 1)[-1]}:{frames[-1][1]}" if frames else ""
+
+
+class Body:
+    """The translation of one instance: ``lines`` of ``__call__``, its ``args`` and layouts."""
+
+    def __init__(self, builder: Any, inst: Any) -> None:
+        self.b, self.inst, self.style = builder, inst, builder.style
+        self.lines: list[str] = []
+        self.env: dict[fx.Node, Any] = {}
+        self.node: fx.Node | None = None
+        self.converted: dict[tuple[str, bool], Value] = {}
+        self.conversions = 0
+        self.names: set[str] = set()
+        self.prefix = ""  # the name of the statement being written, when not the node's
+
+    # ------------------------------------------------------------ statements
+    def fresh(self, base: str) -> str:
+        name, k = var_name(base), 1
+        while name in self.names:
+            name, k = f"{var_name(base)}_{k}", k + 1
+        self.names.add(name)
+        return name
+
+    def node_shape(self) -> tuple[int, ...] | None:
+        meta = self.node.meta.get("tensor_meta") if self.node is not None else None
+        return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+    def emit(
+        self, expr: str, like: Any = None, kind: str = "tensor", cl: bool | None = None, name=None, comment=""
+    ) -> Value:
+        """``name = expr`` (the current node's name); the Value's layout follows ``like``."""
+        if cl is None:
+            cl = bool(is_tensor(like) and like.cl)
+        name = name or self.fresh(self.prefix or self.node.name)
+        if comment:
+            self.lines.append(f"# {comment}")
+        self.lines.append(f"{name} = {expr}")
+        shape = self.node_shape() if kind == "tensor" else None
+        return Value(name, kind, cl and (shape is None or len(shape) >= 3), shape)
+
+    def alias(self, v: Any) -> Any:
+        return v
+
+    def out_rank(self) -> int:
+        shape = self.node_shape()
+        return len(shape) if shape is not None else 0
+
+    def node_target_name(self) -> str:
+        t = self.node.target
+        return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+
+    def stub(self, op: str, why: str = "") -> Value:
+        where = f"{self.inst.class_name}.forward"
+        line = user_line(self.node.stack_trace) if self.node is not None else ""
+        where += f" ({line})" if line else ""
+        message = f"{op} at {where}: {why or 'no translation'}; write it by hand"
+        self.b.add_stub(op, where, message)
+        return self.emit(f"not_translated({message!r})")
+
+    # ------------------------------------------------------------ layouts
+    def torch(self, v: Any) -> Any:
+        """``v`` in torch's axis order (a conversion statement the first time)."""
+        if not is_tensor(v) or not v.cl:
+            return v
+        key = (v.expr, False)
+        if key not in self.converted:
+            name = self.fresh(f"{v.expr}_{_CONVERTED.get(v.rank, 'cf')}")
+            self.lines.append("# back to torch's channels-first")
+            self.lines.append(f"{name} = jnp.moveaxis({v.expr}, -1, 1)")
+            self.conversions += 1
+            self.converted[key] = Value(name, shape=v.shape)
+        return self.converted[key]
+
+    def cl(self, v: Any) -> Any:
+        """``v`` channels-last when its rank is >= 3."""
+        if not is_tensor(v) or v.cl or v.rank is None or v.rank < 3:
+            return v
+        key = (v.expr, True)
+        if key not in self.converted:
+            name = self.fresh(f"{v.expr}_{_CL_NAMES.get(v.rank, 'cl')}")
+            self.lines.append(f"{name} = jnp.moveaxis({v.expr}, 1, -1)")
+            self.conversions += 1
+            self.converted[key] = Value(name, cl=True, shape=v.shape)
+        return self.converted[key]
+
+    def same_layout(self, a: Any, c: Any) -> tuple[Any, Any]:
+        if is_tensor(a) and is_tensor(c) and (a.cl != c.cl or a.rank != c.rank):
+            return self.torch(a), self.torch(c)
+        return a, c
+
+    def common_layout(self, xs: list) -> list:
+        if all(is_tensor(x) and x.cl for x in xs) and len({x.rank for x in xs}) == 1:
+            return xs
+        return [self.torch(x) for x in xs]
+
+    def reducible(self, x: Value, dims: tuple, keepdim: bool) -> Value:
+        """``x`` in a layout where reducing ``dims`` gives a result in a known layout."""
+        if not x.cl or keepdim:
+            return x
+        gone = {d % x.rank for d in dims}
+        left = [a for a in cl_order(x.rank) if a not in gone]
+        held = [sorted(left).index(a) for a in left]
+        if held == sorted(held) or (len(held) >= 3 and held == cl_order(len(held))):
+            return x
+        return self.torch(x)
+
+    # ------------------------------------------------------------ shape ops
+    def flatten(self, x: Value, start: int, end: int) -> Value:
+        r = x.rank
+        s, e = start % r, end % r
+        if s == e:
+            return x
+        if x.cl and s >= 2:  # spatial axes only: contiguous in channels-last too
+            dims = [f"{x}.shape[0]", *(f"{x}.shape[{i - 1}]" for i in range(2, s)), "-1"]
+            dims += [*(f"{x}.shape[{i - 1}]" for i in range(e + 1, r)), f"{x}.shape[-1]"]
+            return self.emit(f"{x}.reshape({', '.join(dims)})", cl=True)
+        if x.cl and s == 1 and e == r - 1:
+            spatial = math.prod(x.shape[2:]) if x.shape else None
+            if spatial == 1:
+                return self.emit(f"{x}.reshape({x}.shape[0], -1)")
+            linear = self.b.flatten_consumer(self)
+            if linear is not None:
+                why = f"channels-last flatten order: the converter permutes {linear}'s rows to match"
+                return self.emit(f"{x}.reshape({x}.shape[0], -1)", comment=why)
+        x = self.torch(x)
+        dims = [*(f"{x}.shape[{i}]" for i in range(s)), "-1", *(f"{x}.shape[{i}]" for i in range(e + 1, r))]
+        return self.emit(f"{x}.reshape({', '.join(dims)})")
+
+    def permute(self, x: Value, dims: list[int]) -> Value:
+        held = cl_order(x.rank) if x.cl else list(range(x.rank))
+        perm = [held.index(d) for d in dims]
+        if perm == sorted(perm):
+            return Value(x.expr, shape=self.node_shape())
+        moved = [i for i, p in enumerate(perm) if p != i]
+        if len(moved) == 2:
+            return self.emit(f"jnp.swapaxes({x}, {moved[0]}, {moved[1]})")
+        return self.emit(f"jnp.transpose({x}, {tuple(perm)})")
+
+    def is_batch_size(self, x: Value, v: Any) -> bool:
+        return isinstance(v, Value) and v.kind == "int" and v.items == [0]
+
+    def shape_of(self, x: Value) -> Value:
+        return Value(f"{x}.shape", "shape", of=x)
+
+    def shape_item(self, shape: Value, i: Any) -> Any:
+        x = shape.of
+        if not isinstance(i, int):
+            x = self.torch(x)
+            return self.emit(f"{x}.shape[{index_literal(i)}]", kind="int")
+        v = self.emit(f"{x}.shape[{jax_axis(i, x.rank, x.cl)}]", kind="int")
+        v.items = [i % x.rank]
+        return v
+
+    def pool(self, x: Value, kind: str, dims: int, k, stride, padding) -> Value:
+        if x.rank != dims + 2:
+            return self.stub(f"{kind}_pool{dims}d on an unbatched input")
+        x = self.cl(x)
+        pairs = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims  # noqa: E731
+        k = pairs(k)
+        stride = pairs(stride) if stride not in (None, (), []) else k
+        pad = pairs(padding)
+        ns = "nnx" if self.style == "nnx" else "nn"
+        extra = f", padding={tuple((p, p) for p in pad)}" if any(pad) else ""
+        return self.emit(f"{ns}.{kind}_pool({x}, window_shape={k}, strides={stride}{extra})", cl=True)
+
+    def adaptive(self, x: Value, output_size, dims: int) -> Value:
+        if x.rank != dims + 2 or x.shape is None:
+            return self.stub(f"adaptive_avg_pool{dims}d on an input of unknown or unbatched shape")
+        x = self.cl(x)
+        size = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * dims
+        spatial = x.shape[2:]
+        size = tuple(s if o is None else o for o, s in zip(size, spatial, strict=True))
+        if all(o == 1 for o in size):
+            return self.emit(f"jnp.mean({x}, axis={tuple(range(1, dims + 1))}, keepdims=True)", cl=True)
+        if any(s % o for s, o in zip(spatial, size, strict=True)):
+            return self.stub(f"adaptive_avg_pool{dims}d", f"{spatial} is not a multiple of {size}")
+        window = tuple(s // o for s, o in zip(spatial, size, strict=True))
+        ns = "nnx" if self.style == "nnx" else "nn"
+        return self.emit(f"{ns}.avg_pool({x}, window_shape={window}, strides={window})", cl=True)
+
+    # ------------------------------------------------------------ nodes
+    def run(self, graph: fx.Graph, in_cl: list[bool]) -> None:
+        placeholders = 0
+        for node in graph.nodes:
+            self.node = node
+            if node.op == "placeholder":
+                name = self.fresh(node.name)
+                cl = in_cl[placeholders] if placeholders < len(in_cl) else False
+                self.inst.args.append(name)
+                self.env[node] = Value(name, cl=cl, shape=self.node_shape())
+                placeholders += 1
+            elif node.op == "output":
+                self.output(node.args[0])
+            elif node.users:
+                self.env[node] = self.translate(node)
+
+    def value(self, a: Any) -> Any:
+        return fx.node.map_arg(a, lambda n: self.env[n])
+
+    def translate(self, node: fx.Node) -> Any:
+        args, kwargs = self.value(node.args), self.value(node.kwargs)
+        try:
+            if node.op == "get_attr":
+                return self.b.get_attr(self, node.target)
+            if node.op == "call_module":
+                return self.b.call_module(self, node.target, list(args), dict(kwargs))
+            if node.target is getattr:
+                return self.attribute(*args)
+            if node.target is operator.getitem:
+                return self.getitem(*args)
+            table = _ops.METHODS if node.op == "call_method" else _ops.FUNCS
+            handler = table.get(node.target)
+            if handler is None:
+                return self.stub(_op_name(node))
+            return handler(self, *args, **kwargs)
+        except Exception as e:  # a translation that does not fit this use: a stub, never a crash
+            return self.stub(_op_name(node), f"{type(e).__name__}: {e}"[:120])
+
+    def attribute(self, x: Any, name: str) -> Any:
+        if name == "shape":
+            return self.shape_of(x)
+        if name == "dtype":
+            return Value(f"{x}.dtype", "py")
+        if name == "ndim":
+            return x.rank
+        if name in ("T", "mT"):
+            return self.permute(x, [*range(x.rank - 2), x.rank - 1, x.rank - 2])
+        return self.stub(f"tensor attribute .{name}")
+
+    def getitem(self, x: Any, idx: Any) -> Any:
+        if isinstance(x, (list, tuple)):
+            return x[idx]
+        if isinstance(x, Value) and x.kind == "shape":
+            return self.shape_item(x, idx)
+        if isinstance(x, Value) and x.kind == "seq":
+            if x.items and isinstance(idx, int):
+                return x.items[idx]
+            return self.emit(f"{x}[{index_literal(idx)}]", cl=x.cl)
+        x = self.torch(x)
+        return self.emit(f"{x}[{index_literal(idx)}]")
+
+    def output(self, result: Any) -> None:
+        out = self.value(result)
+        flat = list(out) if isinstance(out, (tuple, list)) else [out]
+        if self.inst.is_root and not self.b.channels_last:
+            flat = [self.torch(v) for v in flat]
+        self.inst.out_cl = [bool(is_tensor(v) and v.cl) for v in flat]
+        text = ", ".join(literal(v) for v in flat)
+        self.lines.append(f"return {text}")
+        self.inst.returns_tuple = isinstance(out, (tuple, list))
+
+
+def _op_name(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    t = node.target
+    mod = getattr(t, "__module__", "") or ""
+    if mod.startswith("torch.nn.functional"):
+        return f"F.{t.__name__}"
+    if mod.startswith("torch") or isinstance(t, type(torch.cat)):
+        return f"torch.{getattr(t, '__name__', t)}"
+    return f"{mod}.{getattr(t, '__name__', t)}".strip(".")

@@ -1,0 +1,207 @@
+"""Leaf torch layers as Flax layers: the constructor with torch's hyper-parameters written out
+(epsilon, momentum ``1 - m``, ``use_bias``, explicit padding pairs, ``use_fast_variance=False``)
+and how the layer is called (the layout it needs, and the mode argument in Linen).
+
+Stateless layers (activations, pooling, ``Flatten``) are not Flax modules: they become the
+function the op translations (:mod:`parity.port._ops`) write for the same torch function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from parity.port._values import Raw
+
+
+@dataclass
+class Ctor:
+    """A constructor call: ``func(*args, **kwargs)``; ``args``/``kwargs`` hold ``(name, value)``
+    pairs (the name is what a varying value is called when it becomes a class parameter);
+    values are literals, :class:`Raw`, nested Ctors or lists of them. ``instance``: a custom
+    class instance whose variant and arguments are filled in when the classes are known."""
+
+    func: str
+    args: list[tuple[str, Any]] = field(default_factory=list)
+    kwargs: list[tuple[str, Any]] = field(default_factory=list)
+    instance: Any = None
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A leaf layer: its constructor, the layout its input needs (``'cl'``, ``'torch'``) and
+    its call kind (``'plain'``, ``'bn'``, ``'dropout'``, ``'mha'``)."""
+
+    ctor: Ctor | None
+    layout: str = "torch"
+    call: str = "plain"
+    problem: str | None = None
+
+
+def _pairs(v, dims: int) -> tuple:
+    v = v if isinstance(v, tuple) else (v,) * dims
+    return tuple(v)
+
+
+def _conv(m: nn.Module, style: str) -> Leaf:
+    dims = len(m.kernel_size)
+    if m.padding_mode != "zeros":
+        return Leaf(None, problem=f"padding_mode={m.padding_mode!r}")
+    if isinstance(m.padding, str):  # 'valid' or 'same' (stride 1): explicit pairs, torch's split
+        pads = [(0, 0)] * dims
+        if m.padding == "same":
+            total = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size, strict=True)]
+            pads = [(t // 2, t - t // 2) for t in total]
+    else:
+        pads = [(p, p) for p in m.padding]
+    head = [("in_features", m.in_channels)] if style == "nnx" else []
+    ns = "nnx" if style == "nnx" else "nn"
+    args = [*head, ("out_features" if style == "nnx" else "features", m.out_channels)]
+    kwargs = [("kernel_size", tuple(m.kernel_size))]
+    if any(s != 1 for s in m.stride):
+        kwargs.append(("strides", tuple(m.stride)))
+    kwargs.append(("padding", tuple(pads)))
+    if any(d != 1 for d in m.dilation):
+        kwargs.append(("kernel_dilation", tuple(m.dilation)))
+    if m.groups != 1:
+        kwargs.append(("feature_group_count", m.groups))
+    kwargs.append(("use_bias", m.bias is not None))
+    return Leaf(Ctor(f"{ns}.Conv", args, kwargs), layout="cl")
+
+
+def _linear(m: nn.Linear, style: str) -> Leaf:
+    if style == "nnx":
+        return Leaf(
+            Ctor("nnx.Linear", [("in_features", m.in_features), ("out_features", m.out_features)],
+                 [("use_bias", m.bias is not None)])
+        )
+    return Leaf(Ctor("nn.Dense", [("features", m.out_features)], [("use_bias", m.bias is not None)]))
+
+
+def _batch_norm(m: nn.modules.batchnorm._BatchNorm, style: str) -> Leaf:
+    if m.momentum is None or not m.track_running_stats:
+        return Leaf(None, problem="BatchNorm with momentum=None or track_running_stats=False")
+    head = [("num_features", m.num_features)] if style == "nnx" else []
+    kwargs = [("momentum", round(1.0 - m.momentum, 12)), ("epsilon", m.eps)]
+    if not m.affine:
+        kwargs += [("use_scale", False), ("use_bias", False)]
+    kwargs.append(("use_fast_variance", False))
+    ns = "nnx" if style == "nnx" else "nn"
+    layout = "cl" if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)) else "any"
+    return Leaf(Ctor(f"{ns}.BatchNorm", head, kwargs), layout=layout, call="bn")
+
+
+def _layer_norm(m: nn.LayerNorm, style: str) -> Leaf:
+    if len(m.normalized_shape) != 1:
+        return Leaf(None, problem="LayerNorm over several trailing axes")
+    affine = m.elementwise_affine
+    bias = affine and m.bias is not None
+    kwargs = [("epsilon", m.eps), ("use_scale", affine), ("use_bias", bias), ("use_fast_variance", False)]
+    if style == "nnx":
+        return Leaf(Ctor("nnx.LayerNorm", [("num_features", m.normalized_shape[0])], kwargs))
+    return Leaf(Ctor("nn.LayerNorm", [], kwargs))
+
+
+def _group_norm(m: nn.GroupNorm, style: str) -> Leaf:
+    kwargs = [("num_groups", m.num_groups), ("epsilon", m.eps), ("use_scale", m.affine), ("use_bias", m.affine)]
+    kwargs.append(("use_fast_variance", False))
+    if style == "nnx":
+        return Leaf(Ctor("nnx.GroupNorm", [("num_features", m.num_channels)], kwargs), layout="cl")
+    return Leaf(Ctor("nn.GroupNorm", [], kwargs), layout="cl")
+
+
+def _embedding(m: nn.Embedding, style: str) -> Leaf:
+    if m.max_norm is not None:
+        return Leaf(None, problem="Embedding with max_norm")
+    ns = "nnx" if style == "nnx" else "nn"
+    return Leaf(Ctor(f"{ns}.Embed", [("num_embeddings", m.num_embeddings), ("features", m.embedding_dim)]))
+
+
+def _dropout(m: nn.Dropout, style: str) -> Leaf:
+    ns = "nnx" if style == "nnx" else "nn"
+    return Leaf(Ctor(f"{ns}.Dropout", [("rate", m.p)]), layout="any", call="dropout")
+
+
+def _attention(m: nn.MultiheadAttention, style: str) -> Leaf:
+    if not m._qkv_same_embed_dim or m.bias_k is not None:
+        return Leaf(None, problem="MultiheadAttention with kdim/vdim or add_bias_kv")
+    e, bias = m.embed_dim, m.in_proj_bias is not None
+    kwargs = [("use_bias", bias)]
+    if m.dropout:
+        kwargs.append(("dropout_rate", m.dropout))
+    if style == "nnx":
+        args = [("num_heads", m.num_heads), ("in_features", e), ("qkv_features", e), ("out_features", e)]
+        kwargs += [("decode", False), ("attention_fn", Raw("attention"))]
+        return Leaf(Ctor("nnx.MultiHeadAttention", args, kwargs), call="mha")
+    args = [("num_heads", m.num_heads)]
+    kwargs = [("qkv_features", e), ("out_features", e), *kwargs]
+    return Leaf(Ctor("nn.MultiHeadDotProductAttention", args, kwargs), call="mha")
+
+
+LEAVES = {
+    nn.Conv1d: _conv,
+    nn.Conv2d: _conv,
+    nn.Conv3d: _conv,
+    nn.Linear: _linear,
+    nn.modules.batchnorm._BatchNorm: _batch_norm,
+    nn.LayerNorm: _layer_norm,
+    nn.GroupNorm: _group_norm,
+    nn.Embedding: _embedding,
+    nn.Dropout: _dropout,
+    nn.MultiheadAttention: _attention,
+}
+
+#: stateless layers -> (op name as in :mod:`parity.port._ops`, torch keyword arguments)
+STATELESS = {
+    nn.ReLU: lambda m: ("relu", {}),
+    nn.ReLU6: lambda m: ("relu6", {}),
+    nn.SiLU: lambda m: ("silu", {}),
+    nn.Sigmoid: lambda m: ("sigmoid", {}),
+    nn.Tanh: lambda m: ("tanh", {}),
+    nn.Hardswish: lambda m: ("hardswish", {}),
+    nn.GELU: lambda m: ("gelu", {"approximate": m.approximate}),
+    nn.LeakyReLU: lambda m: ("leaky_relu", {"negative_slope": m.negative_slope}),
+    nn.ELU: lambda m: ("elu", {"alpha": m.alpha}),
+    nn.Softplus: lambda m: ("softplus", {"beta": m.beta, "threshold": m.threshold}),
+    nn.Identity: lambda m: ("contiguous", {}),
+    nn.Flatten: lambda m: ("flatten", {"start_dim": m.start_dim, "end_dim": m.end_dim}),
+    nn.Softmax: lambda m: ("softmax", {"dim": m.dim}),
+    nn.LogSoftmax: lambda m: ("log_softmax", {"dim": m.dim}),
+}
+for _d in (1, 2, 3):
+    for _kind in ("Max", "Avg"):
+        STATELESS[getattr(nn, f"{_kind}Pool{_d}d")] = lambda m, k=_kind.lower(), d=_d: (
+            f"{k}_pool{d}d",
+            {
+                "kernel_size": m.kernel_size,
+                "stride": m.stride,
+                "padding": m.padding,
+                "ceil_mode": m.ceil_mode,
+                **({"dilation": m.dilation} if k == "max" else {"count_include_pad": m.count_include_pad}),
+                **({"divisor_override": m.divisor_override} if k == "avg" and d > 1 else {}),
+            },
+        )
+    STATELESS[getattr(nn, f"AdaptiveAvgPool{_d}d")] = lambda m, d=_d: (
+        f"adaptive_avg_pool{d}d",
+        {"output_size": m.output_size},
+    )
+
+#: how a stateless layer appears inside an ``nnx.Sequential``, when it is element-wise
+SEQUENTIAL_FUNCTIONS = {
+    "relu": "jax.nn.relu",
+    "relu6": "jax.nn.relu6",
+    "silu": "jax.nn.silu",
+    "sigmoid": "jax.nn.sigmoid",
+    "tanh": "jnp.tanh",
+    "hardswish": "jax.nn.hard_swish",
+}
+
+
+def lookup(table: dict, module: nn.Module):
+    """The entry of ``table`` for ``type(module)`` or its nearest base class, or ``None``."""
+    for klass in type(module).__mro__:
+        if klass in table:
+            return table[klass]
+    return None
