@@ -12,6 +12,7 @@ and ``weights.safetensors`` (the same arrays, keys the ``/``-joined Flax paths, 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -162,3 +163,69 @@ def model_facts(model: Any, variables: Mapping | None, tensor_output: bool) -> M
         return ModelFacts(eval_mode=mode, tensor_output=tensor_output)
     takes = "train" in inspect.signature(type(model).__call__).parameters
     return ModelFacts(takes, tuple(k for k in variables or {} if k != "params"), (), tensor_output)
+
+
+# ------------------------------------------------------------------------------ the folder
+
+
+@dataclass(frozen=True)
+class Written:
+    """What :func:`write_port` wrote: the file names, why the weights could not be written
+    (``None``: they were), and the :class:`parity.harness.specs.SpecModels` of the written
+    ``model.py`` against the torch SPEC, holding the pair whose weights were written."""
+
+    files: tuple[str, ...]
+    problem: str | None
+    models: Any
+
+
+def _example_inputs(inp: Any, extra: tuple) -> list[ExampleInput]:
+    from parity.spec import flax_input_shape
+
+    return [
+        ExampleInput(flax_input_shape(s.shape, s.channels_last), s.dtype, s.high)
+        for s in (inp, *(e for _, e in extra))
+    ]
+
+
+def _pair_files(port: Any, models: Any, pair: Any, torch_spec: str) -> dict[str, bytes]:
+    """The weights files and ``train_step.py`` of the converted ``pair``."""
+    from parity.port_train_step import train_step_source
+    from parity.spec import build
+
+    tree = weights_tree(pair)
+    files = weights_files(tree)
+    model = pair.flax if pair.kind == "nnx" else build(models.flax, ("linen",))[0]
+    facts = model_facts(model, tree if pair.kind == "linen" else None, pair.full_flax is None)
+    text = train_step_source(
+        port.style, torch_spec, _example_inputs(models.input, models.extra_inputs), facts
+    )
+    files["train_step.py"] = text.encode()
+    return files
+
+
+def write_port(port: Any, torch_spec: str, out: Path, force: bool, inp: Any, extra: tuple, log) -> Written:
+    """Write ``out`` atomically (:func:`staged_folder`): ``model.py`` (``port.source``), the torch
+    weights converted into it (``weights.msgpack``, ``weights.safetensors``) and
+    ``train_step.py``. The pair is built on the CPU from the staged ``model.py``
+    (:meth:`parity.harness.specs.SpecModels.pair`); when it cannot be (a partial port's stub, a
+    conversion error), only ``model.py`` is written and :attr:`Written.problem` says why."""
+    from parity.convert import ConversionError
+    from parity.harness.specs import SpecModels
+    from parity.spec import SpecError
+
+    with staged_folder(out, force) as tmp:
+        (tmp / "model.py").write_text(port.source, encoding="utf-8")
+        models = SpecModels(torch_spec, f"{tmp / 'model.py'}:{port.factory}", inp, extra_inputs=extra)
+        log("# converting the torch weights into the port")
+        files, problem = {}, None
+        try:
+            pair = models.pair("cpu")
+            files = _pair_files(port, models, pair, torch_spec)
+        except (SpecError, ConversionError, OSError, NotImplementedError) as e:
+            problem = str(e)
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+    # the same pair (SpecModels' cache is shared by replace): what is checked is what was written
+    final = dataclasses.replace(models, flax=f"{out / 'model.py'}:{port.factory}")
+    return Written(("model.py", *files), problem, final)

@@ -88,7 +88,9 @@ def _linen_steps(facts: ModelFacts, params: str, call: str) -> str:
         aux = "{**state, **updates}"
     else:
         lines = ['{"params": params, **state}', *args, 'rngs={"dropout": key}']
-        apply = f"        {out} = MODEL.apply(\n" + "".join(f"            {a},\n" for a in lines) + "        )\n"
+        apply = (
+            f"        {out} = MODEL.apply(\n" + "".join(f"            {a},\n" for a in lines) + "        )\n"
+        )
         aux = "state"
     return f'''
 
