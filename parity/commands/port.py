@@ -124,17 +124,21 @@ def run(args: argparse.Namespace) -> int:
     for note in port.notes:
         print(f"note: {note}")
     if port.stubs:
-        return _report_stubs(port)
+        return _report_stubs(port, written.problem)
     if written.problem is not None:
         print(f"FAIL: the port's weights do not convert: {written.problem}")
         return 1
     return _check(written.models, args)
 
 
-def _report_stubs(port: Any) -> int:
+def _report_stubs(port: Any, problem: str | None) -> int:
+    """List each stub (op, where, message) and say the check was not run; exit code 1."""
     print(f"\nleft to write by hand ({len(port.stubs)} stub(s) raising NotImplementedError):")
     for s in port.stubs:
-        print(f"  {s.op}  at {s.where}: {s.message}")
+        message = s.message.removeprefix(f"{s.op} at {s.where}: ")
+        print(f"  {s.op} at {s.where}: {message}")
+    if problem is not None:
+        print(f"\nthe weights and train_step.py are written once the port runs ({problem})")
     print("\nFAIL: the port is partial; parity check runs once the stubs are written")
     return 1
 
