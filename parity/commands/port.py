@@ -137,8 +137,8 @@ def _report_stubs(port: Any, problem: str | None) -> int:
     for s in port.stubs:
         message = s.message.removeprefix(f"{s.op} at {s.where}: ")
         print(f"  {s.op} at {s.where}: {message}")
-    if problem is not None:
-        print(f"\nthe weights and train_step.py are written once the port runs ({problem})")
+    if problem is not None:  # the stub raises when the port runs: the conversion needs a run
+        print("\nthe weights and train_step.py are written once the stubs are (the port cannot run yet)")
     print("\nFAIL: the port is partial; parity check runs once the stubs are written")
     return 1
 
