@@ -105,20 +105,19 @@ def _with_layout(inp: Any, extra: tuple, channels_last: bool) -> tuple[Any, tupl
 
 def run(args: argparse.Namespace) -> int:
     """Generate, write and check the port; 0 when it passes, 1 when it fails or has stubs."""
-    from parity.port_output import check_out_dir
+    from parity.device import configure
+    from parity.port import build_port
+    from parity.port_output import check_out_dir, write_port
     from parity.spec import build
 
     out = Path(args.out)
     check_out_dir(out, args.force)  # before any work: an existing folder is refused at once
+    configure(args.device, "strict")  # a missing device too (DeviceError), not after the writing
     inp, extra = _inputs(args)
     torch_model, _ = build(args.torch, ("torch",))
     _log(f"# generating the {args.to} port of {args.torch}")
-    from parity.port import build_port
-
     port = build_port(torch_model, _example(torch_model, inp, extra), style=args.to)
     inp, extra = _with_layout(inp, extra, port.channels_last)
-    from parity.port_output import write_port
-
     written = write_port(port, args.torch, out, args.force, inp, extra, _log)
     print(f"wrote {out}/: {', '.join(written.files)}")
     for note in port.notes:
