@@ -54,3 +54,14 @@ class DataDependent(nn.Module):
 
 def data_dependent() -> nn.Module:
     return _seeded(DataDependent)
+
+
+class ModeDependent(nn.Module):
+    """A forward that reads ``self.training`` (a functional dropout): the trace cannot carry it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.dropout(self.fc(x), 0.5, training=self.training)

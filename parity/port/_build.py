@@ -17,7 +17,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from parity.errors import ParityError
 from parity.port import Port, Stub
 from parity.port._graph import Body, user_line
-from parity.port._layers import LEAVES, SEQUENTIAL_FUNCTIONS, STATELESS, Ctor, lookup
+from parity.port._layers import LEAVES, SEQUENTIAL_FUNCTIONS, STATELESS, lookup
 from parity.port._ops import FUNCS, METHODS
 from parity.port._values import Raw, Value, is_tensor
 
@@ -34,6 +34,7 @@ class _LeafTracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.record_stack_traces = True
+        self.proxy_buffer_attributes = True  # a mask buffer sliced by a traced size stays traceable
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return True
@@ -56,6 +57,29 @@ class Instance:
     tied: dict[str, str] = field(default_factory=dict)  # torch Linear attr -> Embed attr
     variant: str = ""
     arg_values: dict[str, Any] = field(default_factory=dict)
+
+
+class _ModeDependent(Exception):
+    """The forward traces differently in train and eval mode (it reads ``self.training``)."""
+
+
+def _trace_both_modes(module: nn.Module) -> fx.Graph:
+    """The fx graph of ``module``'s forward; raises :class:`_ModeDependent` when tracing it in
+    train mode and in eval mode gives two graphs: a Flax port needs the mode as an argument or a
+    module flag there, which a trace cannot say."""
+    modes = {m: m.training for m in module.modules()}
+    try:
+        graphs = [_LeafTracer().trace(module.train(mode)) for mode in (True, False)]
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    if str(graphs[0]) != str(graphs[1]):
+        pairs = zip(graphs[0].nodes, graphs[1].nodes, strict=False)
+        first = next((a for a, c in pairs if a.format_node() != c.format_node()), None)
+        raise _ModeDependent(
+            "its train and eval traces differ", user_line(first.stack_trace if first else None)
+        )
+    return graphs[1]
 
 
 def is_digit_container(m: nn.Module) -> bool:
@@ -81,7 +105,8 @@ class Builder:
         self.helpers: set[str] = set()
 
     def add_stub(self, op: str, where: str, message: str) -> None:
-        self.stubs.append(Stub(op, where, message))
+        if all((s.op, s.where) != (op, where) for s in self.stubs):  # once per class and line
+            self.stubs.append(Stub(op, where, message))
         self.helpers.add("not_translated")
 
     # ------------------------------------------------------------ instances
@@ -96,7 +121,7 @@ class Builder:
         self.instances[id(module)] = inst
         body = Body(self, inst)
         try:
-            graph = _LeafTracer().trace(module)
+            graph = _trace_both_modes(module)
         except Exception as e:  # data-dependent control flow, unsupported Python: a stub class
             self._untraceable(inst, body, e)
         else:
@@ -109,12 +134,17 @@ class Builder:
     def _untraceable(self, inst: Instance, body: Body, e: Exception) -> None:
         frames = [f for f in traceback.extract_tb(e.__traceback__) if "/torch/" not in f.filename]
         line = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
+        line = e.args[1] if isinstance(e, _ModeDependent) else line
         op = "data-dependent control flow" if isinstance(e, fx.proxy.TraceError) else type(e).__name__
+        op = "forward reads self.training" if isinstance(e, _ModeDependent) else op
         where = f"{inst.class_name}.forward" + (f" ({line})" if line else "")
-        message = f"{op} at {where}: torch.fx cannot trace it ({str(e).splitlines()[0][:80]}); write it by hand"
+        why = f"torch.fx cannot trace it ({(str(e).splitlines() or [''])[0][:80]})"
+        if isinstance(e, _ModeDependent):
+            why = "its train and eval traces differ (a mode the port must take as a module or argument)"
+        message = f"{op} at {where}: {why}; write it by hand"
         self.add_stub(op, where, message)
         inst.args = ["x"]
-        inst.lines = [f"return not_translated({message!r})"]
+        inst.lines = [f"# TODO(parity port): {message}", f"return not_translated({op!r}, {where!r})"]
         inst.out_cl = [False]
 
     # ------------------------------------------------------------ forward nodes
@@ -131,7 +161,9 @@ class Builder:
             return v
         expr = constant_source(tensor)
         if expr is None:
-            return body.stub(f"buffer {attr}", f"a constant of shape {tuple(tensor.shape)} is too large to write")
+            return body.stub(
+                f"buffer {attr}", f"a constant of shape {tuple(tensor.shape)} is too large to write"
+            )
         self.notes.append(f"{body.inst.name or '(root)'}.{attr}: constant buffer written as {expr}")
         v = body.emit(expr)
         v.shape = tuple(tensor.shape)
@@ -143,7 +175,8 @@ class Builder:
         tied = _tied_embedding(body.inst.module, target, module)
         if tied is not None:
             body.inst.tied[target] = tied
-            self.notes.append(f"{full}.weight is tied to {full.rsplit('.', 1)[0] + '.' if '.' in full else ''}{tied}.weight: written as {tied}.attend")
+            owner = f"{body.inst.name}." if body.inst.name else ""
+            self.notes.append(f"{full}.weight is tied to {owner}{tied}.weight: written as {tied}.attend")
             return body.emit(f"self.{tied}.attend({body.torch(args[0])})")
         src = attr_source(target, self.style, self.sequential_parents(body.inst.module, target))
         value, _ = self.call_child(body, module, full, src, args, kwargs)
@@ -168,7 +201,9 @@ class Builder:
         if is_digit_container(module):
             return self._container(body, module, full, src, args)
         child = self.instance(module, full, [bool(is_tensor(a) and a.cl) for a in args])
-        call = [literal_arg(body, a, cl) for a, cl in zip(args, child.in_cl + [False] * len(args), strict=False)]
+        call = [
+            literal_arg(body, a, cl) for a, cl in zip(args, child.in_cl + [False] * len(args), strict=False)
+        ]
         if kwargs:
             return body.stub(f"{child.class_name}(... keyword arguments)"), None
         if self.style == "linen" and child.needs_train:
@@ -203,7 +238,13 @@ class Builder:
             return self._attention(body, module, src, args, kwargs), None
         x = args[0]
         before = body.conversions
-        x = body.cl(x) if leaf.layout == "cl" or leaf.call == "bn" else body.torch(x) if leaf.layout == "torch" else x
+        x = (
+            body.cl(x)
+            if leaf.layout == "cl" or leaf.call == "bn"
+            else body.torch(x)
+            if leaf.layout == "torch"
+            else x
+        )
         mode = ""
         if self.style == "linen" and leaf.call in ("bn", "dropout"):
             body.inst.needs_train = True
@@ -252,8 +293,18 @@ class Builder:
             body.names.difference_update({line.split(" = ", 1)[0] for line in body.lines[start:]})
             del body.lines[start:]
             return body.emit(f"{src}({args[0]})", cl=bool(is_tensor(x) and x.cl), name=body.fresh(base)), None
+        if simple and len(elements) > 1 and all(e == Raw("") for e in elements):  # blocks: a loop
+            mode = ", train=train" if "train=train" in body.lines[start] else ""
+            body.names.difference_update({line.split(" = ", 1)[0] for line in body.lines[start:]})
+            del body.lines[start:]
+            name, item = body.fresh(base), body.fresh("block")
+            call = f"{item}({name}{mode})"
+            body.lines += [f"{name} = {args[0]}", f"for {item} in {src}:", f"    {name} = {call}"]
+            return Value(name, cl=bool(is_tensor(x) and x.cl), shape=x.shape), None
         last = body.lines[-1]
-        if last.startswith(f"{x} = ") and isinstance(x, Value):  # the last element's value gets the node's name
+        if last.startswith(f"{x} = ") and isinstance(
+            x, Value
+        ):  # the last element's value gets the node's name
             name = body.fresh(base)
             body.lines[-1] = f"{name} = {last.split(' = ', 1)[1]}"
             x = Value(name, x.kind, x.cl, x.shape, x.items)
@@ -273,7 +324,9 @@ class Builder:
                 if full in self.flatten_linears:
                     return full
                 m = body.inst.module.get_submodule(n.target)
-                if lookup(STATELESS, m) is None and not isinstance(m, (nn.Dropout, nn.modules.batchnorm._BatchNorm)):
+                if lookup(STATELESS, m) is None and not isinstance(
+                    m, (nn.Dropout, nn.modules.batchnorm._BatchNorm)
+                ):
                     continue
             elif n.op not in ("call_function", "call_method"):
                 continue
@@ -340,15 +393,21 @@ def _record_inputs(model: nn.Module, inputs: tuple) -> dict[int, tuple]:
     copied = copy.deepcopy(model).eval()
     originals = dict(zip((id(m) for m in copied.modules()), model.modules(), strict=True))
     seen: dict[int, tuple] = {}
-    hooks = [
-        m.register_forward_pre_hook(lambda mod, a, key=originals[id(m)]: seen.setdefault(id(key), a) and None)
-        for m in copied.modules()
-    ]
+
+    def recorder(original: nn.Module):
+        def hook(mod, args):
+            seen.setdefault(id(original), args)
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(recorder(originals[id(m)])) for m in copied.modules()]
     try:
         with torch.no_grad():
             copied(*inputs)
     except Exception as e:  # user code
-        raise PortError(f"{type(model).__name__} fails on the example input: {type(e).__name__}: {e}") from None
+        raise PortError(
+            f"{type(model).__name__} fails on the example input: {type(e).__name__}: {e}"
+        ) from None
     finally:
         for h in hooks:
             h.remove()
@@ -392,6 +451,8 @@ def build(module: Any, example_input: Any, style: str) -> Port:
     if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
         raise PortError("example_input must be a torch tensor or a tuple of tensors (torch layout)")
     b = Builder(module, tuple(inputs), style)
-    root = b.instance(module, "", [b.channels_last and x.dim() >= 3 and x.is_floating_point() for x in inputs])
+    root = b.instance(
+        module, "", [b.channels_last and x.dim() >= 3 and x.is_floating_point() for x in inputs]
+    )
     source = render(b, root)
     return Port(source, style, "make", b.channels_last, tuple(b.stubs), tuple(dict.fromkeys(b.notes)))

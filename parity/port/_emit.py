@@ -18,9 +18,9 @@ from parity.port._values import Raw, literal
 
 _HELPERS = {
     "not_translated": '''
-def not_translated(message: str) -> jax.Array:
+def not_translated(op: str, where: str) -> jax.Array:
     """Marks code ``parity port`` could not translate: write it by hand."""
-    raise NotImplementedError(message)
+    raise NotImplementedError(f"{op} at {where}: not translated by parity port")
 ''',
     "attention": '''
 def attention(query, key, value, mask=None, dtype=None, **_):
@@ -85,14 +85,18 @@ def _walk(value: Any, path: str, style: str, slots: list, params: dict | None) -
             func = inst.variant
         else:
             kwargs, func = value.kwargs, value.func
-        parts = [_walk(v, f"{path}_{n}".rstrip("_"), style, slots, params) for n, v in
-                 (value.args if value.instance is None else [])]
+        parts = [
+            _walk(v, f"{path}_{n}".rstrip("_"), style, slots, params)
+            for n, v in (value.args if value.instance is None else [])
+        ]
         parts += [f"{n}={_walk(v, f'{path}_{n}', style, slots, params)}" for n, v in kwargs]
         if style == "nnx" and (value.instance is not None or _takes_rngs(func)):
             parts.append("rngs=rngs")
         return f"{func}({', '.join(parts)})"
     if isinstance(value, list):
-        return "[" + ", ".join(_walk(v, f"{path}_{i}", style, slots, params) for i, v in enumerate(value)) + "]"
+        return (
+            "[" + ", ".join(_walk(v, f"{path}_{i}", style, slots, params) for i, v in enumerate(value)) + "]"
+        )
     if isinstance(value, Raw) or value is None or isinstance(value, str):
         return literal(value)
     k = len(slots)
@@ -122,8 +126,17 @@ def _group(b: Builder) -> tuple[list[tuple[str, list[Instance], dict]], dict]:
     by_class: dict[str, list] = {}
     for inst in order:
         slots: list = []
-        text = "\n".join(f"{a} = {_walk(c, a, b.style, slots, {k: '?' for k in range(999)})}" for a, c in entries[id(inst)])
-        key = (inst.class_name, tuple(inst.lines), tuple(inst.args), text, tuple(inst.in_cl), inst.needs_train)
+        text = "\n".join(
+            f"{a} = {_walk(c, a, b.style, slots, {k: '?' for k in range(999)})}" for a, c in entries[id(inst)]
+        )
+        key = (
+            inst.class_name,
+            tuple(inst.lines),
+            tuple(inst.args),
+            text,
+            tuple(inst.in_cl),
+            inst.needs_train,
+        )
         family = by_class.setdefault(inst.class_name, [])
         match = next((g for g in family if g[0] == key), None)
         if match is None:
@@ -191,18 +204,25 @@ def _annotation(v: Any) -> str:
 def _class_source(b: Builder, name: str, insts: list[Instance], params: dict, entries: dict) -> str:
     inst = insts[0]
     torch_cls = type(inst.module)
-    names = ", ".join(i.name or "(root)" for i in insts[:3]) + (", ..." if len(insts) > 3 else "")
-    doc = f'"""Port of ``{torch_cls.__module__}.{torch_cls.__name__}`` ({names})."""'
+    names = ", ".join(i.name or "the root" for i in insts[:3]) + (", ..." if len(insts) > 3 else "")
+    doc = f"Port of ``{torch_cls.__module__}.{torch_cls.__name__}`` ({names})."
+    doc = '"""' + _wrap(doc, 80).replace("\n", "\n    ") + '"""'
     fields = [(p, _annotation(v)) for p, v in inst.arg_values.items()]
     slots: list = []
-    assigns = [f"self.{a} = {_walk(c, a, b.style, slots, params)}" for a, c in entries[id(inst)]]
+    own = {k: f"self.{v}" if b.style == "linen" else v for k, v in params.items()}  # Linen: fields
+    assigns = [f"self.{a} = {_walk(c, a, b.style, slots, own)}" for a, c in entries[id(inst)]]
     args = ", ".join(f"{a}: jax.Array" for a in inst.args)
     ret = "tuple" if inst.returns_tuple else "jax.Array"
-    lines = inst.lines or ["return not_translated('not called by the traced forward')"]
+    lines = inst.lines or [f"return not_translated('a forward nobody called', {name!r})"]
     if b.style == "nnx":
         sig = "".join(f"{p}: {t}, " for p, t in fields)
         init = assigns or ["del rngs  # no layers"]
-        head = [f"class {name}(nnx.Module):", f"    {doc}", "", f"    def __init__(self, {sig}*, rngs: nnx.Rngs) -> None:"]
+        head = [
+            f"class {name}(nnx.Module):",
+            f"    {doc}",
+            "",
+            f"    def __init__(self, {sig}*, rngs: nnx.Rngs) -> None:",
+        ]
         head += [f"        {s}" for s in init]
         call = f"    def __call__(self, {args}) -> {ret}:"
     else:
@@ -211,7 +231,13 @@ def _class_source(b: Builder, name: str, insts: list[Instance], params: dict, en
             head += ["", "    def setup(self) -> None:"] + [f"        {s}" for s in assigns]
         mode = ", *, train: bool" if inst.needs_train or inst.is_root else ""
         call = f"    def __call__(self, {args}{mode}) -> {ret}:"
-    return "\n".join([*head, "", call, *(f"        {s}" for s in lines)])
+    body = [w for s in lines for w in (_comment(s) if s.startswith("# ") else [s])]
+    return "\n".join([*head, "", call, *(f"        {s}" for s in body)])
+
+
+def _comment(line: str) -> list[str]:
+    """A long comment as several ``#`` lines within the line length."""
+    return ["# " + part for part in _wrap(line[2:], 76).splitlines()]
 
 
 def _header(b: Builder, root: Instance, classes: list[str]) -> str:
@@ -219,25 +245,39 @@ def _header(b: Builder, root: Instance, classes: list[str]) -> str:
     style = "NNX" if b.style == "nnx" else "Linen"
     layers = sum(1 for m in root.module.modules() if lookup(LEAVES, m) is not None)
     if b.channels_last:
-        layout = ("channels-last: the port takes image-like input NHWC (N, *spatial, C), the layout "
-                  "Flax's Conv and pooling use; the caller moves torch's NCHW input once (parity "
-                  "check does), and a tensor goes back to channels-first only where an op needs "
-                  "torch's axis order (marked 'back to torch's channels-first').")
+        layout = (
+            "channels-last: the port takes image-like input NHWC (N, *spatial, C), the layout "
+            "Flax's Conv and pooling use; the caller moves torch's NCHW input once (parity "
+            "check does), and a tensor goes back to channels-first only where an op needs "
+            "torch's axis order (marked 'back to torch's channels-first')."
+        )
     else:
-        layout = ("torch's axis order: the input has no spatial layers to feed (tokens, "
-                  "features), so every axis argument stays as in torch.")
+        layout = (
+            "torch's axis order: the input has no spatial layers to feed (tokens, "
+            "features), so every axis argument stays as in torch."
+        )
     if b.style == "nnx":
-        mode = ("BatchNorm and Dropout carry their own mode: model.train() / model.eval(), or "
-                "nnx.view(model, ...) for an evaluation view sharing the weights.")
+        mode = (
+            "BatchNorm and Dropout carry their own mode: model.train() / model.eval(), or "
+            "nnx.view(model, ...) for an evaluation view sharing the weights."
+        )
     else:
-        mode = ("every BatchNorm (use_running_average=not train) and Dropout (deterministic=not "
-                "train) gets the explicit train argument; apply with mutable=['batch_stats'] "
-                "and a 'dropout' rng when train=True.")
-    stubs = (f"{len(b.stubs)} place(s) raise NotImplementedError (search not_translated): "
-             + "; ".join(s.op for s in b.stubs)) if b.stubs else "none, everything was translated."
+        mode = (
+            "every BatchNorm (use_running_average=not train) and Dropout (deterministic=not "
+            "train) gets the explicit train argument; apply with mutable=['batch_stats'] "
+            "and a 'dropout' rng when train=True."
+        )
+    stubs = (
+        (
+            f"{len(b.stubs)} place(s) raise NotImplementedError (search not_translated): "
+            + "; ".join(s.op for s in b.stubs)
+        )
+        if b.stubs
+        else "none, everything was translated."
+    )
     text = f"""Flax {style} port of ``{cls.__module__}.{cls.__name__}``, written by ``parity port``.
 
-Converted: {len(classes)} class(es) ({', '.join(classes)}) from the torch module tree, with
+Converted: {len(classes)} class(es) ({", ".join(classes)}) from the torch module tree, with
 torch's attribute names; {layers} layer(s) with torch's hyper-parameters written out; each
 forward translated from a torch.fx trace of its class.
 
@@ -278,12 +318,15 @@ def render(b: Builder, root: Instance) -> str:
     classes = [_class_source(b, name, insts, params, entries) for name, insts, params in groups]
     helpers = [_HELPERS[h].strip() for h in sorted(b.helpers)]
     if b.style == "nnx":
-        factory = (f'def make() -> nnx.Module:\n    """{root.variant} with fresh Flax weights; '
-                   f'`parity check` converts the torch weights into it."""\n'
-                   f"    return {root.variant}(rngs=nnx.Rngs(0))")
+        factory = (
+            'def make() -> nnx.Module:\n    """The port, fresh Flax weights (parity check converts '
+            f'torch\'s into it)."""\n    return {root.variant}(rngs=nnx.Rngs(0))'
+        )
     else:
-        factory = (f'def make() -> nn.Module:\n    """{root.variant} (Linen: weights come from init '
-                   f'or from the converted torch weights)."""\n    return {root.variant}()')
+        factory = (
+            'def make() -> nn.Module:\n    """The port (Linen: init it, or convert torch\'s weights '
+            f'into it)."""\n    return {root.variant}()'
+        )
     body = "\n\n\n".join([*helpers, *classes, factory])
     names = [name for name, _, _ in groups]
     source = "\n".join([_header(b, root, names), "", *_imports(body, b.style), "", "", body, ""])
@@ -293,7 +336,11 @@ def render(b: Builder, root: Instance) -> str:
 def _ruff_format(source: str) -> str:
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "ruff", "format", "--isolated", "-"], input=source, capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "ruff", "format", "--isolated", "-"],
+            input=source,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     except (OSError, subprocess.SubprocessError):
         return source

@@ -93,7 +93,7 @@ class Body:
         where += f" ({line})" if line else ""
         message = f"{op} at {where}: {why or 'no translation'}; write it by hand"
         self.b.add_stub(op, where, message)
-        return self.emit(f"not_translated({message!r})")
+        return self.emit(f"not_translated({op!r}, {where!r})", comment=f"TODO(parity port): {message}"[:200])
 
     # ------------------------------------------------------------ layouts
     def torch(self, v: Any) -> Any:

@@ -74,8 +74,11 @@ def _conv(m: nn.Module, style: str) -> Leaf:
 def _linear(m: nn.Linear, style: str) -> Leaf:
     if style == "nnx":
         return Leaf(
-            Ctor("nnx.Linear", [("in_features", m.in_features), ("out_features", m.out_features)],
-                 [("use_bias", m.bias is not None)])
+            Ctor(
+                "nnx.Linear",
+                [("in_features", m.in_features), ("out_features", m.out_features)],
+                [("use_bias", m.bias is not None)],
+            )
         )
     return Leaf(Ctor("nn.Dense", [("features", m.out_features)], [("use_bias", m.bias is not None)]))
 
@@ -105,7 +108,12 @@ def _layer_norm(m: nn.LayerNorm, style: str) -> Leaf:
 
 
 def _group_norm(m: nn.GroupNorm, style: str) -> Leaf:
-    kwargs = [("num_groups", m.num_groups), ("epsilon", m.eps), ("use_scale", m.affine), ("use_bias", m.affine)]
+    kwargs = [
+        ("num_groups", m.num_groups),
+        ("epsilon", m.eps),
+        ("use_scale", m.affine),
+        ("use_bias", m.affine),
+    ]
     kwargs.append(("use_fast_variance", False))
     if style == "nnx":
         return Leaf(Ctor("nnx.GroupNorm", [("num_features", m.num_channels)], kwargs), layout="cl")
@@ -170,23 +178,34 @@ STATELESS = {
     nn.Softmax: lambda m: ("softmax", {"dim": m.dim}),
     nn.LogSoftmax: lambda m: ("log_softmax", {"dim": m.dim}),
 }
+
+
+def _pooling(kind: str, dims: int):
+    def entry(m: nn.Module) -> tuple[str, dict]:
+        kw = {
+            "kernel_size": m.kernel_size,
+            "stride": m.stride,
+            "padding": m.padding,
+            "ceil_mode": m.ceil_mode,
+        }
+        if kind == "max":
+            kw["dilation"] = m.dilation
+        else:
+            kw["count_include_pad"] = m.count_include_pad
+            kw.update({"divisor_override": m.divisor_override} if dims > 1 else {})
+        return f"{kind}_pool{dims}d", kw
+
+    return entry
+
+
+def _adaptive(dims: int):
+    return lambda m: (f"adaptive_avg_pool{dims}d", {"output_size": m.output_size})
+
+
 for _d in (1, 2, 3):
-    for _kind in ("Max", "Avg"):
-        STATELESS[getattr(nn, f"{_kind}Pool{_d}d")] = lambda m, k=_kind.lower(), d=_d: (
-            f"{k}_pool{d}d",
-            {
-                "kernel_size": m.kernel_size,
-                "stride": m.stride,
-                "padding": m.padding,
-                "ceil_mode": m.ceil_mode,
-                **({"dilation": m.dilation} if k == "max" else {"count_include_pad": m.count_include_pad}),
-                **({"divisor_override": m.divisor_override} if k == "avg" and d > 1 else {}),
-            },
-        )
-    STATELESS[getattr(nn, f"AdaptiveAvgPool{_d}d")] = lambda m, d=_d: (
-        f"adaptive_avg_pool{d}d",
-        {"output_size": m.output_size},
-    )
+    STATELESS[getattr(nn, f"MaxPool{_d}d")] = _pooling("max", _d)
+    STATELESS[getattr(nn, f"AvgPool{_d}d")] = _pooling("avg", _d)
+    STATELESS[getattr(nn, f"AdaptiveAvgPool{_d}d")] = _adaptive(_d)
 
 #: how a stateless layer appears inside an ``nnx.Sequential``, when it is element-wise
 SEQUENTIAL_FUNCTIONS = {

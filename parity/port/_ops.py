@@ -14,7 +14,7 @@ import operator
 import torch
 import torch.nn.functional as F
 
-from parity.port._values import Value, is_tensor, jax_axis, literal
+from parity.port._values import is_tensor, jax_axis, literal
 
 FUNCS: dict = {}
 METHODS: dict = {}
@@ -353,7 +353,9 @@ def _pool(kind: str, dims: int):
 for _d in (1, 2, 3):
     op(getattr(F, f"max_pool{_d}d"))(_pool("max", _d))
     op(getattr(F, f"avg_pool{_d}d"))(_pool("avg", _d))
-    op(getattr(F, f"adaptive_avg_pool{_d}d"))(lambda b, input, output_size, _d=_d: b.adaptive(input, output_size, _d))
+    op(getattr(F, f"adaptive_avg_pool{_d}d"))(
+        lambda b, input, output_size, _d=_d: b.adaptive(input, output_size, _d)
+    )
 
 
 @op(F.dropout, "dropout")
@@ -361,3 +363,13 @@ def dropout(b, input, p=0.5, training=True, inplace=False):
     if not training or p == 0:
         return b.alias(input)
     return b.stub("F.dropout", "a functional dropout has no module to carry its mode: use nn.Dropout")
+
+
+# ---------------------------------------------------------------- creation
+@op(torch.arange)
+def arange(b, start, end=None, step=1, dtype=None, device=None, **kw):
+    args = [start] if end is None else [start, end]
+    args += [step] if step != 1 else []
+    text = ", ".join(literal(a) for a in args)
+    float_dtype = dtype is not None and dtype.is_floating_point
+    return b.emit(f"jnp.arange({text}, dtype=float)" if float_dtype else f"jnp.arange({text})")

@@ -1,0 +1,214 @@
+"""``parity.port`` (issue 23): the generated Flax port of a torch model, exec'd from a file and
+paired with the torch model through the harness, passes layer by layer in float32 and in
+float64; what the generator cannot translate becomes a stub.
+
+Tolerances: float32 rows use the harness default (FLOAT32_REL_TOL) and are judged by the
+float64 pass at FLOAT64_REL_TOL; a correct port agrees in float64 to ~1e-15 (the same
+operations in another order), so the float64 bound here is 1e-12, the issue's "~1e-12".
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from parity.errors import ParityError
+from parity.harness.dropout import SharedDropout
+from parity.harness.layers64 import float64_pass, worst_port
+from parity.harness.sides import FlaxCapture
+from parity.harness.specs import SpecInput, SpecModels
+from parity.port import Port, build_port, generate
+from parity.testing import LocalizeOptions, assert_parity
+from tests import port_gen_models
+
+MODELS = Path(__file__).with_name("port_gen_models.py")
+FLOAT64_PORT_BOUND = 1e-12
+
+
+def port_pair(tmp_path: Path, name: str, style: str, shape: tuple[int, ...]):
+    """``(port, pair)``: the generated port written to a file, paired with the torch model."""
+    port = build_port(getattr(port_gen_models, name)(), torch.randn(*shape), style)
+    path = tmp_path / f"{name}_{style}.py"
+    path.write_text(port.source)
+    spec = SpecModels(f"{MODELS}:{name}", f"{path}:make", SpecInput(shape, channels_last=port.channels_last))
+    return port, spec.pair("cpu")
+
+
+def float64_worst(pair, x: np.ndarray, train: bool) -> float:
+    """The largest per-layer difference of the port when both sides run in float64."""
+    side, to_flax, fshapes = pair.flax_side(), pair.to_flax(), pair.dense_flatten_shapes()
+    masks = SharedDropout(0) if train else None
+    torch_side = pair.torch_side()
+    run32 = torch_side.activations(x, train, masks)
+    run64 = torch_side.activations(x, train, masks, given=run32.uniforms, float64=True)
+
+    def plan(run):
+        return FlaxCapture(run, to_flax, fshapes, False, masks is not None, inputs={})
+
+    return worst_port(float64_pass(side, pair.flax_input(x), run64, plan, to_flax, train, None))
+
+
+def assert_port_passes(pair, shape: tuple[int, ...]) -> None:
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    for mode in ("eval", "train"):
+        reports = assert_parity(pair, x, LocalizeOptions(mode=mode))
+        assert reports[0].meta["float64"].startswith("every layer judged in float64"), reports[0].meta
+        assert len(reports[0].rows) > 3
+        worst = float64_worst(pair, x, mode == "train")
+        assert worst < FLOAT64_PORT_BOUND, f"{mode}: float64 port difference {worst:.3g}"
+
+
+def test_digits_cnn_nnx_port_passes(tmp_path):
+    port, pair = port_pair(tmp_path, "digits", "nnx", (4, 1, 8, 8))
+    assert port.stubs == () and port.channels_last and port.factory == "make"
+    assert_port_passes(pair, (4, 1, 8, 8))
+
+
+@pytest.mark.slow  # 45 s under load (load average 13, 2-core box), the harness's two passes
+def test_digits_cnn_linen_port_passes(tmp_path):
+    port, pair = port_pair(tmp_path, "digits", "linen", (4, 1, 8, 8))
+    assert port.stubs == ()
+    assert_port_passes(pair, (4, 1, 8, 8))
+
+
+@pytest.mark.slow  # 60 s each under load (load average 13)
+@pytest.mark.parametrize("style", ["nnx", "linen"])
+def test_signal1d_cnn_port_passes(tmp_path, style):
+    port, pair = port_pair(tmp_path, "signal1d", style, (4, 1, 40))
+    assert port.stubs == ()
+    assert_port_passes(pair, (4, 1, 40))
+
+
+@pytest.mark.slow  # 75 s each under load (load average 13)
+@pytest.mark.parametrize("style", ["nnx", "linen"])
+def test_resnet20_port_passes(tmp_path, style):
+    port, pair = port_pair(tmp_path, "resnet20", style, (4, 3, 16, 16))
+    assert port.stubs == ()
+    assert_port_passes(pair, (4, 3, 16, 16))
+
+
+@pytest.mark.slow  # 60-80 s each under load (load average 13)
+@pytest.mark.parametrize("style", ["nnx", "linen"])
+def test_vit_port_passes(tmp_path, style):
+    port, pair = port_pair(tmp_path, "vit_tiny", style, (4, 3, 8, 8))
+    assert port.stubs == ()
+    assert_port_passes(pair, (4, 3, 8, 8))
+
+
+@pytest.mark.slow  # 65 s each under load (load average 13)
+@pytest.mark.parametrize("style", ["nnx", "linen"])
+def test_tiny_transformer_port_passes(tmp_path, style):
+    port, pair = port_pair(tmp_path, "tiny_transformer", style, (4, 3, 16, 16))
+    assert port.stubs == ()
+    assert_port_passes(pair, (4, 3, 16, 16))
+
+
+@pytest.mark.slow  # RESNET18_TIME
+@pytest.mark.parametrize("style", ["nnx", "linen"])
+def test_resnet18_port_passes(tmp_path, style):
+    port, pair = port_pair(tmp_path, "resnet18", style, (2, 3, 32, 32))
+    assert port.stubs == ()
+    assert_port_passes(pair, (2, 3, 32, 32))
+
+
+# ---------------------------------------------------------------- the source itself
+@pytest.fixture(scope="module")
+def resnet20_sources() -> dict[str, Port]:
+    model = port_gen_models.resnet20()
+    return {style: build_port(model, torch.randn(2, 3, 16, 16), style) for style in ("nnx", "linen")}
+
+
+def test_source_keeps_torch_names_and_hyper_parameters(resnet20_sources):
+    nnx_src, linen_src = resnet20_sources["nnx"].source, resnet20_sources["linen"].source
+    for src in (nnx_src, linen_src):
+        assert "class ResNet(" in src and "class BasicBlock(" in src
+        assert "momentum=0.9" in src and "epsilon=1e-05" in src and "use_fast_variance=False" in src
+        assert "padding=((1, 1), (1, 1))" in src and "SAME" not in src
+        assert "getattr(" not in src
+        assert "self.layer1" in src and "self.downsample" in src and "self.fc" in src
+    assert "self.layer1 = nnx.Sequential(" in nnx_src
+    assert "use_running_average=not train" in linen_src and "*, train: bool" in linen_src
+    assert "use_running_average" not in nnx_src  # NNX: the modules' own flags
+
+
+def test_source_is_ruff_clean_and_within_the_default_line_length(resnet20_sources, tmp_path):
+    for style, port in resnet20_sources.items():
+        ast.parse(port.source)
+        path = tmp_path / f"{style}.py"
+        path.write_text(port.source)
+        done = subprocess.run(
+            [sys.executable, "-m", "ruff", "check", "--isolated", "--select", "E,F,W", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stdout
+        assert (
+            port.source.startswith('"""Flax ') and "torch_impl.resnet.ResNet" in port.source.split('"""')[1]
+        )
+
+
+def test_generate_returns_the_source():
+    model = port_gen_models.digits()
+    x = torch.randn(2, 1, 8, 8)
+    assert generate(model, x, "linen") == build_port(model, x, "linen").source
+
+
+def test_a_data_dependent_if_gives_a_stub_and_a_port_that_imports(tmp_path):
+    model = port_gen_models.data_dependent()
+    port = build_port(model, torch.randn(2, 4), "nnx")
+    assert len(port.stubs) == 1
+    stub = port.stubs[0]
+    assert stub.op == "data-dependent control flow"
+    assert stub.where == "DataDependent.forward (port_gen_models.py:50)"
+    assert "write it by hand" in stub.message and "TODO(parity port)" in port.source
+    namespace: dict = {}
+    exec(compile(port.source, "model.py", "exec"), namespace)
+    flax_model = namespace["make"]()
+    with pytest.raises(NotImplementedError, match="data-dependent control flow at DataDependent.forward"):
+        flax_model(np.zeros((2, 4), np.float32))
+
+
+def test_an_op_without_a_rule_is_a_stub_naming_the_op_and_line(tmp_path):
+    class Argsort(torch.nn.Module):
+        def forward(self, x):
+            return torch.argsort(x, dim=-1).float()
+
+    port = build_port(Argsort(), torch.randn(2, 3), "linen")
+    ops = [s.op for s in port.stubs]
+    assert ops == ["torch.argsort"], ops
+    assert "test_port_generate.py:" in port.stubs[0].where
+    ast.parse(port.source)
+
+
+@pytest.mark.parametrize(
+    "module, x, style, message",
+    [
+        (torch.nn.Linear(2, 2), torch.zeros(1, 2), "keras", "style must be"),
+        ("not a module", torch.zeros(1, 2), "nnx", "expected a torch.nn.Module"),
+        (torch.nn.Linear(2, 2), [[0.0, 0.0]], "nnx", "example_input must be"),
+        (torch.nn.Linear(2, 2), torch.zeros(1, 3), "nnx", "fails on the example input"),
+    ],
+)
+def test_bad_arguments_are_one_line_parity_errors(module, x, style, message):
+    with pytest.raises(ParityError, match=message) as e:
+        build_port(module, x, style)
+    assert "\n" not in str(e.value)
+
+
+def test_a_forward_reading_self_training_is_a_stub_not_one_mode_baked_in():
+    """A functional dropout's ``training=self.training`` would be traced as a constant of the
+    mode the model happens to be in: the class is stubbed and the model's modes are restored."""
+    model = port_gen_models.ModeDependent()
+    port = build_port(model, torch.randn(2, 4), "linen")
+    assert [(s.op, s.where) for s in port.stubs] == [
+        ("forward reads self.training", "ModeDependent.forward (port_gen_models.py:67)")
+    ]
+    assert model.training and model.fc.training
+    assert build_port(model.eval(), torch.randn(2, 4), "linen").stubs == port.stubs
+    assert not model.training and not model.fc.training
