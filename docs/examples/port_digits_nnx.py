@@ -19,7 +19,7 @@ from flax import nnx
 
 
 class DigitsCNN(nnx.Module):
-    """Port of ``torch_impl.models.DigitsCNN`` ((root))."""
+    """Port of ``torch_impl.models.DigitsCNN`` (the root)."""
 
     def __init__(self, *, rngs: nnx.Rngs) -> None:
         self.conv1 = nnx.Conv(
@@ -70,5 +70,5 @@ class DigitsCNN(nnx.Module):
 
 
 def make() -> nnx.Module:
-    """DigitsCNN with fresh Flax weights; `parity check` converts the torch weights into it."""
+    """The port, fresh Flax weights (parity check converts torch's into it)."""
     return DigitsCNN(rngs=nnx.Rngs(0))
