@@ -8,6 +8,7 @@ progress lines on stderr (time since start at each ``# ...`` line). The 1-minute
 before and after each run is recorded: the box is shared, and wall time grows with its load.
 
     PYTHONPATH=$PWD python scripts/bench_port.py --out /tmp/bench_port.json [--styles nnx,linen]
+        [--input-shape 4,3,32,32]
 
 Target (issue 23): port plus check in at most 60 s on the idle 2-core box.
 """
@@ -28,10 +29,10 @@ TORCH = "torch_impl.resnet:resnet50"
 SHAPE = "4,3,32,32"
 
 
-def run_one(style: str, out_dir: str) -> dict:
+def run_one(style: str, out_dir: str, shape: str = SHAPE) -> dict:
     """One ``parity port`` run: wall and CPU seconds, peak RSS (MB), phase times, exit code."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "parity.cli", "port", "--torch", TORCH, "--input-shape", SHAPE]
+    cmd = [sys.executable, "-m", "parity.cli", "port", "--torch", TORCH, "--input-shape", shape]
     cmd += ["--to", style, "--out", out_dir]
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
@@ -47,6 +48,7 @@ def run_one(style: str, out_dir: str) -> dict:
     wall = time.perf_counter() - start
     return {
         "style": style,
+        "input_shape": shape,
         "rc": os.waitstatus_to_exitcode(status),
         "wall_s": round(wall, 1),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
@@ -63,11 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON file of the results")
     ap.add_argument("--styles", default="nnx,linen", help="comma-separated: nnx, linen")
+    ap.add_argument("--input-shape", default=SHAPE, help=f"torch layout (default {SHAPE})")
     ns = ap.parse_args(argv)
     results = []
     for style in [s for s in ns.styles.split(",") if s]:
         with tempfile.TemporaryDirectory() as tmp:
-            results.append(run_one(style, os.path.join(tmp, "port")))
+            results.append(run_one(style, os.path.join(tmp, "port"), ns.input_shape))
         r = results[-1]
         print(
             f"{style:<6} rc {r['rc']}  wall {r['wall_s']:>6} s  cpu {r['cpu_s']:>6} s  "
