@@ -132,12 +132,18 @@ def _torch_state(model: str) -> dict:
     return {k: v.detach().numpy() for k, v in getattr(module, model)().state_dict().items()}
 
 
-def test_tiny_mlp_nnx_passes_writes_weights_and_a_train_step_that_runs(tmp_path, capsys):
+def test_tiny_mlp_nnx_passes_writes_weights_and_a_train_step_that_runs(tmp_path, capsys, monkeypatch):
     from flax import serialization
     from safetensors.numpy import load_file
 
+    import parity.harness.specs as specs
+
+    built = []
+    real = specs.build_pair
+    monkeypatch.setattr(specs, "build_pair", lambda *a, **k: built.append(a) or real(*a, **k))
     out = tmp_path / "port"
     assert port(out, "tiny", "4,6", "--to", "nnx") == 0
+    assert len(built) == 1  # the check ran on the pair whose weights were written, not a new one
     text = capsys.readouterr().out
     assert "PASS: " in text and "port verified" in text and "layers_train_max_rel_l2" in text
     assert sorted(p.name for p in out.iterdir()) == [
