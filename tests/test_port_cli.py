@@ -236,3 +236,25 @@ def test_the_docs_example_is_what_the_generator_writes():
 
     torch.manual_seed(0)
     assert generate(DigitsCNN(), torch.zeros(4, 1, 8, 8), "nnx") == EXAMPLE.read_text()
+
+
+def test_a_port_whose_weights_do_not_convert_exits_1_with_model_py_written(tmp_path, capsys, monkeypatch):
+    """A generator slip in a layer name leaves a torch key unpaired: the port is written for the
+    user to see, without weights, and the command says why (exit 1)."""
+    import dataclasses
+
+    import parity.port
+
+    real = parity.port.build_port
+
+    def renamed(module, example_input, style="nnx"):
+        p = real(module, example_input, style)
+        assert "self.fc2" in p.source
+        return dataclasses.replace(p, source=p.source.replace("self.fc2", "self.head"))
+
+    monkeypatch.setattr(parity.port, "build_port", renamed)
+    out = tmp_path / "port"
+    assert port(out, "tiny", "4,6") == 1
+    text = capsys.readouterr().out
+    assert "FAIL: the port's weights do not convert" in text and "fc2" in text
+    assert [p.name for p in out.iterdir()] == ["model.py"]
