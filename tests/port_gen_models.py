@@ -65,3 +65,41 @@ class ModeDependent(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.dropout(self.fc(x), 0.5, training=self.training)
+
+
+class TokenOps(nn.Module):
+    """No weights; the ops of attention code on ``(N, L, D)`` tokens (torch layout kept)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, c = x.size()
+        q, k, v = torch.cat([x, x * 2.0, x - 1.0], dim=-1).chunk(3, dim=-1)
+        q = q.view(n, t, 2, c // 2).permute(0, 2, 1, 3)
+        k = k.reshape(n, t, 2, c // 2).transpose(1, 2)
+        v = v.view(n, t, 2, c // 2).transpose(1, 2)
+        att = torch.einsum("nhqd,nhkd->nhqk", q, k) / (c // 2) ** 0.5
+        mask = torch.ones_like(att).tril() == 0
+        att = torch.softmax(att.masked_fill(mask, float("-inf")), dim=-1)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = (att @ v + y).transpose(1, 2).contiguous().view(n, t, c)
+        a, b = y.split([c // 2, c - c // 2], dim=2)
+        z = torch.stack([a.sum(-1), b.amax(dim=-1)], dim=1).unsqueeze(-1).squeeze(-1)
+        return torch.nn.functional.gelu(z.flatten(1), approximate="tanh") - torch.sigmoid(
+            z.mean(dim=(1, 2))
+        ).unsqueeze(1)
+
+
+class ImageOps(nn.Module):
+    """No weights; ops on an ``(N, C, H, W)`` map the port holds channels-last (axes remapped)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.avg = nn.AdaptiveAvgPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pool(torch.relu(x)) + torch.nn.functional.avg_pool2d(x, 2)
+        y = torch.cat([y, y * y], dim=1)  # channels: the last axis in the port
+        s = torch.nn.functional.softmax(y, dim=1).mean(dim=(2, 3), keepdim=True)
+        y = self.avg(y * s)  # (N, 2C, 2, 2)
+        tokens = y.flatten(2).transpose(1, 2)  # (N, 4, 2C)
+        return torch.cat([tokens.sum(1), y.mean(1).flatten(1), y.permute(0, 2, 3, 1).flatten(1)], dim=1)

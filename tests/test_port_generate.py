@@ -54,14 +54,17 @@ def float64_worst(pair, x: np.ndarray, train: bool) -> float:
     return worst_port(float64_pass(side, pair.flax_input(x), run64, plan, to_flax, train, None))
 
 
-def assert_port_passes(pair, shape: tuple[int, ...]) -> None:
+def assert_port_passes(pair, shape: tuple[int, ...], train_bound: float = FLOAT64_PORT_BOUND) -> None:
+    """Both modes pass the harness (every layer judged in float64), and the float64 per-layer
+    difference stays below the bound (``train_bound`` in train mode, see ResNet-18)."""
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     for mode in ("eval", "train"):
         reports = assert_parity(pair, x, LocalizeOptions(mode=mode))
         assert reports[0].meta["float64"].startswith("every layer judged in float64"), reports[0].meta
         assert len(reports[0].rows) > 3
         worst = float64_worst(pair, x, mode == "train")
-        assert worst < FLOAT64_PORT_BOUND, f"{mode}: float64 port difference {worst:.3g}"
+        bound = train_bound if mode == "train" else FLOAT64_PORT_BOUND
+        assert worst < bound, f"{mode}: float64 port difference {worst:.3g}"
 
 
 def test_digits_cnn_nnx_port_passes(tmp_path):
@@ -70,14 +73,14 @@ def test_digits_cnn_nnx_port_passes(tmp_path):
     assert_port_passes(pair, (4, 1, 8, 8))
 
 
-@pytest.mark.slow  # 45 s under load (load average 13, 2-core box), the harness's two passes
+@pytest.mark.slow  # 45-95 s under load (load average 13, 2-core box), the harness's two passes
 def test_digits_cnn_linen_port_passes(tmp_path):
     port, pair = port_pair(tmp_path, "digits", "linen", (4, 1, 8, 8))
     assert port.stubs == ()
     assert_port_passes(pair, (4, 1, 8, 8))
 
 
-@pytest.mark.slow  # 60 s each under load (load average 13)
+@pytest.mark.slow  # 2-140 s each under load (the first harness test of a run pays the compiles)
 @pytest.mark.parametrize("style", ["nnx", "linen"])
 def test_signal1d_cnn_port_passes(tmp_path, style):
     port, pair = port_pair(tmp_path, "signal1d", style, (4, 1, 40))
@@ -85,7 +88,7 @@ def test_signal1d_cnn_port_passes(tmp_path, style):
     assert_port_passes(pair, (4, 1, 40))
 
 
-@pytest.mark.slow  # 75 s each under load (load average 13)
+@pytest.mark.slow  # 20-75 s each under load (load average 13)
 @pytest.mark.parametrize("style", ["nnx", "linen"])
 def test_resnet20_port_passes(tmp_path, style):
     port, pair = port_pair(tmp_path, "resnet20", style, (4, 3, 16, 16))
@@ -93,7 +96,7 @@ def test_resnet20_port_passes(tmp_path, style):
     assert_port_passes(pair, (4, 3, 16, 16))
 
 
-@pytest.mark.slow  # 60-80 s each under load (load average 13)
+@pytest.mark.slow  # 20-160 s each under load (load average 13)
 @pytest.mark.parametrize("style", ["nnx", "linen"])
 def test_vit_port_passes(tmp_path, style):
     port, pair = port_pair(tmp_path, "vit_tiny", style, (4, 3, 8, 8))
@@ -101,7 +104,7 @@ def test_vit_port_passes(tmp_path, style):
     assert_port_passes(pair, (4, 3, 8, 8))
 
 
-@pytest.mark.slow  # 65 s each under load (load average 13)
+@pytest.mark.slow  # 7-65 s each under load (load average 13)
 @pytest.mark.parametrize("style", ["nnx", "linen"])
 def test_tiny_transformer_port_passes(tmp_path, style):
     port, pair = port_pair(tmp_path, "tiny_transformer", style, (4, 3, 16, 16))
@@ -109,12 +112,15 @@ def test_tiny_transformer_port_passes(tmp_path, style):
     assert_port_passes(pair, (4, 3, 16, 16))
 
 
-@pytest.mark.slow  # RESNET18_TIME
+@pytest.mark.slow  # 185 s (nnx), 45 s (linen) under load (load average 13)
 @pytest.mark.parametrize("style", ["nnx", "linen"])
 def test_resnet18_port_passes(tmp_path, style):
+    """Train mode: the last stage's BatchNorm sees 2 values per channel at 32x32 (batch 2,
+    1x1 maps), where normalising divides float64 rounding by a tiny batch std: 1.7e-12
+    measured, so that mode's bound is 1e-11 (still 100x below the harness's 1e-9)."""
     port, pair = port_pair(tmp_path, "resnet18", style, (2, 3, 32, 32))
     assert port.stubs == ()
-    assert_port_passes(pair, (2, 3, 32, 32))
+    assert_port_passes(pair, (2, 3, 32, 32), train_bound=1e-11)
 
 
 # ---------------------------------------------------------------- the source itself
@@ -212,3 +218,85 @@ def test_a_forward_reading_self_training_is_a_stub_not_one_mode_baked_in():
     assert model.training and model.fc.training
     assert build_port(model.eval(), torch.randn(2, 4), "linen").stubs == port.stubs
     assert not model.training and not model.fc.training
+
+
+@pytest.mark.slow  # 4-40 s each under load (load average 13)
+@pytest.mark.parametrize("style", ["nnx", "linen"])
+def test_gpt_with_a_tied_head_and_a_mask_buffer_port_passes(tmp_path, style):
+    """tests/port_models.py's GPT: the head tied to ``wte`` becomes ``TiedHead`` (``wte.attend``,
+    no weights of its own), the causal-mask buffer a constant, ``torch.arange`` ``jnp.arange``."""
+    from tests.port_models import TOKENS, VOCAB, make_gpt
+
+    port = build_port(make_gpt(), torch.randint(0, VOCAB, TOKENS), style)
+    assert port.stubs == () and not port.channels_last
+    assert "jnp.tril(jnp.ones((1, 1, 6, 6)))" in port.source and "embed.attend(x)" in port.source
+    assert any("tied to wte.weight" in n for n in port.notes)
+    path = tmp_path / "gpt.py"
+    path.write_text(port.source)
+    spec = SpecModels(
+        f"{MODELS.with_name('port_models.py')}:make_gpt",
+        f"{path}:make",
+        SpecInput(TOKENS, "int64", VOCAB, channels_last=False),
+    )
+    pair = spec.pair("cpu")
+    x = np.random.default_rng(0).integers(0, VOCAB, TOKENS)
+    for mode in ("eval", "train"):
+        reports = assert_parity(pair, x, LocalizeOptions(mode=mode))
+        assert reports[0].meta["float64"].startswith("every layer judged in float64"), reports[0].meta
+        assert float64_worst(pair, x, mode == "train") < FLOAT64_PORT_BOUND
+
+
+def run_port(source: str, style: str, x: np.ndarray) -> np.ndarray:
+    """A weightless port's output on ``x`` (its own layout) in float64."""
+    import jax
+
+    namespace: dict = {}
+    exec(compile(source, "model.py", "exec"), namespace)
+    model = namespace["make"]()
+    with jax.enable_x64(True):
+        if style == "nnx":
+            return np.asarray(model(x))
+        variables = model.init(jax.random.key(0), x, train=False)
+        return np.asarray(model.apply(variables, x, train=False))
+
+
+@pytest.mark.parametrize("style", ["nnx", "linen"])
+@pytest.mark.parametrize(
+    "name, shape, channels_last",
+    [("TokenOps", (2, 5, 8), False), ("ImageOps", (2, 3, 8, 8), True)],
+)
+def test_ops_translate_exactly_in_float64(name, shape, channels_last, style):
+    """cat/chunk/split/stack, view/reshape/permute/transpose/flatten, einsum and matmul, masks
+    (tril, masked_fill), softmax, scaled_dot_product_attention, reductions, pooling and
+    activations: the port of a weightless model equals torch in float64 (to 1e-12: the same
+    operations, rounded in another order), with axes remapped on channels-last maps."""
+    model = getattr(port_gen_models, name)()
+    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    port = build_port(model, x.float(), style)
+    assert port.stubs == () and port.channels_last == channels_last
+    xf = x.numpy().transpose(0, 2, 3, 1) if channels_last else x.numpy()
+    got, want = run_port(port.source, style, xf), model(x).numpy()
+    assert got.shape == want.shape
+    assert np.linalg.norm(got - want) <= 1e-12 * np.linalg.norm(want)
+
+
+@pytest.mark.slow  # 25 s under load: two jit-compiled training steps per style
+def test_the_training_example_runs_beside_a_port(tmp_path, monkeypatch):
+    """``parity.port.example.training_example``: train steps in train mode, evaluation in eval
+    mode (NNX ``model.train()`` / ``nnx.view``; Linen ``train=`` and mutable batch stats)."""
+    import importlib
+
+    from parity.port.example import training_example
+
+    for style in ("nnx", "linen"):
+        folder = tmp_path / style
+        folder.mkdir()
+        (folder / "model.py").write_text(generate(port_gen_models.digits(), torch.randn(2, 1, 8, 8), style))
+        (folder / "train_example.py").write_text(training_example(style))
+        monkeypatch.syspath_prepend(str(folder))
+        for name in ("model", "train_example"):
+            sys.modules.pop(name, None)
+        train_loss, eval_loss = importlib.import_module("train_example").main((4, 8, 8, 1))
+        assert np.isfinite(train_loss) and np.isfinite(eval_loss)
+        for name in ("model", "train_example"):
+            sys.modules.pop(name, None)

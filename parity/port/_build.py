@@ -94,7 +94,7 @@ class Builder:
 
     def __init__(self, model: nn.Module, inputs: tuple, style: str) -> None:
         self.model, self.style = model, style
-        self.recorded = _record_inputs(model, inputs)
+        self.recorded, self.copies = _record_inputs(model, inputs)
         self.channels_last = _wants_channels_last(model, inputs)
         self.flatten_linears = _flatten_linears(model, inputs)
         self.instances: dict[int, Instance] = {}
@@ -102,12 +102,10 @@ class Builder:
         self.stubs: list[Stub] = []
         self.notes: list[str] = []
         self.sequential: dict[int, list] = {}  # NNX containers written as nnx.Sequential
-        self.helpers: set[str] = set()
 
     def add_stub(self, op: str, where: str, message: str) -> None:
         if all((s.op, s.where) != (op, where) for s in self.stubs):  # once per class and line
             self.stubs.append(Stub(op, where, message))
-        self.helpers.add("not_translated")
 
     # ------------------------------------------------------------ instances
     def instance(self, module: nn.Module, name: str, in_cl: list[bool]) -> Instance:
@@ -125,7 +123,7 @@ class Builder:
         except Exception as e:  # data-dependent control flow, unsupported Python: a stub class
             self._untraceable(inst, body, e)
         else:
-            _propagate_shapes(module, graph, self.recorded.get(id(module)))
+            _propagate_shapes(self.copies.get(id(module)), graph, self.recorded.get(id(module)))
             body.run(graph, in_cl)
             inst.lines = body.lines
         self.order.append(inst)
@@ -176,8 +174,10 @@ class Builder:
         if tied is not None:
             body.inst.tied[target] = tied
             owner = f"{body.inst.name}." if body.inst.name else ""
-            self.notes.append(f"{full}.weight is tied to {owner}{tied}.weight: written as {tied}.attend")
-            return body.emit(f"self.{tied}.attend({body.torch(args[0])})")
+            self.notes.append(
+                f"{full}.weight is tied to {owner}{tied}.weight: written as {tied}.attend (TiedHead)"
+            )
+            return body.emit(f"self.{target}({body.torch(args[0])}, self.{tied})")
         src = attr_source(target, self.style, self.sequential_parents(body.inst.module, target))
         value, _ = self.call_child(body, module, full, src, args, kwargs)
         return value
@@ -261,9 +261,7 @@ class Builder:
         if not module.batch_first:
             qkv = [body.emit(f"jnp.swapaxes({t}, 0, 1)", name=body.fresh(f"{t}_nlc")) for t in qkv]
         mode = ""
-        if self.style == "nnx":
-            self.helpers.add("attention")
-        elif module.dropout:
+        if self.style == "linen" and module.dropout:
             mode, body.inst.needs_train = ", deterministic=not train", True
         out = body.emit(f"{src}({', '.join(map(str, qkv))}{mode})")
         if not module.batch_first:
@@ -388,38 +386,46 @@ def constant_source(t: torch.Tensor) -> str | None:
     return None
 
 
-def _record_inputs(model: nn.Module, inputs: tuple) -> dict[int, tuple]:
-    """``{id(module): args of its first call}`` in one eval-mode pass (on a private copy)."""
-    copied = copy.deepcopy(model).eval()
-    originals = dict(zip((id(m) for m in copied.modules()), model.modules(), strict=True))
-    seen: dict[int, tuple] = {}
+def _record_inputs(model: nn.Module, inputs: tuple) -> tuple[dict[int, tuple], dict[int, nn.Module]]:
+    """``({id(module): args of its first call}, {id(module): its copy})`` from one eval-mode pass
+    of a private copy: on the ``meta`` device (shapes only, no arithmetic) when the model runs
+    there, else on the real tensors."""
+    for device in ("meta", None):
+        copied = copy.deepcopy(model).eval()
+        xs = inputs if device is None else tuple(x.to(device) for x in inputs)
+        copied = copied if device is None else copied.to(device)
+        copies = dict(zip((id(m) for m in model.modules()), copied.modules(), strict=True))
+        seen: dict[int, tuple] = {}
+        originals = {id(c): m for m, c in zip(model.modules(), copied.modules(), strict=True)}
+        hooks = [c.register_forward_pre_hook(_recorder(seen, originals[id(c)])) for c in copied.modules()]
+        try:
+            with torch.no_grad():
+                copied(*xs)
+            return seen, copies
+        except Exception as e:  # user code (or an op the meta device lacks: run it for real)
+            if device is None:
+                why = f"{type(e).__name__}: {e}".splitlines()[0]
+                raise PortError(f"{type(model).__name__} fails on the example input: {why}") from None
+        finally:
+            for h in hooks:
+                h.remove()
+    raise AssertionError("unreachable")
 
-    def recorder(original: nn.Module):
-        def hook(mod, args):
-            seen.setdefault(id(original), args)
 
-        return hook
+def _recorder(seen: dict, original: nn.Module):
+    def hook(mod, args):
+        seen.setdefault(id(original), args)
 
-    hooks = [m.register_forward_pre_hook(recorder(originals[id(m)])) for m in copied.modules()]
-    try:
-        with torch.no_grad():
-            copied(*inputs)
-    except Exception as e:  # user code
-        raise PortError(
-            f"{type(model).__name__} fails on the example input: {type(e).__name__}: {e}"
-        ) from None
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
+    return hook
 
 
-def _propagate_shapes(module: nn.Module, graph: fx.Graph, args: tuple | None) -> None:
-    if args is None:
+def _propagate_shapes(copied: nn.Module | None, graph: fx.Graph, args: tuple | None) -> None:
+    """Tensor shapes on ``graph``'s nodes, from the recorded call of the module's copy."""
+    if args is None or copied is None:
         return
     try:
         with torch.no_grad():
-            ShapeProp(fx.GraphModule(copy.deepcopy(module).eval(), graph)).propagate(*args)
+            ShapeProp(fx.GraphModule(copied, graph)).propagate(*args)
     except Exception:  # shapes stay unknown; the ops that need them become stubs
         pass
 
@@ -455,4 +461,10 @@ def build(module: Any, example_input: Any, style: str) -> Port:
         module, "", [b.channels_last and x.dim() >= 3 and x.is_floating_point() for x in inputs]
     )
     source = render(b, root)
-    return Port(source, style, "make", b.channels_last, tuple(b.stubs), tuple(dict.fromkeys(b.notes)))
+    layout = (
+        "layout: channels-last (NHWC input), the layout of Flax's Conv and pooling"
+        if b.channels_last
+        else "layout: torch's axis order (no convolution or pooling takes the input)"
+    )
+    notes = (layout, *dict.fromkeys(b.notes))
+    return Port(source, style, "make", b.channels_last, tuple(b.stubs), notes)

@@ -16,7 +16,25 @@ from parity.port._build import Builder, Instance, is_digit_container
 from parity.port._layers import LEAVES, STATELESS, Ctor, lookup
 from parity.port._values import Raw, literal
 
+_TIED = {
+    style: f'''
+class TiedHead({base}):
+    """A bias-free Linear whose weight is an embedding table (tied in torch): the logits
+    are ``embed.attend(x)``, ``x @ table.T``, with the embedding's own parameter."""
+
+    def __call__(self, x: jax.Array, embed: {embed}) -> jax.Array:
+        return embed.attend(x)
+'''
+    for style, base, embed in (("nnx", "nnx.Module", "nnx.Embed"), ("linen", "nn.Module", "nn.Embed"))
+}
+
 _HELPERS = {
+    "keep_table_dtype": '''
+def keep_table_dtype(arrays, dtype=None, inexact=True):
+    """``nnx.Embed``'s dtype promotion, off: a lookup keeps the table's dtype (``nnx.Embed``
+    would fix float32 at construction, and a float64 port would compute in float32)."""
+    return arrays
+''',
     "not_translated": '''
 def not_translated(op: str, where: str) -> jax.Array:
     """Marks code ``parity port`` could not translate: write it by hand."""
@@ -44,7 +62,8 @@ def _init_entries(b: Builder, inst: Instance) -> list[tuple[str, Any]]:
             args = [("", Raw(repr(name))), ("", Raw("nn.initializers.zeros")), ("shape", shape)]
             out.append((name, Ctor("self.param", args)))
     for name, child in inst.module.named_children():
-        if name in inst.tied:
+        if name in inst.tied:  # the head shares the embedding module: no weights of its own
+            out.append((name, Ctor("TiedHead")))
             continue
         ctor = _child_ctor(b, child, f"{inst.name}.{name}".strip("."))
         if ctor is not None:
@@ -116,46 +135,45 @@ def _skeleton(b: Builder, inst: Instance, entries) -> tuple[str, list]:
 
 # ------------------------------------------------------------------ variants
 def _group(b: Builder) -> tuple[list[tuple[str, list[Instance], dict]], dict]:
-    """``[(variant name, instances, {slot index: parameter name})]`` deepest classes first."""
+    """``[(variant name, instances, {slot index: parameter name})]`` deepest classes first.
+
+    Instances of one torch class share a Flax class when their forwards and their
+    constructors' structure are the same; the variant with the most instances is named after
+    the torch class, another after the attribute it adds (``BasicBlockWithDownsample``)."""
     entries = {id(i): _init_entries(b, i) for i in list(b.order)}
     while len(entries) < len(b.order):  # submodules no forward called, translated just now
         entries.update({id(i): _init_entries(b, i) for i in b.order if id(i) not in entries})
     order = sorted(b.order, key=lambda i: -len(i.name.split(".")) if i.name else 0)
-    used: set[str] = set()
-    groups: list[tuple[str, list[Instance], dict]] = []
-    by_class: dict[str, list] = {}
+    families: dict[str, list[tuple[tuple, list[Instance]]]] = {}
+    created: list[list[Instance]] = []
+    anything = {k: "?" for k in range(10_000)}
     for inst in order:
-        slots: list = []
-        text = "\n".join(
-            f"{a} = {_walk(c, a, b.style, slots, {k: '?' for k in range(999)})}" for a, c in entries[id(inst)]
-        )
-        key = (
-            inst.class_name,
-            tuple(inst.lines),
-            tuple(inst.args),
-            text,
-            tuple(inst.in_cl),
-            inst.needs_train,
-        )
-        family = by_class.setdefault(inst.class_name, [])
+        text = "\n".join(f"{a} = {_walk(c, a, b.style, [], anything)}" for a, c in entries[id(inst)])
+        key = (tuple(inst.lines), tuple(inst.args), text, tuple(inst.in_cl), inst.needs_train)
+        family = families.setdefault(inst.class_name, [])
         match = next((g for g in family if g[0] == key), None)
         if match is None:
-            match = (key, [], _variant_name(inst, family, entries, used))
+            match = (key, [])
             family.append(match)
-            used.add(match[2])
+            created.append(match[1])
         match[1].append(inst)
-        if len(match[1]) == 1:
-            groups.append((match[2], match[1], {}))
-        for i in match[1]:
-            i.variant = match[2]
-    return [(name, insts, _parameters(b, insts, entries)) for name, insts, _ in groups], entries
+        inst.variant = f"{inst.class_name}#{family.index(match)}"  # final names below
+    used: set[str] = set()
+    for family in families.values():
+        ranked = sorted((g for _, g in family), key=len, reverse=True)
+        for group in ranked:
+            name = _variant_name(group[0], ranked[0][0] if group is not ranked[0] else None, entries, used)
+            used.add(name)
+            for inst in group:
+                inst.variant = name
+    return [(g[0].variant, g, _parameters(b, g, entries)) for g in created], entries
 
 
-def _variant_name(inst: Instance, family: list, entries: dict, used: set) -> str:
+def _variant_name(inst: Instance, main: Instance | None, entries: dict, used: set) -> str:
     base = inst.class_name
-    if family:
-        first = {a for a, _ in entries[id(family[0][1][0])]}
-        extra = [a for a, _ in entries[id(inst)] if a not in first]
+    if main is not None:
+        have = {a for a, _ in entries[id(main)]}
+        extra = [a for a, _ in entries[id(inst)] if a not in have]
         if extra:
             base += "With" + "".join(p.capitalize() for p in extra[0].split("_"))
     name, k = base, 2
@@ -316,7 +334,9 @@ def render(b: Builder, root: Instance) -> str:
     """The whole ``model.py``."""
     groups, entries = _group(b)
     classes = [_class_source(b, name, insts, params, entries) for name, insts, params in groups]
-    helpers = [_HELPERS[h].strip() for h in sorted(b.helpers)]
+    text = "\n".join(classes)
+    known = {**_HELPERS, "TiedHead": _TIED[b.style]}
+    helpers = [known[h].strip() for h in sorted(known) if re.search(rf"\b{h}\b", text)]
     if b.style == "nnx":
         factory = (
             'def make() -> nnx.Module:\n    """The port, fresh Flax weights (parity check converts '

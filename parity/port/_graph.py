@@ -74,14 +74,16 @@ class Body:
             self.lines.append(f"# {comment}")
         self.lines.append(f"{name} = {expr}")
         shape = self.node_shape() if kind == "tensor" else None
-        return Value(name, kind, cl and (shape is None or len(shape) >= 3), shape)
+        v = Value(name, kind, cl and (shape is None or len(shape) >= 3), shape)
+        v.dtype = self.node_dtype() if kind == "tensor" else None
+        return v
+
+    def node_dtype(self) -> str | None:
+        meta = self.node.meta.get("tensor_meta") if self.node is not None else None
+        return str(meta.dtype) if meta is not None and hasattr(meta, "dtype") else None
 
     def alias(self, v: Any) -> Any:
         return v
-
-    def out_rank(self) -> int:
-        shape = self.node_shape()
-        return len(shape) if shape is not None else 0
 
     def node_target_name(self) -> str:
         t = self.node.target
@@ -131,16 +133,19 @@ class Body:
             return xs
         return [self.torch(x) for x in xs]
 
-    def reducible(self, x: Value, dims: tuple, keepdim: bool) -> Value:
-        """``x`` in a layout where reducing ``dims`` gives a result in a known layout."""
+    def reducible(self, x: Value, dims: tuple, keepdim: bool) -> tuple[Value, bool]:
+        """``(x, result channels-last)``: ``x`` in a layout where reducing ``dims`` leaves the
+        result in torch's order or channels-last."""
         if not x.cl or keepdim:
-            return x
+            return x, x.cl
         gone = {d % x.rank for d in dims}
         left = [a for a in cl_order(x.rank) if a not in gone]
         held = [sorted(left).index(a) for a in left]
-        if held == sorted(held) or (len(held) >= 3 and held == cl_order(len(held))):
-            return x
-        return self.torch(x)
+        if held == sorted(held):
+            return x, False
+        if len(held) >= 3 and held == cl_order(len(held)):
+            return x, True
+        return self.torch(x), False
 
     # ------------------------------------------------------------ shape ops
     def flatten(self, x: Value, start: int, end: int) -> Value:
@@ -225,12 +230,36 @@ class Body:
                 name = self.fresh(node.name)
                 cl = in_cl[placeholders] if placeholders < len(in_cl) else False
                 self.inst.args.append(name)
-                self.env[node] = Value(name, cl=cl, shape=self.node_shape())
+                self.env[node] = Value(name, cl=cl, shape=self.node_shape(), dtype=self.node_dtype())
                 placeholders += 1
             elif node.op == "output":
                 self.output(node.args[0])
+                self.reroll()
             elif node.users:
                 self.env[node] = self.translate(node)
+
+    def reroll(self) -> None:
+        """Calls of every block of a list in order, each on the previous one's output (fx
+        unrolls ``for block in self.blocks: x = block(x)``), written as that loop again."""
+        i = 0
+        while i < len(self.lines):
+            run = _list_run(self.lines, i)
+            if run and run[1] == _list_len(self.inst.module, run[0]):
+                attr, n, first_arg, mode = run
+                last = self.lines[i + n - 1].split(" = ", 1)[0]
+                inner = [line.split(" = ", 1)[0] for line in self.lines[i : i + n - 1]]
+                rest = "\n".join(self.lines[:i] + self.lines[i + n :])
+                if not any(re.search(rf"\b{v}\b", rest) for v in inner):
+                    item = self.fresh("block")
+                    loop = [
+                        f"{last} = {first_arg}",
+                        f"for {item} in self.{attr}:",
+                        f"    {last} = {item}({last}{mode})",
+                    ]
+                    self.lines[i : i + n] = loop
+                    i += len(loop)
+                    continue
+            i += 1
 
     def value(self, a: Any) -> Any:
         return fx.node.map_arg(a, lambda n: self.env[n])
@@ -298,3 +327,26 @@ def _op_name(node: fx.Node) -> str:
     if mod.startswith("torch") or isinstance(t, type(torch.cat)):
         return f"torch.{getattr(t, '__name__', t)}"
     return f"{mod}.{getattr(t, '__name__', t)}".strip(".")
+
+
+_LIST_CALL = re.compile(r"^(\w+) = self\.(\w+)\[(\d+)\]\((\w+)(, train=train)?\)$")
+
+
+def _list_run(lines: list[str], start: int) -> tuple[str, int, str, str] | None:
+    """``(attribute, count, first argument, mode argument)`` of calls ``self.attr[0](a)``,
+    ``self.attr[1](<previous>)``, ... starting at ``lines[start]``."""
+    m = _LIST_CALL.match(lines[start])
+    if m is None or m.group(3) != "0":
+        return None
+    attr, mode, prev, n = m.group(2), m.group(5) or "", m.group(1), 1
+    for line in lines[start + 1 :]:
+        k = _LIST_CALL.match(line)
+        if k is None or k.group(2) != attr or k.group(3) != str(n) or k.group(4) != prev:
+            break
+        prev, n = k.group(1), n + 1
+    return (attr, n, m.group(4), mode) if n > 1 else None
+
+
+def _list_len(module: torch.nn.Module, attr: str) -> int:
+    child = getattr(module, attr, None)
+    return len(child) if isinstance(child, torch.nn.ModuleList) else -1

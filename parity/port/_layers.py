@@ -60,8 +60,7 @@ def _conv(m: nn.Module, style: str) -> Leaf:
     ns = "nnx" if style == "nnx" else "nn"
     args = [*head, ("out_features" if style == "nnx" else "features", m.out_channels)]
     kwargs = [("kernel_size", tuple(m.kernel_size))]
-    if any(s != 1 for s in m.stride):
-        kwargs.append(("strides", tuple(m.stride)))
+    kwargs.append(("strides", tuple(m.stride)))
     kwargs.append(("padding", tuple(pads)))
     if any(d != 1 for d in m.dilation):
         kwargs.append(("kernel_dilation", tuple(m.dilation)))
@@ -123,8 +122,12 @@ def _group_norm(m: nn.GroupNorm, style: str) -> Leaf:
 def _embedding(m: nn.Embedding, style: str) -> Leaf:
     if m.max_norm is not None:
         return Leaf(None, problem="Embedding with max_norm")
-    ns = "nnx" if style == "nnx" else "nn"
-    return Leaf(Ctor(f"{ns}.Embed", [("num_embeddings", m.num_embeddings), ("features", m.embedding_dim)]))
+    args = [("num_embeddings", m.num_embeddings), ("features", m.embedding_dim)]
+    if style == "linen":
+        return Leaf(Ctor("nn.Embed", args))
+    # nnx.Embed fixes its dtype to the table's at construction (float32): keep the table's
+    # dtype at call time instead, so the port computes in float64 when its weights are float64
+    return Leaf(Ctor("nnx.Embed", args, [("promote_dtype", Raw("keep_table_dtype"))]))
 
 
 def _dropout(m: nn.Dropout, style: str) -> Leaf:

@@ -196,11 +196,11 @@ def _reduce(fn: str):
         if dim is None:
             return b.emit(f"{fn}({input}{extra})", kind="tensor")
         dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
-        x = b.reducible(input, dims, keepdim)
+        x, result_cl = b.reducible(input, dims, keepdim)
         axes = tuple(jax_axis(d, x.rank, x.cl) for d in dims)
         axis = axes[0] if len(axes) == 1 else axes
         keep = ", keepdims=True" if keepdim else ""
-        return b.emit(f"{fn}({x}, axis={axis}{keep}{extra})", cl=x.cl and (keepdim or b.out_rank() >= 3))
+        return b.emit(f"{fn}({x}, axis={axis}{keep}{extra})", cl=result_cl)
 
     return handler
 
@@ -243,6 +243,9 @@ def reshape(b, input, *shape):
         shape = tuple(shape[0])
     if len(shape) == 2 and shape[1] == -1 and b.is_batch_size(input, shape[0]):
         return b.flatten(input, 1, -1)
+    out = b.node_shape()
+    if input.cl and out is not None and len(out) == 2 and input.shape and out[0] == input.shape[0]:
+        return b.flatten(input, 1, -1)  # (N, C*S): a flatten, whichever way its sizes are written
     x = b.torch(input)
     return b.emit(f"{x}.reshape({', '.join(literal(s) for s in shape)})")
 
@@ -307,11 +310,15 @@ def cat(b, tensors, dim=0):
 @op(torch.split, torch.chunk, "split", "chunk")
 def split(b, input, split_size_or_sections=None, dim=0, chunks=None, split_size=None):
     x = b.torch(input)
-    size = x.shape[dim]
-    n = split_size_or_sections if split_size_or_sections is not None else chunks or split_size
-    if b.node_target_name() == "chunk":
-        n = -(-size // n)
-    sizes = [n] * (size // n) + ([size % n] if size % n else []) if isinstance(n, int) else list(n)
+    metas = b.node.meta.get("tensor_meta")
+    if isinstance(metas, (tuple, list)) and metas:  # the sizes torch computed (symbolic sizes too)
+        sizes = [m.shape[dim] for m in metas]
+    else:
+        size = x.shape[dim]
+        n = split_size_or_sections if split_size_or_sections is not None else chunks or split_size
+        if b.node_target_name() == "chunk":
+            n = -(-size // n)
+        sizes = [n] * (size // n) + ([size % n] if size % n else []) if isinstance(n, int) else list(n)
     cuts = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
     return b.emit(f"jnp.split({x}, {cuts}, axis={dim % x.rank})", kind="seq")
 
@@ -373,3 +380,44 @@ def arange(b, start, end=None, step=1, dtype=None, device=None, **kw):
     text = ", ".join(literal(a) for a in args)
     float_dtype = dtype is not None and dtype.is_floating_point
     return b.emit(f"jnp.arange({text}, dtype=float)" if float_dtype else f"jnp.arange({text})")
+
+
+@op(F.scaled_dot_product_attention)
+def scaled_dot_product_attention(
+    b, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
+):
+    """Written out: ``softmax(q @ k^T * scale + mask) @ v`` (torch's default scale ``d**-0.5``)."""
+    if dropout_p or enable_gqa:
+        return b.stub("F.scaled_dot_product_attention with dropout_p or enable_gqa")
+    q, k, v = (b.torch(t) for t in (query, key, value))
+    base = b.node.name
+    scale_src = literal(scale) if scale is not None else f"{q}.shape[-1] ** -0.5"
+    scores = b.emit(f"{q} @ jnp.swapaxes({k}, -1, -2) * {scale_src}", name=b.fresh(f"{base}_scores"))
+    if is_causal:
+        causal = f"jnp.tril(jnp.ones(({q}.shape[-2], {k}.shape[-2]), dtype=bool))"
+        scores = b.emit(f"jnp.where({causal}, {scores}, -jnp.inf)", name=b.fresh(f"{base}_masked"))
+    if attn_mask is not None:
+        mask = b.torch(attn_mask)
+        masked = f"jnp.where({mask}, {scores}, -jnp.inf)" if _is_bool(mask) else f"{scores} + {mask}"
+        scores = b.emit(masked, name=b.fresh(f"{base}_masked"))
+    weights = b.emit(f"jax.nn.softmax({scores}, axis=-1)", name=b.fresh(f"{base}_weights"))
+    return b.emit(f"{weights} @ {v}")
+
+
+def _is_bool(v) -> bool:
+    return getattr(v, "dtype", None) == "torch.bool"
+
+
+@op(torch.einsum)
+def einsum(b, equation, *operands):
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    xs = ", ".join(str(b.torch(x)) for x in operands)
+    return b.emit(f"jnp.einsum({equation!r}, {xs})")
+
+
+@op(torch.ones_like, torch.zeros_like)
+def ones_like(b, input, dtype=None, **kw):
+    if dtype is not None:
+        return b.stub(f"torch.{b.node_target_name()}(dtype=...)")
+    return b.emit(f"jnp.{b.node_target_name()}({input})", like=input)

@@ -34,6 +34,7 @@ class Value:
     shape: tuple[int, ...] | None = None
     items: list = field(default_factory=list)
     of: Value | None = None
+    dtype: str | None = None  # the torch dtype's name when known ("torch.bool")
 
     @property
     def rank(self) -> int | None:
