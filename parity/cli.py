@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "parity.commands.convert",
         "convert a checkpoint between torch (.pt, .safetensors) and Flax (.msgpack)",
     ),
+    "port": (
+        "parity.commands.port",
+        "write the Flax port (NNX or Linen) of a torch model, its weights, and check it",
+    ),
     "map": ("parity.commands.map", "show how a torch model's weights pair with a Flax model's"),
     "lint": ("parity.commands.lint", "find train()/eval() misplacement in PyTorch training code"),
     "bench": ("parity.commands.bench", "training throughput per framework and execution style"),

@@ -166,16 +166,23 @@ def run(args: argparse.Namespace) -> int:
     """Run the checks; 0 if all pass, 1 if any fails (errors: :class:`ParityError`)."""
     if args.data_parallel is not None:
         return run_data_parallel(args)
+    models = spec_models(args) if (args.torch or args.flax) else None
+    result = run_spec_check(build_config(args), models, _log)
+    return 0 if result.passed else 1
+
+
+def run_spec_check(config: CheckConfig, models: SpecModels | None, log=_log):
+    """The check command's path after the options: refuse what would fail later, run the suite
+    on ``models`` (``None``: the zoo), print the table and the verdict, write ``--json`` and
+    ``--plot``; the :class:`parity.harness.suite.SuiteResult` (``parity port`` runs it too)."""
     from parity.harness.suite import format_checks, run_suite, write_outputs
 
-    models = spec_models(args) if (args.torch or args.flax) else None
-    config = build_config(args)
     _prepare(config, models)
-    result = run_suite(config, _log, models)
+    result = run_suite(config, log, models)
     print(format_checks(result.checks))
     print(f"\n{result.verdict()}")
     write_outputs(config, result)
-    return 0 if result.passed else 1
+    return result
 
 
 def _prepare(config: CheckConfig, models: SpecModels | None) -> None:
