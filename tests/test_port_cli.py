@@ -83,7 +83,7 @@ def test_a_keyword_input_is_refused(tmp_path, capsys):
 
 
 def test_an_interrupted_write_leaves_nothing(tmp_path):
-    from parity.port_output import staged_folder
+    from parity.port.output import staged_folder
 
     out = tmp_path / "port"
     with pytest.raises(KeyboardInterrupt), staged_folder(out, force=False) as tmp:
@@ -93,7 +93,7 @@ def test_an_interrupted_write_leaves_nothing(tmp_path):
 
 
 def test_force_replaces_the_whole_folder(tmp_path):
-    from parity.port_output import staged_folder
+    from parity.port.output import staged_folder
 
     out = tmp_path / "port"
     out.mkdir()
@@ -208,8 +208,8 @@ def test_digits_cnn_port_passes_and_its_train_step_runs(tmp_path, capsys, style)
 @pytest.mark.parametrize("tensor_output", [True, False])
 def test_train_step_source_is_ruff_clean(tmp_path, style, tensor_output):
     """The generated example passes ruff's defaults (format and lint) as written."""
-    from parity.port_output import ExampleInput, ModelFacts
-    from parity.port_train_step import train_step_source
+    from parity.port.output import ExampleInput, ModelFacts
+    from parity.port.train_step import train_step_source
 
     ruff = shutil.which("ruff")
     if ruff is None:

@@ -278,25 +278,3 @@ def test_ops_translate_exactly_in_float64(name, shape, channels_last, style):
     got, want = run_port(port.source, style, xf), model(x).numpy()
     assert got.shape == want.shape
     assert np.linalg.norm(got - want) <= 1e-12 * np.linalg.norm(want)
-
-
-@pytest.mark.slow  # 25 s under load: two jit-compiled training steps per style
-def test_the_training_example_runs_beside_a_port(tmp_path, monkeypatch):
-    """``parity.port.example.training_example``: train steps in train mode, evaluation in eval
-    mode (NNX ``model.train()`` / ``nnx.view``; Linen ``train=`` and mutable batch stats)."""
-    import importlib
-
-    from parity.port.example import training_example
-
-    for style in ("nnx", "linen"):
-        folder = tmp_path / style
-        folder.mkdir()
-        (folder / "model.py").write_text(generate(port_gen_models.digits(), torch.randn(2, 1, 8, 8), style))
-        (folder / "train_example.py").write_text(training_example(style))
-        monkeypatch.syspath_prepend(str(folder))
-        for name in ("model", "train_example"):
-            sys.modules.pop(name, None)
-        train_loss, eval_loss = importlib.import_module("train_example").main((4, 8, 8, 1))
-        assert np.isfinite(train_loss) and np.isfinite(eval_loss)
-        for name in ("model", "train_example"):
-            sys.modules.pop(name, None)

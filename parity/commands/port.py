@@ -1,7 +1,7 @@
 """``parity port --torch SPEC --input-shape ... --to nnx|linen --out DIR``: write the Flax port.
 
 Generates the port's source (:func:`parity.port.build_port`), converts the torch weights into
-it and writes ``DIR`` atomically (:func:`parity.port_output.staged_folder`): ``model.py``,
+it and writes ``DIR`` atomically (:func:`parity.port.output.staged_folder`): ``model.py``,
 ``weights.msgpack``, ``weights.safetensors`` and ``train_step.py`` (the mode pattern of the
 style). Then it runs ``parity check --localize`` of ``DIR/model.py:make`` against the torch
 model in-process, on the very pair whose weights were written, and prints the verdict.
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     """Generate, write and check the port; 0 when it passes, 1 when it fails or has stubs."""
     from parity.device import configure
     from parity.port import build_port
-    from parity.port_output import check_out_dir, write_port
+    from parity.port.output import check_out_dir, write_port
     from parity.spec import build
 
     out = Path(args.out)

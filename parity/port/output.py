@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from parity.errors import ParityError
+from parity.port.train_step import ExampleInput, ModelFacts, train_step_source
 
 
 class FolderError(ParityError):
@@ -125,30 +126,6 @@ def weights_files(tree: Mapping) -> dict[str, bytes]:
 # ------------------------------------------------------------------------- train_step.py
 
 
-@dataclass(frozen=True)
-class ExampleInput:
-    """One model input of the example, in Flax layout: ``shape``, ``dtype``, ``high`` (integer
-    inputs are drawn from ``[0, high)``), ``keyword`` (``''``: positional)."""
-
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-    high: int | None = None
-    keyword: str = ""
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the example must know about the generated model: ``takes_train`` (Linen: its
-    ``__call__`` has a ``train`` argument), ``collections`` (Linen: variable collections besides
-    ``params``), ``eval_mode`` (NNX: the ``nnx.view`` settings of evaluation), ``tensor_output``
-    (the model returns one array, not a tuple or dict)."""
-
-    takes_train: bool = True
-    collections: tuple[str, ...] = ("batch_stats",)
-    eval_mode: tuple[tuple[str, bool], ...] = (("deterministic", True), ("use_running_average", True))
-    tensor_output: bool = True
-
-
 def model_facts(model: Any, variables: Mapping | None, tensor_output: bool) -> ModelFacts:
     """:class:`ModelFacts` of a built Linen module (with its ``variables``) or NNX module."""
     import inspect
@@ -190,7 +167,6 @@ def _example_inputs(inp: Any, extra: tuple) -> list[ExampleInput]:
 
 def _pair_files(port: Any, models: Any, pair: Any, torch_spec: str) -> dict[str, bytes]:
     """The weights files and ``train_step.py`` of the converted ``pair``."""
-    from parity.port_train_step import train_step_source
     from parity.spec import build
 
     tree = weights_tree(pair)

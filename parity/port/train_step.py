@@ -15,9 +15,34 @@ dimension, as in ``parity check``. The text is ruff-formatted as written.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from parity.defaults import LEARNING_RATE, MOMENTUM
-from parity.port_output import ExampleInput, ModelFacts
+
+
+@dataclass(frozen=True)
+class ExampleInput:
+    """One model input of the example, in Flax layout: ``shape``, ``dtype``, ``high`` (integer
+    inputs are drawn from ``[0, high)``), ``keyword`` (``''``: positional)."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    high: int | None = None
+    keyword: str = ""
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the example must know about the generated model: ``takes_train`` (Linen: its
+    ``__call__`` has a ``train`` argument), ``collections`` (Linen: variable collections besides
+    ``params``), ``eval_mode`` (NNX: the ``nnx.view`` settings of evaluation), ``tensor_output``
+    (the model returns one array, not a tuple or dict)."""
+
+    takes_train: bool = True
+    collections: tuple[str, ...] = ("batch_stats",)
+    eval_mode: tuple[tuple[str, bool], ...] = (("deterministic", True), ("use_running_average", True))
+    tensor_output: bool = True
+
 
 _HEAD = {
     "linen": '''"""Training and evaluation steps for the Linen port in model.py: the mode pattern.
