@@ -25,7 +25,7 @@ def _flatten_option(text: str) -> tuple[str, tuple[int, ...]]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _shape_option(text: str) -> tuple[int, ...]:
+def shape_option(text: str) -> tuple[int, ...]:
     try:
         return parse_shape(text)
     except ValueError as e:
@@ -57,7 +57,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     parser.add_argument("--map", metavar="FILE", help="name rules 'REGEX -> FLAX/PATH', one per line")
     parser.add_argument(
         "--input-shape",
-        type=_shape_option,
+        type=shape_option,
         metavar="N,C,H,W",
         help="input shape in torch layout: initialises a Linen module and sharpens flatten detection",
     )

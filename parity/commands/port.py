@@ -31,15 +31,14 @@ class PortError(ParityError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``parity port``."""
-    from parity.commands.check import _extra_input
-    from parity.commands.map import _shape_option
+    from parity.commands.map import input_option, shape_option
 
     parser.add_argument(
         "--torch", metavar="SPEC", required=True, help="package.module:factory or file.py:factory"
     )
     parser.add_argument(
         "--input-shape",
-        type=_shape_option,
+        type=shape_option,
         required=True,
         metavar="N,C,H,W",
         help="example input, torch layout",
@@ -52,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--input",
         dest="extra_inputs",
         action="append",
-        type=_extra_input,
+        type=input_option,
         metavar="SHAPE[:DTYPE[:HIGH]]",
         help="one more positional model input after the one of --input-shape (as in parity check)",
     )

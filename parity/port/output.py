@@ -82,7 +82,7 @@ def _umask() -> int:
 def weights_tree(pair: Any) -> dict:
     """The converted weights of a checked pair as a nested dict of numpy arrays: Linen
     ``{'params': ..., 'batch_stats': ...}``, or an NNX model's state without its rng streams
-    (``nnx.state(model, nnx.Not(nnx.RngState)).to_pure_dict()``; integer keys for list items)."""
+    (``nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.RngState)))``; integer keys for list items)."""
     import jax
 
     if pair.kind == "linen":
@@ -90,7 +90,7 @@ def weights_tree(pair: Any) -> dict:
     else:
         from flax import nnx
 
-        tree = nnx.state(pair.flax, nnx.Not(nnx.RngState)).to_pure_dict()
+        tree = nnx.to_pure_dict(nnx.state(pair.flax, nnx.Not(nnx.RngState)))
     return jax.tree.map(lambda a: np.array(a, copy=True), _plain(tree))
 
 
