@@ -220,6 +220,21 @@ def test_a_forward_reading_self_training_is_a_stub_not_one_mode_baked_in():
     assert not model.training and not model.fc.training
 
 
+def check_token_port(tmp_path: Path, port: Port, torch_spec: str) -> None:
+    """The token model's port passes the harness in both modes, float64 rows below the bound."""
+    from tests.port_models import TOKENS, VOCAB
+
+    path = tmp_path / "gpt.py"
+    path.write_text(port.source)
+    spec = SpecModels(torch_spec, f"{path}:make", SpecInput(TOKENS, "int64", VOCAB, channels_last=False))
+    pair = spec.pair("cpu")
+    x = np.random.default_rng(0).integers(0, VOCAB, TOKENS)
+    for mode in ("eval", "train"):
+        reports = assert_parity(pair, x, LocalizeOptions(mode=mode))
+        assert reports[0].meta["float64"].startswith("every layer judged in float64"), reports[0].meta
+        assert float64_worst(pair, x, mode == "train") < FLOAT64_PORT_BOUND
+
+
 @pytest.mark.slow  # 4-40 s each under load (load average 13)
 @pytest.mark.parametrize("style", ["nnx", "linen"])
 def test_gpt_with_a_tied_head_and_a_mask_buffer_port_passes(tmp_path, style):
@@ -231,19 +246,34 @@ def test_gpt_with_a_tied_head_and_a_mask_buffer_port_passes(tmp_path, style):
     assert port.stubs == () and not port.channels_last
     assert "jnp.tril(jnp.ones((1, 1, 6, 6)))" in port.source and "embed.attend(x)" in port.source
     assert any("tied to wte.weight" in n for n in port.notes)
-    path = tmp_path / "gpt.py"
-    path.write_text(port.source)
-    spec = SpecModels(
-        f"{MODELS.with_name('port_models.py')}:make_gpt",
-        f"{path}:make",
-        SpecInput(TOKENS, "int64", VOCAB, channels_last=False),
-    )
-    pair = spec.pair("cpu")
-    x = np.random.default_rng(0).integers(0, VOCAB, TOKENS)
-    for mode in ("eval", "train"):
-        reports = assert_parity(pair, x, LocalizeOptions(mode=mode))
-        assert reports[0].meta["float64"].startswith("every layer judged in float64"), reports[0].meta
-        assert float64_worst(pair, x, mode == "train") < FLOAT64_PORT_BOUND
+    check_token_port(tmp_path, port, f"{MODELS.with_name('port_models.py')}:make_gpt")
+
+
+@pytest.mark.parametrize("style", ["nnx", "linen"])
+def test_nanogpt_layout_translates_without_stubs(style):
+    """nanoGPT's GPT (the real-ports pair) in our own model: an ``nn.ModuleDict`` becomes a class
+    of attributes without ``__call__`` (the converter pairs ``transformer.wte``), the head tied
+    inside it ``self.transformer.wte``'s ``attend``, ``assert t <= block`` is dropped,
+    ``device=idx.device`` ignored, ``targets=None`` no argument of the port, ``math.sqrt`` of a
+    size ``math.sqrt``. Each of those was a stub before."""
+    from tests.port_models import TOKENS, VOCAB
+
+    port = build_port(port_gen_models.dict_gpt(), torch.randint(0, VOCAB, TOKENS), style)
+    assert port.stubs == (), [s.message for s in port.stubs]
+    src = port.source
+    assert "class Transformer(" in src and "self.transformer = Transformer(" in src
+    assert "self.lm_head(" in src and ", self.transformer.wte)" in src and "targets" not in src
+    assert "math.sqrt(" in src and "import math" in src
+    assert any("tied to transformer.wte.weight" in n for n in port.notes)
+
+
+@pytest.mark.slow  # measured with the real-ports run, see docs/results/port_realworld.json
+@pytest.mark.parametrize("style", ["nnx", "linen"])
+def test_nanogpt_layout_port_passes(tmp_path, style):
+    from tests.port_models import TOKENS, VOCAB
+
+    port = build_port(port_gen_models.dict_gpt(), torch.randint(0, VOCAB, TOKENS), style)
+    check_token_port(tmp_path, port, f"{MODELS}:dict_gpt")
 
 
 def run_port(source: str, style: str, x: np.ndarray) -> np.ndarray:

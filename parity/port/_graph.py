@@ -227,6 +227,8 @@ class Body:
         for node in graph.nodes:
             self.node = node
             if node.op == "placeholder":
+                if placeholders >= len(in_cl) and _unused(node):  # a default (``targets=None``)
+                    continue
                 name = self.fresh(node.name)
                 cl = in_cl[placeholders] if placeholders < len(in_cl) else False
                 self.inst.args.append(name)
@@ -290,6 +292,8 @@ class Body:
             return Value(f"{x}.dtype", "py")
         if name == "ndim":
             return x.rank
+        if name == "device":  # only ever passed on (``device=x.device``): JAX places arrays itself
+            return None
         if name in ("T", "mT"):
             return self.permute(x, [*range(x.rank - 2), x.rank - 1, x.rank - 2])
         return self.stub(f"tensor attribute .{name}")
@@ -315,6 +319,11 @@ class Body:
         text = ", ".join(literal(v) for v in flat)
         self.lines.append(f"return {text}")
         self.inst.returns_tuple = isinstance(out, (tuple, list))
+
+
+def _unused(node: fx.Node) -> bool:
+    """A placeholder fx fixed to a default value: no users but fx's check that it is that value."""
+    return all(getattr(u.target, "__name__", "") == "_assert_is_none" for u in node.users)
 
 
 def _op_name(node: fx.Node) -> str:
