@@ -167,7 +167,8 @@ class Builder:
         return inst
 
     def _untraceable(self, inst: Instance, body: Body, e: Exception) -> None:
-        frames = [f for f in traceback.extract_tb(e.__traceback__) if "/torch/" not in f.filename]
+        tb = traceback.extract_tb(e.__traceback__)
+        frames = [f for f in tb if "/torch/" not in f.filename and f.filename != __file__]
         line = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
         line = e.args[1] if isinstance(e, _ModeDependent) else line
         op = "data-dependent control flow" if isinstance(e, fx.proxy.TraceError) else type(e).__name__

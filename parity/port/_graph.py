@@ -338,7 +338,7 @@ def _op_name(node: fx.Node) -> str:
     return f"{mod}.{getattr(t, '__name__', t)}".strip(".")
 
 
-_LIST_CALL = re.compile(r"^(\w+) = self\.(\w+)\[(\d+)\]\((\w+)(, train=train)?\)$")
+_LIST_CALL = re.compile(r"^(\w+) = self\.([\w.]+)\[(\d+)\]\((\w+)(, train=train)?\)$")
 
 
 def _list_run(lines: list[str], start: int) -> tuple[str, int, str, str] | None:
@@ -357,5 +357,9 @@ def _list_run(lines: list[str], start: int) -> tuple[str, int, str, str] | None:
 
 
 def _list_len(module: torch.nn.Module, attr: str) -> int:
-    child = getattr(module, attr, None)
+    """The length of the ``ModuleList`` at ``attr`` (``h`` or ``transformer.h``), else -1."""
+    try:
+        child = module.get_submodule(attr)
+    except AttributeError:
+        return -1
     return len(child) if isinstance(child, torch.nn.ModuleList) else -1
