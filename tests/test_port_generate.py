@@ -269,7 +269,7 @@ def test_nanogpt_layout_translates_without_stubs(style):
     assert any("tied to transformer.wte.weight" in n for n in port.notes)
 
 
-@pytest.mark.slow  # measured with the real-ports run, see docs/results/port_realworld.json
+@pytest.mark.slow  # 0.5-1 s each after other harness tests, more when first (load average 4)
 @pytest.mark.parametrize("style", ["nnx", "linen"])
 def test_nanogpt_layout_port_passes(tmp_path, style):
     from tests.port_models import TOKENS, VOCAB

@@ -52,6 +52,7 @@ def _pair_dir(label: str) -> Path:
 
 
 SEEDED = """import importlib.util
+import sys
 
 import torch
 
@@ -92,8 +93,8 @@ def _example(spec: SpecInput) -> np.ndarray:
     return rng.standard_normal(spec.shape).astype(spec.dtype)
 
 
-# measured 2026-12-07 on the 2-core dev box under load (load average ~10): see
-# docs/results/port_realworld.json for each case's seconds
+# 1.5-56 s per case on the 2-core dev box (load average 4-11), each case's seconds in
+# docs/results/port_realworld.json
 @pytest.mark.slow
 @pytest.mark.parametrize("style", ["nnx", "linen"])
 @pytest.mark.parametrize("label", sorted(PAIRS))
@@ -133,7 +134,7 @@ def test_public_model_port_passes(tmp_path, label, style):
             handle.write(json.dumps(row) + "\n")
 
 
-@pytest.mark.slow  # 5-20 s under load (load average ~10)
+@pytest.mark.slow  # 3-16 s (load average 4)
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
