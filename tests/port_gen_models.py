@@ -1,6 +1,8 @@
 """Torch factories for tests/test_port_generate.py: the zoo's models built from a fixed seed,
 and a model whose forward branches on a tensor value (torch.fx cannot trace it)."""
 
+import math
+
 import torch
 from torch import nn
 
@@ -103,3 +105,59 @@ class ImageOps(nn.Module):
         y = self.avg(y * s)  # (N, 2C, 2, 2)
         tokens = y.flatten(2).transpose(1, 2)  # (N, 4, 2C)
         return torch.cat([tokens.sum(1), y.mean(1).flatten(1), y.permute(0, 2, 3, 1).flatten(1)], dim=1)
+
+
+class DictGPTBlock(nn.Module):
+    """Causal attention as nanoGPT writes it: sizes read from the input, the scale from
+    ``math.sqrt`` of a traced size, the mask a buffer sliced to the sequence length."""
+
+    def __init__(self, width: int = 8, heads: int = 2, block: int = 6) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.register_buffer("mask", torch.tril(torch.ones(block, block)).view(1, 1, block, block))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.size()
+        q, k, v = self.qkv(self.ln(x)).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        att = att.masked_fill(self.mask[:, :, :t, :t] == 0, float("-inf")).softmax(dim=-1)
+        return x + (att @ v).transpose(1, 2).reshape(b, t, c)
+
+
+class DictGPT(nn.Module):
+    """nanoGPT's layout: the layers in an ``nn.ModuleDict``, the head tied to
+    ``transformer.wte`` inside it, an ``assert`` on a traced size, ``device=idx.device`` and a
+    ``targets=None`` parameter the port is never given."""
+
+    def __init__(self, vocab: int = 11, width: int = 8, block: int = 6) -> None:
+        super().__init__()
+        self.block = block
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(vocab, width),
+                wpe=nn.Embedding(block, width),
+                h=nn.ModuleList([DictGPTBlock(width, 2, block) for _ in range(2)]),
+                ln_f=nn.LayerNorm(width),
+            )
+        )
+        self.lm_head = nn.Linear(width, vocab, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        b, t = idx.size()
+        assert t <= self.block, f"sequence of {t} tokens, block size {self.block}"
+        pos = torch.arange(0, t, dtype=torch.long, device=idx.device).unsqueeze(0)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        for block in self.transformer.h:
+            x = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        if targets is not None:
+            return nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return logits
+
+
+def dict_gpt() -> nn.Module:
+    return _seeded(DictGPT)

@@ -171,7 +171,7 @@ def test_a_data_dependent_if_gives_a_stub_and_a_port_that_imports(tmp_path):
     assert len(port.stubs) == 1
     stub = port.stubs[0]
     assert stub.op == "data-dependent control flow"
-    assert stub.where == "DataDependent.forward (port_gen_models.py:50)"
+    assert stub.where == "DataDependent.forward (port_gen_models.py:52)"
     assert "write it by hand" in stub.message and "TODO(parity port)" in port.source
     namespace: dict = {}
     exec(compile(port.source, "model.py", "exec"), namespace)
@@ -213,11 +213,26 @@ def test_a_forward_reading_self_training_is_a_stub_not_one_mode_baked_in():
     model = port_gen_models.ModeDependent()
     port = build_port(model, torch.randn(2, 4), "linen")
     assert [(s.op, s.where) for s in port.stubs] == [
-        ("forward reads self.training", "ModeDependent.forward (port_gen_models.py:67)")
+        ("forward reads self.training", "ModeDependent.forward (port_gen_models.py:69)")
     ]
     assert model.training and model.fc.training
     assert build_port(model.eval(), torch.randn(2, 4), "linen").stubs == port.stubs
     assert not model.training and not model.fc.training
+
+
+def check_token_port(tmp_path: Path, port: Port, torch_spec: str) -> None:
+    """The token model's port passes the harness in both modes, float64 rows below the bound."""
+    from tests.port_models import TOKENS, VOCAB
+
+    path = tmp_path / "gpt.py"
+    path.write_text(port.source)
+    spec = SpecModels(torch_spec, f"{path}:make", SpecInput(TOKENS, "int64", VOCAB, channels_last=False))
+    pair = spec.pair("cpu")
+    x = np.random.default_rng(0).integers(0, VOCAB, TOKENS)
+    for mode in ("eval", "train"):
+        reports = assert_parity(pair, x, LocalizeOptions(mode=mode))
+        assert reports[0].meta["float64"].startswith("every layer judged in float64"), reports[0].meta
+        assert float64_worst(pair, x, mode == "train") < FLOAT64_PORT_BOUND
 
 
 @pytest.mark.slow  # 4-40 s each under load (load average 13)
@@ -231,19 +246,36 @@ def test_gpt_with_a_tied_head_and_a_mask_buffer_port_passes(tmp_path, style):
     assert port.stubs == () and not port.channels_last
     assert "jnp.tril(jnp.ones((1, 1, 6, 6)))" in port.source and "embed.attend(x)" in port.source
     assert any("tied to wte.weight" in n for n in port.notes)
-    path = tmp_path / "gpt.py"
-    path.write_text(port.source)
-    spec = SpecModels(
-        f"{MODELS.with_name('port_models.py')}:make_gpt",
-        f"{path}:make",
-        SpecInput(TOKENS, "int64", VOCAB, channels_last=False),
-    )
-    pair = spec.pair("cpu")
-    x = np.random.default_rng(0).integers(0, VOCAB, TOKENS)
-    for mode in ("eval", "train"):
-        reports = assert_parity(pair, x, LocalizeOptions(mode=mode))
-        assert reports[0].meta["float64"].startswith("every layer judged in float64"), reports[0].meta
-        assert float64_worst(pair, x, mode == "train") < FLOAT64_PORT_BOUND
+    check_token_port(tmp_path, port, f"{MODELS.with_name('port_models.py')}:make_gpt")
+
+
+@pytest.mark.parametrize("style", ["nnx", "linen"])
+def test_nanogpt_layout_translates_without_stubs(style):
+    """nanoGPT's GPT (the real-ports pair) in our own model: an ``nn.ModuleDict`` becomes a class
+    of attributes without ``__call__`` (the converter pairs ``transformer.wte``), the head tied
+    inside it ``self.transformer.wte``'s ``attend``, ``assert t <= block`` is dropped,
+    ``device=idx.device`` ignored, ``targets=None`` no argument of the port, ``math.sqrt`` of a
+    size ``math.sqrt``. Each of those was a stub before (the loop over ``transformer.h`` was
+    left unrolled)."""
+    from tests.port_models import TOKENS, VOCAB
+
+    port = build_port(port_gen_models.dict_gpt(), torch.randint(0, VOCAB, TOKENS), style)
+    assert port.stubs == (), [s.message for s in port.stubs]
+    src = port.source
+    assert "class Transformer(" in src and "self.transformer = Transformer(" in src
+    assert "self.lm_head(" in src and ", self.transformer.wte)" in src and "targets" not in src
+    assert "math.sqrt(" in src and "import math" in src
+    assert "for block in self.transformer.h:" in src  # the unrolled loop over the dict's list, rerolled
+    assert any("tied to transformer.wte.weight" in n for n in port.notes)
+
+
+@pytest.mark.slow  # 0.5-1 s each after other harness tests, more when first (load average 4)
+@pytest.mark.parametrize("style", ["nnx", "linen"])
+def test_nanogpt_layout_port_passes(tmp_path, style):
+    from tests.port_models import TOKENS, VOCAB
+
+    port = build_port(port_gen_models.dict_gpt(), torch.randint(0, VOCAB, TOKENS), style)
+    check_token_port(tmp_path, port, f"{MODELS}:dict_gpt")
 
 
 def run_port(source: str, style: str, x: np.ndarray) -> np.ndarray:

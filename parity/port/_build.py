@@ -6,6 +6,8 @@ then group instances into classes and write the file (:mod:`parity.port._emit`).
 from __future__ import annotations
 
 import copy
+import dis
+import inspect
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +41,34 @@ class _LeafTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return True
 
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        """``assert`` on a traced value (``assert t <= block_size``) holds: the port drops the
+        check; any other ``if`` on a traced value stays untraceable."""
+        frame = inspect.currentframe()
+        caller = frame.f_back.f_back if frame and frame.f_back else None
+        if caller is not None and _asserts_at(caller):
+            return True
+        return super().to_bool(obj)
+
+
+def _asserts_at(frame: Any) -> bool:
+    """The frame's current instruction is the jump of an ``assert`` (it raises AssertionError
+    when the test is false)."""
+    insts = list(dis.get_instructions(frame.f_code))
+    cur = next((i for i, ins in enumerate(insts) if ins.offset >= frame.f_lasti), len(insts))
+    if cur + 1 >= len(insts):
+        return False
+    return "IF_TRUE" in insts[cur].opname and insts[cur + 1].opname == "LOAD_ASSERTION_ERROR"
+
+
+def _defaults(module: nn.Module, given: int) -> dict[str, Any] | None:
+    """The default values of ``forward``'s parameters after the ``given`` positional inputs
+    (``targets=None``): the port is called with the inputs only, so they are constants."""
+    params = list(inspect.signature(module.forward).parameters.values())[given:]
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    out = {p.name: p.default for p in params if p.kind in kinds and p.default is not p.empty}
+    return out or None
+
 
 @dataclass
 class Instance:
@@ -57,19 +87,21 @@ class Instance:
     tied: dict[str, str] = field(default_factory=dict)  # torch Linear attr -> Embed attr
     variant: str = ""
     arg_values: dict[str, Any] = field(default_factory=dict)
+    namespace: bool = False  # an nn.ModuleDict: attributes only, no __call__
 
 
 class _ModeDependent(Exception):
     """The forward traces differently in train and eval mode (it reads ``self.training``)."""
 
 
-def _trace_both_modes(module: nn.Module) -> fx.Graph:
+def _trace_both_modes(module: nn.Module, given: int | None = None) -> fx.Graph:
     """The fx graph of ``module``'s forward; raises :class:`_ModeDependent` when tracing it in
     train mode and in eval mode gives two graphs: a Flax port needs the mode as an argument or a
     module flag there, which a trace cannot say."""
     modes = {m: m.training for m in module.modules()}
     try:
-        graphs = [_LeafTracer().trace(module.train(mode)) for mode in (True, False)]
+        concrete = _defaults(module, given) if given is not None else None
+        graphs = [_LeafTracer().trace(module.train(mode), concrete) for mode in (True, False)]
     finally:
         for m, mode in modes.items():
             m.training = mode
@@ -113,13 +145,18 @@ class Builder:
         if id(module) in self.instances:
             return self.instances[id(module)]
         cls = type(module).__name__
-        if isinstance(module, nn.Sequential):  # a named Sequential: a class named for its attribute
-            cls = "".join(p.capitalize() for p in name.rsplit(".", 1)[-1].split("_")) or "Sequential"
+        if isinstance(module, (nn.Sequential, nn.ModuleDict)):  # a class named for its attribute
+            cls = "".join(p.capitalize() for p in name.rsplit(".", 1)[-1].split("_")) or cls
         inst = Instance(module, name, cls, is_root=module is self.model, in_cl=list(in_cl))
         self.instances[id(module)] = inst
+        if isinstance(module, nn.ModuleDict):  # a namespace: its modules as attributes, no call
+            inst.namespace = True
+            self.order.append(inst)
+            return inst
         body = Body(self, inst)
         try:
-            graph = _trace_both_modes(module)
+            recorded = self.recorded.get(id(module))
+            graph = _trace_both_modes(module, None if recorded is None else len(recorded))
         except Exception as e:  # data-dependent control flow, unsupported Python: a stub class
             self._untraceable(inst, body, e)
         else:
@@ -130,7 +167,8 @@ class Builder:
         return inst
 
     def _untraceable(self, inst: Instance, body: Body, e: Exception) -> None:
-        frames = [f for f in traceback.extract_tb(e.__traceback__) if "/torch/" not in f.filename]
+        tb = traceback.extract_tb(e.__traceback__)
+        frames = [f for f in tb if "/torch/" not in f.filename and f.filename != __file__]
         line = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
         line = e.args[1] if isinstance(e, _ModeDependent) else line
         op = "data-dependent control flow" if isinstance(e, fx.proxy.TraceError) else type(e).__name__
@@ -356,12 +394,15 @@ def attr_source(target: str, style: str, sequential: list[bool]) -> str:
 
 
 def _tied_embedding(owner: nn.Module, target: str, module: nn.Module) -> str | None:
-    """The sibling ``nn.Embedding`` attribute whose weight ``module`` (a bias-free Linear) shares."""
+    """The ``nn.Embedding`` of ``owner`` (a child, or inside an ``nn.ModuleDict`` child:
+    ``transformer.wte``) whose weight ``module`` (a bias-free Linear) shares."""
     if not isinstance(module, nn.Linear) or module.bias is not None or "." in target:
         return None
-    for name, child in owner.named_children():
+    for name, child in owner.named_modules():
         if isinstance(child, nn.Embedding) and child.weight is module.weight:
-            return name
+            parents = [owner.get_submodule(name.rsplit(".", 1)[0])] if "." in name else []
+            if all(isinstance(m, nn.ModuleDict) for m in parents) and name.count(".") <= 1:
+                return name
     return None
 
 

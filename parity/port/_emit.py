@@ -249,6 +249,8 @@ def _class_source(b: Builder, name: str, insts: list[Instance], params: dict, en
             head += ["", "    def setup(self) -> None:"] + [f"        {s}" for s in assigns]
         mode = ", *, train: bool" if inst.needs_train or inst.is_root else ""
         call = f"    def __call__(self, {args}{mode}) -> {ret}:"
+    if inst.namespace:  # an nn.ModuleDict: its modules are called through it, it is never called
+        return "\n".join(head)
     body = [w for s in lines for w in (_comment(s) if s.startswith("# ") else [s])]
     return "\n".join([*head, "", call, *(f"        {s}" for s in body)])
 
@@ -324,6 +326,8 @@ def _imports(body: str, style: str) -> list[str]:
     out += ["", "import jax"] if out else ["import jax"]
     if "jnp." in body:
         out.append("import jax.numpy as jnp")
+    if "math." in body:
+        out.insert(0, "import math")
     out.append("from flax import nnx" if style == "nnx" else "import flax.linen as nn")
     if "dot_product_attention_weights" in body:
         out.append("from flax.nnx.nn.attention import dot_product_attention_weights")

@@ -227,6 +227,8 @@ class Body:
         for node in graph.nodes:
             self.node = node
             if node.op == "placeholder":
+                if placeholders >= len(in_cl) and _unused(node):  # a default (``targets=None``)
+                    continue
                 name = self.fresh(node.name)
                 cl = in_cl[placeholders] if placeholders < len(in_cl) else False
                 self.inst.args.append(name)
@@ -290,6 +292,8 @@ class Body:
             return Value(f"{x}.dtype", "py")
         if name == "ndim":
             return x.rank
+        if name == "device":  # only ever passed on (``device=x.device``): JAX places arrays itself
+            return None
         if name in ("T", "mT"):
             return self.permute(x, [*range(x.rank - 2), x.rank - 1, x.rank - 2])
         return self.stub(f"tensor attribute .{name}")
@@ -317,6 +321,11 @@ class Body:
         self.inst.returns_tuple = isinstance(out, (tuple, list))
 
 
+def _unused(node: fx.Node) -> bool:
+    """A placeholder fx fixed to a default value: no users but fx's check that it is that value."""
+    return all(getattr(u.target, "__name__", "") == "_assert_is_none" for u in node.users)
+
+
 def _op_name(node: fx.Node) -> str:
     if node.op == "call_method":
         return f"Tensor.{node.target}"
@@ -329,7 +338,7 @@ def _op_name(node: fx.Node) -> str:
     return f"{mod}.{getattr(t, '__name__', t)}".strip(".")
 
 
-_LIST_CALL = re.compile(r"^(\w+) = self\.(\w+)\[(\d+)\]\((\w+)(, train=train)?\)$")
+_LIST_CALL = re.compile(r"^(\w+) = self\.([\w.]+)\[(\d+)\]\((\w+)(, train=train)?\)$")
 
 
 def _list_run(lines: list[str], start: int) -> tuple[str, int, str, str] | None:
@@ -348,5 +357,9 @@ def _list_run(lines: list[str], start: int) -> tuple[str, int, str, str] | None:
 
 
 def _list_len(module: torch.nn.Module, attr: str) -> int:
-    child = getattr(module, attr, None)
+    """The length of the ``ModuleList`` at ``attr`` (``h`` or ``transformer.h``), else -1."""
+    try:
+        child = module.get_submodule(attr)
+    except AttributeError:
+        return -1
     return len(child) if isinstance(child, torch.nn.ModuleList) else -1

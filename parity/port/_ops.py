@@ -9,6 +9,7 @@ returns the result's Value. Handlers place tensors in the layout they need (``b.
 
 from __future__ import annotations
 
+import math
 import operator
 
 import torch
@@ -149,6 +150,14 @@ def _binary(sym: str):
 
 for _target, _sym in _BINARY.items():
     op(_target)(_binary(_sym))
+
+
+@op(math.sqrt)
+def _math_sqrt(b, x):
+    """``math.sqrt`` of a traced size (``math.sqrt(k.size(-1))``): a Python float again."""
+    if is_tensor(x):
+        return b.stub("math.sqrt of a tensor")
+    return b.emit(f"math.sqrt({literal(x)})", kind="int")
 
 
 @op(torch.maximum, torch.minimum, "maximum", "minimum")
