@@ -34,11 +34,6 @@ from parity.testing import LocalizeOptions, assert_parity
 from tests.test_port_generate import FLOAT64_PORT_BOUND, float64_worst
 
 PAIRS = {"gpt": FLOAT64_PORT_BOUND, "resnet18": 1e-11, "vit": FLOAT64_PORT_BOUND}  # train-mode bound
-# pair.json's GPT input (2, 16) makes the (N, T, D) activations square (T = D = 16): the harness's
-# input rows (parity/harness/between.py, torch_to_flax_layout without a layout hint) then read
-# them as channels-first and report a false FAIL on every Linear/Dropout input while every
-# output row agrees (test_square_token_activations_fail_input_rows). 8 tokens keep T != D.
-SHAPES = {"gpt": (2, 8)}
 
 
 def _pair_dir(label: str) -> Path:
@@ -101,7 +96,7 @@ def _example(spec: SpecInput) -> np.ndarray:
 def test_public_model_port_passes(tmp_path, label, style):
     folder = _pair_dir(label)
     config = json.loads((folder / "pair.json").read_text(encoding="utf-8"))
-    shape = SHAPES.get(label) or tuple(int(s) for s in config["input_shape"].split(","))
+    shape = tuple(int(s) for s in config["input_shape"].split(","))
     dtype = config.get("input_dtype", "float32")
     start = time.perf_counter()
     factory = _seeded_factory(folder, tmp_path)
@@ -135,16 +130,11 @@ def test_public_model_port_passes(tmp_path, label, style):
 
 
 @pytest.mark.slow  # 3-16 s (load average 4)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="harness bug: parity/harness/between.py reads a square (N, T, D) layer input (T = D) "
-    "as channels-first (torch_to_flax_layout without a layout hint) and reports a false FAIL",
-)
-def test_square_token_activations_fail_input_rows(tmp_path):
-    """Our own nanoGPT-shaped model with 8 tokens of width 8: its port's outputs agree layer by
-    layer, yet each Linear/Dropout input row fails (the harness transposes T and D). Strict: it
-    turns into a failure (XPASS) when the harness is fixed, then drop the marker."""
+def test_square_token_activations_are_read_as_tokens(tmp_path):
+    """Our own nanoGPT-shaped model with 8 tokens of width 8, so every ``(N, T, D)`` activation
+    is square: its port agrees layer by layer, input rows included (the harness once read such
+    an input channels-first and failed every Linear/Dropout input row; the layout of the
+    model's input now decides, :func:`parity.layout.ambiguous_layout`)."""
     from tests import port_gen_models
 
     model = port_gen_models.DictGPT(vocab=11, width=8, block=8)
@@ -158,15 +148,4 @@ def test_square_token_activations_fail_input_rows(tmp_path):
         "    return port_gen_models.DictGPT(vocab=11, width=8, block=8)\n"
     )
     pair = SpecModels(f"{factory}:make", f"{path}:make", SpecInput((2, 8), "int64", 11, False)).pair("cpu")
-    try:
-        assert_parity(pair, x, LocalizeOptions(mode="eval"))
-    except AssertionError as e:  # only the known bug may fail it: input rows, every output agrees
-        if _failing_kinds(str(e)) != {"input"}:
-            raise RuntimeError(f"not the known harness bug: {e}") from e
-        raise
-
-
-def _failing_kinds(report: str) -> set[str]:
-    """The kinds (``input``, ``output``, ...) of a report's table rows that FAIL."""
-    rows = [line.split() for line in report.splitlines() if " FAIL" in line and "first divergent" not in line]
-    return {r[1] for r in rows if len(r) > 1}
+    assert_parity(pair, x, LocalizeOptions(mode="eval"))
