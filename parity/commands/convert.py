@@ -8,6 +8,7 @@ comes from the suffixes. Exit 0 ok, 1 a conversion error (one line; nothing writ
 from __future__ import annotations
 
 import argparse
+import sys
 
 from parity.commands.map import add_model_arguments
 from parity.errors import ParityError
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         args._parser.error("give either --model or both --torch SPEC and --flax SPEC")
     from parity.progress import Progress
 
-    with Progress("steps", 1 if args.model else 3, transient=True) as bar:
+    steps = 1 if args.model else 3
+    with Progress("steps", steps, enabled=sys.stderr.isatty(), transient=True) as bar:
         try:
             direction = _convert(args, bar)
         except (ParityError, OSError) as e:

@@ -11,6 +11,7 @@ everything is paired, 1 otherwise or when the models do not load (a one-line
 from __future__ import annotations
 
 import argparse
+import sys
 
 from parity.spec import parse_shape
 
@@ -244,11 +245,12 @@ def _write_json(path: str, pairing, rows) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the pairing; exit 0 when all paired, 1 otherwise. Each step is named on stderr
-    as it starts (the first before torch or jax is imported)."""
+    """Print the pairing; exit 0 when all paired, 1 otherwise. On a terminal, a transient bar
+    on stderr names each step as it starts (the first before torch or jax is imported); in a
+    pipe or log stderr holds nothing but a failure's one line."""
     from parity.progress import Progress
 
-    with Progress("steps", 3, transient=True) as bar:
+    with Progress("steps", 3, enabled=sys.stderr.isatty(), transient=True) as bar:
         pairing, rows = _pairing(args, bar)
     if args.json:
         _write_json(args.json, pairing, rows)
