@@ -4,7 +4,7 @@ An NNX factory runs under ``nnx.eval_shape`` (:mod:`parity.harness.lazy_init`), 
 is initialised by ``jax.eval_shape``: no random weights are drawn for values the conversion
 overwrites. ``convert`` must still write the bytes of the plain route (the factory's own init),
 also for a port with a Flax-only leaf, which it keeps from the real factory. Both commands name
-their first step on stderr before torch or jax is imported. Timings are in
+their first step (on a terminal, in a bar on stderr) before torch or jax is imported. Timings are in
 ``scripts/bench_check.py`` and BENCHMARKS.md, not here.
 """
 
