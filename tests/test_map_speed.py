@@ -185,3 +185,29 @@ def test_a_shapes_only_linen_target_is_what_map_pairs():
     values = jax.tree.leaves(real())
     assert [np.shape(x) for x in values] == [x.shape for x in leaves]
     assert steps == [f"building the Flax model {USER}:make_linen from shapes"]
+
+
+def test_on_a_terminal_the_step_bar_shows_then_the_one_error_line():
+    """stderr a pseudo-terminal (a user at a shell): the bar names the step; a failure still
+    ends in its one line. (In a pipe stderr holds only that line: ``test_convert_bad_input``.)"""
+    import pty
+
+    master, slave = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    argv = ["map", "--torch", "no_such_file.py:make", "--flax", f"{USER}:make_nnx"]
+    proc = subprocess.Popen([sys.executable, "-m", "parity.cli", *argv], cwd=ROOT, env=env, stderr=slave)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO once the child has closed the terminal
+            break
+        if not data:
+            break
+        seen += data
+    os.close(master)
+    assert proc.wait(timeout=60) == 1
+    text = seen.decode(errors="replace")
+    assert "loading the torch model no_such_file.py:make" in text
+    assert "parity map: no_such_file.py:make: no such file 'no_such_file.py'" in text
