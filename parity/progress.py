@@ -68,7 +68,7 @@ class Progress:
         if not self.enabled:
             return
         if self._bar is not None:
-            self._bar.update(self._task, description=text)
+            self._bar.update(self._task, description=text, refresh=True)  # now, not at the next tick
         else:
             print(f"[{self.done}/{self.total} {self.unit}] {text}", file=sys.stderr, flush=True)
 

@@ -8,6 +8,7 @@ comes from the suffixes. Exit 0 ok, 1 a conversion error (one line; nothing writ
 from __future__ import annotations
 
 import argparse
+import sys
 
 from parity.commands.map import add_model_arguments
 from parity.errors import ParityError
@@ -23,15 +24,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(_parser=parser)
 
 
-def _convert(args: argparse.Namespace) -> str:
-    from parity.convert.files import convert_file, convert_models_file
-
+def _convert(args: argparse.Namespace, bar) -> str:
+    """Convert, each long step named on ``bar`` (a :class:`parity.progress.Progress`)."""
     if args.model:
-        return convert_file(args.model, args.src, args.dst)
-    from parity.commands.map import load_models
+        bar.describe(f"converting {args.src} -> {args.dst} (model {args.model})")
+        from parity.convert.files import convert_file
 
-    torch_model, target, options = load_models(args)
-    return convert_models_file(torch_model, target, args.src, args.dst, **options)
+        return convert_file(args.model, args.src, args.dst)
+    from parity.commands.map import load_models, steps
+
+    step = steps(bar)
+    # shapes only: `real` builds the values only when a Flax leaf is not filled by torch
+    torch_model, target, options, real = load_models(args, shapes_only=True, step=step)
+    step(f"converting {args.src} -> {args.dst}")
+    from parity.convert.files import convert_models_file
+
+    return convert_models_file(torch_model, target, args.src, args.dst, real, **options)
 
 
 class ConvertFailed(ParityError):
@@ -46,13 +54,19 @@ def run(args: argparse.Namespace) -> int:
         not args.model and not (args.torch and args.flax)
     ):
         args._parser.error("give either --model or both --torch SPEC and --flax SPEC")
-    from parity.convert import ConversionError
-    from parity.spec import SpecError
+    from parity.progress import Progress
 
-    try:
-        direction = _convert(args)
-    except (ConversionError, SpecError, OSError) as e:  # nothing was written: exit 1, as documented
-        raise ConvertFailed(str(e)) from e
+    steps = 1 if args.model else 3
+    with Progress("steps", steps, enabled=sys.stderr.isatty(), transient=True) as bar:
+        try:
+            direction = _convert(args, bar)
+        except (ParityError, OSError) as e:
+            from parity.convert import ConversionError
+            from parity.spec import SpecError
+
+            if isinstance(e, ConversionError | SpecError | OSError):  # nothing was written: exit 1
+                raise ConvertFailed(str(e)) from e
+            raise
     source = f"model {args.model}" if args.model else f"{args.torch} / {args.flax}"
     print(f"{args.src} -> {args.dst} ({direction}, {source})")
     return 0

@@ -11,6 +11,7 @@ everything is paired, 1 otherwise or when the models do not load (a one-line
 from __future__ import annotations
 
 import argparse
+import sys
 
 from parity.spec import parse_shape
 
@@ -131,17 +132,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="write the pairing as JSON (atomically)")
 
 
-def load_models(args: argparse.Namespace, shapes_only: bool = False):
-    """``(torch model, Flax target, options for the converter)`` from the parsed options."""
+def load_models(args: argparse.Namespace, shapes_only: bool = False, step=None) -> tuple:
+    """``(torch model, Flax target, options for the converter, real)`` from the parsed options;
+    ``shapes_only`` and ``real``: :func:`parity.convert.files.load_models`; ``step(text)``
+    names each long step (a :class:`parity.progress.Progress`'s ``describe``)."""
+    step = step or (lambda text: None)
+    step(f"loading the torch model {args.torch}")  # before the imports below (torch, jax)
     from parity.convert.files import load_models as load
     from parity.harness.outputs import extra_inputs
 
     first, extra = model_inputs(args, draws=False)
     more = extra_inputs(args.flax, first, extra) if first is not None else None
-    torch_model, target = load(args.torch, args.flax, first, shapes_only, more)
+    torch_model, target, real = load(
+        args.torch, args.flax, first, shapes_only, more, step or (lambda t: None)
+    )
     options = {"user_map": args.map, "flatten_shapes": dict(args.flatten or ()) or None}
     options["input_shape"] = first.shape if first is not None and first.is_float else None
-    return torch_model, target, options
+    return torch_model, target, options, real
 
 
 def _shape(s) -> str:
@@ -180,18 +187,40 @@ def _report(pairing, rows) -> str:
     return "\n".join(lines)
 
 
-def _pairing(args: argparse.Namespace):
-    """``(pairing, rows)`` of the models; a model that does not load or convert, or a file that
+def _pairing(args: argparse.Namespace, bar):
+    """``(pairing, rows)`` of the models, each step named on ``bar`` (a
+    :class:`parity.progress.Progress`); a model that does not load or convert, or a file that
     cannot be read or written, is one :class:`parity.harness.results.ModelsError` (exit 1)."""
-    from parity.convert import ConversionError, map_models
-    from parity.harness.results import ModelsError
-    from parity.spec import SpecError
+    from parity.errors import ParityError
 
-    try:
-        torch_model, target, options = load_models(args, shapes_only=True)
+    try:  # the first step is named before torch or jax is imported
+        step = steps(bar)
+        torch_model, target, options, _ = load_models(args, shapes_only=True, step=step)
+        step("pairing the weights")
+        from parity.convert import map_models
+
         return map_models(torch_model, target, **options)
-    except (ConversionError, SpecError, OSError) as e:
-        raise ModelsError(str(e)) from None
+    except (ParityError, OSError) as e:
+        from parity.convert import ConversionError
+        from parity.harness.results import ModelsError
+        from parity.spec import SpecError
+
+        if isinstance(e, ConversionError | SpecError | OSError):
+            raise ModelsError(str(e)) from None
+        raise
+
+
+def steps(bar):
+    """A ``step(text)`` callback that names the step on ``bar`` and counts the one before."""
+    started = [False]
+
+    def step(text: str) -> None:
+        if started[0]:
+            bar.advance()
+        started[0] = True
+        bar.describe(text)
+
+    return step
 
 
 def _write_json(path: str, pairing, rows) -> None:
@@ -216,8 +245,13 @@ def _write_json(path: str, pairing, rows) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the pairing; exit 0 when all paired, 1 otherwise."""
-    pairing, rows = _pairing(args)
+    """Print the pairing; exit 0 when all paired, 1 otherwise. On a terminal, a transient bar
+    on stderr names each step as it starts (the first before torch or jax is imported); in a
+    pipe or log stderr holds nothing but a failure's one line."""
+    from parity.progress import Progress
+
+    with Progress("steps", 3, enabled=sys.stderr.isatty(), transient=True) as bar:
+        pairing, rows = _pairing(args, bar)
     if args.json:
         _write_json(args.json, pairing, rows)
     print(_report(pairing, rows))
