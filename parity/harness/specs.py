@@ -49,7 +49,9 @@ class SpecInput:
         try:
             kind = np.dtype(self.dtype).kind
         except TypeError:
-            raise CheckError(f"--input-dtype {self.dtype!r}: not a numeric dtype (e.g. float32, int64)") from None
+            raise CheckError(
+                f"--input-dtype {self.dtype!r}: not a numeric dtype (e.g. float32, int64)"
+            ) from None
         if kind not in "fiu":
             raise CheckError(f"--input-dtype {self.dtype!r}: use a float or an integer dtype")
         if kind in "iu" and (self.high is None or self.high < 1):
