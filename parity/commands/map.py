@@ -47,20 +47,11 @@ def input_option(text: str) -> tuple[str, tuple[tuple[int, ...], str, int | None
     return name, (shape, parts[1] if len(parts) > 1 else "float32", high)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """``--torch``, ``--flax``, ``--map``, ``--input-shape``, ``--input-dtype``, ``--input-high``,
-    ``--input`` (repeatable), ``--no-channels-last``, ``--flatten`` (shared by ``parity map``,
-    ``parity convert`` and ``parity check``; :func:`model_inputs` reads the inputs)."""
+def add_input_arguments(parser: argparse.ArgumentParser, shape_help: str, required: bool = False) -> None:
+    """``--input-shape``, ``--input-dtype``, ``--input-high`` and the repeatable ``--input`` (shared
+    by ``map``, ``convert``, ``check`` and ``port``)."""
     parser.add_argument(
-        "--torch", metavar="SPEC", required=required, help="package.module:factory or file.py:factory"
-    )
-    parser.add_argument("--flax", metavar="SPEC", required=required, help="factory of a Linen or NNX module")
-    parser.add_argument("--map", metavar="FILE", help="name rules 'REGEX -> FLAX/PATH', one per line")
-    parser.add_argument(
-        "--input-shape",
-        type=shape_option,
-        metavar="N,C,H,W",
-        help="input shape in torch layout: initialises a Linen module and sharpens flatten detection",
+        "--input-shape", type=shape_option, required=required, metavar="N,C,H,W", help=shape_help
     )
     parser.add_argument("--input-dtype", default="float32", help="dtype of that input (default float32)")
     parser.add_argument(
@@ -75,6 +66,20 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
         help="a model input, torch layout; repeat for several: positional in the order given, or "
         "keyword NAME (e.g. --input 4,3,32,32 --input t=4:int64:1000). Without --input-shape the "
         "first positional --input is the main input; with it, every --input comes after it",
+    )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--torch``, ``--flax``, ``--map``, ``--input-shape``, ``--input-dtype``, ``--input-high``,
+    ``--input`` (repeatable), ``--no-channels-last``, ``--flatten`` (shared by ``parity map``,
+    ``parity convert`` and ``parity check``; :func:`model_inputs` reads the inputs)."""
+    parser.add_argument(
+        "--torch", metavar="SPEC", required=required, help="package.module:factory or file.py:factory"
+    )
+    parser.add_argument("--flax", metavar="SPEC", required=required, help="factory of a Linen or NNX module")
+    parser.add_argument("--map", metavar="FILE", help="name rules 'REGEX -> FLAX/PATH', one per line")
+    add_input_arguments(
+        parser, "input shape in torch layout: initialises a Linen module and sharpens flatten detection"
     )
     parser.add_argument(
         "--no-channels-last",

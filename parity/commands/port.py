@@ -31,30 +31,12 @@ class PortError(ParityError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``parity port``."""
-    from parity.commands.map import input_option, shape_option
+    from parity.commands.map import add_input_arguments
 
     parser.add_argument(
         "--torch", metavar="SPEC", required=True, help="package.module:factory or file.py:factory"
     )
-    parser.add_argument(
-        "--input-shape",
-        type=shape_option,
-        required=True,
-        metavar="N,C,H,W",
-        help="example input, torch layout",
-    )
-    parser.add_argument("--input-dtype", default="float32", help="dtype of that input (default float32)")
-    parser.add_argument(
-        "--input-high", type=int, metavar="N", help="integer inputs (token ids) are drawn from [0, N)"
-    )
-    parser.add_argument(
-        "--input",
-        dest="extra_inputs",
-        action="append",
-        type=input_option,
-        metavar="SHAPE[:DTYPE[:HIGH]]",
-        help="one more positional model input after the one of --input-shape (as in parity check)",
-    )
+    add_input_arguments(parser, "example input, torch layout", required=True)
     parser.add_argument(
         "--to", choices=STYLES, default="nnx", help="the Flax style of the port (default nnx)"
     )
