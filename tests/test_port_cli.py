@@ -238,6 +238,13 @@ def test_the_docs_example_is_what_the_generator_writes():
     assert generate(DigitsCNN(), torch.zeros(4, 1, 8, 8), "nnx") == EXAMPLE.read_text()
 
 
+def test_the_migration_guides_excerpt_is_in_the_docs_example():
+    """MIGRATION.md shows the example's ``__call__`` in a ```py block: it must be the file's text."""
+    text = (ROOT / "MIGRATION.md").read_text(encoding="utf-8")
+    excerpt = text[text.index("### The port written for you") :].split("```py\n", 1)[1].split("```", 1)[0]
+    assert "def __call__" in excerpt and excerpt in EXAMPLE.read_text()
+
+
 def test_a_port_whose_weights_do_not_convert_exits_1_with_model_py_written(tmp_path, capsys, monkeypatch):
     """A generator slip in a layer name leaves a torch key unpaired: the port is written for the
     user to see, without weights, and the command says why (exit 1)."""
