@@ -80,36 +80,23 @@ def test_digits_cnn_linen_port_passes(tmp_path):
     assert_port_passes(pair, (4, 1, 8, 8))
 
 
-@pytest.mark.slow  # 2-140 s each under load (the first harness test of a run pays the compiles)
+# input shapes: small enough for the slow set, each model's own rank and layout
+ZOO_PORTS = [
+    ("signal1d", (4, 1, 40)),
+    ("resnet20", (4, 3, 16, 16)),
+    ("vit_tiny", (4, 3, 8, 8)),
+    ("tiny_transformer", (4, 3, 16, 16)),
+]
+
+
+# 2-160 s each under load (load average 13; the first harness test of a run pays the compiles)
+@pytest.mark.slow
 @pytest.mark.parametrize("style", ["nnx", "linen"])
-def test_signal1d_cnn_port_passes(tmp_path, style):
-    port, pair = port_pair(tmp_path, "signal1d", style, (4, 1, 40))
+@pytest.mark.parametrize(("model", "shape"), ZOO_PORTS, ids=[m for m, _ in ZOO_PORTS])
+def test_zoo_port_passes(tmp_path, model, shape, style):
+    port, pair = port_pair(tmp_path, model, style, shape)
     assert port.stubs == ()
-    assert_port_passes(pair, (4, 1, 40))
-
-
-@pytest.mark.slow  # 20-75 s each under load (load average 13)
-@pytest.mark.parametrize("style", ["nnx", "linen"])
-def test_resnet20_port_passes(tmp_path, style):
-    port, pair = port_pair(tmp_path, "resnet20", style, (4, 3, 16, 16))
-    assert port.stubs == ()
-    assert_port_passes(pair, (4, 3, 16, 16))
-
-
-@pytest.mark.slow  # 20-160 s each under load (load average 13)
-@pytest.mark.parametrize("style", ["nnx", "linen"])
-def test_vit_port_passes(tmp_path, style):
-    port, pair = port_pair(tmp_path, "vit_tiny", style, (4, 3, 8, 8))
-    assert port.stubs == ()
-    assert_port_passes(pair, (4, 3, 8, 8))
-
-
-@pytest.mark.slow  # 7-65 s each under load (load average 13)
-@pytest.mark.parametrize("style", ["nnx", "linen"])
-def test_tiny_transformer_port_passes(tmp_path, style):
-    port, pair = port_pair(tmp_path, "tiny_transformer", style, (4, 3, 16, 16))
-    assert port.stubs == ()
-    assert_port_passes(pair, (4, 3, 16, 16))
+    assert_port_passes(pair, shape)
 
 
 @pytest.mark.slow  # 185 s (nnx), 45 s (linen) under load (load average 13)
