@@ -27,6 +27,14 @@ def resnet18() -> nn.Module:
     return _seeded(resnet.resnet18, num_classes=10)
 
 
+def resnet34() -> nn.Module:
+    return _seeded(resnet.resnet34, num_classes=10)
+
+
+def resnet50() -> nn.Module:
+    return _seeded(resnet.resnet50, num_classes=10)
+
+
 def resnet20() -> nn.Module:
     return _seeded(resnet.resnet20)
 

@@ -110,6 +110,18 @@ def test_resnet18_port_passes(tmp_path, style):
     assert_port_passes(pair, (2, 3, 32, 32), train_bound=1e-11)
 
 
+# 16-19 s each (load ~1, 2-core box, 2026-12-07): generation, conversion and both harness passes
+# of a deep ResNet; one style each here (both styles of each pass `parity port`: closing note)
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "style"), [("resnet34", "linen"), ("resnet50", "nnx")])
+def test_deep_resnet_port_passes(tmp_path, model, style):
+    """Batch 4 at 32x32: the last stage's BatchNorm normalises 4 values per channel in train
+    mode, so that mode's bound is ResNet-18's 1e-11 (100x below the harness's 1e-9)."""
+    port, pair = port_pair(tmp_path, model, style, (4, 3, 32, 32))
+    assert port.stubs == ()
+    assert_port_passes(pair, (4, 3, 32, 32), train_bound=1e-11)
+
+
 # ---------------------------------------------------------------- the source itself
 @pytest.fixture(scope="module")
 def resnet20_sources() -> dict[str, Port]:
