@@ -111,7 +111,7 @@ def test_resnet18_port_passes(tmp_path, style):
 
 
 # 16-19 s each (load ~1, 2-core box, 2026-12-07): generation, conversion and both harness passes
-# of a deep ResNet; one style each here (both styles of each pass `parity port`: closing note)
+# of a deep ResNet; one style each here (both styles of each pass `parity port`: BENCHMARKS.md)
 @pytest.mark.slow
 @pytest.mark.parametrize(("model", "style"), [("resnet34", "linen"), ("resnet50", "nnx")])
 def test_deep_resnet_port_passes(tmp_path, model, style):
