@@ -62,6 +62,22 @@ def test_a_file_as_out_is_refused(tmp_path, capsys):
     assert out.read_text() == "x"
 
 
+def test_a_symlink_as_out_is_refused_and_its_folder_kept(tmp_path, capsys):
+    """The staged folder is renamed over DIR: over a link it would replace the link, so a link
+    is refused (even with --force) and the folder it points to is left as it was."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep")
+    link = tmp_path / "port"
+    link.symlink_to(folder)
+    for force in ([], ["--force"]):
+        argv = ["port", "--torch", f"{MODELS}:tiny", "--input-shape", "4,6", "--out", str(link), *force]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is a symbolic link" in err, err
+    assert link.is_symlink() and [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
 def test_a_bad_spec_is_one_line_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "port"
     assert (

@@ -34,7 +34,9 @@ class FolderError(ParityError):
 def check_out_dir(out: Path, force: bool) -> None:
     """Refuse, before any work, an ``out`` that is not a directory, a non-empty directory
     without ``force``, or one whose parent cannot be written."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
+    if out.is_symlink():  # the staged folder would replace the link, not what it points to
+        raise FolderError(f"--out {str(out)!r} is a symbolic link; give the folder itself")
+    if out.exists() and not out.is_dir():
         raise FolderError(f"--out {str(out)!r} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise FolderError(f"--out {str(out)!r} exists and is not empty; give --force to replace it")
