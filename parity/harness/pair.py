@@ -54,6 +54,11 @@ class ModelPair:
     convert_options: dict = field(default_factory=dict)
     full_flax: Any = None
     float32_only: bool = False
+    #: Flax layers the float64 passes widened from a fixed float32 dtype
+    #: (:mod:`parity.harness.widen`), and whether both models' eval outputs were all zero; both
+    #: are read by :meth:`parity.harness.specs.SpecModels.notes`
+    widened: set[str] = field(default_factory=set, compare=False, repr=False)
+    zero_output: bool = field(default=False, compare=False, repr=False)
     #: results kept for the pair's lifetime (e.g. the eval output shapes per input); a copy
     #: made by :meth:`replace` starts empty
     memo: dict = field(default_factory=dict, init=False, compare=False, repr=False)

@@ -548,13 +548,13 @@ class SpecModels:
             f"{p.name}: Flax layer(s) {', '.join(sorted(p.widened))} fix a float32 dtype; the float64 "
             "passes compute them in float64 (the float32 passes as written)"
             for p in self._built.values()
-            if getattr(p, "widened", None)
+            if p.widened
         ]
         zero = [
             f"{p.name}: both models' eval outputs are all zero (a zero-initialised head?): the forward "
             "rows compare nothing; the layer rows (--localize) and the gradient rows still compare"
             for p in self._built.values()
-            if getattr(p, "zero_output", False)
+            if p.zero_output
         ]
         return sorted(self._notes) + widened + zero
 
