@@ -110,16 +110,18 @@ def test_resnet18_port_passes(tmp_path, style):
     assert_port_passes(pair, (2, 3, 32, 32), train_bound=1e-11)
 
 
-# 16-19 s each (load ~1, 2-core box, 2026-12-07): generation, conversion and both harness passes
+# 18-19 s each (load ~1, 2-core box, 2026-12-07): generation, conversion and both harness passes
 # of a deep ResNet; one style each here (both styles of each pass `parity port`: BENCHMARKS.md)
 @pytest.mark.slow
 @pytest.mark.parametrize(("model", "style"), [("resnet34", "linen"), ("resnet50", "nnx")])
 def test_deep_resnet_port_passes(tmp_path, model, style):
-    """Batch 4 at 32x32: the last stage's BatchNorm normalises 4 values per channel in train
-    mode, so that mode's bound is ResNet-18's 1e-11 (100x below the harness's 1e-9)."""
-    port, pair = port_pair(tmp_path, model, style, (4, 3, 32, 32))
+    """Batch 8 at 32x32: the last stage's BatchNorm normalises 8 values per channel in train
+    mode, where rounding is divided by a small batch std; measured train-mode worst: ResNet-34
+    2e-13 (batch 4), ResNet-50 7.5e-13 (batch 8; 3.5e-12 at batch 4), so that mode's bound is
+    ResNet-18's 1e-11, over 10x above (and 100x below the harness's 1e-9)."""
+    port, pair = port_pair(tmp_path, model, style, (8, 3, 32, 32))
     assert port.stubs == ()
-    assert_port_passes(pair, (4, 3, 32, 32), train_bound=1e-11)
+    assert_port_passes(pair, (8, 3, 32, 32), train_bound=1e-11)
 
 
 # ---------------------------------------------------------------- the source itself
