@@ -178,17 +178,6 @@ def unbind_axis_names(next_fun: Callable, args: tuple, kwargs: dict, context: An
     return next_fun(*args, **kwargs)
 
 
-def axis_named_layers(model: Any) -> list[str]:
-    """Names of the NNX ``BatchNorm`` layers of ``model`` with an ``axis_name``."""
-    from flax import nnx
-
-    return [
-        ".".join(map(str, p))
-        for p, m in nnx.iter_modules(model)
-        if isinstance(m, nnx.BatchNorm) and m.axis_name is not None
-    ]
-
-
 def adapt_flax(model: Any, path: str | None, extra: ExtraInputs | None = None) -> Any:
     """A Flax model (Linen: a new module of a subclass with the same fields; NNX: a copy of a
     subclass) that returns its output leaf ``path`` (when ``None``, every leaf as ``{path:

@@ -75,13 +75,6 @@ def _sub_expressions(node: ast.AST) -> tuple[ast.expr, ...]:
     return tuple(out)
 
 
-def _unique(values: list[Value]) -> Value:
-    if not values:
-        return None
-    first = values[0]
-    return first if all(value == first for value in values[1:]) else None
-
-
 class ExpressionMixin:
     """Evaluates expressions to object ids and interprets calls (inlining known definitions)."""
 

@@ -127,12 +127,6 @@ def _takes_rngs(func: str) -> bool:
     return func.startswith("nnx.") and func not in ("nnx.Sequential", "nnx.List", "nnx.Param")
 
 
-def _skeleton(b: Builder, inst: Instance, entries) -> tuple[str, list]:
-    slots: list = []
-    text = "\n".join(f"{a} = {_walk(c, a, b.style, slots, None)}" for a, c in entries)
-    return re.sub(r"\S+", lambda m: m.group(0), text), slots
-
-
 # ------------------------------------------------------------------ variants
 def _group(b: Builder) -> tuple[list[tuple[str, list[Instance], dict]], dict]:
     """``[(variant name, instances, {slot index: parameter name})]`` deepest classes first.

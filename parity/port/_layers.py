@@ -40,11 +40,6 @@ class Leaf:
     problem: str | None = None
 
 
-def _pairs(v, dims: int) -> tuple:
-    v = v if isinstance(v, tuple) else (v,) * dims
-    return tuple(v)
-
-
 def _conv(m: nn.Module, style: str) -> Leaf:
     dims = len(m.kernel_size)
     if m.padding_mode != "zeros":
