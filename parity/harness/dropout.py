@@ -50,6 +50,11 @@ def mask_scale(u, rate: float, xp=np):
     return (u >= rate).astype(xp.float32) * xp.float32(1.0 / (1.0 - rate))
 
 
+def active_dropout(model: tnn.Module) -> list[str]:
+    """Names of the dropout layers of ``model`` with ``p > 0``."""
+    return [n for n, m in model.named_modules() if isinstance(m, tnn.modules.dropout._DropoutNd) and m.p > 0]
+
+
 @contextlib.contextmanager
 def torch_shared_dropout(
     model: tnn.Module,

@@ -9,6 +9,7 @@ gradients in backward order. How each side is observed, and why, is in docs/HARN
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -21,11 +22,13 @@ import numpy as np
 from torch import nn as tnn
 
 from parity.defaults import FLOAT32_REL_TOL, FLOAT64_REL_TOL
+from parity.harness import memory
 from parity.harness.between import Between, input_rows, insert_input_rows
 from parity.harness.diagnose import with_between_causes, with_causes, with_tied_causes
 from parity.harness.dropout import (
     FlaxHook,
     SharedDropout,
+    active_dropout,
     flax_dropout_hook,
     mask_scale,
     torch_shared_dropout,
@@ -41,6 +44,7 @@ from parity.harness.sides import (
     TorchRun,
     flax_bn_stats,
     flax_loss,
+    gradient_arguments,
     leaf_modules,
     nnx_intercept,
     torch_loss,
@@ -121,9 +125,9 @@ class GradientOptions:
     ``step`` as in :class:`LocalizeOptions` (``mode`` defaults to ``'train'``); ``loss``:
     ``'cross_entropy'`` (integer labels) or ``'mse'``; ``float64_check``: re-judge in float64
     a parameter whose float32 gradients differ by more than ``tol`` (:func:`rejudge_in_float64`);
-    ``free_caches``: drop jax's compiled programs (``jax.clear_caches``) before the float64
-    gradients, the peak of memory (``parity check`` sets it: the eager operations compiled for
-    the passes before are not needed again). It changes no value.
+    ``free_caches``: drop jax's compiled programs and trim the heap (:func:`memory.release`)
+    before the float64 gradients, the peak of memory (``parity check`` sets it: the eager
+    operations compiled for the passes before are not needed again). It changes no value.
     """
 
     mode: Mode = "train"
@@ -385,6 +389,22 @@ def _rejudge_on_float32_scale(
     )
 
 
+def compile_gradients_ahead(pair: ModelPair, x: np.ndarray, y: np.ndarray, options: GradientOptions) -> None:
+    """Start compiling the Flax gradient programs that :func:`localize_gradients` with the same
+    arguments will run (float32, and the float64 one of ``float64_check``, needed whenever a
+    float32 row fails), in a background thread. A model whose dropout runs in ``options.mode``
+    is left out: its shared masks, drawn by torch, are part of the program. Changes no value."""
+    train = options.mode == "train"
+    if train and options.dropout_masks == "shared" and active_dropout(pair.torch):
+        return
+    side = pair.flax_side()
+    rng = _independent_rng(train, options.dropout_masks, options.seed, options.step)
+    for float64 in (False, True) if options.float64_check else (False,):
+        with jax.enable_x64(True) if float64 else contextlib.nullcontext():
+            args = gradient_arguments(side, np.asarray(x), np.asarray(y), rng, float64, pair.input_layout)
+            side.compile_gradient_ahead(options.loss, train, args)
+
+
 def localize_gradients(
     pair: ModelPair, x: np.ndarray, y: np.ndarray, options: GradientOptions = GradientOptions()
 ) -> LocalizationReport:
@@ -425,7 +445,7 @@ def localize_gradients(
     if o.float64_check and any(not r.passed and r.name not in no_grad for r in rows):
         narrow = not computes_in_float64(side, pair.flax_input(x))
         if o.free_caches:
-            jax.clear_caches()
+            memory.release()
         # Flax first: its compile is the peak of memory, so it runs before the torch float64 copy
         fg64 = pair.to_torch(side.gradients(*flax_args, float64=True, input_layout=pair.input_layout))
         tg64 = torch_side.gradients(x, y, o.loss, train, masks, o.step, given=record, float64=True)[0]
@@ -436,6 +456,7 @@ def localize_gradients(
             else rejudge_in_float64(r, tgrads[r.name], tg64[r.name], fg64.get(r.name), scale, narrow, o.tol)
             for r in rows
         ]
+    side.drop_programs()  # compiled ahead and not needed (float64, when every float32 row passed)
     if any(not r.passed for r in rows):
         rows = with_tied_causes(rows, tgrads, _gradient_copies(pair, ftree), o.tol)
     return LocalizationReport(

@@ -80,8 +80,11 @@ class ModelPair:
         return TorchSide(self.torch)
 
     def flax_side(self) -> FlaxSide:
-        """A fresh Flax side (one pure function over the stored weights)."""
-        return FlaxSide(self.flax, self.variables, self.call_kwargs)
+        """A fresh Flax side (one pure function over the stored weights); the sides of one pair
+        share their compiled gradient programs (:meth:`FlaxSide.gradient_program`)."""
+        return FlaxSide(
+            self.flax, self.variables, self.call_kwargs, self.memo.setdefault("flax_programs", {})
+        )
 
     def to_flax(self) -> Callable[[str], str]:
         """``torch name -> flax name`` through :attr:`layer_map`."""

@@ -9,6 +9,7 @@ gradient, round trip) for :func:`parity.harness.suite.run_policy`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,10 +23,22 @@ from torch import nn as tnn
 
 from parity import convert
 from parity.harness import outputs as outputs_mod
-from parity.harness.dropout import SharedDropout, flax_dropout_active, flax_dropout_hook, is_flax_dropout
+from parity.harness.dropout import (
+    SharedDropout,
+    active_dropout,
+    flax_dropout_active,
+    flax_dropout_hook,
+    is_flax_dropout,
+)
 from parity.harness.input_checks import check_input_rank, check_memory, small_run
 from parity.harness.lazy_init import build_flax, linen_converted, nnx_converted
-from parity.harness.localize import GradientOptions, LocalizeOptions, localize, localize_gradients
+from parity.harness.localize import (
+    GradientOptions,
+    LocalizeOptions,
+    compile_gradients_ahead,
+    localize,
+    localize_gradients,
+)
 from parity.harness.metrics import judged_forward, judged_rel_l2
 from parity.harness.pair import ModelPair
 from parity.harness.results import Case, CaseInput, Check, CheckError, ModelsError
@@ -423,11 +436,6 @@ def roundtrip_max_abs(pair: ModelPair) -> float:
     return worst
 
 
-def active_dropout(model: tnn.Module) -> list[str]:
-    """Names of the dropout layers of ``model`` with ``p > 0``."""
-    return [n for n, m in model.named_modules() if isinstance(m, tnn.modules.dropout._DropoutNd) and m.p > 0]
-
-
 def batches(pair: ModelPair, inp: SpecInput, seed: int, steps: int) -> tuple[np.ndarray, np.ndarray, list]:
     """``(x, y, training batches)``: the checked batch (torch layout), integer labels over the
     torch output's last dimension (shape ``out.shape[:-1]``), and ``steps`` more ``(x, y)``
@@ -499,6 +507,9 @@ def foundation_rows(
     def row(name: str, value: float, tol: float) -> Check:
         return Check.judged(pair.name, pair.kind, name, value, tol)
 
+    # the gradient programs compile in the background while the eager passes below run
+    gradient_options = GradientOptions(tol=tols["gradient"], seed=seed, free_caches=True)
+    compile_gradients_ahead(pair, x, y, gradient_options)
     # can both sides compute in float64? On the whole batch: the float64 passes below run on
     # it, and jax compiles each eager operation once per shape (a 2-sample probe compiled
     # every operation of the model a second time)
@@ -506,9 +517,7 @@ def foundation_rows(
     rows, same_shape = _forward_rows(pair, x, tols["forward"], seed, notes)
     if not same_shape:
         return rows, {}
-    gradient_options = GradientOptions(
-        tol=tols["gradient"], seed=seed, float64_check=not notes, free_caches=True
-    )
+    gradient_options = dataclasses.replace(gradient_options, float64_check=not notes)
     modes = ("eval", "train") if eval_layers else ("train",)
     reports = {f"layers_{m}": localize(pair, x, LocalizeOptions(m, tols["layers"], seed=seed)) for m in modes}
     reports["gradients_train"] = localize_gradients(pair, x, y, gradient_options)
