@@ -281,18 +281,19 @@ def _count_compiles(monkeypatch) -> list[bool]:
 
 @pytest.mark.parametrize("flax_factory", ["linen_net", "nnx_net"])
 def test_gradient_programs_compiled_ahead_are_the_ones_used_and_change_nothing(monkeypatch, flax_factory):
-    """:func:`compile_gradients_ahead` compiles the float32 and float64 gradient programs in
+    """:func:`parity.harness.ahead.compile_gradients` compiles the float32 and float64 gradient programs in
     the background; :func:`localize_gradients` then takes them (no third compile) and gives
     the rows of a pair that compiled nothing ahead. ``tol=0`` sends every row with any float32
     difference to the float64 judge, so both programs run."""
-    from parity.harness.localize import GradientOptions, compile_gradients_ahead, localize_gradients
+    from parity.harness.ahead import compile_gradients
+    from parity.harness.localize import GradientOptions, localize_gradients
 
     x, y = _batch()
     options = GradientOptions(tol=0.0)
     inline = localize_gradients(_pair(flax_factory), x, y, options)
     calls = _count_compiles(monkeypatch)
     pair = _pair(flax_factory)
-    compile_gradients_ahead(pair, x, y, options)
+    compile_gradients(pair, x, y, options)
     programs = pair.memo["flax_programs"]
     assert len(programs) == 2
     for pending in list(programs.values()):
@@ -307,11 +308,12 @@ def test_gradient_programs_compiled_ahead_are_the_ones_used_and_change_nothing(m
 def test_an_unused_float64_program_is_dropped():
     """When every float32 row passes, the float64 program compiled ahead is not needed: it is
     dropped (its memory freed) with the gradients."""
-    from parity.harness.localize import GradientOptions, compile_gradients_ahead, localize_gradients
+    from parity.harness.ahead import compile_gradients
+    from parity.harness.localize import GradientOptions, localize_gradients
 
     x, y = _batch()
     pair = _pair("linen_net")
-    compile_gradients_ahead(pair, x, y, GradientOptions())
+    compile_gradients(pair, x, y, GradientOptions())
     # a tolerance no float32 row exceeds (the conv bias before the BatchNorm has a true
     # gradient of zero, so its float32 rel_l2 is ~1)
     report = localize_gradients(pair, x, y, GradientOptions(tol=100.0))
@@ -322,12 +324,13 @@ def test_an_unused_float64_program_is_dropped():
 def test_a_model_whose_dropout_runs_compiles_nothing_ahead():
     """Shared dropout masks are drawn by torch during the gradients and are part of the
     program: a model with active dropout compiles its programs when they run, not ahead."""
-    from parity.harness.localize import GradientOptions, compile_gradients_ahead
+    from parity.harness.ahead import compile_gradients
+    from parity.harness.localize import GradientOptions
 
     x, y = _batch()
     pair = _pair("linen_net")
     pair.torch.drop.p = 0.5
-    compile_gradients_ahead(pair, x, y, GradientOptions())
+    compile_gradients(pair, x, y, GradientOptions())
     assert not pair.memo.get("flax_programs")
-    compile_gradients_ahead(pair, x, y, GradientOptions(mode="eval"))
+    compile_gradients(pair, x, y, GradientOptions(mode="eval"))
     assert len(pair.memo["flax_programs"]) == 2

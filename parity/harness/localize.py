@@ -9,7 +9,6 @@ gradients in backward order. How each side is observed, and why, is in docs/HARN
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +27,6 @@ from parity.harness.diagnose import with_between_causes, with_causes, with_tied_
 from parity.harness.dropout import (
     FlaxHook,
     SharedDropout,
-    active_dropout,
     flax_dropout_hook,
     mask_scale,
     torch_shared_dropout,
@@ -44,7 +42,6 @@ from parity.harness.sides import (
     TorchRun,
     flax_bn_stats,
     flax_loss,
-    gradient_arguments,
     leaf_modules,
     nnx_intercept,
     torch_loss,
@@ -150,7 +147,7 @@ def flatten_shapes_of(torch_model: tnn.Module) -> dict[str, tuple[int, ...]]:
     return ModelPair(torch_model, None).dense_flatten_shapes()
 
 
-def _independent_rng(train: bool, dropout_masks: str, seed: int, step: int) -> jax.Array | None:
+def independent_rng(train: bool, dropout_masks: str, seed: int, step: int) -> jax.Array | None:
     """Each framework's own dropout stream (``dropout_masks='independent'``), else ``None``."""
     if train and dropout_masks == "independent":
         return jax.random.fold_in(jax.random.key(seed), step)
@@ -194,7 +191,7 @@ def _localize(pair: ModelPair, x: np.ndarray, options: LocalizeOptions) -> Local
         return FlaxCapture(run, to_flax, fshapes, o.reinject, masks is not None, inputs={})
 
     capture, xf = plan(trun), pair.flax_input(x)
-    rng = _independent_rng(train, o.dropout_masks, o.seed, o.step)
+    rng = independent_rng(train, o.dropout_masks, o.seed, o.step)
     fouts, new_bs = side.activations(xf, capture, train, rng)
     bs = (side.bn_stats(), side.bn_stats(new_bs))
     rows, skipped = output_rows(
@@ -389,22 +386,6 @@ def _rejudge_on_float32_scale(
     )
 
 
-def compile_gradients_ahead(pair: ModelPair, x: np.ndarray, y: np.ndarray, options: GradientOptions) -> None:
-    """Start compiling the Flax gradient programs that :func:`localize_gradients` with the same
-    arguments will run (float32, and the float64 one of ``float64_check``, needed whenever a
-    float32 row fails), in a background thread. A model whose dropout runs in ``options.mode``
-    is left out: its shared masks, drawn by torch, are part of the program. Changes no value."""
-    train = options.mode == "train"
-    if train and options.dropout_masks == "shared" and active_dropout(pair.torch):
-        return
-    side = pair.flax_side()
-    rng = _independent_rng(train, options.dropout_masks, options.seed, options.step)
-    for float64 in (False, True) if options.float64_check else (False,):
-        with jax.enable_x64(True) if float64 else contextlib.nullcontext():
-            args = gradient_arguments(side, np.asarray(x), np.asarray(y), rng, float64, pair.input_layout)
-            side.compile_gradient_ahead(options.loss, train, args)
-
-
 def localize_gradients(
     pair: ModelPair, x: np.ndarray, y: np.ndarray, options: GradientOptions = GradientOptions()
 ) -> LocalizationReport:
@@ -431,7 +412,7 @@ def localize_gradients(
     to_flax = pair.to_flax()
     uniforms = {to_flax(n): [jnp.asarray(u) for u in us] for n, us in record.items()}
     uniforms = uniforms if masks is not None else None
-    rng = _independent_rng(train, o.dropout_masks, o.seed, o.step)
+    rng = independent_rng(train, o.dropout_masks, o.seed, o.step)
     flax_args = (x, y, o.loss, train, uniforms, rng)
     ftree = side.gradients(*flax_args, input_layout=pair.input_layout)
     fgrads = pair.to_torch(ftree)

@@ -313,13 +313,13 @@ class FlaxSide:
         """Start compiling :meth:`gradient_program` for ``args``-shaped arguments in a
         background thread (XLA compiles without the GIL, so the eager passes of the check go on
         meanwhile); an error surfaces when the program is asked for."""
-        from parity.harness import background
+        from parity.harness import ahead
 
         key = _program_key(loss, train, args)
         if key not in self.programs:
             float64 = key[2]
             abstract = _abstract(args)
-            self.programs[key] = background.submit(
+            self.programs[key] = ahead.submit(
                 lambda: _with_x64(float64, _compile_gradient, self, loss, train, abstract)
             )
 

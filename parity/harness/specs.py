@@ -22,6 +22,7 @@ import torch
 from torch import nn as tnn
 
 from parity import convert
+from parity.harness import ahead
 from parity.harness import outputs as outputs_mod
 from parity.harness.dropout import (
     SharedDropout,
@@ -35,7 +36,6 @@ from parity.harness.lazy_init import build_flax, linen_converted, nnx_converted
 from parity.harness.localize import (
     GradientOptions,
     LocalizeOptions,
-    compile_gradients_ahead,
     localize,
     localize_gradients,
 )
@@ -509,7 +509,7 @@ def foundation_rows(
 
     # the gradient programs compile in the background while the eager passes below run
     gradient_options = GradientOptions(tol=tols["gradient"], seed=seed, free_caches=True)
-    compile_gradients_ahead(pair, x, y, gradient_options)
+    ahead.compile_gradients(pair, x, y, gradient_options)
     # can both sides compute in float64? On the whole batch: the float64 passes below run on
     # it, and jax compiles each eager operation once per shape (a 2-sample probe compiled
     # every operation of the model a second time)
@@ -581,6 +581,8 @@ class SpecModels:
 
         try:
             pair = self.pair("cpu")
+            # the Flax passes of the check compile in the background while validation runs
+            ahead.warm_up(pair, self.input.sample(np.random.default_rng(config.seed)))
             batches(pair, self.input, config.seed, 0)
         except (SpecError, ConversionError, OSError) as e:
             raise ModelsError(str(e)) from None

@@ -1,0 +1,72 @@
+"""Work started ahead, in one background thread, while the main thread runs the passes of a
+check: XLA compiles without holding the GIL, so on a machine with two cores the eager passes
+and the compiles share the time instead of adding up (issue 20 item 12).
+
+- :func:`warm_up`: the Flax passes the check makes later (float64 eval, float32 train,
+  float64 train), run once without hooks and thrown away, so that jax has compiled their eager
+  operations (once per operation, shape and dtype) when the main thread gets there.
+- :func:`compile_gradients`: the Flax gradient programs of :func:`localize_gradients`.
+
+One worker: the main thread and one background task use the two cores of a small machine; a
+second would only compete with them. Nothing here changes a value: a warm-up's output is
+dropped, and a program compiled ahead is the one the main thread would have compiled. The
+pool's thread is joined at interpreter exit, so work still running then delays the exit rather
+than being killed inside XLA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import jax
+import numpy as np
+
+from parity.harness import memory
+from parity.harness.dropout import active_dropout
+from parity.harness.localize import GradientOptions, independent_rng
+from parity.harness.pair import ModelPair
+from parity.harness.sides import gradient_arguments
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def submit(fn: Callable[[], Any]) -> Future:
+    """Run ``fn()`` in the background thread; its :class:`~concurrent.futures.Future` (an error
+    stays in it: a warm-up that fails leaves the main thread's pass to report it)."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parity-ahead")
+    return _pool.submit(fn)
+
+
+def warm_up(pair: ModelPair, x: np.ndarray) -> None:
+    """Queue the Flax float64 eval, float32 train and float64 train passes on ``x`` (torch
+    layout), in the order the check needs them; the float32 eval pass runs on the main thread
+    meanwhile (validation)."""
+    side, xf = pair.flax_side(), pair.flax_input(np.asarray(x))
+    for train, float64 in ((False, True), (True, False), (True, True)):
+        submit(lambda train=train, float64=float64: _warm(side, xf, train, float64))
+
+
+def _warm(side, xf, train: bool, float64: bool) -> None:
+    side.forward(xf, train, float64=float64)
+    memory.trim()
+
+
+def compile_gradients(pair: ModelPair, x: np.ndarray, y: np.ndarray, options: GradientOptions) -> None:
+    """Start compiling the Flax gradient programs that :func:`parity.harness.localize.localize_gradients` with the same
+    arguments will run (float32, and the float64 one of ``float64_check``, needed whenever a
+    float32 row fails), in a background thread. A model whose dropout runs in ``options.mode``
+    is left out: its shared masks, drawn by torch, are part of the program. Changes no value."""
+    train = options.mode == "train"
+    if train and options.dropout_masks == "shared" and active_dropout(pair.torch):
+        return
+    side = pair.flax_side()
+    rng = independent_rng(train, options.dropout_masks, options.seed, options.step)
+    for float64 in (False, True) if options.float64_check else (False,):
+        with jax.enable_x64(True) if float64 else contextlib.nullcontext():
+            args = gradient_arguments(side, np.asarray(x), np.asarray(y), rng, float64, pair.input_layout)
+            side.compile_gradient_ahead(options.loss, train, args)
