@@ -334,3 +334,43 @@ def test_a_model_whose_dropout_runs_compiles_nothing_ahead():
     assert not pair.memo.get("flax_programs")
     compile_gradients(pair, x, y, GradientOptions(mode="eval"))
     assert len(pair.memo["flax_programs"]) == 2
+
+
+def _backend_compiles(fn) -> int:
+    """How many XLA compiles ``fn()`` makes (jax's compile-duration events)."""
+    import jax.monitoring
+
+    seen = []
+
+    def listener(event, duration, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            seen.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        fn()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    return len(seen)
+
+
+def test_the_warm_up_compiles_the_later_passes_ahead_and_changes_nothing():
+    """:func:`parity.harness.ahead.warm_up` runs the float64 eval, float32 train and float64
+    train Flax passes in the background: afterwards the main thread's passes compile nothing
+    and give the outputs of a pair that was not warmed up."""
+    from parity.harness import ahead
+
+    x, _ = _batch()
+    cold = _pair("nnx_net")
+    xf = cold.flax_input(x)
+    pair = _pair("nnx_net")
+    jax.clear_caches()  # nothing compiled by earlier tests
+    ahead.warm_up(pair, x)
+    ahead.submit(lambda: None).result()  # the queue has run
+    side = pair.flax_side()
+    for train, float64 in ((False, True), (True, False), (True, True)):
+        assert _backend_compiles(lambda: side.forward(xf, train, float64=float64)) == 0
+        np.testing.assert_array_equal(
+            side.forward(xf, train, float64=float64), cold.flax_side().forward(xf, train, float64=float64)
+        )
+    assert _backend_compiles(lambda: side.forward(xf[:1], True, float64=True)) > 0  # the spy sees compiles
