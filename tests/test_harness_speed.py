@@ -266,16 +266,16 @@ def _batch():
 
 def _count_compiles(monkeypatch) -> list[bool]:
     """Spy on every gradient compile: whether it was a float64 one."""
-    from parity.harness import sides
+    from parity.harness import flax_grad
 
     calls = []
-    real = sides._compile_gradient
+    real = flax_grad.compile_gradient
 
     def spy(side, loss, train, abstract):
         calls.append(any(a.dtype == np.float64 for a in jax.tree.leaves(abstract[0])))
         return real(side, loss, train, abstract)
 
-    monkeypatch.setattr(sides, "_compile_gradient", spy)
+    monkeypatch.setattr(flax_grad, "compile_gradient", spy)
     return calls
 
 

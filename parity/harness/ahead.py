@@ -24,11 +24,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from parity.harness import memory
+from parity.harness import flax_grad, memory
 from parity.harness.dropout import active_dropout
 from parity.harness.localize import GradientOptions, independent_rng
 from parity.harness.pair import ModelPair
-from parity.harness.sides import gradient_arguments
 
 _pool: ThreadPoolExecutor | None = None
 
@@ -57,10 +56,12 @@ def _warm(side, xf, train: bool, float64: bool) -> None:
 
 
 def compile_gradients(pair: ModelPair, x: np.ndarray, y: np.ndarray, options: GradientOptions) -> None:
-    """Start compiling the Flax gradient programs that :func:`parity.harness.localize.localize_gradients` with the same
-    arguments will run (float32, and the float64 one of ``float64_check``, needed whenever a
-    float32 row fails), in a background thread. A model whose dropout runs in ``options.mode``
-    is left out: its shared masks, drawn by torch, are part of the program. Changes no value."""
+    """Start compiling the Flax gradient programs that
+    :func:`parity.harness.localize.localize_gradients` with the same arguments will run
+    (float32, and the float64 one of ``float64_check``, needed whenever a float32 row fails)
+    into the side's ``programs`` (:func:`parity.harness.flax_grad.gradient_program` takes
+    them; an error surfaces there). A model whose dropout runs in ``options.mode`` is left out:
+    its shared masks, drawn by torch, are part of the program. Changes no value."""
     train = options.mode == "train"
     if train and options.dropout_masks == "shared" and active_dropout(pair.torch):
         return
@@ -68,5 +69,10 @@ def compile_gradients(pair: ModelPair, x: np.ndarray, y: np.ndarray, options: Gr
     rng = independent_rng(train, options.dropout_masks, options.seed, options.step)
     for float64 in (False, True) if options.float64_check else (False,):
         with jax.enable_x64(True) if float64 else contextlib.nullcontext():
-            args = gradient_arguments(side, np.asarray(x), np.asarray(y), rng, float64, pair.input_layout)
-            side.compile_gradient_ahead(options.loss, train, args)
+            args = flax_grad.gradient_arguments(
+                side, np.asarray(x), np.asarray(y), rng, float64, pair.input_layout
+            )
+        key = flax_grad.program_key(options.loss, train, args)
+        if key not in side.programs:
+            task = (float64, flax_grad.compile_gradient, side, options.loss, train, flax_grad.abstract(args))
+            side.programs[key] = submit(lambda task=task: flax_grad.with_x64(*task))

@@ -23,10 +23,11 @@ import numpy as np
 
 from parity.defaults import FLOAT64_REL_TOL
 from parity.harness.between import input_rows
+from parity.harness.flax_grad import float_cast
 from parity.harness.layer_rows import output_rows
 from parity.harness.metrics import REF_FACTOR, rel_l2
 from parity.harness.report import LayerDiff
-from parity.harness.sides import FlaxCapture, FlaxSide, TorchRun, float_cast
+from parity.harness.sides import FlaxCapture, FlaxSide, TorchRun
 
 
 @dataclass(frozen=True)

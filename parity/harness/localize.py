@@ -31,6 +31,7 @@ from parity.harness.dropout import (
     mask_scale,
     torch_shared_dropout,
 )
+from parity.harness.flax_grad import flax_loss
 from parity.harness.layer_rows import output_rows
 from parity.harness.layers64 import computes_in_float64, float64_pass, judge_rows, narrow_layers, worst_port
 from parity.harness.metrics import GRADIENT_TOL_FLOAT64, REF_FACTOR, cosine, rel_l2, share_outside
@@ -41,7 +42,6 @@ from parity.harness.sides import (
     FlaxSide,
     TorchRun,
     flax_bn_stats,
-    flax_loss,
     leaf_modules,
     nnx_intercept,
     torch_loss,

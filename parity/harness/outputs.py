@@ -245,7 +245,7 @@ def flax_tree(side: Any, x: np.ndarray, train: bool, hook: Any, float64: bool, s
     import jax
     import jax.numpy as jnp
 
-    from parity.harness.sides import float_cast
+    from parity.harness.flax_grad import float_cast
 
     with jax.enable_x64(True) if float64 else contextlib.nullcontext():
         cast = float_cast(jnp.float64 if float64 else None)

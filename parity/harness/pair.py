@@ -81,7 +81,7 @@ class ModelPair:
 
     def flax_side(self) -> FlaxSide:
         """A fresh Flax side (one pure function over the stored weights); the sides of one pair
-        share their compiled gradient programs (:meth:`FlaxSide.gradient_program`)."""
+        share their compiled gradient programs (:func:`parity.harness.flax_grad.gradient_program`)."""
         return FlaxSide(
             self.flax, self.variables, self.call_kwargs, self.memo.setdefault("flax_programs", {})
         )
@@ -117,6 +117,22 @@ class ModelPair:
             }
         except convert.ConversionError:
             return {}
+
+    def roundtrip_max_abs(self) -> float:
+        """Max absolute difference of the torch state dict after torch -> Flax -> torch
+        (bit-exact: 0; ``inf`` when a tensor comes back with another dtype or shape)."""
+        from parity import convert
+
+        source = self.variables if self.kind == "linen" else self.flax
+        back = convert.flax_to_torch(source, self.torch, **self.convert_options)
+        worst = 0.0
+        for k, v in self.torch.state_dict().items():
+            v, b = v.detach().cpu(), back[k]
+            if b.dtype != v.dtype or b.shape != v.shape:
+                return float("inf")
+            if v.numel():
+                worst = max(worst, float((b.double() - v.double()).abs().max()))
+        return worst
 
     def replace(self, **changes: Any) -> ModelPair:
         """A copy with some fields changed (e.g. ``variables`` of a deliberately broken port)."""

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn as tnn
 
+from parity.harness import flax_grad
 from parity.harness.dropout import (
     FlaxHook,
     SharedDropout,
@@ -28,6 +29,7 @@ from parity.harness.dropout import (
     is_flax_dropout,
     torch_shared_dropout,
 )
+from parity.harness.flax_grad import float_cast
 from parity.layout import Layout, activation_to_flax
 
 
@@ -109,8 +111,8 @@ class FlaxSide:
     The mode reaches the model as NNX ``.train()`` / ``.eval()`` on a private copy, or, for
     Linen, as the ``train=`` keyword (``deterministic=not train`` if ``__call__`` has that
     instead; nothing if it has neither). ``call_kwargs(train) -> dict`` overrides this.
-    ``programs`` keeps the compiled gradient programs (:meth:`gradient_program`); sides of
-    one pair share it (:meth:`parity.harness.pair.ModelPair.flax_side`).
+    ``programs`` keeps the compiled gradient programs (:func:`parity.harness.flax_grad.gradient_program`);
+    sides of one pair share it (:meth:`parity.harness.pair.ModelPair.flax_side`).
     """
 
     def __init__(
@@ -294,34 +296,9 @@ class FlaxSide:
         input_layout: Layout = "channels_first",
     ) -> dict:
         """:func:`flax_gradients` of this side (``x`` torch layout, masks as torch drew them)."""
-        return flax_gradients(
+        return flax_grad.flax_gradients(
             self, x, y, loss, train, uniforms, rng, float64, input_layout=input_layout, torch_layout=True
         )
-
-    def gradient_program(self, loss: str, train: bool, args: tuple, take: bool = False) -> Callable:
-        """The compiled gradient (with respect to ``params``) of :func:`gradient_loss` for
-        arguments shaped as ``args`` (:func:`gradient_arguments`; call under ``jax.enable_x64``
-        for float64 ones): the one :meth:`compile_gradient_ahead` started, waited for, or else
-        compiled now. ``take`` drops it from :attr:`programs` (used once: its memory is freed)."""
-        key = _program_key(loss, train, args)
-        pending = self.programs.pop(key, None) if take else self.programs.get(key)
-        if pending is not None:
-            return pending.result()
-        return _compile_gradient(self, loss, train, _abstract(args))
-
-    def compile_gradient_ahead(self, loss: str, train: bool, args: tuple) -> None:
-        """Start compiling :meth:`gradient_program` for ``args``-shaped arguments in a
-        background thread (XLA compiles without the GIL, so the eager passes of the check go on
-        meanwhile); an error surfaces when the program is asked for."""
-        from parity.harness import ahead
-
-        key = _program_key(loss, train, args)
-        if key not in self.programs:
-            float64 = key[2]
-            abstract = _abstract(args)
-            self.programs[key] = ahead.submit(
-                lambda: _with_x64(float64, _compile_gradient, self, loss, train, abstract)
-            )
 
     def drop_programs(self) -> None:
         """Forget the gradient programs not taken, cancelling those not started yet."""
@@ -433,17 +410,6 @@ def torch_loss(name: str) -> Callable:
     raise ValueError(f"unknown loss {name!r}; choose 'cross_entropy' or 'mse'")
 
 
-def flax_loss(name: str) -> Callable:
-    """The same loss in jax: mean softmax cross-entropy, or mean squared error."""
-    import optax
-
-    if name == "cross_entropy":
-        return lambda out, y: optax.softmax_cross_entropy_with_integer_labels(out, y.astype(jnp.int32)).mean()
-    if name == "mse":
-        return lambda out, y: jnp.mean((out - y.astype(out.dtype)) ** 2)
-    raise ValueError(f"unknown loss {name!r}; choose 'cross_entropy' or 'mse'")
-
-
 def torch_gradients(
     tm: tnn.Module,
     x: np.ndarray,
@@ -480,100 +446,6 @@ def torch_gradients(
         for n, p in tm.named_parameters()
     }
     return grads, {n for n, p in tm.named_parameters() if p.grad is None}, order, record
-
-
-def flax_gradients(
-    side: FlaxSide,
-    x: np.ndarray,
-    y: np.ndarray,
-    loss: str,
-    train: bool,
-    uniforms: Mapping | None,
-    rng: jax.Array | None,
-    float64: bool = False,
-    *,
-    input_layout: Layout = "channels_first",
-    torch_layout: bool = False,
-) -> dict:
-    """The Flax gradient tree (numpy, Flax layout) of the mean ``loss``; ``float64`` casts the
-    parameters, statistics and the input (torch layout ``x``, given to Flax per
-    ``input_layout``) to float64 under ``jax.enable_x64``. ``uniforms`` (``{flax name: [u per
-    call]}``, channels-last, or as torch drew them with ``torch_layout``) are the shared
-    dropout masks (:func:`flax_dropout_hook`). Without masks the compiled program is the
-    side's (:meth:`FlaxSide.gradient_program`: compiled once, possibly ahead of time)."""
-    # an empty set of masks is no hook: the program is then a function of the arrays alone
-    hook = flax_dropout_hook(uniforms, torch_layout=torch_layout) if uniforms else None
-    with jax.enable_x64(True) if float64 else contextlib.nullcontext():
-        args = gradient_arguments(side, x, y, rng, float64, input_layout)
-        if hook is None:
-            program = side.gradient_program(loss, train, args, take=True)
-        else:
-            program = jax.jit(jax.grad(gradient_loss(side, loss, train, hook)))
-        grads = program(*args)
-        del args  # a float64 copy of the weights: freed before the gradients are converted
-        return side.pure(grads)
-
-
-def gradient_arguments(
-    side: FlaxSide, x: np.ndarray, y: np.ndarray, rng: jax.Array | None, float64: bool, input_layout: Layout
-) -> tuple:
-    """``(params, batch_stats, rest, x, y, rng)`` of :func:`gradient_loss`: the side's
-    variables and ``x`` (torch layout, moved per ``input_layout``) cast to float64 when
-    ``float64`` (call it under ``jax.enable_x64``)."""
-    cast = float_cast(jnp.float64 if float64 else None)
-    params, bstats, rest = (jax.tree.map(cast, t) for t in (side.params, side.batch_stats, side.rest))
-    xf = cast(jnp.asarray(activation_to_flax(x, layout=input_layout)))
-    return params, bstats, rest, xf, jnp.asarray(y), rng
-
-
-def gradient_loss(side: FlaxSide, loss: str, train: bool, hook: FlaxHook | None = None) -> Callable:
-    """``f(params, batch_stats, rest, x, y, rng) -> mean loss`` of one pass in ``train`` or
-    eval mode (``x`` in Flax layout): the function :func:`flax_gradients` differentiates."""
-    lf = flax_loss(loss)
-
-    def f(params, bstats, rest, xf, yj, rng):
-        out, _, _ = side.apply(params, bstats, rest, xf, train=train, hook=hook, rng=rng)
-        return lf(out, yj)
-
-    return f
-
-
-def _abstract(args: tuple) -> tuple:
-    """``args`` with every array replaced by its shape and dtype."""
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), args)
-
-
-def _program_key(loss: str, train: bool, args: tuple) -> tuple:
-    """What a gradient program depends on besides the side: loss, mode, whether it computes in
-    float64, the input's and labels' shapes and dtypes, and whether an rng is passed."""
-    params, _, _, xf, yj, rng = args
-    float64 = any(a.dtype == jnp.float64 for a in jax.tree.leaves(params))
-    return (loss, train, float64, xf.shape, str(xf.dtype), yj.shape, str(yj.dtype), rng is not None)
-
-
-def _compile_gradient(side: FlaxSide, loss: str, train: bool, abstract: tuple) -> Callable:
-    from parity.harness import memory
-
-    program = jax.jit(jax.grad(gradient_loss(side, loss, train))).lower(*abstract).compile()
-    memory.trim()  # the compiler's freed working memory
-    return program
-
-
-def _with_x64(enabled: bool, fn: Callable, *args: Any) -> Any:
-    """``fn(*args)`` under ``jax.enable_x64(enabled)`` (thread-local: for a background thread)."""
-    with jax.enable_x64(enabled):
-        return fn(*args)
-
-
-def float_cast(dtype) -> Callable:
-    """Cast floating arrays to ``dtype`` (identity when ``dtype`` is None); others unchanged."""
-
-    def cast(a):
-        if dtype is None or not (hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating)):
-            return a
-        return jnp.asarray(a, dtype)
-
-    return cast
 
 
 @dataclass(frozen=True)

@@ -422,20 +422,6 @@ def _float64_trees(pair, x, train, seed, record, float32_trees, notes: set[str])
     return t64, f64
 
 
-def roundtrip_max_abs(pair: ModelPair) -> float:
-    """Max absolute difference of the state dict after torch -> Flax -> torch (bit-exact: 0)."""
-    source = pair.variables if pair.kind == "linen" else pair.flax
-    back = convert.flax_to_torch(source, pair.torch, **pair.convert_options)
-    worst = 0.0
-    for k, v in pair.torch.state_dict().items():
-        v, b = v.detach().cpu(), back[k]
-        if b.dtype != v.dtype or b.shape != v.shape:
-            return float("inf")
-        if v.numel():
-            worst = max(worst, float((b.double() - v.double()).abs().max()))
-    return worst
-
-
 def batches(pair: ModelPair, inp: SpecInput, seed: int, steps: int) -> tuple[np.ndarray, np.ndarray, list]:
     """``(x, y, training batches)``: the checked batch (torch layout), integer labels over the
     torch output's last dimension (shape ``out.shape[:-1]``), and ``steps`` more ``(x, y)``
@@ -530,7 +516,7 @@ def foundation_rows(
         if values:
             rows.append(row(name, max(values), tols["bn_state"]))
     rows.append(row("gradient_max_rel_l2", reports["gradients_train"].worst_judged(), tols["gradient"]))
-    rows.append(row("roundtrip_max_abs", roundtrip_max_abs(pair), 0.0))
+    rows.append(row("roundtrip_max_abs", pair.roundtrip_max_abs(), 0.0))
     return rows, reports
 
 

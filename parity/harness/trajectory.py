@@ -26,6 +26,7 @@ from torch import nn as tnn
 from parity import convert
 from parity.defaults import FLOAT64_REL_TOL
 from parity.harness.dropout import SharedDropout, flax_dropout_hook, torch_shared_dropout
+from parity.harness.flax_grad import flax_loss, float_cast
 from parity.harness.metrics import REF_FACTOR, unbiased_running_var
 from parity.harness.optim import (
     MOMENT_NAMES,
@@ -39,8 +40,6 @@ from parity.harness.pair import ModelPair
 from parity.harness.sides import (
     FlaxSide,
     flax_bn_stats,
-    flax_loss,
-    float_cast,
     to_numpy,
     torch_device,
     torch_loss,
