@@ -422,3 +422,13 @@ def test_class_parameters_are_read_where_used(style):
     assert f"jnp.broadcast_to({read}, (x.shape[0], 1, 16))" in _call_body(src, "VisionTransformer")
     assert f"add = x + {read.replace('class_token', 'pos_embedding')}" in _call_body(src, "Encoder")
     assert "input_1" not in src and "= self.class_token" not in src
+
+
+def test_a_list_of_blocks_called_whole_is_a_loop_over_the_forward_s_variable(resnet20_sources):
+    """Linen: ``x = self.layer1(x)`` over a Sequential of blocks is ``for block in self.layer1:
+    x = block(x, train=train)``, the same loop variable in each loop (no ``layer1 = x`` copy
+    before the loop, no ``block_1``)."""
+    body = _call_body(resnet20_sources["linen"].source, "ResNet")
+    for layer in ("layer1", "layer2", "layer3"):
+        assert f"for block in self.{layer}:\n            x = block(x, train=train)\n" in body
+    assert "block_1" not in body and "layer1 = " not in body

@@ -353,7 +353,7 @@ class Builder:
             mode = ", train=train" if "train=train" in body.lines[start] else ""
             body.names.difference_update({line.split(" = ", 1)[0] for line in body.lines[start:]})
             del body.lines[start:]
-            name, item = body.fresh(base), body.fresh("block")
+            name, item = body.fresh(base), body.loop_var()
             call = f"{item}({name}{mode})"
             body.lines += [f"{name} = {args[0]}", f"for {item} in {src}:", f"    {name} = {call}"]
             return Value(name, cl=bool(is_tensor(x) and x.cl), shape=x.shape), None

@@ -18,7 +18,7 @@ import torch
 from torch import fx
 
 import parity.port._ops as _ops
-from parity.port._names import drop_unused, inline_return, is_free, mentions, merge_reads, rename
+from parity.port._names import assigned, drop_unused, inline_return, is_free, mentions, merge_reads, rename
 from parity.port._values import Value, cl_order, index_literal, is_tensor, jax_axis, literal
 
 RESERVED = {
@@ -63,6 +63,7 @@ class Body:
         self.origin: dict[str, fx.Node | None] = {}  # variable -> the node that wrote it
         self.seq_len: dict[str, int] = {}  # a sequence variable -> its length, when known
         self.source_names: dict[fx.Node, str] = {}  # node -> forward's local name for it
+        self.loop_vars: set[str] = set()
 
     # ------------------------------------------------------------ statements
     def fresh(self, base: str) -> str:
@@ -71,6 +72,14 @@ class Body:
             name, k = f"{var_name(base)}_{k}", k + 1
         self.names.add(name)
         self.origin[name] = self.node
+        return name
+
+    def loop_var(self) -> str:
+        """The variable of a loop over a list of blocks: ``block`` in every loop (each loop's is
+        dead after it), unless the body names something else so."""
+        name = "block" if "block" not in self.names or "block" in self.loop_vars else self.fresh("block")
+        self.names.add(name)
+        self.loop_vars.add(name)
         return name
 
     def node_shape(self) -> tuple[int, ...] | None:
@@ -279,6 +288,7 @@ class Body:
         self.lines = drop_unused(merge_reads(self.lines, ranks, self.seq_len, set(wanted)))
         self.lines = rename(self.lines, self.inst.args + self.inst.keywords, wanted, RESERVED)
         self.names = {w for line in self.lines for w in re.findall(r"\b\w+\b", line)}
+        self.loop_vars -= assigned(self.lines)  # a loop variable's name the renaming gave a value
         self.reroll()
         self.lines = inline_return(self.lines)
 
@@ -293,7 +303,7 @@ class Body:
                 last = self.lines[i + n - 1].split(" = ", 1)[0]
                 inner = {line.split(" = ", 1)[0] for line in self.lines[i : i + n - 1]} - {last}
                 if not any(mentions(line, v) for line in self.lines[i + n :] for v in inner):
-                    item = self.fresh("block")
+                    item = self.loop_var()
                     loop = [f"{last} = {first_arg}"] if last != first_arg else []
                     loop += [f"for {item} in self.{attr}:", f"    {last} = {item}({last}{mode})"]
                     self.lines[i : i + n] = loop

@@ -209,17 +209,20 @@ def rename(lines: list[str], args: list[str], wanted: dict[str, str], reserved: 
     """``lines`` with each variable ``v`` of ``wanted`` renamed ``wanted[v]`` where that name is
     free from ``v``'s assignment to its last read: no other variable of that name is alive then,
     and the name is no argument still read, no global or module name used in the body, not
-    ``reserved``. Variables assigned twice or in a loop, and the arguments, keep their names."""
+    ``reserved``. Variables assigned twice or in a loop, and the arguments, keep their names;
+    but for a loop's accumulator (``h = x`` / ``for block in ...:`` / ``h = block(h)``), which
+    is renamed as one variable (``x = x`` then dropped)."""
     parsed = [_parse(line) for line in lines]
     spans: dict[str, list[int]] = {a: [-1, -1] for a in args}  # name -> [first assignment, last read]
     pinned = set(args)
+    loops = _accumulators(parsed)
     for i, p in enumerate(parsed):
         for name, _, _ in p.defs:
-            if name in spans and name not in args:
+            if (name, i) in loops:
+                continue  # the accumulator's update: part of its assignment above the loop
+            if name in spans and name not in args or p.loop:
                 pinned.add(name)
             spans.setdefault(name, [i, i])
-            if p.loop:
-                pinned.add(name)
     others = set()
     for i, p in enumerate(parsed):
         for name, _, _ in p.uses:
@@ -238,7 +241,25 @@ def rename(lines: list[str], args: list[str], wanted: dict[str, str], reserved: 
             holders[v].remove((d, u))
             holders.setdefault(want, []).append((d, u))
             final[v] = want
-    return [_apply(p, final) for p in parsed]
+    renamed = [_apply(p, final) for p in parsed]
+    return [line for line in renamed if not re.fullmatch(r"(\w+) = \1", line)]
+
+
+def _accumulators(parsed: list[_Line]) -> set[tuple[str, int]]:
+    """``(name, line)`` of each loop body's update ``h = block(h)`` of a variable assigned just
+    above its ``for`` (``h = x``) and nowhere else."""
+    out = set()
+    for i in range(len(parsed) - 2):
+        first, head, body = parsed[i : i + 3]
+        names = [n for n, _, _ in first.defs]
+        if len(names) == 1 and not first.loop and head.text.startswith("for ") and body.indent:
+            if [n for n, _, _ in body.defs] == names:
+                out.add((names[0], i + 2))
+    counts: dict[str, int] = {}
+    for p in parsed:
+        for n, _, _ in p.defs:
+            counts[n] = counts.get(n, 0) + 1
+    return {(n, i) for n, i in out if counts[n] == 2}
 
 
 def is_free(name: str, taken: set[str]) -> bool:
@@ -255,6 +276,11 @@ def _apply(p: _Line, final: dict[str, str], values: dict[str, str] | None = None
         if name in table:
             text = text[:start] + table[name] + text[end:]
     return p.indent + text
+
+
+def assigned(lines: list[str]) -> set[str]:
+    """The names ``lines`` assign outside ``for`` headers."""
+    return {n for p in map(_parse, lines) if not p.text.startswith("for ") for n, _, _ in p.defs}
 
 
 def mentions(line: str, name: str) -> bool:
