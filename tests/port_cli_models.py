@@ -1,6 +1,7 @@
 """Torch factories for tests/test_port_cli.py (``parity port``), each built from a fixed seed: the
-zoo's digits CNN, a tiny MLP with BatchNorm and Dropout (the fast happy path), and a model whose
-forward branches on a tensor value (torch.fx cannot trace it: the port gets a stub)."""
+zoo's digits CNN, a tiny MLP with BatchNorm and Dropout (the fast happy path), a model whose
+forward branches on a tensor value (torch.fx cannot trace it: the port gets a stub) and one
+with a keyword input. tests/port_gen_models.py uses the last two too."""
 
 import torch
 from torch import nn
@@ -48,3 +49,30 @@ class Gate(nn.Module):
 def gate() -> nn.Module:
     torch.manual_seed(0)
     return Gate()
+
+
+class KeywordMask(nn.Module):
+    """A keyword input: called ``model(x, mask=m)``; ``scale`` is never given (a constant).
+    Input ``(N, 6)``, mask ``(N, 4)``, output ``(N, 2)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 4)
+        self.norm = nn.LayerNorm(4)
+        self.gate = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(
+        self, x: torch.Tensor, scale: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        h = self.norm(self.fc(x))
+        if mask is not None:
+            h = h * torch.sigmoid(self.gate(mask))
+        if scale is not None:
+            h = h * scale
+        return self.out(h)
+
+
+def keyword_mask() -> nn.Module:
+    torch.manual_seed(0)
+    return KeywordMask()

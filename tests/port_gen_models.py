@@ -1,11 +1,13 @@
 """Torch factories for tests/test_port_generate.py: the zoo's models built from a fixed seed,
-and a model whose forward branches on a tensor value (torch.fx cannot trace it)."""
+small models of the constructs the generator translates, and (``data_dependent``) the model
+whose forward branches on a tensor value, tests/port_cli_models.py's ``Gate``, shared."""
 
 import math
 
 import torch
 from torch import nn
 
+from tests.port_cli_models import Gate, keyword_mask  # noqa: F401 (a factory of this file too)
 from torch_impl import resnet, vit
 from torch_impl.models import build_model
 
@@ -49,21 +51,9 @@ def tiny_transformer() -> nn.Module:
     return make()
 
 
-class DataDependent(nn.Module):
-    """A Python ``if`` on a tensor value: the port keeps the layers and stubs the forward."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.sum() > 0:
-            return self.fc(x)
-        return -self.fc(x)
-
-
 def data_dependent() -> nn.Module:
-    return _seeded(DataDependent)
+    """tests/port_cli_models.py's ``Gate``: a Python ``if`` on a tensor value."""
+    return _seeded(Gate)
 
 
 class ModeDependent(nn.Module):
@@ -169,3 +159,57 @@ class DictGPT(nn.Module):
 
 def dict_gpt() -> nn.Module:
     return _seeded(DictGPT)
+
+
+class Upsample2d(nn.Module):
+    """Transposed convolutions (stride with padding and output_padding; dilation, no bias) and
+    a LayerNorm over ``(C, H, W)``; input ``(N, 2, 5, 5)``, output ``(N, 2, 14, 11)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(2, 2, 3, padding=1)
+        self.up = nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1)  # 5 -> 10
+        self.spread = nn.ConvTranspose2d(3, 2, (3, 2), dilation=(2, 1), bias=False)  # -> (14, 11)
+        self.norm = nn.LayerNorm([2, 14, 11])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.up(self.stem(x)))
+        return self.norm(self.spread(y))
+
+
+def upsample2d() -> nn.Module:
+    return _seeded(Upsample2d)
+
+
+class Upsample1d(nn.Module):
+    """A ConvTranspose1d (stride 3, padding 2) and a LayerNorm over the last two axes ``(C, L)``
+    between Linears on ``L``; input ``(N, 2, 6)``, output ``(N, 4, 3)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 6)
+        self.up = nn.ConvTranspose1d(2, 4, 4, stride=3, padding=2)  # (6 - 1) * 3 - 4 + 4 = 15
+        self.norm = nn.LayerNorm([4, 15])
+        self.fc = nn.Linear(15, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(self.up(self.embed(x))))
+
+
+def upsample1d() -> nn.Module:
+    return _seeded(Upsample1d)
+
+
+class Renamed(nn.Module):
+    """No weights; torch code that reuses its names (``x = x + a``), an alias that outlives the
+    name it was read through (``b = a; a = a * 2``), shapes and a split unpacked."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, c = x.size()
+        a = torch.tanh(x)
+        b = a
+        a = a * 2
+        x = x + a
+        h, w = x.split(c // 2, dim=-1)
+        x = h * w + b[..., : c // 2]
+        return x.reshape(n, t * (c // 2))

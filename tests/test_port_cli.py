@@ -88,10 +88,21 @@ def test_a_bad_spec_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_a_keyword_input_is_refused(tmp_path, capsys):
+def test_a_keyword_input_is_ported_and_checked(tmp_path, capsys):
+    """``--input mask=4,4``: the port takes ``mask`` as a keyword-only argument, the check passes
+    it by name to both models, and train_step.py draws it and passes it by name."""
+    out = tmp_path / "port"
+    assert port(out, "keyword_mask", "4,6", "--input", "mask=4,4") == 0
+    assert "port verified" in capsys.readouterr().out
+    assert "def __call__(self, x: jax.Array, *, mask: jax.Array)" in (out / "model.py").read_text()
+    assert "mask=mask" in (out / "train_step.py").read_text()
+
+
+def test_an_unknown_keyword_input_is_one_line(tmp_path, capsys):
     out = tmp_path / "port"
     assert port(out, "tiny", "4,6", "--input", "mask=4,6") == 2
-    assert "keyword inputs are not ported" in capsys.readouterr().err
+    last = capsys.readouterr().err.splitlines()[-1]  # after the "# generating" progress line
+    assert last == "parity port: keyword input 'mask': no parameter of forward after the inputs"
     assert not out.exists()
 
 
@@ -188,8 +199,8 @@ def test_a_port_that_fails_the_check_exits_1(tmp_path, capsys, monkeypatch):
 
     real = parity.port.build_port
 
-    def slipped(module, example_input, style="nnx"):
-        p = real(module, example_input, style)
+    def slipped(module, example_input, style="nnx", **keywords):
+        p = real(module, example_input, style, **keywords)
         assert "jax.nn.relu(" in p.source
         return dataclasses.replace(p, source=p.source.replace("jax.nn.relu(", "jax.nn.tanh("))
 
@@ -270,8 +281,8 @@ def test_a_port_whose_weights_do_not_convert_exits_1_with_model_py_written(tmp_p
 
     real = parity.port.build_port
 
-    def renamed(module, example_input, style="nnx"):
-        p = real(module, example_input, style)
+    def renamed(module, example_input, style="nnx", **keywords):
+        p = real(module, example_input, style, **keywords)
         assert "self.fc2" in p.source
         return dataclasses.replace(p, source=p.source.replace("self.fc2", "self.head"))
 

@@ -10,6 +10,7 @@ operations in another order), so the float64 bound here is 1e-12, the issue's "~
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,35 @@ ZOO_PORTS = [
 ]
 
 
+UPSAMPLERS = [("upsample2d", (2, 2, 5, 5)), ("upsample1d", (2, 2, 6))]
+
+
+@pytest.mark.parametrize(("model", "shape"), UPSAMPLERS)
+def test_conv_transpose_and_a_layer_norm_over_several_axes_port(tmp_path, model, shape):
+    """``nn.ConvTranspose1d/2d`` (stride, padding, output_padding, dilation) become Flax
+    ``ConvTranspose`` with explicit padding pairs; ``nn.LayerNorm`` over 2-3 trailing axes gets
+    ``reduction_axes``/``feature_axes``. Both were stubs before. Both styles' source here, the
+    NNX port through the harness (Linen's: the slow test below)."""
+    axes = "(-3, -2, -1)" if len(shape) == 4 else "(-2, -1)"
+    linen = build_port(getattr(port_gen_models, model)(), torch.randn(*shape), "linen")
+    port, pair = port_pair(tmp_path, model, "nnx", shape)
+    assert linen.stubs == port.stubs == (), [s.message for s in linen.stubs + port.stubs]
+    for source in (linen.source, port.source):
+        assert "ConvTranspose(" in source and "SAME" not in source
+        assert f"reduction_axes={axes}" in source and f"feature_axes={axes}" in source
+        if model == "upsample2d":  # output_padding 1 on the high side; dilation 2: 2 * (3 - 1)
+            assert "padding=((1, 2), (1, 2))" in source and "padding=((4, 4), (1, 1))" in source
+    assert_port_passes(pair, shape)
+
+
+@pytest.mark.slow  # 1-7 s each (load average 4-6, 2-core box): the first Linen harness run compiles
+@pytest.mark.parametrize(("model", "shape"), UPSAMPLERS)
+def test_conv_transpose_and_a_layer_norm_over_several_axes_linen_port_passes(tmp_path, model, shape):
+    port, pair = port_pair(tmp_path, model, "linen", shape)
+    assert port.stubs == ()
+    assert_port_passes(pair, shape)
+
+
 # 2-160 s each under load (load average 13; the first harness test of a run pays the compiles)
 @pytest.mark.slow
 @pytest.mark.parametrize("style", ["nnx", "linen"])
@@ -166,9 +196,10 @@ def test_generate_returns_the_source():
     assert generate(model, x, "linen") == build_port(model, x, "linen").source
 
 
-def _models_line(text: str) -> int:
-    """The line of tests/port_gen_models.py that holds ``text`` (stubs name their source line)."""
-    lines = Path(port_gen_models.__file__).read_text(encoding="utf-8").splitlines()
+def _models_line(text: str, models: Path = MODELS) -> int:
+    """The line of ``models`` (tests/port_gen_models.py) that holds ``text`` (stubs name their
+    source line)."""
+    lines = models.read_text(encoding="utf-8").splitlines()
     return next(i for i, line in enumerate(lines, 1) if text in line)
 
 
@@ -178,13 +209,35 @@ def test_a_data_dependent_if_gives_a_stub_and_a_port_that_imports(tmp_path):
     assert len(port.stubs) == 1
     stub = port.stubs[0]
     assert stub.op == "data-dependent control flow"
-    assert stub.where == f"DataDependent.forward (port_gen_models.py:{_models_line('if x.sum() > 0:')})"
+    line = _models_line("if x.sum() > 0:", MODELS.with_name("port_cli_models.py"))
+    assert stub.where == f"Gate.forward (port_cli_models.py:{line})"
     assert "write it by hand" in stub.message and "TODO(parity port)" in port.source
     namespace: dict = {}
     exec(compile(port.source, "model.py", "exec"), namespace)
     flax_model = namespace["make"]()
-    with pytest.raises(NotImplementedError, match="data-dependent control flow at DataDependent.forward"):
+    with pytest.raises(NotImplementedError, match="data-dependent control flow at Gate.forward"):
         flax_model(np.zeros((2, 4), np.float32))
+
+
+def test_a_keyword_input_is_a_keyword_only_argument_of_the_port(tmp_path):
+    """``model(x, mask=m)``: ``example_kwargs`` traces ``mask`` as an input (``scale``, never
+    given, stays its default); the port's ``__call__(x, *, mask)`` passes the harness with
+    ``mask`` given by keyword to both models."""
+    from tests.port_cli_models import keyword_mask
+
+    x, mask = torch.randn(4, 6), torch.randn(4, 4)
+    port = build_port(keyword_mask(), x, "nnx", example_kwargs={"mask": mask})
+    assert port.stubs == () and not re.search(r"\bscale\b", port.source)
+    assert "def __call__(self, x: jax.Array, *, mask: jax.Array)" in port.source
+    linen = build_port(keyword_mask(), x, "linen", example_kwargs={"mask": mask}).source
+    assert "def __call__(self, x: jax.Array, *, mask: jax.Array, train: bool)" in linen
+    path = tmp_path / "keyword_mask.py"
+    path.write_text(port.source)
+    masks = (("mask", SpecInput((4, 4), channels_last=False)),)
+    spec = SpecModels(f"{MODELS}:keyword_mask", f"{path}:make", SpecInput((4, 6)), extra_inputs=masks)
+    assert_port_passes(spec.pair("cpu"), (4, 6))
+    with pytest.raises(ParityError, match="keyword input 'scales': no parameter of forward"):
+        build_port(keyword_mask(), x, "nnx", example_kwargs={"scales": mask})
 
 
 def test_an_op_without_a_rule_is_a_stub_naming_the_op_and_line(tmp_path):
@@ -303,7 +356,7 @@ def run_port(source: str, style: str, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("style", ["nnx", "linen"])
 @pytest.mark.parametrize(
     "name, shape, channels_last",
-    [("TokenOps", (2, 5, 8), False), ("ImageOps", (2, 3, 8, 8), True)],
+    [("TokenOps", (2, 5, 8), False), ("ImageOps", (2, 3, 8, 8), True), ("Renamed", (2, 3, 4), False)],
 )
 def test_ops_translate_exactly_in_float64(name, shape, channels_last, style):
     """cat/chunk/split/stack, view/reshape/permute/transpose/flatten, einsum and matmul, masks
@@ -318,3 +371,64 @@ def test_ops_translate_exactly_in_float64(name, shape, channels_last, style):
     got, want = run_port(port.source, style, xf), model(x).numpy()
     assert got.shape == want.shape
     assert np.linalg.norm(got - want) <= 1e-12 * np.linalg.norm(want)
+
+
+# ---------------------------------------------------------------- names a person would write
+def _call_body(source: str, cls: str) -> str:
+    """The ``__call__`` of class ``cls`` in a generated file."""
+    start = source.index("    def __call__", source.index(f"class {cls}("))
+    return source[start : source.find("\nclass ", start) % (len(source) + 1)]
+
+
+def test_variables_take_the_forward_s_own_names():
+    """nanoGPT's ``b, t, c = x.size()`` is ``b, t, c = x.shape``; ``q, k, v = ...split()`` one
+    unpacking; ``x = block(x)`` rebinds ``x`` as the source does; no fx name (``getitem_1``,
+    ``add``) is left where the forward named the value (an unnamed one, ``self.mask[...]``
+    inside an expression, keeps its fx name); the last value is returned directly."""
+    from tests.port_models import TOKENS, VOCAB
+
+    src = build_port(port_gen_models.dict_gpt(), torch.randint(0, VOCAB, TOKENS), "nnx").source
+    block, root = _call_body(src, "DictGPTBlock"), _call_body(src, "DictGPT")
+    assert "b, t, c = x.shape\n" in block and "q, k, v = jnp.split(" in block
+    assert "q = jnp.swapaxes(" in block and "att = jax.nn.softmax(" in block
+    assert "mask[:, :, :t, :t]" in block and "math.sqrt(k.shape[3])" in block  # read inline
+    assert "t = idx.shape[1]\n" in root and "pos = jnp.expand_dims(" in root
+    assert "x = transformer_wte + transformer_wpe" in root and "    x = block(x)" in root
+    assert "return self.lm_head(" in root
+    named = r"\b(getitem(_[1-5])?|size(_\d+)?|add|transpose(_[12])?|mul|transformer_h_\d)\b"
+    assert not re.search(named, block + root), block + root  # each of those has a source name
+
+
+def test_an_alias_outliving_its_name_keeps_its_own_variable():
+    """``b = a; a = a * 2``: the first ``a`` is still read (as ``b``), so the product may not
+    take the name ``a``; ``x = x + a`` may (the input is not read after)."""
+    src = build_port(port_gen_models.Renamed(), torch.randn(2, 3, 4), "nnx").source
+    body = _call_body(src, "Renamed")
+    assert "n, t, c = x.shape\n" in body and "h, w = jnp.split(" in body
+    assert "a = jnp.tanh(x)" in body and "a = a * 2" not in body and "x = x + mul" in body
+
+
+@pytest.mark.parametrize("style", ["nnx", "linen"])
+def test_class_parameters_are_read_where_used(style):
+    """A bare ``nn.Parameter`` (ViT's ``class_token``, ``pos_embedding``) is declared with the
+    torch name (``nnx.Param`` / ``self.param``) and read in place (``self.pos_embedding[...]``
+    in NNX), its fixed shape written out; a Sequential's input is ``x``, not fx's ``input_1``."""
+    src = build_port(port_gen_models.vit_tiny(), torch.randn(2, 3, 8, 8), style).source
+    read = "self.class_token[...]" if style == "nnx" else "self.class_token"
+    if style == "nnx":
+        assert "self.class_token = nnx.Param(jnp.zeros((1, 1, 16)))" in src
+    else:
+        assert 'self.param("class_token", nn.initializers.zeros, (1, 1, 16))' in src
+    assert f"jnp.broadcast_to({read}, (x.shape[0], 1, 16))" in _call_body(src, "VisionTransformer")
+    assert f"add = x + {read.replace('class_token', 'pos_embedding')}" in _call_body(src, "Encoder")
+    assert "input_1" not in src and "= self.class_token" not in src
+
+
+def test_a_list_of_blocks_called_whole_is_a_loop_over_the_forward_s_variable(resnet20_sources):
+    """Linen: ``x = self.layer1(x)`` over a Sequential of blocks is ``for block in self.layer1:
+    x = block(x, train=train)``, the same loop variable in each loop (no ``layer1 = x`` copy
+    before the loop, no ``block_1``)."""
+    body = _call_body(resnet20_sources["linen"].source, "ResNet")
+    for layer in ("layer1", "layer2", "layer3"):
+        assert f"for block in self.{layer}:\n            x = block(x, train=train)\n" in body
+    assert "block_1" not in body and "layer1 = " not in body

@@ -56,19 +56,18 @@ class DigitsCNN(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         conv1 = self.conv1(x)
         bn1 = self.bn1(conv1)
-        relu = jax.nn.relu(bn1)
-        conv2 = self.conv2(relu)
+        x = jax.nn.relu(bn1)
+        conv2 = self.conv2(x)
         bn2 = self.bn2(conv2)
         relu_1 = jax.nn.relu(bn2)
-        max_pool2d = nnx.max_pool(relu_1, window_shape=(2, 2), strides=(2, 2))
+        x = nnx.max_pool(relu_1, window_shape=(2, 2), strides=(2, 2))
         # channels-last flatten order: the converter permutes fc1's rows to match
-        flatten = max_pool2d.reshape(max_pool2d.shape[0], -1)
-        fc1 = self.fc1(flatten)
+        x = x.reshape(x.shape[0], -1)
+        fc1 = self.fc1(x)
         bn3 = self.bn3(fc1)
         relu_2 = jax.nn.relu(bn3)
-        dropout = self.dropout(relu_2)
-        fc2 = self.fc2(dropout)
-        return fc2
+        x = self.dropout(relu_2)
+        return self.fc2(x)
 
 
 def make() -> nnx.Module:

@@ -20,13 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from parity.device import DEVICES
-from parity.errors import ParityError
 
 STYLES = ("nnx", "linen")
-
-
-class PortError(ParityError):
-    """A ``parity port`` request that cannot be carried out (one line, exit 2)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,26 +52,29 @@ def _inputs(args: argparse.Namespace) -> tuple[Any, tuple]:
     """``(SpecInput of --input-shape, ((name, SpecInput), ...) of --input)``, channels-last."""
     from parity.harness.specs import SpecInput
 
-    extra = []
-    for name, (shape, dtype, high) in args.extra_inputs or ():
-        if name:
-            raise PortError(f"--input {name}=...: keyword inputs are not ported; give positional ones")
-        extra.append(("", SpecInput(shape, dtype, high)))
+    extra = [
+        (name or "", SpecInput(shape, dtype, high)) for name, (shape, dtype, high) in args.extra_inputs or ()
+    ]
     return SpecInput(args.input_shape, args.input_dtype, args.input_high), tuple(extra)
 
 
-def _example(torch_model: Any, inp: Any, extra: tuple) -> Any:
-    """The example input of :func:`parity.port.build_port`: torch tensors drawn from seed 0."""
+def _example(torch_model: Any, inp: Any, extra: tuple) -> tuple[Any, dict]:
+    """The example inputs of :func:`parity.port.build_port`, torch tensors drawn from seed 0:
+    the positional ones (a tensor, or a tuple) and the keyword ones (``--input NAME=...``)."""
     import numpy as np
     import torch
 
     rng = np.random.default_rng(0)
     dtype = next(iter(torch_model.parameters()), torch.zeros(())).dtype
-    tensors = []
-    for spec in (inp, *(e for _, e in extra)):
+    tensors, keywords = [], {}
+    for name, spec in (("", inp), *extra):
         t = torch.from_numpy(spec.sample(rng))
-        tensors.append(t.to(dtype) if t.is_floating_point() else t)
-    return tensors[0] if len(tensors) == 1 else tuple(tensors)
+        t = t.to(dtype) if t.is_floating_point() else t
+        if name:
+            keywords[name] = t
+        else:
+            tensors.append(t)
+    return (tensors[0] if len(tensors) == 1 else tuple(tensors)), keywords
 
 
 def _with_layout(inp: Any, extra: tuple, channels_last: bool) -> tuple[Any, tuple]:
@@ -97,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     inp, extra = _inputs(args)
     torch_model, _ = build(args.torch, ("torch",))
     _log(f"# generating the {args.to} port of {args.torch}")
-    port = build_port(torch_model, _example(torch_model, inp, extra), style=args.to)
+    example, keywords = _example(torch_model, inp, extra)
+    port = build_port(torch_model, example, style=args.to, example_kwargs=keywords)
     inp, extra = _with_layout(inp, extra, port.channels_last)
     written = write_port(port, args.torch, out, args.force, inp, extra, _log)
     print(f"wrote {out}/: {', '.join(written.files)}")

@@ -9,6 +9,7 @@ translate becomes a marked stub raising ``NotImplementedError`` and a :class:`St
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,22 +41,28 @@ class Port:
     notes: tuple[str, ...]
 
 
-def build_port(module: Any, example_input: Any, style: str = "nnx") -> Port:
+def build_port(
+    module: Any, example_input: Any, style: str = "nnx", *, example_kwargs: Mapping[str, Any] | None = None
+) -> Port:
     """The Flax port of torch ``module`` in ``style`` (``'nnx'`` or ``'linen'``).
 
     ``example_input``: a torch tensor, or a tuple of tensors for several inputs, in torch
-    layout (NCHW); one eval-mode forward pass on it gives every submodule's input shapes.
+    layout (NCHW); ``example_kwargs``: tensors passed by keyword (``mask=...``), which the
+    port's ``__call__`` takes as keyword-only arguments of the same names. One eval-mode
+    forward pass on them gives every submodule's input shapes.
     Bad arguments raise :class:`parity.errors.ParityError`; untranslatable code never
     raises: it becomes a stub (:attr:`Port.stubs`).
     """
     from parity.port._main import build
 
-    return build(module, example_input, style)
+    return build(module, example_input, style, dict(example_kwargs or {}))
 
 
-def generate(module: Any, example_input: Any, style: str = "nnx") -> str:
+def generate(
+    module: Any, example_input: Any, style: str = "nnx", *, example_kwargs: Mapping[str, Any] | None = None
+) -> str:
     """The generated source of :func:`build_port` (the issue's public API)."""
-    return build_port(module, example_input, style).source
+    return build_port(module, example_input, style, example_kwargs=example_kwargs).source
 
 
 __all__ = ["Port", "Stub", "build_port", "generate"]

@@ -20,6 +20,7 @@ from parity.errors import ParityError
 from parity.port import Stub
 from parity.port._graph import Body, user_line
 from parity.port._layers import LEAVES, SEQUENTIAL_FUNCTIONS, STATELESS, lookup
+from parity.port._names import LocalNames
 from parity.port._ops import FUNCS, METHODS
 from parity.port._values import Raw, Value, is_tensor
 
@@ -61,12 +62,17 @@ def _asserts_at(frame: Any) -> bool:
     return "IF_TRUE" in insts[cur].opname and insts[cur + 1].opname == "LOAD_ASSERTION_ERROR"
 
 
-def _defaults(module: nn.Module, given: int) -> dict[str, Any] | None:
+def _defaults(module: nn.Module, given: int, keywords: dict | None = None) -> dict[str, Any] | None:
     """The default values of ``forward``'s parameters after the ``given`` positional inputs
-    (``targets=None``): the port is called with the inputs only, so they are constants."""
+    (``targets=None``) but the ``keywords`` inputs: the port is called with the inputs only, so
+    they are constants."""
     params = list(inspect.signature(module.forward).parameters.values())[given:]
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    out = {p.name: p.default for p in params if p.kind in kinds and p.default is not p.empty}
+    out = {
+        p.name: p.default
+        for p in params
+        if p.kind in kinds and p.default is not p.empty and p.name not in (keywords or {})
+    }
     return out or None
 
 
@@ -80,6 +86,7 @@ class Instance:
     is_root: bool = False
     in_cl: list[bool] = field(default_factory=list)
     args: list[str] = field(default_factory=list)
+    keywords: list[str] = field(default_factory=list)  # the root's keyword-only inputs
     lines: list[str] = field(default_factory=list)
     out_cl: list[bool] = field(default_factory=list)
     returns_tuple: bool = False
@@ -94,14 +101,18 @@ class _ModeDependent(Exception):
     """The forward traces differently in train and eval mode (it reads ``self.training``)."""
 
 
-def _trace_both_modes(module: nn.Module, given: int | None = None) -> fx.Graph:
-    """The fx graph of ``module``'s forward; raises :class:`_ModeDependent` when tracing it in
-    train mode and in eval mode gives two graphs: a Flax port needs the mode as an argument or a
-    module flag there, which a trace cannot say."""
+def _trace_both_modes(
+    module: nn.Module, given: int | None = None, keywords: dict | None = None
+) -> tuple[fx.Graph, dict]:
+    """The fx graph of ``module``'s forward and ``{node: forward's local name for it}``; raises
+    :class:`_ModeDependent` when tracing it in train mode and in eval mode gives two graphs: a
+    Flax port needs the mode as an argument or a module flag there, which a trace cannot say."""
     modes = {m: m.training for m in module.modules()}
     try:
-        concrete = _defaults(module, given) if given is not None else None
-        graphs = [_LeafTracer().trace(module.train(mode), concrete) for mode in (True, False)]
+        concrete = _defaults(module, given, keywords) if given is not None else None
+        graphs = [_LeafTracer().trace(module.train(True), concrete)]
+        with LocalNames(type(module).forward) as local:
+            graphs.append(_LeafTracer().trace(module.train(False), concrete))
     finally:
         for m, mode in modes.items():
             m.training = mode
@@ -111,7 +122,7 @@ def _trace_both_modes(module: nn.Module, given: int | None = None) -> fx.Graph:
         raise _ModeDependent(
             "its train and eval traces differ", user_line(first.stack_trace if first else None)
         )
-    return graphs[1]
+    return graphs[1], local.names
 
 
 def is_digit_container(m: nn.Module) -> bool:
@@ -124,9 +135,9 @@ def is_digit_container(m: nn.Module) -> bool:
 class Builder:
     """State shared by every instance's translation."""
 
-    def __init__(self, model: nn.Module, inputs: tuple, style: str) -> None:
-        self.model, self.style = model, style
-        self.recorded, self.copies = _record_inputs(model, inputs)
+    def __init__(self, model: nn.Module, inputs: tuple, style: str, kwargs: dict | None = None) -> None:
+        self.model, self.style, self.kwargs = model, style, kwargs or {}
+        self.recorded, self.recorded_kw, self.copies = _record_inputs(model, inputs, self.kwargs)
         self.channels_last = _wants_channels_last(model, inputs)
         self.flatten_linears = _flatten_linears(model, inputs)
         self.instances: dict[int, Instance] = {}
@@ -155,16 +166,25 @@ class Builder:
             return inst
         body = Body(self, inst)
         try:
-            recorded = self.recorded.get(id(module))
-            graph = _trace_both_modes(module, None if recorded is None else len(recorded))
+            recorded, keywords = self.recorded.get(id(module)), self.recorded_kw.get(id(module), {})
+            given = None if recorded is None else len(recorded)
+            graph, body.source_names = _trace_both_modes(module, given, keywords)
         except Exception as e:  # data-dependent control flow, unsupported Python: a stub class
             self._untraceable(inst, body, e)
         else:
-            _propagate_shapes(self.copies.get(id(module)), graph, self.recorded.get(id(module)))
-            body.run(graph, in_cl)
+            _propagate_shapes(self.copies.get(id(module)), graph, recorded, keywords)
+            body.run(graph, in_cl, self._keyword_layouts(module))
             inst.lines = body.lines
         self.order.append(inst)
         return inst
+
+    def _keyword_layouts(self, module: nn.Module) -> dict[str, bool]:
+        """The root's keyword inputs and whether each is channels-last (as positional ones)."""
+        if module is not self.model:
+            return {}
+        return {
+            k: self.channels_last and v.dim() >= 3 and v.is_floating_point() for k, v in self.kwargs.items()
+        }
 
     def _untraceable(self, inst: Instance, body: Body, e: Exception) -> None:
         tb = traceback.extract_tb(e.__traceback__)
@@ -190,11 +210,9 @@ class Builder:
         tensor = getattr(owner, attr)
         if owner_path:
             return body.stub(f"self.{target}", "a submodule's tensor used directly")
-        if isinstance(tensor, nn.Parameter):
+        if isinstance(tensor, nn.Parameter):  # read where it is used, as a person writes it
             read = f"self.{attr}[...]" if self.style == "nnx" else f"self.{attr}"
-            v = body.emit(read)
-            v.shape = tuple(tensor.shape)
-            return v
+            return Value(read, shape=tuple(tensor.shape), fixed=True)
         expr = constant_source(tensor)
         if expr is None:
             return body.stub(
@@ -274,6 +292,8 @@ class Builder:
             return body.stub(f"nn.{kind}", leaf.problem), None
         if leaf.call == "mha":
             return self._attention(body, module, src, args, kwargs), None
+        if len(args) > 1 or kwargs:  # ConvTranspose's output_size, a mask: not translated
+            return body.stub(f"nn.{kind} called with more than its input"), None
         x = args[0]
         before = body.conversions
         x = (
@@ -333,7 +353,7 @@ class Builder:
             mode = ", train=train" if "train=train" in body.lines[start] else ""
             body.names.difference_update({line.split(" = ", 1)[0] for line in body.lines[start:]})
             del body.lines[start:]
-            name, item = body.fresh(base), body.fresh("block")
+            name, item = body.fresh(base), body.loop_var()
             call = f"{item}({name}{mode})"
             body.lines += [f"{name} = {args[0]}", f"for {item} in {src}:", f"    {name} = {call}"]
             return Value(name, cl=bool(is_tensor(x) and x.cl), shape=x.shape), None
@@ -427,22 +447,27 @@ def constant_source(t: torch.Tensor) -> str | None:
     return None
 
 
-def _record_inputs(model: nn.Module, inputs: tuple) -> tuple[dict[int, tuple], dict[int, nn.Module]]:
-    """``({id(module): args of its first call}, {id(module): its copy})`` from one eval-mode pass
-    of a private copy: on the ``meta`` device (shapes only, no arithmetic) when the model runs
-    there, else on the real tensors."""
+def _record_inputs(model: nn.Module, inputs: tuple, kwargs: dict) -> tuple[dict, dict, dict]:
+    """``({id(module): args of its first call}, {id(module): its keyword tensors}, {id(module):
+    its copy})`` from one eval-mode pass of a private copy: on the ``meta`` device (shapes only,
+    no arithmetic) when the model runs there, else on the real tensors."""
     for device in ("meta", None):
         copied = copy.deepcopy(model).eval()
         xs = inputs if device is None else tuple(x.to(device) for x in inputs)
+        kw = kwargs if device is None else {k: v.to(device) for k, v in kwargs.items()}
         copied = copied if device is None else copied.to(device)
         copies = dict(zip((id(m) for m in model.modules()), copied.modules(), strict=True))
         seen: dict[int, tuple] = {}
+        seen_kw: dict[int, dict] = {}
         originals = {id(c): m for m, c in zip(model.modules(), copied.modules(), strict=True)}
-        hooks = [c.register_forward_pre_hook(_recorder(seen, originals[id(c)])) for c in copied.modules()]
+        hooks = [
+            c.register_forward_pre_hook(_recorder(seen, seen_kw, originals[id(c)]), with_kwargs=True)
+            for c in copied.modules()
+        ]
         try:
             with torch.no_grad():
-                copied(*xs)
-            return seen, copies
+                copied(*xs, **kw)
+            return seen, seen_kw, copies
         except Exception as e:  # user code (or an op the meta device lacks: run it for real)
             if device is None:
                 why = f"{type(e).__name__}: {e}".splitlines()[0]
@@ -453,17 +478,24 @@ def _record_inputs(model: nn.Module, inputs: tuple) -> tuple[dict[int, tuple], d
     raise AssertionError("unreachable")
 
 
-def _recorder(seen: dict, original: nn.Module):
-    def hook(mod, args):
+def _recorder(seen: dict, seen_kw: dict, original: nn.Module):
+    def hook(mod, args, kwargs):
         seen.setdefault(id(original), args)
+        seen_kw.setdefault(id(original), {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)})
 
     return hook
 
 
-def _propagate_shapes(copied: nn.Module | None, graph: fx.Graph, args: tuple | None) -> None:
-    """Tensor shapes on ``graph``'s nodes, from the recorded call of the module's copy."""
+def _propagate_shapes(copied: nn.Module | None, graph: fx.Graph, args: tuple | None, keywords: dict) -> None:
+    """Tensor shapes on ``graph``'s nodes, from the recorded call of the module's copy (its
+    keyword tensors placed at their parameters, the defaults between)."""
     if args is None or copied is None:
         return
+    params = inspect.signature(copied.forward).parameters
+    names = [str(n.target).lstrip("*") for n in graph.nodes if n.op == "placeholder"]
+    if keywords:
+        rest = [keywords.get(n, getattr(params.get(n), "default", None)) for n in names[len(args) :]]
+        args = (*args, *rest)
     try:
         with torch.no_grad():
             ShapeProp(fx.GraphModule(copied, graph)).propagate(*args)

@@ -35,6 +35,12 @@ def keep_table_dtype(arrays, dtype=None, inexact=True):
     would fix float32 at construction, and a float64 port would compute in float32)."""
     return arrays
 ''',
+    "torch_shaped": '''
+def torch_shaped(init, shape):
+    """``init`` at torch's ``shape``: ``nnx.LayerNorm`` over several axes would hold its scale
+    and bias flat; Flax reshapes either onto the feature axes, torch's weights copy as they are."""
+    return lambda key, _, dtype=jnp.float32: init(key, shape, dtype)
+''',
     "not_translated": '''
 def not_translated(op: str, where: str) -> jax.Array:
     """Marks code ``parity port`` could not translate: write it by hand."""
@@ -143,7 +149,7 @@ def _group(b: Builder) -> tuple[list[tuple[str, list[Instance], dict]], dict]:
     anything = {k: "?" for k in range(10_000)}
     for inst in order:
         text = "\n".join(f"{a} = {_walk(c, a, b.style, [], anything)}" for a, c in entries[id(inst)])
-        key = (tuple(inst.lines), tuple(inst.args), text, tuple(inst.in_cl), inst.needs_train)
+        key = (tuple(inst.lines), (*inst.args, *inst.keywords), text, tuple(inst.in_cl), inst.needs_train)
         family = families.setdefault(inst.class_name, [])
         match = next((g for g in family if g[0] == key), None)
         if match is None:
@@ -224,6 +230,7 @@ def _class_source(b: Builder, name: str, insts: list[Instance], params: dict, en
     own = {k: f"self.{v}" if b.style == "linen" else v for k, v in params.items()}  # Linen: fields
     assigns = [f"self.{a} = {_walk(c, a, b.style, slots, own)}" for a, c in entries[id(inst)]]
     args = ", ".join(f"{a}: jax.Array" for a in inst.args)
+    keywords = [f"{a}: jax.Array" for a in inst.keywords]  # keyword-only, as the caller passes them
     ret = "tuple" if inst.returns_tuple else "jax.Array"
     lines = inst.lines or [f"return not_translated('a forward nobody called', {name!r})"]
     if b.style == "nnx":
@@ -236,12 +243,14 @@ def _class_source(b: Builder, name: str, insts: list[Instance], params: dict, en
             f"    def __init__(self, {sig}*, rngs: nnx.Rngs) -> None:",
         ]
         head += [f"        {s}" for s in init]
-        call = f"    def __call__(self, {args}) -> {ret}:"
+        star = f", *, {', '.join(keywords)}" if keywords else ""
+        call = f"    def __call__(self, {args}{star}) -> {ret}:"
     else:
         head = [f"class {name}(nn.Module):", f"    {doc}", ""] + [f"    {p}: {t}" for p, t in fields]
         if assigns:
             head += ["", "    def setup(self) -> None:"] + [f"        {s}" for s in assigns]
-        mode = ", *, train: bool" if inst.needs_train or inst.is_root else ""
+        keywords += ["train: bool"] if inst.needs_train or inst.is_root else []
+        mode = f", *, {', '.join(keywords)}" if keywords else ""
         call = f"    def __call__(self, {args}{mode}) -> {ret}:"
     if inst.namespace:  # an nn.ModuleDict: its modules are called through it, it is never called
         return "\n".join(head)

@@ -18,9 +18,14 @@ import torch
 from torch import fx
 
 import parity.port._ops as _ops
+from parity.port._names import assigned, drop_unused, inline_return, is_free, mentions, merge_reads, rename
 from parity.port._values import Value, cl_order, index_literal, is_tensor, jax_axis, literal
 
-RESERVED = {"self", "jax", "jnp", "nn", "nnx", "partial", "train", "attention", "not_translated", "rngs"}
+RESERVED = {
+    *("self", "jax", "jnp", "nn", "nnx", "partial", "train", "rngs", "math"),
+    *("attention", "not_translated", "keep_table_dtype", "dot_product_attention_weights", "TiedHead"),
+    "torch_shaped",
+}
 _FILE_LINE = re.compile(r'File "([^"]+)", line (\d+)')
 _CONVERTED = {3: "ncw", 4: "nchw", 5: "ncdhw"}
 _CL_NAMES = {3: "nwc", 4: "nhwc", 5: "ndhwc"}
@@ -30,6 +35,11 @@ def var_name(name: str) -> str:
     """A Python identifier for an fx node name that names nothing else in the generated code."""
     name = re.sub(r"\W", "_", name)
     return f"{name}_" if name in RESERVED or keyword.iskeyword(name) else name
+
+
+def _stem(expr: str) -> str:
+    """A name for a value derived from ``expr`` (``self.pos[...]`` -> ``pos``)."""
+    return re.sub(r"\W+", "_", re.sub(r"^self\.|\[\.\.\.\]$", "", expr)).strip("_")
 
 
 def user_line(stack: str | None) -> str:
@@ -50,6 +60,10 @@ class Body:
         self.conversions = 0
         self.names: set[str] = set()
         self.prefix = ""  # the name of the statement being written, when not the node's
+        self.origin: dict[str, fx.Node | None] = {}  # variable -> the node that wrote it
+        self.seq_len: dict[str, int] = {}  # a sequence variable -> its length, when known
+        self.source_names: dict[fx.Node, str] = {}  # node -> forward's local name for it
+        self.loop_vars: set[str] = set()
 
     # ------------------------------------------------------------ statements
     def fresh(self, base: str) -> str:
@@ -57,6 +71,15 @@ class Body:
         while name in self.names:
             name, k = f"{var_name(base)}_{k}", k + 1
         self.names.add(name)
+        self.origin[name] = self.node
+        return name
+
+    def loop_var(self) -> str:
+        """The variable of a loop over a list of blocks: ``block`` in every loop (each loop's is
+        dead after it), unless the body names something else so."""
+        name = "block" if "block" not in self.names or "block" in self.loop_vars else self.fresh("block")
+        self.names.add(name)
+        self.loop_vars.add(name)
         return name
 
     def node_shape(self) -> tuple[int, ...] | None:
@@ -104,7 +127,7 @@ class Body:
             return v
         key = (v.expr, False)
         if key not in self.converted:
-            name = self.fresh(f"{v.expr}_{_CONVERTED.get(v.rank, 'cf')}")
+            name = self.fresh(f"{_stem(v.expr)}_{_CONVERTED.get(v.rank, 'cf')}")
             self.lines.append("# back to torch's channels-first")
             self.lines.append(f"{name} = jnp.moveaxis({v.expr}, -1, 1)")
             self.conversions += 1
@@ -117,7 +140,7 @@ class Body:
             return v
         key = (v.expr, True)
         if key not in self.converted:
-            name = self.fresh(f"{v.expr}_{_CL_NAMES.get(v.rank, 'cl')}")
+            name = self.fresh(f"{_stem(v.expr)}_{_CL_NAMES.get(v.rank, 'cl')}")
             self.lines.append(f"{name} = jnp.moveaxis({v.expr}, 1, -1)")
             self.conversions += 1
             self.converted[key] = Value(name, cl=True, shape=v.shape)
@@ -222,23 +245,52 @@ class Body:
         return self.emit(f"{ns}.avg_pool({x}, window_shape={window}, strides={window})", cl=True)
 
     # ------------------------------------------------------------ nodes
-    def run(self, graph: fx.Graph, in_cl: list[bool]) -> None:
+    def run(self, graph: fx.Graph, in_cl: list[bool], keywords: dict[str, bool]) -> None:
+        """Translate ``graph``; ``in_cl``: the positional inputs' layouts (channels-last or
+        not), ``keywords``: the keyword inputs' (the root's only: keyword-only arguments)."""
         placeholders = 0
         for node in graph.nodes:
             self.node = node
-            if node.op == "placeholder":
+            if node.op == "placeholder" and node.target in keywords:
+                self.names.add(node.target)  # the caller's keyword: the name as it is
+                self.origin[node.target] = node
+                self.inst.keywords.append(node.target)
+                cl = keywords[node.target]
+                self.env[node] = Value(node.target, cl=cl, shape=self.node_shape(), dtype=self.node_dtype())
+            elif node.op == "placeholder":
                 if placeholders >= len(in_cl) and _unused(node):  # a default (``targets=None``)
                     continue
-                name = self.fresh(node.name)
+                base = str(node.target).lstrip("*")  # the parameter's name (fx renames ``input``)
+                name = self.fresh(base if is_free(base, RESERVED) else "x")
                 cl = in_cl[placeholders] if placeholders < len(in_cl) else False
                 self.inst.args.append(name)
                 self.env[node] = Value(name, cl=cl, shape=self.node_shape(), dtype=self.node_dtype())
                 placeholders += 1
             elif node.op == "output":
                 self.output(node.args[0])
-                self.reroll()
+                self.tidy()
             elif node.users:
                 self.env[node] = self.translate(node)
+
+    def tidy(self) -> None:
+        """Readable names (:mod:`parity.port._names`): shape reads and splits unpacked, the
+        forward's own variable names, unrolled loops rolled again, the last value returned."""
+        wanted: dict[str, str] = {}
+        for node, name in self.source_names.items():  # a value passed on unchanged (``y, _ =
+            v = self.env.get(node)  # attn(...)``) takes the name when its writer has none
+            writer = self.origin.get(v.expr) if isinstance(v, Value) else None
+            if writer is node:
+                wanted[v.expr] = name
+            elif writer is not None and writer not in self.source_names:
+                wanted.setdefault(v.expr, name)
+        values = [v for v in self.env.values() if is_tensor(v)] + list(self.converted.values())
+        ranks = {v.expr: v.rank for v in values}
+        self.lines = drop_unused(merge_reads(self.lines, ranks, self.seq_len, set(wanted)))
+        self.lines = rename(self.lines, self.inst.args + self.inst.keywords, wanted, RESERVED)
+        self.names = {w for line in self.lines for w in re.findall(r"\b\w+\b", line)}
+        self.loop_vars -= assigned(self.lines)  # a loop variable's name the renaming gave a value
+        self.reroll()
+        self.lines = inline_return(self.lines)
 
     def reroll(self) -> None:
         """Calls of every block of a list in order, each on the previous one's output (fx
@@ -249,15 +301,11 @@ class Body:
             if run and run[1] == _list_len(self.inst.module, run[0]):
                 attr, n, first_arg, mode = run
                 last = self.lines[i + n - 1].split(" = ", 1)[0]
-                inner = [line.split(" = ", 1)[0] for line in self.lines[i : i + n - 1]]
-                rest = "\n".join(self.lines[:i] + self.lines[i + n :])
-                if not any(re.search(rf"\b{v}\b", rest) for v in inner):
-                    item = self.fresh("block")
-                    loop = [
-                        f"{last} = {first_arg}",
-                        f"for {item} in self.{attr}:",
-                        f"    {last} = {item}({last}{mode})",
-                    ]
+                inner = {line.split(" = ", 1)[0] for line in self.lines[i : i + n - 1]} - {last}
+                if not any(mentions(line, v) for line in self.lines[i + n :] for v in inner):
+                    item = self.loop_var()
+                    loop = [f"{last} = {first_arg}"] if last != first_arg else []
+                    loop += [f"for {item} in self.{attr}:", f"    {last} = {item}({last}{mode})"]
                     self.lines[i : i + n] = loop
                     i += len(loop)
                     continue

@@ -8,11 +8,13 @@ function the op translations (:mod:`parity.port._ops`) write for the same torch 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from parity.layout import conv_transpose_padding
 from parity.port._values import Raw
 
 
@@ -65,6 +67,22 @@ def _conv(m: nn.Module, style: str) -> Leaf:
     return Leaf(Ctor(f"{ns}.Conv", args, kwargs), layout="cl")
 
 
+def _conv_transpose(m: nn.modules.conv._ConvTransposeNd, style: str) -> Leaf:
+    """Flax ``ConvTranspose`` (``transpose_kernel=False``; the converter flips the kernel) with
+    explicit padding pairs ``(d*(k-1) - p, d*(k-1) - p + output_padding)`` per axis."""
+    if m.padding_mode != "zeros" or m.groups != 1:
+        return Leaf(None, problem=f"padding_mode={m.padding_mode!r} or groups={m.groups} (Flax has neither)")
+    pads = conv_transpose_padding(m.kernel_size, m.padding, m.dilation, m.output_padding)
+    head = [("in_features", m.in_channels)] if style == "nnx" else []
+    ns = "nnx" if style == "nnx" else "nn"
+    args = [*head, ("out_features" if style == "nnx" else "features", m.out_channels)]
+    kwargs = [("kernel_size", tuple(m.kernel_size)), ("strides", tuple(m.stride)), ("padding", tuple(pads))]
+    if any(d != 1 for d in m.dilation):
+        kwargs.append(("kernel_dilation", tuple(m.dilation)))
+    kwargs.append(("use_bias", m.bias is not None))
+    return Leaf(Ctor(f"{ns}.ConvTranspose", args, kwargs), layout="cl")
+
+
 def _linear(m: nn.Linear, style: str) -> Leaf:
     if style == "nnx":
         return Leaf(
@@ -91,13 +109,25 @@ def _batch_norm(m: nn.modules.batchnorm._BatchNorm, style: str) -> Leaf:
 
 
 def _layer_norm(m: nn.LayerNorm, style: str) -> Leaf:
-    if len(m.normalized_shape) != 1:
-        return Leaf(None, problem="LayerNorm over several trailing axes")
+    """Over ``k`` trailing axes: ``reduction_axes`` and ``feature_axes`` ``(-k, ..., -1)``. NNX
+    would create its scale and bias flat (``num_features``, the product): the generated
+    ``torch_shaped`` initializers give them torch's (and Linen's) shape, which Flax reshapes
+    onto the feature axes the same way, and the converter copies torch's weights as they are."""
     affine = m.elementwise_affine
     bias = affine and m.bias is not None
     kwargs = [("epsilon", m.eps), ("use_scale", affine), ("use_bias", bias), ("use_fast_variance", False)]
+    k, shape = len(m.normalized_shape), tuple(m.normalized_shape)
+    if k > 1:
+        axes = tuple(range(-k, 0))
+        kwargs += [("reduction_axes", axes), ("feature_axes", axes)]
+    if k > 1 and style == "nnx":  # torch's shape for the scale and bias, not NNX's flat one
+        kwargs += [
+            (f"{name}_init", Raw(f"torch_shaped(nnx.initializers.{init}, {shape})"))
+            for name, init, on in (("scale", "ones", affine), ("bias", "zeros", bias))
+            if on
+        ]
     if style == "nnx":
-        return Leaf(Ctor("nnx.LayerNorm", [("num_features", m.normalized_shape[0])], kwargs))
+        return Leaf(Ctor("nnx.LayerNorm", [("num_features", math.prod(m.normalized_shape))], kwargs))
     return Leaf(Ctor("nn.LayerNorm", [], kwargs))
 
 
@@ -147,6 +177,7 @@ def _attention(m: nn.MultiheadAttention, style: str) -> Leaf:
 
 
 LEAVES = {
+    nn.modules.conv._ConvTransposeNd: _conv_transpose,
     nn.Conv1d: _conv,
     nn.Conv2d: _conv,
     nn.Conv3d: _conv,

@@ -301,7 +301,8 @@ def expand(b, input, *sizes):
         sizes = tuple(sizes[0])
     x = b.torch(input)
     lead = len(sizes) - x.rank
-    dims = [f"{x}.shape[{i - lead}]" if s == -1 else literal(s) for i, s in enumerate(sizes)]
+    kept = [str(d) for d in x.shape] if x.fixed else [f"{x}.shape[{i}]" for i in range(x.rank)]
+    dims = [kept[i - lead] if s == -1 else literal(s) for i, s in enumerate(sizes)]
     return b.emit(f"jnp.broadcast_to({x}, ({', '.join(dims)}))")
 
 
@@ -329,7 +330,9 @@ def split(b, input, split_size_or_sections=None, dim=0, chunks=None, split_size=
             n = -(-size // n)
         sizes = [n] * (size // n) + ([size % n] if size % n else []) if isinstance(n, int) else list(n)
     cuts = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
-    return b.emit(f"jnp.split({x}, {cuts}, axis={dim % x.rank})", kind="seq")
+    v = b.emit(f"jnp.split({x}, {cuts}, axis={dim % x.rank})", kind="seq")
+    b.seq_len[v.expr] = len(sizes)
+    return v
 
 
 @op("size")
@@ -399,17 +402,16 @@ def scaled_dot_product_attention(
     if dropout_p or enable_gqa:
         return b.stub("F.scaled_dot_product_attention with dropout_p or enable_gqa")
     q, k, v = (b.torch(t) for t in (query, key, value))
-    base = b.node.name
     scale_src = literal(scale) if scale is not None else f"{q}.shape[-1] ** -0.5"
-    scores = b.emit(f"{q} @ jnp.swapaxes({k}, -1, -2) * {scale_src}", name=b.fresh(f"{base}_scores"))
+    scores = b.emit(f"{q} @ jnp.swapaxes({k}, -1, -2) * {scale_src}", name=b.fresh("scores"))
     if is_causal:
         causal = f"jnp.tril(jnp.ones(({q}.shape[-2], {k}.shape[-2]), dtype=bool))"
-        scores = b.emit(f"jnp.where({causal}, {scores}, -jnp.inf)", name=b.fresh(f"{base}_masked"))
+        scores = b.emit(f"jnp.where({causal}, {scores}, -jnp.inf)", name=b.fresh("masked"))
     if attn_mask is not None:
         mask = b.torch(attn_mask)
         masked = f"jnp.where({mask}, {scores}, -jnp.inf)" if _is_bool(mask) else f"{scores} + {mask}"
-        scores = b.emit(masked, name=b.fresh(f"{base}_masked"))
-    weights = b.emit(f"jax.nn.softmax({scores}, axis=-1)", name=b.fresh(f"{base}_weights"))
+        scores = b.emit(masked, name=b.fresh("masked"))
+    weights = b.emit(f"jax.nn.softmax({scores}, axis=-1)", name=b.fresh("weights"))
     return b.emit(f"{weights} @ {v}")
 
 

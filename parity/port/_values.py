@@ -35,6 +35,7 @@ class Value:
     items: list = field(default_factory=list)
     of: Value | None = None
     dtype: str | None = None  # the torch dtype's name when known ("torch.bool")
+    fixed: bool = False  # a parameter: its shape is the same on every call
 
     @property
     def rank(self) -> int | None:

@@ -162,8 +162,8 @@ def _example_inputs(inp: Any, extra: tuple) -> list[ExampleInput]:
     from parity.spec import flax_input_shape
 
     return [
-        ExampleInput(flax_input_shape(s.shape, s.channels_last), s.dtype, s.high)
-        for s in (inp, *(e for _, e in extra))
+        ExampleInput(flax_input_shape(s.shape, s.channels_last), s.dtype, s.high, name)
+        for name, s in (("", inp), *extra)
     ]
 
 
