@@ -266,7 +266,9 @@ def lint_paths(
 
     def check(index: int) -> list[Finding]:
         file = entries[index][0]
-        return _lint_entry(file, select, configs.get(_root_key(roots.get(file)), LintConfig()), project, sources)
+        return _lint_entry(
+            file, select, configs.get(_root_key(roots.get(file)), LintConfig()), project, sources
+        )
 
     workers = 1 if any(str(file) == STDIN for file, _ in entries) else worker_count(jobs, len(entries))
     with _frozen_between_files(freeze) as file_done:

@@ -49,7 +49,9 @@ def worker_count(jobs: int, files: int) -> int:
     return max(1, min(jobs, files)) if can_fork() else 1
 
 
-def run_checks(count: int, check: Callable[[int], list], after_each: Callable[[], None], jobs: int) -> list[list]:
+def run_checks(
+    count: int, check: Callable[[int], list], after_each: Callable[[], None], jobs: int
+) -> list[list]:
     """``[check(0), ..., check(count - 1)]``, computed by ``jobs`` forked workers (serially for 1).
 
     ``after_each`` runs after every check in the process that ran it (the collector freeze).
@@ -69,7 +71,9 @@ def run_checks(count: int, check: Callable[[int], list], after_each: Callable[[]
     try:
         for _ in range(jobs):
             reader, writer = context.Pipe(duplex=False)
-            worker = context.Process(target=_work, args=(counter, count, check, after_each, writer), daemon=True)
+            worker = context.Process(
+                target=_work, args=(counter, count, check, after_each, writer), daemon=True
+            )
             worker.start()
             writer.close()
             workers.append(worker)
@@ -81,7 +85,9 @@ def run_checks(count: int, check: Callable[[int], list], after_each: Callable[[]
         _stop(workers, finished)
 
 
-def _work(counter: Any, count: int, check: Callable[[int], list], after_each: Callable[[], None], out: Any) -> None:
+def _work(
+    counter: Any, count: int, check: Callable[[int], list], after_each: Callable[[], None], out: Any
+) -> None:
     """A worker: check the next unclaimed file until none is left, sending ``(index, result)``."""
     try:
         while True:
