@@ -68,12 +68,15 @@ def lint_once(folder: Path, jobs: int | None) -> dict:
     }
 
 
-def bench(folder: Path, jobs: int | None, per_folder: bool) -> dict:
-    """The run (or one run per sub-folder, summed) with the load average before and after."""
+def bench(folder: Path, jobs: int | None, per_folder: bool, findings_out: Path | None = None) -> dict:
+    """The run (or one run per sub-folder, summed) with the load average before and after;
+    ``findings_out`` keeps the findings (JSON) to compare runs."""
     folders = sorted(path for path in folder.iterdir() if path.is_dir()) if per_folder else [folder]
     load_before = os.getloadavg()
     runs = [lint_once(path, jobs) for path in folders]
     findings = [finding for run in runs for finding in run.pop("findings")]
+    if findings_out is not None:
+        findings_out.write_text(json.dumps(findings, indent=1) + "\n")
     wall, cpu, files = (sum(run[key] for run in runs) for key in ("wall_s", "cpu_s", "files"))
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -106,8 +109,9 @@ def main() -> None:
         "--per-folder", action="store_true", help="one run per sub-folder (the real-world set)"
     )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--findings", type=Path, help="write the findings here (JSON), to compare runs")
     args = parser.parse_args()
-    result = json.dumps(bench(args.folder, args.jobs, args.per_folder), indent=1)
+    result = json.dumps(bench(args.folder, args.jobs, args.per_folder, args.findings), indent=1)
     print(result)
     if args.out is not None:
         args.out.write_text(result + "\n")

@@ -273,8 +273,7 @@ def lint_paths(
     workers = 1 if any(str(file) == STDIN for file, _ in entries) else worker_count(jobs, len(entries))
     with _frozen_between_files(freeze) as file_done:
         if workers > 1:  # parsed once here, shared by the forked workers
-            _parse_checked(entries, project)
-            file_done()
+            _parse_checked(entries, project, file_done)
         for findings in run_checks(len(entries), check, file_done, workers):  # in the serial order
             for finding in findings:  # a finding reached from several files: the first file's
                 found.setdefault((finding.path, finding.line, finding.col, finding.code), finding)
@@ -321,9 +320,13 @@ def _lint_entry(
     return [finding for finding in findings if config.reports(finding.path, finding.code)]
 
 
-def _parse_checked(entries: list[tuple[Path, Path | None]], project: ProjectIndex) -> None:
+def _parse_checked(
+    entries: list[tuple[Path, Path | None]], project: ProjectIndex, after_each: Callable[[], None]
+) -> None:
     """Parse every checked file into the project's trees, as :func:`_lint_in_project` would (a
-    file that cannot be read or parsed is left for it to report)."""
+    file that cannot be read or parsed is left for it to report); ``after_each`` runs after
+    each file (the collector freeze: the collector's scans of thousands of trees were most of
+    the parse time)."""
     for file, _ in entries:
         name = str(file)
         try:
@@ -331,6 +334,7 @@ def _parse_checked(entries: list[tuple[Path, Path | None]], project: ProjectInde
         except UnreadableSource:
             continue
         project.checked_tree(name, lambda source=source, name=name: parse_source(source, name))
+        after_each()
 
 
 def _load_frozen(path: str) -> ast.Module | None:
