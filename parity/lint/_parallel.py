@@ -5,7 +5,7 @@ share that state copy-on-write and take the next file index from a shared counte
 file does not hold up a fixed share of the others.  Each file's findings go back over a pipe
 tagged with the file's index, and the parent returns them in index order: the caller merges
 them exactly as the serial run does, so the output does not depend on which worker checked
-which file.  Where ``fork`` is not available (Windows, macOS's default), the run is serial.
+which file.  Where ``fork`` is not available (Windows), the run is serial.
 """
 
 from __future__ import annotations
