@@ -64,8 +64,9 @@ def run_checks(
         return results
     context = multiprocessing.get_context("fork")
     counter = context.Value("q", 0)
-    sys.stdout.flush()  # a forked child flushes its copy of the buffers when it exits
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):  # a forked child flushes its copy of the buffers at exit
+        if stream is not None:
+            stream.flush()
     workers, readers = [], []
     finished = False
     try:
