@@ -17,9 +17,6 @@ from parity.lint._parallel import LintWorkerError, can_fork, run_checks
 
 CORPUS = Path(__file__).parent / "lint_corpus"
 needs_fork = pytest.mark.skipif(not can_fork(), reason="worker processes need the fork start method")
-#: jax, imported by other tests of the session, warns at every fork; the workers run only the
-#: standard-library checker and never touch jax
-pytestmark = pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
 
 TRAIN = """\
 import torch
