@@ -7,7 +7,9 @@ fetches nothing: it reads a local folder laid out as ``ROOT/<owner>+<name>@<comm
 each (repo, commit) folder as one project, and counts a file as flagged when MODE001 is reported
 in it.  Label ``bug`` + flagged is a true positive, ``ok`` + flagged a false alarm.
 
-    python scripts/lint_realworld.py ROOT [--manifest docs/lint_realworld.csv] [--json OUT]
+    python scripts/lint_realworld.py ROOT [--manifest docs/lint_realworld.csv] [--json OUT] [--jobs N]
+
+``--jobs`` is ``parity lint --jobs`` (default: the usable cores); CPU time counts the workers.
 
 ``--json`` writes the score with the machine, the date and the load average next to each
 file's outcome (``docs/results/lint/realworld.json`` is such a run, cited by docs/LINT.md).
@@ -21,6 +23,7 @@ import csv
 import datetime
 import os
 import platform
+import resource
 import sys
 import time
 from collections import defaultdict
@@ -31,6 +34,7 @@ sys.path.insert(0, str(REPO))  # this checkout's parity, not another installed c
 
 from parity.io import atomic_write_json  # noqa: E402
 from parity.lint import lint_paths  # noqa: E402
+from parity.lint._parallel import default_jobs  # noqa: E402
 
 DEFAULT_MANIFEST = REPO / "docs" / "lint_realworld.csv"
 
@@ -40,11 +44,11 @@ def folder_of(root: Path, repo: str, commit: str) -> Path:
     return root / f"{repo.replace('/', '+')}@{commit[:10]}"
 
 
-def flagged_files(folder: Path) -> set[str]:
+def flagged_files(folder: Path, jobs: int = 1) -> set[str]:
     """Paths (relative to ``folder``) with at least one MODE001 finding."""
     return {
         Path(finding.path).relative_to(folder).as_posix()
-        for finding in lint_paths([folder], select=["MODE001"])
+        for finding in lint_paths([folder], select=["MODE001"], jobs=jobs)
         if finding.code == "MODE001"
     }
 
@@ -65,7 +69,13 @@ def machine() -> dict:
     }
 
 
-def measure(root: Path, manifest: Path, json_out: Path | None = None) -> int:
+def cpu_seconds() -> float:
+    """User + system time of this process and of its finished worker processes."""
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(part.ru_utime + part.ru_stime for part in usage)
+
+
+def measure(root: Path, manifest: Path, json_out: Path | None = None, jobs: int = 1) -> int:
     """Print one line per miss / false alarm / missing file, then precision, recall and time."""
     with manifest.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -73,13 +83,13 @@ def measure(root: Path, manifest: Path, json_out: Path | None = None) -> int:
     for row in rows:
         groups[(row["repo"], row["commit"])].append(row)
     counts = {"tp": 0, "fp": 0, "fn": 0, "tn": 0, "missing": 0}
-    start, cpu_start = time.perf_counter(), time.process_time()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     load_before = machine()["load_average"]
     checked = 0
     outcomes: list[dict] = []
     for (repo, commit), group in groups.items():
         folder = folder_of(root, repo, commit)
-        flagged = flagged_files(folder) if folder.is_dir() else set()
+        flagged = flagged_files(folder, jobs) if folder.is_dir() else set()
         checked += sum(1 for _ in folder.rglob("*.py")) if folder.is_dir() else 0
         for row in group:
             if not (folder / row["path"]).is_file():
@@ -94,7 +104,7 @@ def measure(root: Path, manifest: Path, json_out: Path | None = None) -> int:
             if outcome in ("fn", "fp"):
                 name = "miss" if outcome == "fn" else "false alarm"
                 print(f"{name:<12} {repo}@{commit[:10]} {row['path']}: {row['reason']}")
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     hits, alarms, misses = counts["tp"], counts["fp"], counts["fn"]
     precision = hits / (hits + alarms) if hits + alarms else 1.0
     recall = hits / (hits + misses) if hits + misses else 1.0
@@ -103,7 +113,8 @@ def measure(root: Path, manifest: Path, json_out: Path | None = None) -> int:
         f"{sum(row['label'] == 'ok' for row in rows)} ok), {counts['missing']} missing: "
         f"tp={hits} fp={alarms} fn={misses} tn={counts['tn']} precision={precision:.2f} recall={recall:.2f} "
         f"({len(groups)} project folders, {checked} files checked: {cpu:.1f} s CPU, {elapsed:.1f} s wall, "
-        f"{checked / cpu if cpu else 0:.1f} files per CPU second)"
+        f"{checked / cpu if cpu else 0:.1f} files per CPU second, {checked / elapsed if elapsed else 0:.1f} "
+        f"per wall second, --jobs {jobs})"
     )
     if json_out is not None:
         result = {
@@ -118,6 +129,7 @@ def measure(root: Path, manifest: Path, json_out: Path | None = None) -> int:
             "files_checked": checked,
             "cpu_s": round(cpu, 1),
             "wall_s": round(elapsed, 1),
+            "jobs": jobs,
             "files_per_cpu_s": round(checked / cpu, 1) if cpu else None,
             "files_per_wall_s": round(checked / elapsed, 1) if elapsed else None,
             "outcomes": outcomes,
@@ -132,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("root", type=Path, help="local folder with <owner>+<name>@<commit[:10]>/ subfolders")
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
     parser.add_argument("--json", type=Path, default=None, help="also write the score and outcomes here")
+    parser.add_argument(
+        "--jobs", type=int, default=default_jobs(), help="worker processes (parity lint --jobs)"
+    )
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         print(f"lint_realworld: error: not a folder: {args.root}", file=sys.stderr)
@@ -139,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.manifest.is_file():
         print(f"lint_realworld: error: no manifest: {args.manifest}", file=sys.stderr)
         return 2
-    return measure(args.root, args.manifest, args.json)
+    if args.jobs < 1:
+        print(f"lint_realworld: error: --jobs must be at least 1, not {args.jobs}", file=sys.stderr)
+        return 2
+    return measure(args.root, args.manifest, args.json, args.jobs)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import ast
 import textwrap
+import tokenize
 
 from parity.lint import lint_paths
 from parity.lint._analyzer import ModuleAnalyzer
+from parity.lint._findings import Finding
+from parity.lint._noqa import without_suppressed
+from parity.lint._project import ProjectIndex
 from parity.lint._rules import functional_mode_findings
 
 
@@ -83,3 +87,28 @@ def test_the_training_step_walk_runs_only_for_a_mode002_candidate():
     )
     analyzer = ModuleAnalyzer(loaded, "loaded.py")
     assert [f.code for f in analyzer.analyse()] == ["MODE002"] and vars(analyzer)["has_training"] is False
+
+
+def test_a_file_without_noqa_or_with_only_mode009_is_not_tokenized(monkeypatch):
+    def no_tokenize(*args, **kwargs):
+        raise AssertionError("tokenized")
+
+    mode001 = Finding("a.py", 2, 1, "MODE001", "m")
+    mode009 = Finding("a.py", 1, 1, "MODE009", "analysis incomplete")
+    monkeypatch.setattr(tokenize, "generate_tokens", no_tokenize)
+    assert without_suppressed([mode001], "x = 1\nmodel.eval()\n") == [mode001]
+    assert without_suppressed([mode009], "x = 1  # noqa\n") == [mode009]
+    monkeypatch.undo()
+    assert without_suppressed([mode001], "x = 1\nmodel.eval()  # NOQA: mode001\n") == []
+
+
+def test_the_walk_up_for_an_import_is_shared_by_sibling_folders(tmp_path):
+    files = [tmp_path / "pkg" / "util.py", tmp_path / "pkg" / "a" / "x.py", tmp_path / "pkg" / "b" / "y.py"]
+    index = ProjectIndex([(file, tmp_path) for file in files], lambda path: None)
+    util = str(files[0])
+    assert index.resolve("util", str(files[1])) == util
+    folder = str(tmp_path / "pkg")
+    assert index._near[("util", folder)] == util  # the parent's answer, kept for the next importer
+    index._near[("util", folder)] = "cached"  # a second importer below pkg/ reads it, no new walk
+    assert index.resolve("util", str(files[2])) == "cached"
+    assert index.resolve("nothing.here", str(files[2])) is None

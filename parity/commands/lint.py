@@ -12,6 +12,7 @@ from parity.io import atomic_write_text
 from parity.lint import FORMATS, RULES, Finding, lint_paths, project_roots
 from parity.lint._files import UnreadableSource, read_source
 from parity.lint._fix import diff, fix_source
+from parity.lint._parallel import MAX_DEFAULT_JOBS, default_jobs
 
 STDIN = "-"
 
@@ -25,6 +26,7 @@ class LintOptions:
     output_format: str
     fix: bool = False
     diff: bool = False
+    jobs: int = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--diff", action="store_true", help="print the safe fixes as a unified diff; change no file"
     )
+    parser.add_argument(
+        "--jobs",
+        metavar="N",
+        help=f"worker processes that check the files (default: the usable cores, at most {MAX_DEFAULT_JOBS}); "
+        "1 checks them in this process; the output is the same for every N",
+    )
 
 
 def _options(args: argparse.Namespace) -> LintOptions:
@@ -73,7 +81,21 @@ def _options(args: argparse.Namespace) -> LintOptions:
     fix, diff = bool(getattr(args, "fix", False)), bool(getattr(args, "diff", False))
     if (fix or diff) and STDIN in paths:
         raise ParityError("--fix and --diff need files, not standard input")
-    return LintOptions(paths, tuple(select), getattr(args, "output_format", "text"), fix, diff)
+    jobs = _jobs(getattr(args, "jobs", None))
+    return LintOptions(paths, tuple(select), getattr(args, "output_format", "text"), fix, diff, jobs)
+
+
+def _jobs(text: str | None) -> int:
+    """``--jobs``: a whole number of at least 1 (default: the usable cores); ParityError else."""
+    if text is None:
+        return default_jobs()
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise ParityError(f"--jobs must be a whole number of at least 1, not {text!r}")
+    return jobs
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,11 +110,11 @@ def run(args: argparse.Namespace) -> int:
     options = _options(args)
     for root in project_roots(options.paths):
         print(f"parity lint: project root {root.describe()}", file=sys.stderr)
-    findings = lint_paths(options.paths, options.select or None)
+    findings = lint_paths(options.paths, options.select or None, jobs=options.jobs)
     if options.diff:
         return 1 if _apply_fixes(options, findings, write=False) else 0
     if options.fix and _apply_fixes(options, findings, write=True):
-        findings = lint_paths(options.paths, options.select or None)  # what is left
+        findings = lint_paths(options.paths, options.select or None, jobs=options.jobs)  # what is left
     sys.stdout.write(FORMATS[options.output_format](findings))
     missing = [path for path in options.paths if path != STDIN and not os.path.lexists(path)]
     if missing:

@@ -17,6 +17,7 @@ from parity.lint._analyzer import ModuleAnalyzer
 from parity.lint._config import LintConfig, load_config
 from parity.lint._findings import Finding, selected
 from parity.lint._noqa import without_suppressed
+from parity.lint._parallel import run_checks, worker_count
 from parity.lint._project import ProjectIndex
 from parity.lint._roots import ProjectRoot, project_files, roots_of
 from parity.lint._rules import functional_mode_findings
@@ -237,7 +238,10 @@ def _indexed_files(roots: Iterable[ProjectRoot | None]) -> list[tuple[Path, Path
 
 
 def lint_paths(
-    paths: Iterable[str | os.PathLike[str]], select: Sequence[str] | None = None, use_config: bool = True
+    paths: Iterable[str | os.PathLike[str]],
+    select: Sequence[str] | None = None,
+    use_config: bool = True,
+    jobs: int = 1,
 ) -> list[Finding]:
     """Check files and directory trees as one project; findings grouped per file in walk order.
 
@@ -246,7 +250,8 @@ def lint_paths(
     from several files is reported once, in the file where its eval call is.  A path that does
     not exist is a MODE000 finding; the other paths are still checked.  ``use_config`` reads
     ``[tool.parity.lint]`` from each project root's ``pyproject.toml`` (``select`` given here
-    replaces the configured one).
+    replaces the configured one).  ``jobs`` > 1 checks the files in that many forked worker
+    processes (see :mod:`parity.lint._parallel`); the findings are the same as with 1.
     """
     paths = list(paths)
     missing = [str(raw) for raw in paths if str(raw) != STDIN and not os.path.lexists(raw)]
@@ -258,12 +263,20 @@ def lint_paths(
         found[(raw, 1, 1, "MODE000")] = Finding(
             raw, 1, 1, "MODE000", "could not read file: no such file or directory"
         )
+
+    def check(index: int) -> list[Finding]:
+        file = entries[index][0]
+        return _lint_entry(
+            file, select, configs.get(_root_key(roots.get(file)), LintConfig()), project, sources
+        )
+
+    workers = 1 if any(str(file) == STDIN for file, _ in entries) else worker_count(jobs, len(entries))
     with _frozen_between_files(freeze) as file_done:
-        for file, _ in entries:
-            _lint_entry(
-                file, select, configs.get(_root_key(roots.get(file)), LintConfig()), project, sources, found
-            )
-            file_done()
+        if workers > 1:  # parsed once here, shared by the forked workers
+            _parse_checked(entries, project, file_done)
+        for findings in run_checks(len(entries), check, file_done, workers):  # in the serial order
+            for finding in findings:  # a finding reached from several files: the first file's
+                found.setdefault((finding.path, finding.line, finding.col, finding.code), finding)
     order: dict[str, int] = {}
     for raw in paths:  # the order given: a missing path between the files around it
         walked = [] if str(raw) in missing else _files_with_roots([raw])
@@ -299,14 +312,29 @@ def _lint_entry(
     config: LintConfig,
     project: ProjectIndex,
     sources: dict[str, str],
-    found: dict[tuple[str, int, int, str], Finding],
-) -> None:
-    """Check one file under its project's configuration; add its findings to ``found``."""
+) -> list[Finding]:
+    """Check one file under its project's configuration: the findings it reports."""
     if select:  # --select on the command line replaces the configured select
         config = dataclasses.replace(config, select=tuple(select))
-    for finding in _lint_in_project(file, config.select or None, project, sources):
-        if config.reports(finding.path, finding.code):
-            found.setdefault((finding.path, finding.line, finding.col, finding.code), finding)
+    findings = _lint_in_project(file, config.select or None, project, sources)
+    return [finding for finding in findings if config.reports(finding.path, finding.code)]
+
+
+def _parse_checked(
+    entries: list[tuple[Path, Path | None]], project: ProjectIndex, after_each: Callable[[], None]
+) -> None:
+    """Parse every checked file into the project's trees, as :func:`_lint_in_project` would (a
+    file that cannot be read or parsed is left for it to report); ``after_each`` runs after
+    each file (the collector freeze: the collector's scans of thousands of trees were most of
+    the parse time)."""
+    for file, _ in entries:
+        name = str(file)
+        try:
+            source = read_source(file).removeprefix("\ufeff")
+        except UnreadableSource:
+            continue
+        project.checked_tree(name, lambda source=source, name=name: parse_source(source, name))
+        after_each()
 
 
 def _load_frozen(path: str) -> ast.Module | None:

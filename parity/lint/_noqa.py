@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from parity.lint._findings import ALWAYS_REPORTED, Finding
 
 NOQA_RE = re.compile(r"#\s*noqa(?::\s*(?P<codes>[A-Za-z]+[0-9]+(?:\s*,\s*[A-Za-z]+[0-9]+)*))?", re.IGNORECASE)
+_MENTIONS_NOQA = re.compile("noqa", re.IGNORECASE)
 
 #: line -> codes suppressed there (None: every code)
 NoqaMap = dict[int, frozenset[str] | None]
@@ -18,6 +19,8 @@ NoqaMap = dict[int, frozenset[str] | None]
 def noqa_lines(source: str) -> NoqaMap:
     """Line -> codes suppressed there (None: every code) from ``# noqa`` comments."""
     out: NoqaMap = {}
+    if not _MENTIONS_NOQA.search(source):  # no comment can match: skip tokenizing the file
+        return out
     try:
         tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
     except (tokenize.TokenError, SyntaxError):  # pragma: no cover - parsed sources tokenize
@@ -48,5 +51,8 @@ def suppressed(finding: Finding, noqa: NoqaMap) -> bool:
 
 def without_suppressed(findings: Iterable[Finding], source: str) -> list[Finding]:
     """The findings that no ``# noqa`` comment in ``source`` suppresses."""
+    findings = list(findings)
+    if all(finding.code in ALWAYS_REPORTED for finding in findings):
+        return findings  # never suppressed: ``source`` need not be read
     noqa = noqa_lines(source)
     return [finding for finding in findings if not suppressed(finding, noqa)]

@@ -56,6 +56,9 @@ class ProjectIndex:
         self._trees: dict[str, ast.Module | None] = {}
         self._resolved: dict[tuple[str, str | None], str | None] = {}
         self._folders: dict[str, str] = {}  # importer -> its folder (resolve() is called very often)
+        #: (module path, folder) -> the module file there or in the nearest folder above (one walk
+        #: up per folder, shared by the importers below it)
+        self._near: dict[tuple[str, str], str | None] = {}
         #: facts derived from the syntax trees (shared, never modified), kept for every file's
         #: analysis: a body's direct definitions, a function's scope names, a call's receivers
         #: of ``.parameters()`` in its arguments
@@ -102,17 +105,24 @@ class ProjectIndex:
 
     def _resolve(self, name: str, importer: str | None) -> str | None:
         if importer is not None:  # the importing file's own package root first, nearest folder up
-            relative = name.replace(".", os.sep)
-            folder = os.path.dirname(importer)
-            while True:
+            relative, folder = name.replace(".", os.sep), os.path.dirname(importer)
+            walked: list[str] = []  # folders whose answer is the one found above them (cached)
+            while (relative, folder) not in self._near:
+                walked.append(folder)
                 base = os.path.join(folder, relative)
                 for candidate in (base + ".py", os.path.join(base, "__init__.py")):
                     if candidate in self.name_of:
-                        return candidate
-                parent = os.path.dirname(folder)
-                if parent == folder:
-                    break
-                folder = parent
+                        self._near[(relative, folder)] = candidate
+                        break
+                else:
+                    parent = os.path.dirname(folder)
+                    if parent == folder:
+                        self._near[(relative, folder)] = None
+                    folder = parent
+            for seen in walked:
+                self._near[(relative, seen)] = self._near[(relative, folder)]
+            if self._near[(relative, folder)] is not None:
+                return self._near[(relative, folder)]
         if name in self.by_name:
             return self.by_name[name]
         matches = sorted(self.by_suffix.get(name, set()))
