@@ -1,17 +1,17 @@
 """Work started ahead, in one background thread, while the main thread runs the passes of a
-check: XLA compiles without holding the GIL, so on a machine with two cores the eager passes
-and the compiles share the time instead of adding up (issue 20 item 12).
+check (issue 20 item 12): :func:`compile_gradients` compiles the Flax gradient programs of
+:func:`parity.harness.localize.localize_gradients` (XLA compiles without holding the GIL) while
+the eager forward passes and the layer reports run.
 
-- :func:`warm_up`: the Flax passes the check makes later (float64 eval, float32 train,
-  float64 train), run once without hooks and thrown away, so that jax has compiled their eager
-  operations (once per operation, shape and dtype) when the main thread gets there.
-- :func:`compile_gradients`: the Flax gradient programs of :func:`localize_gradients`.
+One worker: the main thread and one compile use the two cores of a small machine; a second
+would only compete with them. Nothing here changes a value: a program compiled ahead is the one
+the main thread would have compiled. The pool's thread is joined at interpreter exit, so a
+compile still running then delays the exit rather than being killed inside XLA.
 
-One worker: the main thread and one background task use the two cores of a small machine; a
-second would only compete with them. Nothing here changes a value: a warm-up's output is
-dropped, and a program compiled ahead is the one the main thread would have compiled. The
-pool's thread is joined at interpreter exit, so work still running then delays the exit rather
-than being killed inside XLA.
+Also tried and left out (2026-12-07, BENCHMARKS.md): running the float64 eval, float32 train and
+float64 train Flax passes ahead to warm jax's eager-operation caches. It moved compile time off
+the main thread but raised the Linen ResNet-18 peak by ~150 MB, and gained no wall time that
+the box's noise could show.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from parity.harness import flax_grad, memory
+from parity.harness import flax_grad
 from parity.harness.dropout import active_dropout
 from parity.harness.localize import GradientOptions, independent_rng
 from parity.harness.pair import ModelPair
@@ -34,25 +34,11 @@ _pool: ThreadPoolExecutor | None = None
 
 def submit(fn: Callable[[], Any]) -> Future:
     """Run ``fn()`` in the background thread; its :class:`~concurrent.futures.Future` (an error
-    stays in it: a warm-up that fails leaves the main thread's pass to report it)."""
+    stays in it until the result is asked for)."""
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parity-ahead")
     return _pool.submit(fn)
-
-
-def warm_up(pair: ModelPair, x: np.ndarray) -> None:
-    """Queue the Flax float64 eval, float32 train and float64 train passes on ``x`` (torch
-    layout), in the order the check needs them; the float32 eval pass runs on the main thread
-    meanwhile (validation)."""
-    side, xf = pair.flax_side(), pair.flax_input(np.asarray(x))
-    for train, float64 in ((False, True), (True, False), (True, True)):
-        submit(lambda train=train, float64=float64: _warm(side, xf, train, float64))
-
-
-def _warm(side, xf, train: bool, float64: bool) -> None:
-    side.forward(xf, train, float64=float64)
-    memory.trim()
 
 
 def compile_gradients(pair: ModelPair, x: np.ndarray, y: np.ndarray, options: GradientOptions) -> None:

@@ -567,8 +567,6 @@ class SpecModels:
 
         try:
             pair = self.pair("cpu")
-            # the Flax passes of the check compile in the background while validation runs
-            ahead.warm_up(pair, self.input.sample(np.random.default_rng(config.seed)))
             batches(pair, self.input, config.seed, 0)
         except (SpecError, ConversionError, OSError) as e:
             raise ModelsError(str(e)) from None
