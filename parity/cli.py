@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from parity.errors import ParityError
@@ -43,6 +44,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: sub-commands in which torch runs while XLA compiles in a background thread
+#: (:mod:`parity.harness.ahead`): torch's OpenMP threads sleep between parallel regions instead
+#: of spinning, which took the second core from the compiler (ResNet-18 ``check --localize``,
+#: idle 2-core box: 41-43 -> 33-34 CPU s, 28-31 -> 24-25 s wall; BENCHMARKS.md). It changes no
+#: value. Not ``bench``: its torch rates are measured with the default policy.
+SLEEPING_OMP_THREADS = frozenset({"check", "port"})
+
+
+def configure_threads(command: str) -> None:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` for :data:`SLEEPING_OMP_THREADS` unless the user set a
+    policy; it takes effect when torch is first imported (later in this process)."""
+    if command in SLEEPING_OMP_THREADS:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """Return the top-level parser; only the chosen sub-command's module is imported."""
     from parity import __version__
@@ -66,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    configure_threads(args.command)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args))

@@ -132,3 +132,23 @@ def test_jax_platforms_without_the_cpu_backend_is_one_line():
         assert line.startswith(f"{device} error jax has no usable cpu backend with JAX_PLATFORMS='cuda'"), (
             line
         )
+
+
+def test_check_and_port_let_torchs_openmp_threads_sleep(monkeypatch):
+    """``check`` and ``port`` (torch beside a background XLA compile) set
+    ``OMP_WAIT_POLICY=PASSIVE`` before torch loads, unless the user chose a policy; other
+    commands leave it alone (``bench`` measures torch with its default)."""
+    from parity import cli
+
+    for command, given, expected in [
+        ("check", None, "PASSIVE"),
+        ("port", None, "PASSIVE"),
+        ("check", "ACTIVE", "ACTIVE"),
+        ("bench", None, None),
+        ("lint", None, None),
+    ]:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        if given is not None:
+            monkeypatch.setenv("OMP_WAIT_POLICY", given)
+        cli.configure_threads(command)
+        assert os.environ.get("OMP_WAIT_POLICY") == expected, command
