@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from parity.arrays import to_jax
 from parity.convert.common import (
     ConversionError,
     check_array,
@@ -72,7 +73,6 @@ def flax_leaves(target: Any) -> dict[str, Any]:
 
 
 def _write_nnx(model: Any, flat: Mapping[str, np.ndarray]) -> None:
-    import jax.numpy as jnp
     from flax import nnx
 
     for col, typ in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
@@ -80,7 +80,7 @@ def _write_nnx(model: Any, flat: Mapping[str, np.ndarray]) -> None:
         for path, var in nnx.to_flat_state(state):
             key = _join(col, *map(str, path))
             if key in flat:
-                var.set_value(jnp.asarray(flat[key]))
+                var.set_value(to_jax(flat[key]))
         nnx.update(model, state)
 
 

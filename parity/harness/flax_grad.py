@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from parity.arrays import to_jax
 from parity.harness import memory
 from parity.harness.dropout import FlaxHook, flax_dropout_hook
 from parity.layout import Layout, activation_to_flax
@@ -73,8 +74,8 @@ def gradient_arguments(
     ``float64`` (call it under ``jax.enable_x64``)."""
     cast = float_cast(jnp.float64 if float64 else None)
     params, bstats, rest = (jax.tree.map(cast, t) for t in (side.params, side.batch_stats, side.rest))
-    xf = cast(jnp.asarray(activation_to_flax(x, layout=input_layout)))
-    return params, bstats, rest, xf, jnp.asarray(y), rng
+    xf = cast(to_jax(activation_to_flax(x, layout=input_layout)))
+    return params, bstats, rest, xf, to_jax(y), rng
 
 
 def gradient_loss(side: Any, loss: str, train: bool, hook: FlaxHook | None = None) -> Callable:
@@ -134,6 +135,6 @@ def float_cast(dtype) -> Callable:
     def cast(a):
         if dtype is None or not (hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating)):
             return a
-        return jnp.asarray(a, dtype)
+        return a if isinstance(a, jax.Array) and a.dtype == dtype else to_jax(a, dtype)
 
     return cast

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from parity.arrays import to_jax
 from parity.defaults import FLOAT64_REL_TOL
 from parity.harness.between import input_rows
 from parity.harness.flax_grad import float_cast
@@ -56,7 +57,7 @@ def flax_activations_float64(
         wide.params, wide.batch_stats, wide.rest = (
             jax.tree.map(cast, t) for t in (side.params, side.batch_stats, side.rest)
         )
-        fouts, new_bs = wide.activations(np.asarray(cast(jnp.asarray(x))), plan, train, rng)
+        fouts, new_bs = wide.activations(np.asarray(cast(to_jax(x))), plan, train, rng)
         return fouts, (wide.bn_stats(), wide.bn_stats(new_bs))
 
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from parity.arrays import to_jax
+
 #: set while :func:`all_outputs` is active: adapted torch models return their whole tree
 _ALL = contextvars.ContextVar("parity_all_outputs", default=False)
 
@@ -119,8 +121,8 @@ def _flax_value(a: Any, n: int) -> Any:
     if not isinstance(a, np.ndarray):
         return a
     if a.dtype.kind == "f":  # float64 under jax.enable_x64 (the float64 passes), else float32
-        return jnp.asarray(a[:n], dtype=jax.dtypes.canonicalize_dtype(jnp.float64))
-    return jnp.asarray(a[:n])
+        return to_jax(a[:n], jax.dtypes.canonicalize_dtype(jnp.float64))
+    return to_jax(a[:n])
 
 
 def adapt_torch(model: Any, path: str | None, only: bool = False, extra: ExtraInputs | None = None) -> Any:
@@ -251,7 +253,7 @@ def flax_tree(side: Any, x: np.ndarray, train: bool, hook: Any, float64: bool, s
         cast = float_cast(jnp.float64 if float64 else None)
         p, b, r = (jax.tree.map(cast, t) for t in (side.params, side.batch_stats, side.rest))
         rng = jax.random.key(seed)
-        out, _, _ = side.apply(p, b, r, cast(jnp.asarray(x)), train=train, hook=hook, rng=rng)
+        out, _, _ = side.apply(p, b, r, cast(to_jax(x)), train=train, hook=hook, rng=rng)
         return to_numpy_tree(out)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn as tnn
 
+from parity.arrays import to_jax
 from parity.harness import flax_grad
 from parity.harness.dropout import (
     FlaxHook,
@@ -132,8 +133,8 @@ class FlaxSide:
                     "'batch_stats': ...} (e.g. from parity.convert.torch_to_linen)"
                 )
             self.kind = "linen"
-            self.params = jax.tree.map(jnp.asarray, dict(variables["params"]))
-            self.batch_stats = jax.tree.map(jnp.asarray, dict(variables.get("batch_stats", {})))
+            self.params = jax.tree.map(to_jax, dict(variables["params"]))
+            self.batch_stats = jax.tree.map(to_jax, dict(variables.get("batch_stats", {})))
             self.rest = None
         elif is_nnx(model):
             from flax import nnx
@@ -243,7 +244,7 @@ class FlaxSide:
         with jax.enable_x64(True) if float64 else contextlib.nullcontext():
             cast = float_cast(jnp.float64 if float64 else None)
             p, b, r = (jax.tree.map(cast, t) for t in (self.params, self.batch_stats, self.rest))
-            out, _, _ = self.apply(p, b, r, cast(jnp.asarray(x)), train=train, hook=hook)
+            out, _, _ = self.apply(p, b, r, cast(to_jax(x)), train=train, hook=hook)
             return np.asarray(out)
 
     def activations(self, x: np.ndarray, plan: FlaxCapture, train: bool, rng: jax.Array | None):
@@ -270,7 +271,7 @@ class FlaxSide:
                     if flat
                     else torch_to_flax_layout(xin, np.shape(args[0]), like=np.asarray(args[0]))
                 )
-                args = (jnp.asarray(xin, dtype=args[0].dtype), *args[1:])
+                args = (to_jax(xin, args[0].dtype), *args[1:])
             out = call_next(*args, **kwargs)
             if tname is not None:
                 fouts[(tname, k)] = np.asarray(out)
@@ -278,7 +279,7 @@ class FlaxSide:
 
         uniforms = {to_flax(n): [jnp.asarray(u) for u in us] for n, us in trun.uniforms.items()}
         hook = flax_dropout_hook(uniforms, capture, torch_layout=True) if plan.shared_masks else capture
-        xf = jnp.asarray(x)
+        xf = to_jax(x)
         _, new_bs, _ = self.apply(
             self.params, self.batch_stats, self.rest, xf, train=train, hook=hook, rng=rng
         )
