@@ -334,3 +334,39 @@ def test_a_model_whose_dropout_runs_compiles_nothing_ahead():
     assert not pair.memo.get("flax_programs")
     compile_gradients(pair, x, y, GradientOptions(mode="eval"))
     assert len(pair.memo["flax_programs"]) == 2
+
+
+def test_to_jax_gives_jnp_asarrays_values_and_compiles_nothing():
+    """:func:`parity.arrays.to_jax` is ``jnp.asarray`` (same values, dtype, weak type) without
+    the XLA program ``jnp.asarray`` compiles per new shape and dtype (jax 0.10)."""
+    import jax.monitoring
+    import jax.numpy as jnp
+
+    from parity.arrays import to_jax
+
+    compiles = []
+
+    def listener(event, duration, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    rng = np.random.default_rng(0)
+    cases = [
+        (rng.standard_normal((3, 5 + i)).astype(np.float32), dtype)
+        for i, dtype in enumerate((None, np.float64))
+    ]
+    cases.append((np.arange(7, dtype=np.int64), None))
+    jax.clear_caches()  # nothing compiled by earlier tests
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        with jax.enable_x64(True):
+            got = [to_jax(a, dtype) for a, dtype in cases]
+        assert compiles == []
+        with jax.enable_x64(True):
+            expected = [jnp.asarray(a, dtype) for a, dtype in cases]
+        assert compiles  # the listener sees jnp.asarray's compiles
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    for g, e in zip(got, expected, strict=True):
+        assert isinstance(g, jax.Array) and g.dtype == e.dtype and g.weak_type == e.weak_type
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(e))
