@@ -225,15 +225,16 @@ def load_nnx_variables(model: Any, variables: Mapping[str, Any]) -> Any:
 
     Keys, shapes and dtypes must match the model's own state exactly.
     """
-    import jax.numpy as jnp
     from flax import nnx
+
+    from parity.arrays import to_jax
 
     current = {k: (v.shape, v.dtype) for k, v in flatten_tree(nnx_variables(model)).items()}
     flat = _validated("NNX variables", flatten_tree(variables), current)
     for col, typ in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
         state = nnx.state(model, typ)
         pure = unflatten_tree(
-            {k.split("/", 1)[1]: jnp.asarray(v) for k, v in flat.items() if k.startswith(col + "/")}
+            {k.split("/", 1)[1]: to_jax(v) for k, v in flat.items() if k.startswith(col + "/")}
         )
         nnx.replace_by_pure_dict(state, pure)
         nnx.update(model, state)
