@@ -78,7 +78,7 @@ class NNXMasked(nnx.Module):
         self.head = nnx.Linear(8, 3, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None):
-        m = attention_mask[..., None].astype(self.head.kernel.value.dtype)
+        m = attention_mask[..., None].astype(self.head.kernel.dtype)
         return self.head((self.embed(input_ids) * m).sum(1) / jnp.maximum(m.sum(1), 1))
 
 
