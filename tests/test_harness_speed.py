@@ -314,9 +314,9 @@ def test_an_unused_float64_program_is_dropped():
     x, y = _batch()
     pair = _pair("linen_net")
     compile_gradients(pair, x, y, GradientOptions())
-    # a tolerance no float32 row exceeds (the conv bias before the BatchNorm has a true
-    # gradient of zero, so its float32 rel_l2 is ~1)
-    report = localize_gradients(pair, x, y, GradientOptions(tol=100.0))
+    # a tolerance no float32 row can exceed on any CPU (the conv bias before the BatchNorm
+    # has a true gradient of zero, so its float32 rel_l2 is rounding noise over rounding noise)
+    report = localize_gradients(pair, x, y, GradientOptions(tol=float("inf")))
     assert all(r.passed and r.port_float64_rel_l2 is None for r in report.rows)
     assert pair.memo["flax_programs"] == {}
 
