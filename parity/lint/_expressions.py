@@ -75,13 +75,41 @@ def _sub_expressions(node: ast.AST) -> tuple[ast.expr, ...]:
     return tuple(out)
 
 
+def _with_effects(children: tuple[ast.expr, ...]) -> tuple[ast.expr, ...]:
+    """The sub-expressions whose evaluation can change anything: those with a call or a ``:=``
+    in them.  The others (names, attributes, constants, operators over them) only read, and
+    :meth:`ExpressionMixin._visit_children` drops their values, so it skips them."""
+    return tuple(child for child in children if any(isinstance(sub, _EFFECTS) for sub in ast.walk(child)))
+
+
+_EFFECTS = (ast.Call, ast.NamedExpr)
+
+
+def _parameter_facts(node: ast.Call) -> tuple[bool, tuple[ast.expr, ...]]:
+    """What a call says about training, read once per call site: whether the callee is an
+    optimizer (its name has ``optim`` in it), and the receivers of the ``.parameters()`` /
+    ``.named_parameters()`` calls in its arguments (none for a pure builtin such as ``len``)."""
+    callee = last_name(node.func)
+    if callee in PURE_BUILTINS:
+        return False, ()
+    receivers = tuple(
+        sub.func.value
+        for arg in [*node.args, *(keyword.value for keyword in node.keywords)]
+        for sub in ast.walk(arg)
+        if isinstance(sub, ast.Call)
+        and isinstance(sub.func, ast.Attribute)
+        and sub.func.attr in ("parameters", "named_parameters")
+    )
+    return "optim" in callee.lower(), receivers
+
+
 class ExpressionMixin:
     """Evaluates expressions to object ids and interprets calls (inlining known definitions)."""
 
     alias: dict[str, str]
     classes: dict[str, ClassInfo]
     method_owners: dict[str, list[str]]
-    parameter_calls: dict[ast.AST, list[ast.expr]]
+    parameter_calls: dict[ast.AST, tuple[bool, tuple[ast.expr, ...]]]
     children_cache: dict[ast.AST, tuple[ast.expr, ...]]
     touches: int
     obj_class: dict[str, str]
@@ -166,7 +194,7 @@ class ExpressionMixin:
         """Evaluate the sub-expressions of an expression with no handler of its own, in order."""
         children = self.children_cache.get(node)
         if children is None:
-            children = self.children_cache[node] = _sub_expressions(node)
+            children = self.children_cache[node] = _with_effects(_sub_expressions(node))
         for child in children:
             self._expr(child, frame, state)
 
@@ -217,23 +245,14 @@ class ExpressionMixin:
         self, node: ast.Call, frame: Frame, positional: Positional, keywords: Keywords
     ) -> None:
         """Objects whose parameters are handed to a call (an optimizer) are trained models."""
-        callee = last_name(node.func)
-        if callee in PURE_BUILTINS:
-            return
-        if "optim" in callee.lower():
+        facts = self.parameter_calls.get(node)
+        if facts is None:
+            facts = self.parameter_calls[node] = _parameter_facts(node)
+        optimizer, receivers = facts
+        if optimizer:
             for argument in [*positional, *keywords.values()]:
                 self.touches += 1
                 self.trained.update(objects(argument.value))
-        receivers = self.parameter_calls.get(node)
-        if receivers is None:
-            receivers = self.parameter_calls[node] = [
-                sub.func.value
-                for arg in [*node.args, *(keyword.value for keyword in node.keywords)]
-                for sub in ast.walk(arg)
-                if isinstance(sub, ast.Call)
-                and isinstance(sub.func, ast.Attribute)
-                and sub.func.attr in ("parameters", "named_parameters")
-            ]
         for receiver in receivers:
             self.touches += 1
             self.trained.update(self._static_objects(receiver, frame))

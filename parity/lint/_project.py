@@ -64,9 +64,9 @@ class ProjectIndex:
         #: of ``.parameters()`` in its arguments
         self.defs_cache: dict[ast.AST, list] = {}
         self.scope_cache: dict[ast.AST, tuple[set[str], set[str], set[str]]] = {}
-        self.parameter_calls: dict[ast.AST, list[ast.expr]] = {}
+        self.parameter_calls: dict[ast.AST, tuple[bool, tuple[ast.expr, ...]]] = {}
         self.loop_trains: dict[ast.AST, bool] = {}  # a loop body holds a training step
-        self.children_cache: dict[ast.AST, tuple[ast.expr, ...]] = {}  # sub-expressions evaluated
+        self.children_cache: dict[ast.AST, tuple[ast.expr, ...]] = {}  # sub-expressions with effects
         for file, root in files:
             names = module_names(file, root)
             for name in names:
