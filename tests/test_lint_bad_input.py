@@ -18,7 +18,11 @@ from parity.lint import lint_file, lint_source
 
 ROOT = Path(__file__).resolve().parent.parent
 #: parses (1,000 terms), but interpreting it needs more Python stack than the default limit
-DEEP_EXPRESSION = "x = " + " + ".join(["a"] * 1000) + "\n"
+#: 1000 nested additions with a call at the bottom: the interpreter must evaluate every level
+#: (an expression with no call or ``:=`` in it only reads, and is skipped)
+DEEP_EXPRESSION = "x = f() + " + " + ".join(["a"] * 1000) + "\n"
+#: the same depth with nothing to evaluate: analysed in full, no MODE009
+DEEP_PURE_EXPRESSION = "x = " + " + ".join(["a"] * 1000) + "\n"
 #: does not even parse: the parser's own recursion limit
 TOO_DEEP_TO_PARSE = "x = " + " + ".join(["a"] * 6000) + "\n"
 
@@ -108,6 +112,10 @@ def test_recursion_in_the_analysis_is_mode009_never_clean(capsys, tmp_path, defa
     path.write_text(DEEP_EXPRESSION.rstrip("\n") + "  # noqa\n")
     assert main(["lint", str(path)]) == 1
     assert "MODE009" in capsys.readouterr().out
+
+
+def test_a_deep_expression_without_calls_is_skipped_not_cut_short(default_recursion_limit):
+    assert lint_source(DEEP_PURE_EXPRESSION, "deep.py") == []
 
 
 def test_statement_budget_is_mode009_never_clean():

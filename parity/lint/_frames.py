@@ -45,6 +45,28 @@ class SavedFlag(NamedTuple):
 class Frame:
     """One activation: the module body, or an inlined function call."""
 
+    __slots__ = (
+        "callables",
+        "cls",
+        "consts",
+        "env",
+        "file",
+        "finally_stack",
+        "flags",
+        "funcs",
+        "globals",
+        "locals",
+        "loops",
+        "name",
+        "node",
+        "nonlocals",
+        "param_consts",
+        "parent",
+        "returns",
+        "self_val",
+        "tag",
+    )
+
     def __init__(self, node: ast.AST, parent: Frame | None, name: str, cls: str | None = None) -> None:
         """A frame for ``node`` whose free names are looked up in ``parent``."""
         self.node = node

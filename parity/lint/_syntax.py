@@ -101,7 +101,7 @@ def _parameter_names(args: ast.arguments) -> set[str]:
     return names
 
 
-_NESTED_SCOPES = (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+_NESTED_SCOPES = frozenset({ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp})
 
 
 def function_scope_names(node: FunctionNode) -> ScopeNames:
@@ -112,23 +112,33 @@ def function_scope_names(node: FunctionNode) -> ScopeNames:
     todo: list[ast.AST] = list(node.body)
     while todo:  # iterative, so a deeply nested body cannot overflow the Python stack
         child = todo.pop()
-        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(child.name)
+        kind = type(child)
+        if kind is ast.Name:  # the most common node; its only child is its context
+            if type(child.ctx) is not ast.Load:  # type: ignore[attr-defined]
+                names.add(child.id)  # type: ignore[attr-defined]
             continue
-        if isinstance(child, _NESTED_SCOPES):
+        if kind in _LEAVES:
             continue
-        if isinstance(child, ast.Global):
-            glob.update(child.names)
-        elif isinstance(child, ast.Nonlocal):
-            nonloc.update(child.names)
-        elif isinstance(child, ast.Name) and isinstance(child.ctx, (ast.Store, ast.Del)):
-            names.add(child.id)
-        elif isinstance(child, ast.ExceptHandler) and child.name:
-            names.add(child.name)
-        elif isinstance(child, (ast.Import, ast.ImportFrom)):
-            names.update((alias.asname or alias.name).split(".")[0] for alias in child.names)
+        if kind in _DEFINITIONS:
+            names.add(child.name)  # type: ignore[attr-defined]
+            continue
+        if kind in _NESTED_SCOPES:
+            continue
+        if kind is ast.Global:
+            glob.update(child.names)  # type: ignore[attr-defined]
+        elif kind is ast.Nonlocal:
+            nonloc.update(child.names)  # type: ignore[attr-defined]
+        elif kind is ast.ExceptHandler and child.name:  # type: ignore[attr-defined]
+            names.add(child.name)  # type: ignore[attr-defined]
+        elif kind is ast.Import or kind is ast.ImportFrom:
+            names.update((alias.asname or alias.name).split(".")[0] for alias in child.names)  # type: ignore[attr-defined]
         todo.extend(ast.iter_child_nodes(child))
     return names - glob - nonloc, glob, nonloc
+
+
+_DEFINITIONS = frozenset({ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef})
+#: nodes with no child that can bind a name (constants and expression contexts)
+_LEAVES = frozenset({ast.Constant, ast.Load, ast.Store, ast.Del, ast.Pass, ast.Break, ast.Continue})
 
 
 def direct_defs(body: list[ast.stmt]) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef]:
