@@ -33,6 +33,7 @@ def _torch_step(model):
     torch_train.train_step(model, opt, torch.from_numpy(X), torch.from_numpy(Y))
 
 
+@pytest.mark.slow  # 2.0 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_torch_one_bn_in_eval_is_measured():
     model = torch_models.build_model("digits", seed=0)
     audit = ModeAudit(model)
@@ -83,6 +84,7 @@ class _PartlyFrozenLinen(nn.Module):
         return nn.Dense(10)(x)
 
 
+@pytest.mark.slow  # 3.0 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_linen_partly_frozen_model_is_measured_per_call():
     model = _PartlyFrozenLinen()
     xl = jnp.asarray(X.transpose(0, 2, 3, 1))
@@ -106,6 +108,7 @@ def _nnx_step(model):
     return float(nnx_train.train_step(model, opt, xl, jnp.asarray(Y))["train_mode"])
 
 
+@pytest.mark.slow  # 7.7 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_nnx_one_bn_in_eval_is_measured():
     model = nnx_models.build_model("digits", seed=0)
     model.train()

@@ -124,6 +124,7 @@ def test_usage_errors_exit_2(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 3.3 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_cuda_without_gpu_is_a_clear_error(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -298,6 +299,7 @@ def _rejudged_rows(doc) -> list[dict]:
     return []
 
 
+@pytest.mark.slow  # 2.1 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_check_rejudges_a_float32_decision_flip_on_every_cpu(tmp_path, capsys):
     """The float64 re-judgement, end to end through ``parity check``: the torch side routes a
     max-pool gradient to the other element in float32 on any IEEE float32 CPU (the window of

@@ -112,6 +112,7 @@ def test_a_float64_input_dtype_prints_no_jax_warning_before_the_error(capsys):
     assert "Input type must be an integer" in one_line(capsys.readouterr().err)
 
 
+@pytest.mark.slow  # 3.2 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_jax_platforms_without_the_cpu_backend_is_one_line():
     """``JAX_PLATFORMS=cuda`` on a machine without a GPU, ``--device cpu`` or ``auto``: jax
     asserted (a traceback); now one DeviceError line that says what to change. A child process,

@@ -29,6 +29,7 @@ def _assert_same_state(back, sd):
             assert torch.equal(back[k], sd[k]), k
 
 
+@pytest.mark.slow  # 7.5 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_user_model_linen_forward_parity_and_bit_exact_round_trip():
     tm, fm = make_torch(), make_linen()
     v = torch_to_flax(tm.state_dict(), tm, fm.init(jax.random.key(0), linen_input()))

@@ -21,6 +21,7 @@ def test_digits_shapes_range_and_fixed_split():
     np.testing.assert_array_equal(again.x_test, d.x_test)
 
 
+@pytest.mark.slow  # 2.4 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_mnist1d_generated_offline_without_side_effects(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data.load_mnist1d.cache_clear()

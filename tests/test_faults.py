@@ -73,6 +73,7 @@ def test_flatten_order_not_permuted(digits):
 
 
 @pytest.mark.parametrize("framework", ["linen", "nnx"])
+@pytest.mark.slow  # 4.7 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_conv_kernel_not_transposed(digits, framework):
     x, _ = digits
     pair = zoo_pair("digits", "linen", 0, **SMALL)
@@ -87,6 +88,7 @@ def test_conv_kernel_not_transposed(digits, framework):
     assert rep.first_divergent.name == "conv1", rep.format()
 
 
+@pytest.mark.slow  # 2.9 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_bn_momentum_flax_default(digits, monkeypatch):
     """Flax's own default 0.99 (torch 0.01) left in place: outputs agree in both modes, only
     the running statistics after a train-mode pass differ."""
@@ -129,6 +131,7 @@ def test_running_var_copied_without_correction_after_training(digits):
     assert localize(pair.replace(torch=raw.torch_model, variables=fixed), x).passed
 
 
+@pytest.mark.slow  # 3.7 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_adam_eps_inside_the_sqrt(digits):
     """optax.adam(eps=0, eps_root=eps) puts eps under the square root; torch adds it outside."""
     good = make_optimizer_pair("adam", 1e-3)
@@ -180,6 +183,7 @@ def test_parameter_frozen_on_one_side(digits):
     assert [r.name for r in rep.rows if not r.passed] == ["bn2.weight"]
 
 
+@pytest.mark.slow  # 2.5 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_float64_rejudgement_still_catches_a_small_gradient_bug(digits):
     """bn1's scale off by 1e-4 relative on the Flax side: every gradient it moves fails in float32
     and again in float64 (the port computes another function), so the re-judgement excuses none."""

@@ -3,6 +3,7 @@
 a tracer under ``jax.eval_shape`` (issue 20, item 1)."""
 
 import flax.linen as fnn
+import pytest
 import torch
 from torch import nn
 
@@ -53,6 +54,7 @@ def test_map_passes_train_as_a_python_bool(capsys):
     assert "TracerBoolConversionError" not in err and "all paired" in out
 
 
+@pytest.mark.slow  # 2.6 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_check_passes_train_as_a_python_bool(capsys):
     """A guard: check already passed the flag statically (FlaxSide.mode_kwargs, closed over)."""
     argv = ["check", "--device", "cpu", "--torch", f"{HERE}:make_torch", "--flax", f"{HERE}:make_linen"]

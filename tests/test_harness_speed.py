@@ -105,6 +105,7 @@ def _assert_same(a, b) -> None:
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow  # 2.4 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_linen_from_shapes_equals_the_random_init_route(monkeypatch):
     calls = []
     real = lazy_init.linen_converted
@@ -183,6 +184,7 @@ def _foundation(flax_factory: str):
     return spec.foundation(config, "cpu", "strict", tols)
 
 
+@pytest.mark.slow  # 2.4 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_the_float32_eval_pass_runs_once_for_validation_shapes_and_forward_rows(monkeypatch):
     """Validation, the labels' output shape and the ``forward_eval`` row ask for the same eval
     pass on the same batch: it runs once (it ran three times)."""
@@ -191,6 +193,7 @@ def test_the_float32_eval_pass_runs_once_for_validation_shapes_and_forward_rows(
     assert calls.count((False, False, SHAPE)) == 1
 
 
+@pytest.mark.slow  # 2.7 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_the_float64_probe_runs_on_the_whole_batch(monkeypatch):
     """The "can both sides compute in float64" probe uses the checked batch, whose shapes the
     later float64 passes share (jax compiles each eager operation once per shape); a 2-sample
@@ -201,6 +204,7 @@ def test_the_float64_probe_runs_on_the_whole_batch(monkeypatch):
     assert {shape for _, _, shape in calls} == {SHAPE}
 
 
+@pytest.mark.slow  # 4.7 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_the_eval_layer_report_made_before_the_gradients_is_the_one_localize_makes():
     """With ``eval_layers`` the foundation makes the eval-mode layer report before the
     gradients (which free jax's compiled eager operations); it is the report ``--localize``
@@ -218,6 +222,7 @@ def test_the_eval_layer_report_made_before_the_gradients_is_the_one_localize_mak
     assert reports["layers_eval"].meta == alone.meta
 
 
+@pytest.mark.slow  # 2.2 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_free_caches_clears_jax_caches_and_changes_no_gradient_row():
     """``GradientOptions(free_caches=True)`` drops jax's compiled programs before the float64
     gradients (the memory peak) and gives the same rows. ``tol=0`` makes every row with any
@@ -280,6 +285,7 @@ def _count_compiles(monkeypatch) -> list[bool]:
 
 
 @pytest.mark.parametrize("flax_factory", ["linen_net", "nnx_net"])
+@pytest.mark.slow  # 2.9 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_gradient_programs_compiled_ahead_are_the_ones_used_and_change_nothing(monkeypatch, flax_factory):
     """:func:`parity.harness.ahead.compile_gradients` compiles the float32 and float64 gradient programs in
     the background; :func:`localize_gradients` then takes them (no third compile) and gives

@@ -37,6 +37,7 @@ def _mlp(**kw):
     return linen_pair(make_mlp(), LinenMLPBlock(**kw), x, "same"), x
 
 
+@pytest.mark.slow  # 2.8 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_correct_port_passes_in_float64_with_the_float32_values_unchanged():
     pair, x = _mlp()
     with_64 = localize(pair, x, LocalizeOptions())
@@ -130,6 +131,7 @@ def _gpt_pair(tmp_path, tied: bool):
     return pair, ids, np.random.default_rng(1).integers(0, VOCAB, TOKENS)
 
 
+@pytest.mark.slow  # 7.2 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_a_port_that_did_not_tie_the_head_is_named_in_the_gradient_rows(tmp_path):
     pair, ids, labels = _gpt_pair(tmp_path, tied=False)
     rep = localize_gradients(pair, ids, labels, GradientOptions(mode="eval"))

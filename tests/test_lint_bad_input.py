@@ -102,6 +102,7 @@ def default_recursion_limit():
     sys.setrecursionlimit(previous)
 
 
+@pytest.mark.slow  # 3.8 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_recursion_in_the_analysis_is_mode009_never_clean(capsys, tmp_path, default_recursion_limit):
     findings = lint_source(DEEP_EXPRESSION + SEED, "deep.py")
     assert [f.code for f in findings][:1] == ["MODE009"]

@@ -57,6 +57,7 @@ def test_map_lists_unmatched_keys_and_exits_1(tmp_path, capsys):
         ("missing/file.py:make", r"no such file"),
     ],
 )
+@pytest.mark.slow  # 4.7 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_bad_specs_are_one_line_exit_1(capsys, spec, expected):
     assert main(["map", "--torch", spec, "--flax", NNX]) == 1
     err = capsys.readouterr().err

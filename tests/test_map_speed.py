@@ -187,6 +187,7 @@ def test_a_shapes_only_linen_target_is_what_map_pairs():
     assert steps == [f"building the Flax model {USER}:make_linen from shapes"]
 
 
+@pytest.mark.slow  # 3.3 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_on_a_terminal_the_step_bar_shows_then_the_one_error_line():
     """stderr a pseudo-terminal (a user at a shell): the bar names the step; a failure still
     ends in its one line. (In a pipe stderr holds only that line: ``test_convert_bad_input``.)"""

@@ -159,6 +159,7 @@ def _torch_acc(model: nn.Module, x: np.ndarray, y: np.ndarray, order: np.ndarray
 # ------------------------------------------------------------------------------------ rows
 
 
+@pytest.mark.slow  # 5.4 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_row1_train_outside_epoch_loop(digits, monkeypatch):
     """Seed's bug: only epoch 0 trains in train mode; the running stats freeze after it.
     Linen must write the schedule (fit_bug_emulated) and the batch_stats guard flags it."""
@@ -438,6 +439,7 @@ def _forgot_batch_stats_step(state, batch, rng):
 _forgot_batch_stats_step = jax.jit(_forgot_batch_stats_step)
 
 
+@pytest.mark.slow  # 3.1 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_row6_linen_forgotten_batch_stats(digits, nnx_model, nnx_opt):
     """Silent in Linen: training looks normal, the running stats stay at 0/1, eval collapses."""
     x_test = digits.channels_last()[1]
@@ -507,6 +509,7 @@ def test_row7_linen_misuse_is_loud(digits, trained):
     assert model(torch.from_numpy(digits.x_test[:BATCH])).shape == (BATCH, 10)
 
 
+@pytest.mark.slow  # 2.7 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_row8_nnx_eval_leaks_view_does_not(digits, nnx_model, nnx_opt):
     """NNX: evaluate() leaves model.eval() on, so later epochs train in eval mode, like torch;
     nnx.view gives fixed-mode views and the leak cannot happen."""
@@ -523,6 +526,7 @@ def test_row8_nnx_eval_leaks_view_does_not(digits, nnx_model, nnx_opt):
     assert nnx_model.bn1.use_running_average is True  # the views did not change it
 
 
+@pytest.mark.slow  # 2.8 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_row9_functional_call_and_vmap_with_batchnorm(digits):
     """torch.func: functional_call works (and mutates the buffers passed in); vmap over data
     raises on BN's in-place running-stat update; the workarounds; Linen's vmap over seeds."""

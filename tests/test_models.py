@@ -13,6 +13,7 @@ from torch_impl import models as torch_models
 
 
 @pytest.mark.parametrize("name,shape", [("digits", (1, 8, 8)), ("signal1d", (1, 40))])
+@pytest.mark.slow  # 9.4 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_output_shapes_all_three(name, shape):
     x = np.zeros((3, *shape), np.float32)
     assert torch_models.build_model(name).eval()(torch.from_numpy(x)).shape == (3, 10)

@@ -70,6 +70,7 @@ def test_bn_state_after_training_mode_passes(model, framework):
 
 
 @pytest.mark.parametrize("model,framework", CASES)
+@pytest.mark.slow  # 5.9 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_gradients_per_parameter(model, framework):
     _, x, y = _data(model)
     diffs = gradient_differences(zoo_pair(model, framework, seed=4, dropout=0.0), x, y)

@@ -88,6 +88,7 @@ def test_a_bad_spec_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # 2.3 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_a_keyword_input_is_ported_and_checked(tmp_path, capsys):
     """``--input mask=4,4``: the port takes ``mask`` as a keyword-only argument, the check passes
     it by name to both models, and train_step.py draws it and passes it by name."""
@@ -159,6 +160,7 @@ def _torch_state(model: str) -> dict:
     return {k: v.detach().numpy() for k, v in getattr(module, model)().state_dict().items()}
 
 
+@pytest.mark.slow  # 7.1 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_tiny_mlp_nnx_passes_writes_weights_and_a_train_step_that_runs(tmp_path, capsys, monkeypatch):
     from flax import serialization
     from safetensors.numpy import load_file
@@ -191,6 +193,7 @@ def test_tiny_mlp_nnx_passes_writes_weights_and_a_train_step_that_runs(tmp_path,
     assert "one training step, loss" in done.stdout
 
 
+@pytest.mark.slow  # 2.3 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_a_port_that_fails_the_check_exits_1(tmp_path, capsys, monkeypatch):
     """A generator slip (ReLU written as tanh) is caught by the check the command runs."""
     import dataclasses

@@ -68,6 +68,7 @@ def assert_port_passes(pair, shape: tuple[int, ...], train_bound: float = FLOAT6
         assert worst < bound, f"{mode}: float64 port difference {worst:.3g}"
 
 
+@pytest.mark.slow  # 6.5 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_digits_cnn_nnx_port_passes(tmp_path):
     port, pair = port_pair(tmp_path, "digits", "nnx", (4, 1, 8, 8))
     assert port.stubs == () and port.channels_last and port.factory == "make"
@@ -94,6 +95,7 @@ UPSAMPLERS = [("upsample2d", (2, 2, 5, 5)), ("upsample1d", (2, 2, 6))]
 
 
 @pytest.mark.parametrize(("model", "shape"), UPSAMPLERS)
+@pytest.mark.slow  # 2.3 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_conv_transpose_and_a_layer_norm_over_several_axes_port(tmp_path, model, shape):
     """``nn.ConvTranspose1d/2d`` (stride, padding, output_padding, dilation) become Flax
     ``ConvTranspose`` with explicit padding pairs; ``nn.LayerNorm`` over 2-3 trailing axes gets

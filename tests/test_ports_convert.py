@@ -100,6 +100,7 @@ def _flax_grads(fm, variables, w):
     return jax.jit(jax.grad(loss))(jax.tree.map(jnp.asarray, variables["params"]))
 
 
+@pytest.mark.slow  # 2.7 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_a_port_that_did_not_tie_is_named_from_its_gradients(gpt):
     (ports, rules), tm = gpt, make_gpt()
     w = np.random.default_rng(1).standard_normal((*TOKENS, VOCAB)).astype(np.float32)

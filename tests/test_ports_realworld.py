@@ -24,6 +24,7 @@ def make_flax():
 """
 
 
+@pytest.mark.slow  # 4.2 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_the_script_records_map_results_and_pairs_not_set_up(tmp_path, capsys):
     fields = ["label", "torch_repo", "torch_commit", "torch_path", "flax_repo", "flax_commit"]
     fields += ["flax_path", "flax_kind", "constructs"]

@@ -159,6 +159,7 @@ def test_check_hooks_auto_named_layers_and_blames_the_pool_between_them(capsys):
     assert "probable cause: maxpool: padding SAME in the port" in first
 
 
+@pytest.mark.slow  # 2.1 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_tokens_as_long_as_they_are_wide_are_not_read_channels_first():
     """nanoGPT at 16 tokens of width 16: a GELU's or Dropout's output ``(N, L, D)`` with
     ``L == D`` has a shape that cannot show its layout. It was read channels-first (transposed),
@@ -173,6 +174,7 @@ def test_tokens_as_long_as_they_are_wide_are_not_read_channels_first():
     assert rep.passed, rep.format()
 
 
+@pytest.mark.slow  # 3.0 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_a_tied_head_computed_with_attend_is_not_a_missing_layer(tmp_path):
     """nanoGPT's ``lm_head`` holds only ``wte``'s weight; its port computes ``wte.attend(x)``,
     so there is no Flax layer to hook. It was a FAIL row 'missing on the Flax side' in a

@@ -219,6 +219,7 @@ def test_linen_vmap_over_seeds_matches_the_loop_path(tiny_results):
             assert a["train_mode"] == b["train_mode"]
 
 
+@pytest.mark.slow  # 5.1 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_a_nan_loss_is_recorded_as_divergence_in_every_variant_and_path(tiny_results, tmp_path, monkeypatch):
     """One NaN input makes the first batch that holds it produce a NaN loss. Same shapes and
     optimizer as the other tests, so nothing recompiles."""

@@ -38,6 +38,7 @@ def _nnx_jit_epoch(model, optimizer, batches, schedule, evaluate_inside):
 
 
 @pytest.mark.parametrize("fit", ["fit_seed_bug", "fit_view"])
+@pytest.mark.slow  # 2.3 s in the idle default run of 2026-12-07: over the 2 s a default test may take
 def test_nnx_loops_step_with_split_merge_and_match_the_nnx_jit_step_exactly(fit, digits, monkeypatch):
     x_cl, test_cl = digits.channels_last()
     batches = lambda e: data.iterate_batches(x_cl[:N], digits.y_train[:N], BATCH, SEED, e)
