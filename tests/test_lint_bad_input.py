@@ -119,6 +119,34 @@ def test_a_deep_expression_without_calls_is_skipped_not_cut_short(default_recurs
     assert lint_source(DEEP_PURE_EXPRESSION, "deep.py") == []
 
 
+EVAL_IN_AN_F_STRING = """\
+import torch
+
+model = torch.nn.Linear(2, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for epoch in range(3):
+    model.train()
+    for x, y in data:
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+    print(f"epoch {epoch}: {model.eval() is None and epoch}")
+    for x, y in data:
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+"""
+
+
+def test_a_call_inside_an_operator_or_f_string_is_still_followed():
+    """Only call-free sub-expressions are skipped: an eval() inside a comparison inside an
+    f-string still leaves the model in eval mode for the second inner loop."""
+    findings = lint_source(EVAL_IN_AN_F_STRING, "op.py")
+    assert [(f.code, f.line) for f in findings] == [("MODE001", 11)]
+    plain = EVAL_IN_AN_F_STRING.replace("{model.eval() is None and epoch}", "{epoch}")
+    assert lint_source(plain, "op.py") == []
+
+
 def test_statement_budget_is_mode009_never_clean():
     body = "".join(f"    x{i} = {i}\n" for i in range(21_000))  # over the 20,000 statements per entry
     findings = lint_source("def huge():\n" + body, "huge.py")
