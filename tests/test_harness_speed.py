@@ -7,6 +7,8 @@ not fill (an NNX dropout rng, a Flax-only parameter) must fall back to the real 
 are in ``scripts/bench_check.py`` and BENCHMARKS.md, not here.
 """
 
+import contextlib
+
 import flax.linen as fnn
 import jax
 import numpy as np
@@ -309,6 +311,24 @@ def test_gradient_programs_compiled_ahead_are_the_ones_used_and_change_nothing(m
     assert calls == [False, True] and programs == {}
     assert any(r.port_float64_rel_l2 is not None for r in ahead.rows)
     assert [r.as_dict() for r in ahead.rows] == [r.as_dict() for r in inline.rows]
+
+
+@pytest.mark.parametrize("flax_factory", ["linen_net", "nnx_net"])
+@pytest.mark.parametrize("float64", [False, True])
+def test_abstract_arguments_are_the_shapes_of_the_arguments(flax_factory, float64):
+    """What :func:`parity.harness.ahead.compile_gradients` compiles for (shapes only, no float64
+    copy of the weights) is what the gradient pass gives the program."""
+    from parity.harness import flax_grad
+    from parity.harness.localize import independent_rng
+
+    x, y = _batch()
+    side = _pair(flax_factory).flax_side()
+    for rng in (None, independent_rng(True, "independent", 0, 0)):
+        with jax.enable_x64(True) if float64 else contextlib.nullcontext():
+            args = flax_grad.gradient_arguments(side, x, y, rng, float64, "channels_first")
+            shapes = flax_grad.abstract_arguments(side, x, y, rng, float64, "channels_first")
+            assert shapes == flax_grad.abstract(args)
+            assert flax_grad.program_key("cross_entropy", True, shapes)[2] is float64
 
 
 def test_an_unused_float64_program_is_dropped():

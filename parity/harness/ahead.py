@@ -55,10 +55,10 @@ def compile_gradients(pair: ModelPair, x: np.ndarray, y: np.ndarray, options: Gr
     rng = independent_rng(train, options.dropout_masks, options.seed, options.step)
     for float64 in (False, True) if options.float64_check else (False,):
         with jax.enable_x64(True) if float64 else contextlib.nullcontext():
-            args = flax_grad.gradient_arguments(
+            shapes = flax_grad.abstract_arguments(
                 side, np.asarray(x), np.asarray(y), rng, float64, pair.input_layout
             )
-        key = flax_grad.program_key(options.loss, train, args)
+        key = flax_grad.program_key(options.loss, train, shapes)
         if key not in side.programs:
-            task = (float64, flax_grad.compile_gradient, side, options.loss, train, flax_grad.abstract(args))
+            task = (float64, flax_grad.compile_gradient, side, options.loss, train, shapes)
             side.programs[key] = submit(lambda task=task: flax_grad.with_x64(*task))

@@ -78,6 +78,23 @@ def gradient_arguments(
     return params, bstats, rest, xf, to_jax(y), rng
 
 
+def abstract_arguments(
+    side: Any, x: np.ndarray, y: np.ndarray, rng: jax.Array | None, float64: bool, input_layout: Layout
+) -> tuple:
+    """``abstract(gradient_arguments(...))`` without making the arguments: no float64 copy of
+    the weights just to learn their shapes (call it in the same ``jax.enable_x64`` state)."""
+
+    def spec(a: Any) -> jax.ShapeDtypeStruct:
+        floating = float64 and jnp.issubdtype(a.dtype, jnp.floating)
+        return jax.ShapeDtypeStruct(
+            np.shape(a), jax.dtypes.canonicalize_dtype(jnp.float64 if floating else a.dtype)
+        )
+
+    params, bstats, rest = (jax.tree.map(spec, t) for t in (side.params, side.batch_stats, side.rest))
+    xf = spec(np.asarray(activation_to_flax(x, layout=input_layout)))
+    return params, bstats, rest, xf, spec(np.asarray(y)), abstract(rng)
+
+
 def gradient_loss(side: Any, loss: str, train: bool, hook: FlaxHook | None = None) -> Callable:
     """``f(params, batch_stats, rest, x, y, rng) -> mean loss`` of one pass in ``train`` or
     eval mode (``x`` in Flax layout): the function :func:`flax_gradients` differentiates."""
