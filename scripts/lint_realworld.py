@@ -18,7 +18,6 @@ file's outcome (``docs/results/lint/realworld.json`` is such a run, cited by doc
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import datetime
 import os
@@ -32,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's parity, not another installed copy
 
+from parity.device import cpu_model  # noqa: E402
 from parity.io import atomic_write_json  # noqa: E402
 from parity.lint import lint_paths  # noqa: E402
 from parity.lint._parallel import default_jobs  # noqa: E402
@@ -55,14 +55,8 @@ def flagged_files(folder: Path, jobs: int = 1) -> set[str]:
 
 def machine() -> dict:
     """The CPU model, core count, load average and Python version of this run."""
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "load_average": [round(value, 2) for value in os.getloadavg()],
         "python": platform.python_version(),

@@ -220,7 +220,7 @@ def rename(lines: list[str], args: list[str], wanted: dict[str, str], reserved: 
         for name, _, _ in p.defs:
             if (name, i) in loops:
                 continue  # the accumulator's update: part of its assignment above the loop
-            if name in spans and name not in args or p.loop:
+            if (name in spans and name not in args) or p.loop:
                 pinned.add(name)
             spans.setdefault(name, [i, i])
     others = set()
