@@ -273,7 +273,7 @@ def lint_paths(
     workers = 1 if any(str(file) == STDIN for file, _ in entries) else worker_count(jobs, len(entries))
     with _frozen_between_files(freeze) as file_done:
         if workers > 1:  # parsed once here, shared by the forked workers
-            _parse_checked(entries, project, file_done)
+            _parse_checked(entries, project, freeze)
         for findings in run_checks(len(entries), check, file_done, workers):  # in the serial order
             for finding in findings:  # a finding reached from several files: the first file's
                 found.setdefault((finding.path, finding.line, finding.col, finding.code), finding)
@@ -320,21 +320,27 @@ def _lint_entry(
     return [finding for finding in findings if config.reports(finding.path, finding.code)]
 
 
-def _parse_checked(
-    entries: list[tuple[Path, Path | None]], project: ProjectIndex, after_each: Callable[[], None]
-) -> None:
+def _parse_checked(entries: list[tuple[Path, Path | None]], project: ProjectIndex, freeze: bool) -> None:
     """Parse every checked file into the project's trees, as :func:`_lint_in_project` would (a
-    file that cannot be read or parsed is left for it to report); ``after_each`` runs after
-    each file (the collector freeze: the collector's scans of thousands of trees were most of
-    the parse time)."""
-    for file, _ in entries:
-        name = str(file)
-        try:
-            source = read_source(file).removeprefix("\ufeff")
-        except UnreadableSource:
-            continue
-        project.checked_tree(name, lambda source=source, name=name: parse_source(source, name))
-        after_each()
+    file that cannot be read or parsed is left for it to report), with the cyclic collector
+    paused: its scans of thousands of trees were most of the parse time, and a fresh syntax
+    tree holds no reference cycle to collect.  ``freeze``: the trees are then moved out of
+    later scans (:func:`gc.freeze`, see :func:`_frozen_between_files`)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for file, _ in entries:
+            name = str(file)
+            try:
+                source = read_source(file).removeprefix("\ufeff")
+            except UnreadableSource:
+                continue
+            project.checked_tree(name, lambda source=source, name=name: parse_source(source, name))
+        if freeze:
+            gc.freeze()
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _load_frozen(path: str) -> ast.Module | None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from parity.errors import ParityError
+from parity.lint._stack import with_stack_room
 
 #: the most worker processes a run starts by default (each holds its own analysis caches)
 MAX_DEFAULT_JOBS = 8
@@ -57,11 +58,7 @@ def run_checks(
     ``after_each`` runs after every check in the process that ran it (the collector freeze).
     Raises :class:`LintWorkerError` when a worker dies; KeyboardInterrupt stops every worker."""
     if jobs <= 1 or count < 2:
-        results = []
-        for index in range(count):
-            results.append(check(index))
-            after_each()
-        return results
+        return with_stack_room(lambda: _check_all(count, check, after_each))
     context = multiprocessing.get_context("fork")
     counter = context.Value("q", 0)
     for stream in (sys.stdout, sys.stderr):  # a forked child flushes its copy of the buffers at exit
@@ -86,10 +83,26 @@ def run_checks(
         _stop(workers, finished)
 
 
+def _check_all(count: int, check: Callable[[int], list], after_each: Callable[[], None]) -> list[list]:
+    """The serial run: every file checked in this process, in order."""
+    results = []
+    for index in range(count):
+        results.append(check(index))
+        after_each()
+    return results
+
+
 def _work(
     counter: Any, count: int, check: Callable[[int], list], after_each: Callable[[], None], out: Any
 ) -> None:
-    """A worker: check the next unclaimed file until none is left, sending ``(index, result)``."""
+    """A worker process: :func:`_claim_and_check` with room on the frame stack."""
+    with_stack_room(lambda: _claim_and_check(counter, count, check, after_each, out))
+
+
+def _claim_and_check(
+    counter: Any, count: int, check: Callable[[int], list], after_each: Callable[[], None], out: Any
+) -> None:
+    """Check the next unclaimed file until none is left, sending ``(index, result)``."""
     try:
         while True:
             with counter.get_lock():
