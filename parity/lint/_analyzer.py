@@ -42,6 +42,7 @@ class ModuleAnalyzer(StatementMixin, ExpressionMixin, InliningMixin, RuleMixin, 
         self.train_sites: dict[str, tuple[str, int]] = {}  # object -> where train() last ran on it
         shared = project if project is not None else ProjectIndex([], lambda path: None)
         self.defs_cache = shared.defs_cache  # syntax facts, shared by every file of a project
+        self.class_infos = shared.class_infos
         self.scope_cache = shared.scope_cache
         self.parameter_calls = shared.parameter_calls
         self.loop_trains = shared.loop_trains
@@ -86,7 +87,9 @@ class ModuleAnalyzer(StatementMixin, ExpressionMixin, InliningMixin, RuleMixin, 
             if isinstance(definition, ast.ClassDef):
                 if definition.name in self.classes:
                     continue
-                info = ClassInfo(definition, module)
+                info = self.class_infos.get(definition)
+                if info is None:
+                    info = self.class_infos[definition] = ClassInfo(definition, module)
                 self.classes[definition.name] = info
                 self.class_index[(module, definition.name)] = info
                 self.class_frames[definition.name] = frame

@@ -63,6 +63,7 @@ class ProjectIndex:
         #: analysis: a body's direct definitions, a function's scope names, a call's receivers
         #: of ``.parameters()`` in its arguments
         self.defs_cache: dict[ast.AST, list] = {}
+        self.class_infos: dict[ast.ClassDef, ClassInfo] = {}  # a class's bases and methods
         self.scope_cache: dict[ast.AST, tuple[set[str], set[str], set[str]]] = {}
         self.parameter_calls: dict[ast.AST, tuple[bool, tuple[ast.expr, ...]]] = {}
         self.loop_trains: dict[ast.AST, bool] = {}  # a loop body holds a training step
