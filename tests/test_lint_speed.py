@@ -4,6 +4,7 @@ MODE003 scan over statements only, the training-step walk only where MODE002 nee
 from __future__ import annotations
 
 import ast
+import gc
 import textwrap
 import tokenize
 
@@ -112,3 +113,20 @@ def test_the_walk_up_for_an_import_is_shared_by_sibling_folders(tmp_path):
     index._near[("util", folder)] = "cached"  # a second importer below pkg/ reads it, no new walk
     assert index.resolve("util", str(files[2])) == "cached"
     assert index.resolve("nothing.here", str(files[2])) is None
+
+
+def test_a_run_hands_the_collector_back_as_it_found_it(tmp_path):
+    """The run turns automatic collections off and freezes what each file leaves alive; after
+    it the collector is on (or off, as the caller had it) and nothing stays frozen."""
+    (tmp_path / "train.py").write_text("import torch\nmodel = torch.nn.Linear(2, 2)\nmodel.eval()\n")
+    (tmp_path / "evaluate.py").write_text("def evaluate(model):\n    model.eval()\n")
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    for jobs in (1, 2):
+        lint_paths([tmp_path], jobs=jobs)
+        assert gc.isenabled() and gc.get_freeze_count() == 0
+    gc.disable()
+    try:
+        lint_paths([tmp_path])
+        assert not gc.isenabled() and gc.get_freeze_count() == 0
+    finally:
+        gc.enable()

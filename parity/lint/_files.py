@@ -322,25 +322,18 @@ def _lint_entry(
 
 def _parse_checked(entries: list[tuple[Path, Path | None]], project: ProjectIndex, freeze: bool) -> None:
     """Parse every checked file into the project's trees, as :func:`_lint_in_project` would (a
-    file that cannot be read or parsed is left for it to report), with the cyclic collector
-    paused: its scans of thousands of trees were most of the parse time, and a fresh syntax
-    tree holds no reference cycle to collect.  ``freeze``: the trees are then moved out of
-    later scans (:func:`gc.freeze`, see :func:`_frozen_between_files`)."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        for file, _ in entries:
-            name = str(file)
-            try:
-                source = read_source(file).removeprefix("\ufeff")
-            except UnreadableSource:
-                continue
-            project.checked_tree(name, lambda source=source, name=name: parse_source(source, name))
-        if freeze:
-            gc.freeze()
-    finally:
-        if collecting:
-            gc.enable()
+    file that cannot be read or parsed is left for it to report).  ``freeze``: the trees are
+    then moved out of the collector's scans (see :func:`_frozen_between_files`) without a
+    collection first, since a fresh syntax tree holds no reference cycle."""
+    for file, _ in entries:
+        name = str(file)
+        try:
+            source = read_source(file).removeprefix("\ufeff")
+        except UnreadableSource:
+            continue
+        project.checked_tree(name, lambda source=source, name=name: parse_source(source, name))
+    if freeze:
+        gc.freeze()
 
 
 def _load_frozen(path: str) -> ast.Module | None:
@@ -355,9 +348,10 @@ def _frozen_between_files(freeze: bool) -> Iterator[Callable[[], None]]:
     """Keep the cyclic garbage collector off what earlier files left alive (syntax trees, caches).
 
     Each full collection scans every tracked object; with thousands of parsed modules kept for
-    the run, those scans were most of the run time.  After each file, one collection frees its
-    garbage and :func:`gc.freeze` moves the survivors out of later scans; at the end they are
-    handed back (skipped when the caller already froze objects of its own)."""
+    the run, those scans were most of the run time.  Automatic collections are off meanwhile;
+    after each file, one collection frees its garbage and :func:`gc.freeze` moves the survivors
+    out of later scans; at the end they are handed back and the collector is restored (all
+    skipped when the caller already froze objects of its own)."""
     if not freeze:
         yield lambda: None
         return
@@ -366,10 +360,14 @@ def _frozen_between_files(freeze: bool) -> Iterator[Callable[[], None]]:
         gc.collect()
         gc.freeze()
 
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         yield file_done
     finally:
         gc.unfreeze()
+        if collecting:
+            gc.enable()
 
 
 def _root_key(root: ProjectRoot | None) -> str | None:
