@@ -7,6 +7,7 @@ import ast
 import gc
 import textwrap
 import tokenize
+from pathlib import Path
 
 from parity.lint import lint_paths
 from parity.lint._analyzer import ModuleAnalyzer
@@ -130,3 +131,45 @@ def test_a_run_hands_the_collector_back_as_it_found_it(tmp_path):
         assert not gc.isenabled() and gc.get_freeze_count() == 0
     finally:
         gc.enable()
+
+
+def test_an_import_is_resolved_once_per_run_not_once_per_file_that_reaches_it(tmp_path, monkeypatch):
+    """Each file's analysis binds the imports of ``lib.py`` when it calls into it; the module
+    search behind each imported name runs once for the run (the binding itself, per file)."""
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "util.py").write_text("def evaluate(model):\n    model.eval()\n")
+    (tmp_path / "lib.py").write_text(
+        "from util import evaluate\n\n\ndef check(model):\n    evaluate(model)\n"
+    )
+    trainer = textwrap.dedent(
+        """\
+        import torch
+        from lib import check
+
+        model = torch.nn.Linear(2, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        model.train()
+        for epoch in range(3):
+            opt.zero_grad()
+            model(torch.ones(2)).sum().backward()
+            opt.step()
+            check(model)
+        """
+    )
+    for name in ("train_a.py", "train_b.py"):
+        (tmp_path / name).write_text(trainer)
+    searched: list[tuple[str, str]] = []
+    real_plan = ProjectIndex._import_plan
+
+    def counting_plan(self, stmt, alias, importer):
+        searched.append((alias.name, Path(importer).name))
+        return real_plan(self, stmt, alias, importer)
+
+    monkeypatch.setattr(ProjectIndex, "_import_plan", counting_plan)
+    findings = lint_paths([tmp_path], jobs=1)
+    assert [(Path(f.path).name, f.line, f.code) for f in findings] == [
+        ("train_a.py", 11, "MODE001"),
+        ("train_b.py", 11, "MODE001"),
+    ]
+    assert sorted(set(searched)) == sorted(searched)  # each (name, importer) searched once
+    assert ("evaluate", "lib.py") in searched

@@ -10,11 +10,21 @@ import ast
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 from parity.lint._frames import ClassInfo, Frame, FuncRef
 
 #: reads and parses a file of the index; None when it cannot be read or parsed
 TreeLoader = Callable[[str], ast.Module | None]
+
+
+class ImportPlan(NamedTuple):
+    """What one imported name binds: ``local`` to a module (``"module:<file>"``), or to the
+    definition of the same name in the module file ``source`` (``from pkg.mod import name``)."""
+
+    local: str
+    module: str | None
+    source: str | None
 
 
 def module_names(file: Path, root: Path | None) -> list[str]:
@@ -50,6 +60,7 @@ class ProjectIndex:
         #: a module name that stays ambiguous -> its candidates; ``variant`` picks among them
         self.ambiguous: dict[tuple[str, str | None], tuple[str, ...]] = {}
         self.met: set[tuple[str, str | None]] = set()  # ambiguous imports met since cleared
+        self.ambiguous_hits = 0  # resolutions of an ambiguous name, ever (see import_plan)
         self.variant = 0
         self.steps_seen_last = 0  # training steps the last file's analysis interpreted
         self._load = load
@@ -59,6 +70,7 @@ class ProjectIndex:
         #: (module path, folder) -> the module file there or in the nearest folder above (one walk
         #: up per folder, shared by the importers below it)
         self._near: dict[tuple[str, str], str | None] = {}
+        self._plans: dict[tuple[ast.alias, str], ImportPlan | None] = {}  # see import_plan
         #: facts derived from the syntax trees (shared, never modified), kept for every file's
         #: analysis: a body's direct definitions, a function's scope names, a call's receivers
         #: of ``.parameters()`` in its arguments
@@ -102,6 +114,7 @@ class ProjectIndex:
             self._resolved[key] = self._resolve(name, importer)
         if key in self.ambiguous:
             self.met.add(key)
+            self.ambiguous_hits += 1
         return self._resolved[key]
 
     def _resolve(self, name: str, importer: str | None) -> str | None:
@@ -157,6 +170,46 @@ class ProjectIndex:
             return None
         parts = package[:keep] + ([module] if module else [])
         return ".".join(part for part in parts if part)
+
+    def import_plan(
+        self, stmt: ast.Import | ast.ImportFrom, alias: ast.alias, importer: str
+    ) -> ImportPlan | None:
+        """What one imported name of ``importer`` binds (None: nothing of the project).
+
+        Every file's analysis binds the imports of the modules it reaches, so the resolution
+        is kept per ``alias`` node and importer for the run (the importer is usually the file
+        of the node, but not always: a method can run in the frame of another module's class
+        of the same name), unless it met an ambiguous module name: that depends on the variant
+        analysed and is resolved again each time."""
+        key = (alias, importer)
+        if key in self._plans:
+            return self._plans[key]
+        hits = self.ambiguous_hits
+        plan = self._import_plan(stmt, alias, importer)
+        if self.ambiguous_hits == hits:
+            self._plans[key] = plan
+        return plan
+
+    def _import_plan(
+        self, stmt: ast.Import | ast.ImportFrom, alias: ast.alias, importer: str
+    ) -> ImportPlan | None:
+        if isinstance(stmt, ast.Import):
+            target = self.resolve(alias.name, importer)
+            if target is not None and alias.asname:  # import pkg.model as model
+                return ImportPlan(alias.asname, f"module:{target}", None)
+            if target is not None and "." not in alias.name:
+                return ImportPlan(alias.name, f"module:{target}", None)
+            return None
+        module = self.absolute(importer, stmt.module, stmt.level)
+        if module is None:
+            return None
+        local = alias.asname or alias.name
+        base = importer if stmt.level == 0 else None
+        submodule = self.resolve(f"{module}.{alias.name}" if module else alias.name, base)
+        if submodule is not None:  # from pkg import model
+            return ImportPlan(local, f"module:{submodule}", None)
+        source = self.resolve(module, base) if module else None
+        return ImportPlan(local, None, source) if source is not None else None
 
     def tree(self, path: str) -> ast.Module | None:
         """The parsed module (cached)."""
@@ -220,26 +273,15 @@ class ProjectMixin:
         if self.project is None:
             return
         self.bindings += 1  # an imported name can change what a later call reaches
-        if isinstance(stmt, ast.Import):
-            target = self.project.resolve(alias.name, frame.file)
-            if target is not None and alias.asname:  # import pkg.model as model
-                frame.env[alias.asname] = f"module:{target}"
-            elif target is not None and "." not in alias.name:
-                frame.env[alias.name] = f"module:{target}"
+        plan = self.project.import_plan(stmt, alias, frame.file)
+        if plan is None:
             return
-        module = self.project.absolute(frame.file, stmt.module, stmt.level)
-        if module is None:
+        if plan.module is not None:
+            frame.env[plan.local] = plan.module
             return
-        local = alias.asname or alias.name
-        importer = frame.file if stmt.level == 0 else None
-        submodule = self.project.resolve(f"{module}.{alias.name}" if module else alias.name, importer)
-        if submodule is not None:  # from pkg import model
-            frame.env[local] = f"module:{submodule}"
-            return
-        source = self.project.resolve(module, importer) if module else None
-        source_frame = self._module_frame(source) if source is not None else None
+        source_frame = self._module_frame(plan.source) if plan.source is not None else None
         if source_frame is not None:
-            self._bind_definition(source_frame, alias.name, local, frame)
+            self._bind_definition(source_frame, alias.name, plan.local, frame)
 
     def _bind_definition(self, source: Frame, name: str, local: str, frame: Frame) -> None:
         """Bind ``local`` in ``frame`` to the function, class or module ``name`` of ``source``."""
