@@ -111,6 +111,39 @@ def test_the_fix_in_the_other_file_is_seen(tmp_path):
     assert lint_paths([tmp_path]) == []
 
 
+HELPERS_FIT = """\
+import torch
+
+
+def evaluate(model):
+    with torch.no_grad():
+        return model(torch.ones(2))
+
+
+def fit(model, opt, data):
+    model.train()
+    for x in data:
+        opt.zero_grad()
+        model(x).sum().backward()
+        opt.step()
+        evaluate(model)
+"""
+
+
+def test_an_imported_function_is_analysed_in_its_own_module_not_the_importers(tmp_path):
+    # train.py imports fit() and has an evaluate() of its own that sets eval mode; fit() calls
+    # helpers.evaluate, which does not. fit() is checked as an entry point of helpers.py only:
+    # entered from train.py, its `evaluate` was once looked up in train.py (a false alarm).
+    train = "from helpers import fit\n\n\ndef evaluate(model):\n    model.eval()\n"
+    write_tree(tmp_path, {"pyproject.toml": "", "helpers.py": HELPERS_FIT, "train.py": train})
+    assert lint_paths([tmp_path]) == []
+    assert lint_paths([tmp_path / "train.py"]) == []
+    leaking = HELPERS_FIT.replace("    with torch.no_grad():\n        return", "    model.eval()\n    return")
+    write_tree(tmp_path, {"helpers.py": leaking})
+    findings = lint_paths([tmp_path])
+    assert [(Path(f.path).name, f.line, f.code) for f in findings] == [("helpers.py", 5, "MODE001")]
+
+
 def test_files_outside_the_given_tree_are_never_read(tmp_path, monkeypatch):
     outside = tmp_path / "outside"
     inside = tmp_path / "inside"

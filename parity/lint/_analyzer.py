@@ -103,6 +103,8 @@ class ModuleAnalyzer(StatementMixin, ExpressionMixin, InliningMixin, RuleMixin, 
         self.register_definitions(self.tree, self.module, self.path)
         self._entry(lambda: self._block(self.tree.body, self.module, ModeState()))
         for ref in sorted(self.module.funcs.values(), key=lambda ref: ref.node.lineno):
+            if ref.frame is not self.module:
+                continue  # imported from another module: entered from its own file
             if ref.node not in self.entered:
                 self._entry(lambda fnode=ref.node: self._call_entry(fnode, None, None))
         for cname, info in list(self.classes.items()):
