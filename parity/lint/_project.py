@@ -177,10 +177,9 @@ class ProjectIndex:
         """What one imported name of ``importer`` binds (None: nothing of the project).
 
         Every file's analysis binds the imports of the modules it reaches, so the resolution
-        is kept per ``alias`` node and importer for the run (the importer is usually the file
-        of the node, but not always: a method can run in the frame of another module's class
-        of the same name), unless it met an ambiguous module name: that depends on the variant
-        analysed and is resolved again each time."""
+        is kept per ``alias`` node and importer for the run (the search starts from the
+        importer's folder), unless it met an ambiguous module name: that depends on the
+        variant analysed and is resolved again each time."""
         key = (alias, importer)
         if key in self._plans:
             return self._plans[key]
