@@ -17,26 +17,29 @@ from parity.lint._project import ProjectIndex
 from parity.lint._rules import functional_mode_findings
 
 
+def _trainer(imports: str, after_step: str) -> str:
+    """A training script (``model`` trained at lines 6-10) that runs ``after_step`` at line 11."""
+    return textwrap.dedent(
+        f"""\
+        import torch
+        {imports}
+
+        model = torch.nn.Linear(2, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        model.train()
+        for epoch in range(3):
+            opt.zero_grad()
+            model(torch.ones(2)).sum().backward()
+            opt.step()
+            {after_step}
+        """
+    )
+
+
 def test_a_checked_file_that_another_file_imports_is_parsed_once(tmp_path, monkeypatch):
     (tmp_path / "pyproject.toml").write_text("")
     (tmp_path / "helpers.py").write_text("def evaluate(model):\n    model.eval()\n")
-    (tmp_path / "train.py").write_text(
-        textwrap.dedent(
-            """\
-            import torch
-            from helpers import evaluate
-
-            model = torch.nn.Linear(2, 2)
-            opt = torch.optim.SGD(model.parameters(), lr=0.1)
-            model.train()
-            for epoch in range(3):
-                opt.zero_grad()
-                model(torch.ones(2)).sum().backward()
-                opt.step()
-                evaluate(model)
-            """
-        )
-    )
+    (tmp_path / "train.py").write_text(_trainer("from helpers import evaluate", "evaluate(model)"))
     parsed: list[str] = []
     real_parse = ast.parse
 
@@ -141,23 +144,8 @@ def test_an_import_is_resolved_once_per_run_not_once_per_file_that_reaches_it(tm
     (tmp_path / "lib.py").write_text(
         "from util import evaluate\n\n\ndef check(model):\n    evaluate(model)\n"
     )
-    trainer = textwrap.dedent(
-        """\
-        import torch
-        from lib import check
-
-        model = torch.nn.Linear(2, 2)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        model.train()
-        for epoch in range(3):
-            opt.zero_grad()
-            model(torch.ones(2)).sum().backward()
-            opt.step()
-            check(model)
-        """
-    )
     for name in ("train_a.py", "train_b.py"):
-        (tmp_path / name).write_text(trainer)
+        (tmp_path / name).write_text(_trainer("from lib import check", "check(model)"))
     searched: list[tuple[str, str]] = []
     real_plan = ProjectIndex._import_plan
 
